@@ -1,0 +1,100 @@
+"""ERL's own settings (the `erl:` section of every config), validated before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+MODES = ("erl", "rlvr", "no_reflection", "no_memory")
+DISTILL_MODES = ("sft", "raft", "none")
+PLACEMENTS = ("append_system", "replace_system")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field."""
+
+
+@dataclass
+class ErlConfig:
+    mode: str = "erl"
+    tau: float = 1.0  # reflect when r1 < tau (rewards in [0, 1]: reflect unless fully solved)
+    # D enters memory when r2 >= memory_threshold; None means tau. (ERL_SPEC writes r2 > tau,
+    # which with tau = 1 and rewards <= 1 would never store; "y2 succeeded" is what is meant.)
+    memory_threshold: float | None = None
+    n_attempt: int = 4  # samples per attempt per task (rlvr runs 2n first attempts)
+    max_turns: int = 8
+    reflection_tag: str = "prompt"
+    max_reflection_chars: int = 2000
+    reflection_placement: str = "append_system"
+    memory_top_k: int = 1
+    memory_size: int = 256
+    distill_mode: str = "sft"  # sft: masked NLL on x -> y2; raft: PG rows with adv max(r2, 0)
+    distill_coef: float = 1.0
+    max_new_tokens: int = 256
+    max_reflection_tokens: int = 256
+    temperature: float = 0.7
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def store_threshold(self) -> float:
+        return self.tau if self.memory_threshold is None else self.memory_threshold
+
+    @property
+    def uses_reflection(self) -> bool:
+        return self.mode in ("erl", "no_memory")
+
+    @property
+    def uses_memory(self) -> bool:
+        return self.mode == "erl"
+
+    @property
+    def first_attempts_per_task(self) -> int:
+        """Compute matching: RLVR gets the rollouts ERL spends on both attempts."""
+        return 2 * self.n_attempt if self.mode == "rlvr" else self.n_attempt
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ErlConfig":
+        """Build from a dict / DictConfig; unknown keys are an error, not ignored."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"erl: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**data)
+
+
+def _check_type(name: str, value: Any, kinds: tuple, label: str) -> None:
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(f"erl.{name} must be {label}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(f"erl.{name} must be {label}, got {type(value).__name__} {value!r}")
+
+
+def validate(cfg: ErlConfig) -> None:
+    if cfg.mode not in MODES:
+        raise ConfigError(f"erl.mode must be one of {MODES}, got {cfg.mode!r}")
+    if cfg.distill_mode not in DISTILL_MODES:
+        raise ConfigError(f"erl.distill_mode must be one of {DISTILL_MODES}, got {cfg.distill_mode!r}")
+    if cfg.reflection_placement not in PLACEMENTS:
+        raise ConfigError(
+            f"erl.reflection_placement must be one of {PLACEMENTS}, got {cfg.reflection_placement!r}"
+        )
+    for name in ("tau", "distill_coef", "temperature"):
+        _check_type(name, getattr(cfg, name), (int, float), "a number")
+    if cfg.memory_threshold is not None:
+        _check_type("memory_threshold", cfg.memory_threshold, (int, float), "a number or null")
+    for name, low in (("n_attempt", 1), ("max_turns", 1), ("max_reflection_chars", 1),
+                      ("memory_top_k", 0), ("memory_size", 1), ("max_new_tokens", 1),
+                      ("max_reflection_tokens", 1)):
+        value = getattr(cfg, name)
+        _check_type(name, value, (int,), "an integer")
+        if value < low:
+            raise ConfigError(f"erl.{name} must be >= {low}, got {value}")
+    if cfg.distill_coef < 0:
+        raise ConfigError(f"erl.distill_coef must be >= 0, got {cfg.distill_coef}")
+    if cfg.temperature < 0:
+        raise ConfigError(f"erl.temperature must be >= 0, got {cfg.temperature}")
+    if not isinstance(cfg.reflection_tag, str) or not cfg.reflection_tag.isidentifier():
+        raise ConfigError(f"erl.reflection_tag must be a plain tag name like 'prompt', got {cfg.reflection_tag!r}")
