@@ -25,6 +25,7 @@ class ErlConfig:
     max_turns: int = 8
     reflection_tag: str = "prompt"
     max_reflection_chars: int = 2000
+    reflection_require_tag: bool = True  # False: an untagged answer counts as the reflection
     reflection_placement: str = "append_system"
     memory_top_k: int = 1
     memory_size: int = 256
@@ -96,5 +97,7 @@ def validate(cfg: ErlConfig) -> None:
         raise ConfigError(f"erl.distill_coef must be >= 0, got {cfg.distill_coef}")
     if cfg.temperature < 0:
         raise ConfigError(f"erl.temperature must be >= 0, got {cfg.temperature}")
+    if not isinstance(cfg.reflection_require_tag, bool):
+        raise ConfigError(f"erl.reflection_require_tag must be true/false, got {cfg.reflection_require_tag!r}")
     if not isinstance(cfg.reflection_tag, str) or not cfg.reflection_tag.isidentifier():
         raise ConfigError(f"erl.reflection_tag must be a plain tag name like 'prompt', got {cfg.reflection_tag!r}")

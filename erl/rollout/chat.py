@@ -1,0 +1,73 @@
+"""Token-exact multi-turn chat: the ids a model sees are built once and only ever extended.
+
+Re-rendering the whole chat at every turn can change earlier tokens (templates strip
+thinking, re-format tool calls, drop schemas). Instead, like verl's agent loop, a turn's
+prompt is the previous prompt + the generated ids + the template's turn-closing glue +
+the rendered new messages. What is trained on is then exactly what was sampled.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from erl.models.chat import chat_ids
+
+# A throw-away conversation: the tokens a template puts after it are what new messages cost.
+_BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+
+
+class ChatTokenizer:
+    """Renders chats to ids with a Hugging Face tokenizer's chat template."""
+
+    def __init__(self, tokenizer: Any):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+                "ERL renders multi-turn chats and needs one"
+            )
+        self.tokenizer = tokenizer
+
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
+
+    @cached_property
+    def _base_ids(self) -> list[int]:
+        return chat_ids(self.tokenizer, _BASE, add_generation_prompt=False)
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an assistant turn (the template's end-of-turn and eos)."""
+        ids = {self.tokenizer.eos_token_id}
+        for name in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+            tid = self.tokenizer.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return sorted(i for i in ids if i is not None)
+
+    @cached_property
+    def turn_close_ids(self) -> list[int]:
+        """What the template writes after an assistant message's text, from its stop token on."""
+        base = self._base_ids
+        stops = set(self.stop_ids)
+        for i in range(len(base) - 1, -1, -1):
+            if base[i] in stops:
+                return base[i:]
+        return []
+
+    def glue_ids(self, response_ids: list[int]) -> list[int]:
+        """Template tokens that follow a generated turn: the rest of the turn-closing glue if
+        the model stopped on its end token, all of it if it ran out of length."""
+        close = self.turn_close_ids
+        if response_ids and close and response_ids[-1] in set(self.stop_ids):
+            return close[1:]
+        return close
+
+    def continuation_ids(self, new_messages: list[dict]) -> list[int]:
+        """Ids of new (non-assistant) messages after a closed assistant turn, plus the
+        generation prompt for the next assistant turn."""
+        full = chat_ids(self.tokenizer, _BASE + list(new_messages), add_generation_prompt=True)
+        base = self._base_ids
+        if full[: len(base)] != base:
+            raise ValueError("chat template renders earlier turns differently when messages are appended")
+        return full[len(base):]

@@ -1,0 +1,107 @@
+"""A batching Hugging Face `generate` engine behind the async Policy interface.
+
+Episodes run as coroutines; each `generate` call parks its request in a queue. The
+engine lets every runnable episode reach its next request, then samples the whole queue
+as one left-padded batch with a KV cache. This is what makes one-episode-at-a-time code
+(ErlWorkflow) run at batch speed, the same idea as an async vLLM server, in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from erl.rollout.chat import ChatTokenizer
+from erl.workflow.base import Generation, SamplingParams
+
+
+class HFPolicy:
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.stop_ids = ChatTokenizer(tokenizer).stop_ids
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
+        self._worker: asyncio.Task | None = None
+        self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0}
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.append((list(prompt_ids), params, future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            # Yield until no new request arrives: every runnable episode is now waiting here.
+            size = -1
+            while size != len(self._queue):
+                size = len(self._queue)
+                for _ in range(2):
+                    await asyncio.sleep(0)
+            params = self._queue[0][1]
+            batch = [r for r in self._queue if r[1] == params][: self.max_batch_size]
+            self._queue = [r for r in self._queue if not any(r is b for b in batch)]
+            try:
+                results = self.generate_batch([r[0] for r in batch], params)
+            except Exception as exc:  # every waiting episode sees the failure
+                for _, _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, _, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_result(res)
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Sample one completion per prompt; log-probs are under logits / temperature."""
+        start = time.perf_counter()
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's next token is at the end
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            attention[i, width - len(p):] = 1
+        sample = params.temperature > 0
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=sample,
+            temperature=params.temperature if sample else None, top_p=params.top_p if sample else None,
+            top_k=0 if sample else None, eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+            return_dict_in_generate=True, output_logits=True)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                  generation_config=gen_cfg)
+        if was_training:
+            self.model.train()
+        new = out.sequences[:, width:].cpu()
+        logits = torch.stack(out.logits, dim=1).float()
+        if sample:
+            logits = logits / params.temperature
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
+        stops = set(self.stop_ids)
+        results = []
+        for i in range(len(prompts)):
+            ids = new[i].tolist()
+            n, finish = len(ids), "length"
+            for j, t in enumerate(ids):
+                if t in stops:
+                    n, finish = j + 1, "stop"
+                    break
+            ids = ids[:n]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            results.append(Generation(token_ids=ids, logprobs=logp[i, :n].tolist(), text=text, finish_reason=finish))
+            self.stats["generated_tokens"] += n
+        self.stats["generate_seconds"] += time.perf_counter() - start
+        self.stats["batches"] += 1
+        self.stats["sequences"] += len(prompts)
+        return results
