@@ -24,7 +24,8 @@ class ScriptedPolicy:
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         prompt = self.tokenizer.decode(prompt_ids)
-        text = self.script(prompt, len(self.calls))
+        # A real sampler can only emit valid text; lone surrogates become U+FFFD the same way.
+        text = str(self.script(prompt, len(self.calls))).encode("utf-8", "replace").decode("utf-8")
         self.calls.append(prompt)
         ids = self.tokenizer.encode(text, add_special_tokens=False) + [self.tokenizer.eos_token_id]
         finish = "stop"

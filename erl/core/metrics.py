@@ -1,0 +1,59 @@
+"""Per-step ERL metrics from episodes and rows. Pure: both trainers log exactly these names."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from erl.core.types import Episode, Segment, TokenSample
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
+    """Reward and success per segment, reflection rate and outcomes, memory use, distillation.
+
+    Rates are over all episodes ("how often"), per-segment rewards over the episodes that
+    reached that segment ("how well").
+    """
+    m: dict[str, float] = {"episodes": float(len(episodes))}
+    if not episodes:
+        return m
+    col = defaultdict(list)
+    for ep in episodes:
+        for key, value in ep.metrics.items():
+            col[key].append(float(value))
+    m["attempt1/reward"] = _mean(col["r1"])
+    m["attempt1/success"] = _mean(col["success1"])
+    m["attempt2/reward"] = _mean(col["r2"])
+    m["attempt2/success"] = _mean(col["success2"])
+    m["attempt2/rate"] = _mean(col["attempt2"])
+    m["reflection/rate"] = _mean(col["reflected"])
+    reflected = sum(col["reflected"])
+    m["reflection/parse_fail_rate"] = sum(col["reflection_parse_fail"]) / reflected if reflected else 0.0
+    refl_rewards = [t.reward for ep in episodes for t in ep.trajectories if t.name == Segment.REFLECTION.value]
+    m["reflection/reward"] = _mean(refl_rewards)
+    # Improvement where a second attempt ran: how much the reflection helped.
+    pairs = [(ep.metrics["r1"], ep.metrics["r2"]) for ep in episodes if ep.metrics.get("attempt2")]
+    m["attempt2/gain"] = _mean([r2 - r1 for r1, r2 in pairs])
+    m["memory/hits"] = _mean(col["memory_hits"])
+    m["memory/stored"] = sum(col["memory_stored"])
+    m["distill/episodes"] = sum(col["distilled"])
+    m["episode/success"] = _mean([float(ep.is_correct) for ep in episodes])
+    turns = [float(t.info.get("turns", len(t.steps))) for ep in episodes for t in ep.trajectories
+             if t.name in (Segment.ATTEMPT1.value, Segment.ATTEMPT2.value)]
+    m["attempt/turns"] = _mean(turns)
+    return m
+
+
+def sample_metrics(samples: list[TokenSample]) -> dict[str, float]:
+    """Row and token counts per segment: what the update actually trained on."""
+    m: dict[str, float] = {"rows": float(len(samples))}
+    for seg in Segment:
+        rows = [s for s in samples if s.segment == seg]
+        m[f"{seg.value}/rows"] = float(len(rows))
+        m[f"{seg.value}/tokens"] = float(sum(sum(s.response_mask) for s in rows))
+    m["tokens/trained"] = float(sum(sum(s.response_mask) for s in samples))
+    m["tokens/total"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))
+    return m

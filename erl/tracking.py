@@ -1,0 +1,108 @@
+"""Metrics sinks: JSONL (the source of truth), tensorboard, wandb, console; and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
+                  ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
+
+
+class Tracker:
+    def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl"):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.out_dir / "metrics.jsonl"
+        self.loggers = list(loggers)
+        self._tb = self._wandb = None
+        if "tensorboard" in self.loggers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        if "wandb" in self.loggers:
+            import wandb  # optional extra: pip install erl[wandb]
+
+            self._wandb = wandb.init(project=project, config=config, dir=str(self.out_dir))
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop lines the interrupted run wrote after its last checkpoint."""
+        if self.path.is_file():
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
+    """Success per segment over steps, and first-attempt eval success."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in SEGMENT_CURVES[:3]:
+        xs, ys = _series(rows, key)
+        if xs:
+            axes[0].plot(xs, ys, marker=".", label=label)
+    axes[0].set(title="training rollouts", xlabel="step", ylabel="success / reward", ylim=(-0.05, 1.05))
+    axes[0].legend(fontsize=8)
+    xs, ys = _series(rows, "eval/success")
+    if xs:
+        axes[1].plot(xs, ys, marker="o", color="black")
+    axes[1].set(title="eval: first attempt, no reflection, no memory", xlabel="step", ylabel="success",
+                ylim=(-0.05, 1.05))
+    fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def plot_compare(runs: dict[str, Any], out_png: Path, key: str = "eval/success", title: str = "") -> Path:
+    """One curve per run (e.g. ERL vs RLVR): `runs` maps label -> metrics.jsonl path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, path in runs.items():
+        xs, ys = _series(read_metrics(path), key)
+        ax.plot(xs, ys, marker="o", label=label)
+    ax.set(title=title or key, xlabel="step", ylabel=key, ylim=(-0.05, 1.05))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,72 @@
+"""Padding TokenSamples into tensors and scoring them with a causal LM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erl.core.types import SEGMENT_IDS, TokenSample
+
+
+@dataclass
+class PaddedBatch:
+    """[B, P + R]: prompts left-padded to P, responses right-padded to R, so every row's
+    response starts at column P and response logits sit in one slice for the whole batch."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    response_mask: torch.Tensor  # [B, R] float, 1 on model-generated tokens
+    responses: torch.Tensor  # [B, R]
+    prompt_width: int
+    segment_ids: torch.Tensor  # [B]
+    rewards: torch.Tensor  # [B]
+
+    def to(self, device: torch.device | str) -> "PaddedBatch":
+        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return PaddedBatch(**fields)
+
+
+def pad_samples(samples: list[TokenSample], pad_id: int) -> PaddedBatch:
+    if not samples:
+        raise ValueError("pad_samples: no samples")
+    P = max(len(s.prompt_ids) for s in samples)
+    R = max(len(s.response_ids) for s in samples)
+    B = len(samples)
+    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    rmask = torch.zeros((B, R), dtype=torch.float32)
+    for i, s in enumerate(samples):
+        p, r = len(s.prompt_ids), len(s.response_ids)
+        ids[i, P - p:P] = torch.tensor(s.prompt_ids, dtype=torch.long)
+        ids[i, P:P + r] = torch.tensor(s.response_ids, dtype=torch.long)
+        attn[i, P - p:P + r] = 1
+        rmask[i, :r] = torch.tensor(s.response_mask, dtype=torch.float32)
+    # Positions count real tokens only, as `generate` does under left padding.
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    return PaddedBatch(
+        input_ids=ids, attention_mask=attn, position_ids=pos, response_mask=rmask,
+        responses=ids[:, P:], prompt_width=P,
+        segment_ids=torch.tensor([SEGMENT_IDS[s.segment] for s in samples], dtype=torch.long),
+        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
+    )
+
+
+def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(response token | everything before it), [B, R], under logits / temperature
+    (the distribution the rollout sampled from)."""
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids, use_cache=False)
+    P = batch.prompt_width
+    logits = out.logits[:, P - 1:-1, :].float()
+    if temperature > 0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
+
+
+def micro_batch_indices(samples: list[TokenSample], size: int) -> list[list[int]]:
+    """Row indices sorted by length so each micro-batch pads little; deterministic order."""
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+    return [order[k:k + size] for k in range(0, len(order), size)]

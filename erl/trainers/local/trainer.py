@@ -1,0 +1,199 @@
+"""The local ERL trainer: one process, PyTorch + transformers, CPU (fp32) or one GPU (bf16).
+
+Per step: ErlWorkflow episodes for a batch of tasks (n per task) -> rows -> GRPO
+advantages per (task, segment) -> one ERL actor loss (PPO-clip + consolidation) -> AdamW.
+Every piece of math comes from erl.core; this file only orchestrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from erl.core.advantages import segment_advantages
+from erl.core.config import ErlConfig
+from erl.core.losses import erl_actor_loss
+from erl.core.metrics import episode_metrics, sample_metrics
+from erl.core.samples import episode_to_samples
+from erl.core.types import Episode, TokenSample
+from erl.rollout.hf_policy import HFPolicy
+from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
+from erl.trainers.local.config import LocalTrainerConfig
+from erl.workflow.erl_workflow import ErlWorkflow
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class LocalTrainer:
+    """Holds the model, optimizer, memory and task stream; `step()` runs one ERL update."""
+
+    def __init__(self, model: Any, tokenizer: Any, train_tasks: list[dict], erl: ErlConfig,
+                 trainer: LocalTrainerConfig, agent_factory, env_factory, memory: Any = None,
+                 seed: int = 0, ref_model: Any = None):
+        if not train_tasks:
+            raise ValueError("LocalTrainer: no training tasks")
+        self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
+        self.erl, self.cfg, self.seed = erl, trainer, seed
+        self.train_tasks = train_tasks
+        self.device = next(model.parameters()).device
+        # bf16 autocast on GPU keeps fp32 master weights (lr 1e-6 updates vanish in bf16).
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
+                         else contextlib.nullcontext())
+        self.memory = memory if erl.uses_memory else None
+        self.policy = HFPolicy(model, tokenizer, max_batch_size=trainer.gen_batch_size)
+        self.workflow = ErlWorkflow(agent_factory, env_factory, self.policy, erl, self.memory,
+                                    max_context_tokens=trainer.max_context_tokens)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
+        warm = max(trainer.warmup_steps, 0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.step_count = 0
+        self.cursor = 0  # position in the endless, epoch-shuffled task stream
+
+    # ---- data -------------------------------------------------------------------------
+    def _task_at(self, position: int) -> dict:
+        """Deterministic stream: epoch e is a permutation seeded by (seed, e), so a resumed
+        run needs only the cursor to continue with the same tasks."""
+        n = len(self.train_tasks)
+        epoch, i = divmod(position, n)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        return self.train_tasks[int(order[i])]
+
+    def next_tasks(self) -> list[dict]:
+        tasks = [self._task_at(self.cursor + k) for k in range(self.cfg.tasks_per_step)]
+        self.cursor += self.cfg.tasks_per_step
+        return tasks
+
+    # ---- rollouts ---------------------------------------------------------------------
+    async def _collect(self, tasks: list[dict], n: int) -> list[Episode]:
+        runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
+        return list(await asyncio.gather(*runs))
+
+    def collect(self, tasks: list[dict]) -> list[Episode]:
+        self.workflow.step = self.step_count
+        with self.autocast:
+            return asyncio.run(self._collect(tasks, self.erl.first_attempts_per_task))
+
+    async def _first_attempts(self, tasks: list[dict], temperature: float):
+        return await asyncio.gather(*[self.workflow.attempt(t, "attempt1", temperature=temperature) for t in tasks])
+
+    def evaluate(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
+        """First attempt only: no reflection, no memory: what the deployed model does."""
+        t = self.cfg.eval_temperature if temperature is None else temperature
+        with self.autocast:
+            trajs = asyncio.run(self._first_attempts(tasks, t))
+        return {"eval/success": float(np.mean([tr.info["success"] for tr in trajs])),
+                "eval/reward": float(np.mean([tr.reward for tr in trajs])),
+                "eval/turns": float(np.mean([len(tr.steps) for tr in trajs]))}
+
+    # ---- update -----------------------------------------------------------------------
+    def _logprobs(self, model, rows: list[TokenSample]):
+        batch = pad_samples(rows, self.policy.pad_id).to(self.device)
+        with self.autocast:
+            logp = response_logprobs(model, batch, self.erl.temperature)
+        return batch, logp
+
+    def update(self, samples: list[TokenSample]) -> dict[str, float]:
+        cfg, erl = self.cfg, self.erl
+        adv = segment_advantages(samples, norm_by_std=cfg.norm_adv_by_std, distill_mode=erl.distill_mode)
+        chunks = micro_batch_indices(samples, cfg.micro_batch_size)
+        old: dict[int, torch.Tensor] = {}
+        ref: dict[int, torch.Tensor] = {}
+        need_old = cfg.ppo_epochs > 1
+        with torch.no_grad():
+            for c, idx in enumerate(chunks):
+                rows = [samples[i] for i in idx]
+                if need_old:
+                    old[c] = self._logprobs(self.model, rows)[1].float()
+                if cfg.kl_coef > 0 and self.ref_model is not None:
+                    ref[c] = self._logprobs(self.ref_model, rows)[1].float()
+        totals: dict[str, float] = {}
+        self.model.train()
+        for _ in range(cfg.ppo_epochs):
+            self.optimizer.zero_grad(set_to_none=True)
+            for c, idx in enumerate(chunks):
+                rows = [samples[i] for i in idx]
+                batch, logp = self._logprobs(self.model, rows)
+                logp = logp.float()
+                # One epoch: the rollout policy is the current one, so old = current (ratio 1).
+                old_logp = old[c] if need_old else logp.detach()
+                loss, metrics = erl_actor_loss(
+                    logp, old_logp, adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
+                    distill_mode=erl.distill_mode, distill_coef=erl.distill_coef,
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, ref_logprobs=ref.get(c),
+                    kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, loss_agg_mode=cfg.loss_agg_mode)
+                weight = len(idx) / len(samples)  # gradient accumulation over micro-batches
+                (loss * weight).backward()
+                for k, v in metrics.items():
+                    totals[k] = totals.get(k, 0.0) + float(v) * weight
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip or float("inf"))
+            self.optimizer.step()
+            self.scheduler.step()
+        totals = {f"loss/{k}": v / cfg.ppo_epochs for k, v in totals.items()}
+        totals["loss/grad_norm"] = float(grad_norm)
+        totals["lr"] = self.scheduler.get_last_lr()[0]
+        totals["advantage/mean_abs"] = float(adv.abs().mean()) if len(adv) else 0.0
+        return totals
+
+    def step(self) -> dict[str, float]:
+        """One training step; returns its metrics."""
+        seed_all(self.seed * 1_000_003 + self.step_count)  # sampling depends only on (seed, step)
+        gen0 = dict(self.policy.stats)
+        t0 = time.perf_counter()
+        episodes = self.collect(self.next_tasks())
+        t1 = time.perf_counter()
+        samples = [row for ep in episodes for row in episode_to_samples(ep)]
+        metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
+        if samples:
+            metrics.update(self.update(samples))
+        t2 = time.perf_counter()
+        self.step_count += 1
+        gen_tokens = self.policy.stats["generated_tokens"] - gen0["generated_tokens"]
+        gen_secs = self.policy.stats["generate_seconds"] - gen0["generate_seconds"]
+        metrics.update({
+            "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0,
+            "tokens/generated": float(gen_tokens),
+            "throughput/gen_tokens_per_s": gen_tokens / gen_secs if gen_secs > 0 else 0.0,
+            "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
+        })
+        if self.memory is not None:
+            stats = self.memory.stats()
+            metrics.update({f"memory/{k}": float(v) for k, v in stats.items()})
+        return metrics
+
+    # ---- state ------------------------------------------------------------------------
+    def trainable_state(self) -> dict:
+        """Only what training changes: LoRA adapters alone when LoRA is on."""
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()
+                if k in names or len(names) == sum(1 for _ in self.model.parameters())}
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step_count, "cursor": self.cursor, "seed": self.seed}
+
+    def load_state(self, ckpt: dict) -> None:
+        missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
+        if unexpected:
+            raise RuntimeError(f"checkpoint has parameters this model lacks: {unexpected[:5]}")
+        self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
+        self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
+        st = ckpt["trainer_state"]
+        self.step_count, self.cursor = int(st["step"]), int(st["cursor"])
+        if ckpt.get("memory") is not None and self.memory is not None:
+            self.memory.load_state_dict(ckpt["memory"])
+
+    def save_path_hint(self) -> Path:
+        return Path(self.cfg.output_dir) / "checkpoints"

@@ -1,0 +1,181 @@
+"""ErlWorkflow with a scripted policy: every branch of the loop, token-exact trajectories."""
+
+import asyncio
+
+import pytest
+
+from erl.core.config import ErlConfig
+from erl.core.reflection import GUIDANCE_HEADER
+from erl.core.samples import episode_to_samples, trajectory_to_sequences
+from erl.core.types import Segment
+from erl.memory import ReflectionMemory
+from erl.models.tiny import build_tiny_tokenizer
+from erl.rollout.scripted import ScriptedPolicy
+from erl.workflow.chat_agent import ChatAgent
+from erl.workflow.erl_workflow import ErlWorkflow
+
+TOK = build_tiny_tokenizer()
+
+
+class TwoTurnEnv:
+    """Needs two moves; succeeds iff the second move says 'right'. Reward 1 or 0."""
+
+    def __init__(self):
+        self.turn = 0
+
+    def reset(self):
+        self.turn = 0
+        return "You see #.$", {}
+
+    def step(self, action):
+        self.turn += 1
+        if self.turn == 1:
+            return f"You said {action!r}. Again.", 0.0, False, {"success": False}
+        ok = "right" in str(action).lower()
+        return ("Done." if ok else "Wrong."), float(ok), True, {"success": ok}
+
+    def close(self):
+        pass
+
+
+def script(prompt: str, i: int) -> str:
+    """A policy that is right only when guided: the guidance tells it to say 'right'."""
+    if "## The attempt, turn by turn" in prompt:
+        return "thinking... <prompt>On the second move say right.</prompt>"
+    return "right" if "say right" in prompt else "left"
+
+
+def make(config=None, memory=None, fn=script):
+    policy = ScriptedPolicy(TOK, fn)
+    wf = ErlWorkflow(lambda t: ChatAgent(system_prompt="Play. Reply with a move."), lambda t: TwoTurnEnv(),
+                     policy, config or ErlConfig(), memory=memory)
+    return wf, policy
+
+
+TASK = {"task_id": "t0", "env": "toy", "memory_key": "toy"}
+
+
+def test_full_loop_segments_rewards_and_memory():
+    mem = ReflectionMemory(max_size=8, top_k=1)
+    wf, policy = make(memory=mem)
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    names = [t.name for t in ep.trajectories]
+    assert names == ["attempt1", "reflection", "attempt2", "distill"]
+    # r1 = 0 (said 'left'), the reflection is rewarded with r2 = 1, attempt2 r2 = 1, distill r2 = 1
+    assert [t.reward for t in ep.trajectories] == [0.0, 1.0, 1.0, 1.0]
+    assert ep.is_correct and ep.metrics["r1"] == 0.0 and ep.metrics["r2"] == 1.0
+    assert ep.metrics["memory_stored"] == 1.0 and len(mem) == 1
+    assert mem.retrieve("toy", "", 1)[0].text == "On the second move say right."
+    # 2 model calls per attempt + 1 reflection call
+    assert len(policy.calls) == 5
+
+
+def test_tokens_are_exactly_what_the_model_saw():
+    wf, policy = make()
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    a1 = ep.get(Segment.ATTEMPT1)
+    (seq,) = trajectory_to_sequences(a1)  # two turns merge into one sequence
+    # The second call's prompt is the first prompt + reply + glue + observation: a strict extension.
+    assert policy.calls[1].startswith(policy.calls[0])
+    full = TOK.decode(seq.prompt_ids + seq.response_ids)
+    assert full == policy.calls[1] + "left<|im_end|>"
+    # Trainable tokens are exactly the two generated replies (each 'left' + end token).
+    trained = [t for t, m in zip(seq.response_ids, seq.response_mask) if m]
+    assert TOK.decode(trained) == "left<|im_end|>left<|im_end|>"
+    # The observation sits in the untrained part.
+    untrained = TOK.decode([t for t, m in zip(seq.response_ids, seq.response_mask) if not m])
+    assert "You said 'left'. Again." in untrained and "left" not in untrained.replace("'left'", "")
+
+
+def test_distill_is_attempt2_on_the_plain_prompt():
+    wf, _ = make()
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    (a2,) = trajectory_to_sequences(ep.get("attempt2"))
+    (d,) = trajectory_to_sequences(ep.get("distill"))
+    assert GUIDANCE_HEADER in TOK.decode(a2.prompt_ids)
+    assert GUIDANCE_HEADER not in TOK.decode(d.prompt_ids)
+    assert TOK.decode(d.prompt_ids) == TOK.decode(ep.get("attempt1").info["prompt_ids"])
+    assert d.response_ids == a2.response_ids and d.response_mask == a2.response_mask
+
+
+def test_gate_success_skips_reflection():
+    wf, policy = make(fn=lambda p, i: "right")
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    assert [t.name for t in ep.trajectories] == ["attempt1"]
+    assert ep.metrics["reflected"] == 0.0 and ep.is_correct
+    assert len(policy.calls) == 2
+
+
+def test_unparseable_reflection_gets_zero_and_no_second_attempt():
+    def fn(prompt, i):
+        return "I have no idea." if "## The attempt" in prompt else "left"
+
+    wf, policy = make(fn=fn)
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    assert [t.name for t in ep.trajectories] == ["attempt1", "reflection"]
+    assert ep.get("reflection").reward == 0.0
+    assert ep.metrics["reflection_parse_fail"] == 1.0 and ep.info["parse_error"] == "missing_tag"
+    assert len(policy.calls) == 3
+
+
+def test_rlvr_mode_runs_first_attempt_only():
+    wf, _ = make(ErlConfig(mode="rlvr"))
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    assert [t.name for t in ep.trajectories] == ["attempt1"] and ep.metrics["reflected"] == 0.0
+
+
+def test_no_reflection_mode_retries_with_raw_feedback():
+    # Guided by the raw first attempt (which contains "Wrong."), this policy says right.
+    def fn(prompt, i):
+        return "right" if "Your previous attempt" in prompt else "left"
+
+    wf, policy = make(ErlConfig(mode="no_reflection"), fn=fn)
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    assert [t.name for t in ep.trajectories] == ["attempt1", "attempt2", "distill"]
+    assert "## The attempt" not in "".join(policy.calls)  # no reflection request was made
+    assert ep.get("attempt2").reward == 1.0
+
+
+def test_no_memory_mode_neither_reads_nor_writes():
+    mem = ReflectionMemory(max_size=8, top_k=1)
+    mem.add("Stale advice.", "toy", 1.0)
+    wf, policy = make(ErlConfig(mode="no_memory"), memory=mem)
+    asyncio.run(wf.run(TASK, "t0:0"))
+    assert "Stale advice." not in "".join(policy.calls)
+    assert len(mem) == 1
+
+
+def test_memory_is_shown_to_the_next_reflection():
+    mem = ReflectionMemory(max_size=8, top_k=1)
+    wf, policy = make(memory=mem)
+    asyncio.run(wf.run(TASK, "t0:0"))
+    asyncio.run(wf.run(TASK, "t0:1"))
+    reflection_prompts = [c for c in policy.calls if "## The attempt" in c]
+    assert "Instructions that led to success" not in reflection_prompts[0]
+    assert "On the second move say right." in reflection_prompts[1]
+
+
+def test_samples_rows_rewards_and_group_keys():
+    wf, _ = make()
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    rows = episode_to_samples(ep)
+    assert [(r.segment.value, r.reward) for r in rows] == [
+        ("attempt1", 0.0), ("reflection", 1.0), ("attempt2", 1.0), ("distill", 1.0)]
+    assert [r.group_key for r in rows] == ["t0|attempt1", "t0|reflection", "t0|attempt2", "t0|distill"]
+    for r in rows:
+        assert len(r.response_ids) == len(r.response_mask) == len(r.logprobs)
+
+
+@pytest.mark.parametrize("reply", ["", "x" * 5000, "\udcff broken surrogate", "<prompt></prompt>"])
+def test_garbage_model_text_never_crashes(reply):
+    wf, _ = make(fn=lambda p, i: reply)
+    ep = asyncio.run(wf.run(TASK, "t0:0"))
+    assert ep.get("attempt1").reward == 0.0
+    assert ep.metrics["reflection_parse_fail"] == 1.0
+
+
+def test_concurrent_episodes_share_one_policy():
+    wf, policy = make()
+    eps = asyncio.run(asyncio.gather(*[wf.run(TASK, f"t0:{k}") for k in range(6)]))
+    assert all(ep.get("attempt2").reward == 1.0 for ep in eps)
+    assert len(policy.calls) == 6 * 5
