@@ -1,0 +1,162 @@
+"""Advantages, losses and gates against numbers worked out by hand (arithmetic in comments)."""
+
+import math
+
+import pytest
+import torch
+
+from erl.core.advantages import (DISTILL_ID, advantages_from_arrays, grpo_advantages, raft_advantages,
+                                 segment_advantages)
+from erl.core.gating import segment_reward, should_distill, should_reflect, should_store
+from erl.core.losses import aggregate, distill_nll_loss, erl_actor_loss, kl_penalty, masked_mean, ppo_clip_loss
+from erl.core.types import SEGMENT_IDS, Segment, TokenSample
+
+A1, RF, A2, DI = (SEGMENT_IDS[s] for s in (Segment.ATTEMPT1, Segment.REFLECTION, Segment.ATTEMPT2, Segment.DISTILL))
+SQRT_1_3 = math.sqrt(1 / 3)
+
+
+# ---- gates -------------------------------------------------------------------------------
+def test_gates_and_segment_rewards():
+    assert should_reflect(0.0, 1.0) and should_reflect(0.99, 1.0) and not should_reflect(1.0, 1.0)
+    assert should_store(1.0, 1.0) and not should_store(0.5, 1.0)
+    assert should_distill(0.3) and not should_distill(0.0) and not should_distill(-1.0)
+    assert segment_reward(Segment.ATTEMPT1, 0.2, 0.9) == 0.2
+    for seg in (Segment.REFLECTION, Segment.ATTEMPT2, Segment.DISTILL):
+        assert segment_reward(seg, 0.2, 0.9) == 0.9  # D, y2 and its distilled copy all get r2
+    assert segment_reward(Segment.REFLECTION, 0.2, None) == 0.0  # unparseable reflection
+    with pytest.raises(ValueError):
+        segment_reward(Segment.ATTEMPT2, 0.2, None)
+
+
+# ---- advantages ----------------------------------------------------------------------------
+def test_grpo_groups_rules():
+    rewards = [1, 0, 0, 1, 1, 1, 1, 0, 1, 0]
+    keys = ["A|a1"] * 4 + ["A|r"] + ["A|a2"] * 2 + ["B|a1"] * 3
+    adv = grpo_advantages(rewards, keys, norm_by_std=True, eps=0.0)
+    # A|a1 = [1,0,0,1]: mean .5, unbiased std = sqrt(4 * .25 / 3) = sqrt(1/3) -> +-.5/sqrt(1/3) = +-0.8660
+    assert adv[:4].tolist() == pytest.approx([0.8660254, -0.8660254, -0.8660254, 0.8660254], abs=1e-6)
+    assert adv[4] == 1.0  # a group of one keeps its raw reward
+    assert adv[5:7].tolist() == [0.0, 0.0]  # zero variance -> 0
+    # B|a1 = [0,1,0]: mean 1/3, centred [-1/3, 2/3, -1/3], std = sqrt((1/9+4/9+1/9)/2) = sqrt(1/3)
+    assert adv[7:].tolist() == pytest.approx([-1 / 3 / SQRT_1_3, 2 / 3 / SQRT_1_3, -1 / 3 / SQRT_1_3], abs=1e-6)
+    plain = grpo_advantages(rewards, keys, norm_by_std=False)
+    assert plain[7:].tolist() == pytest.approx([-1 / 3, 2 / 3, -1 / 3], abs=1e-6)
+    assert plain[:4].tolist() == pytest.approx([0.5, -0.5, -0.5, 0.5])
+
+
+def test_grpo_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="group keys"):
+        grpo_advantages([1.0, 0.0], ["a"])
+
+
+def test_raft_and_distill_rows():
+    assert raft_advantages([1.0, 0.4, 0.0, -0.5]).tolist() == pytest.approx([1.0, 0.4, 0.0, 0.0])
+    rewards = [0.0, 1.0, 1.0, 0.6]
+    tasks = ["t", "t", "t", "t"]
+    segs = [A1, A1, DI, DI]
+    # attempt1 [0, 1] -> mean .5, std sqrt(.5) -> -+.5/.7071 = -+.7071; distill in raft: max(r, 0)
+    raft = advantages_from_arrays(rewards, tasks, segs, distill_mode="raft", eps=0.0)
+    assert raft.tolist() == pytest.approx([-0.7071068, 0.7071068, 1.0, 0.6], abs=1e-6)
+    sft = advantages_from_arrays(rewards, tasks, segs, distill_mode="sft", eps=0.0)
+    assert sft[2:].tolist() == [0.0, 0.0]  # trained by the NLL term, not by the policy gradient
+    with pytest.raises(ValueError, match="unknown segment"):
+        advantages_from_arrays([1.0], ["t"], [9])
+
+
+def test_segment_advantages_group_per_task_and_segment():
+    def row(task, seg, r):
+        return TokenSample(prompt_ids=[1], response_ids=[2], response_mask=[1], logprobs=[0.0],
+                           segment=seg, task_id=task, reward=r)
+
+    rows = [row("t1", Segment.ATTEMPT1, 0.0), row("t1", Segment.ATTEMPT1, 1.0),
+            row("t1", Segment.ATTEMPT2, 1.0),  # same task, other segment: its own group of one
+            row("t2", Segment.ATTEMPT1, 1.0)]
+    adv = segment_advantages(rows, norm_by_std=False)
+    assert adv.tolist() == pytest.approx([-0.5, 0.5, 1.0, 1.0])
+
+
+# ---- losses --------------------------------------------------------------------------------
+def _batch():
+    """Row 0: A=+1, ratios [1.5, 0.5, pad]; row 1: A=-1, ratios [0.5, 1.5, 1.0]."""
+    logp = torch.tensor([[math.log(1.5), math.log(0.5), 0.0], [math.log(0.5), math.log(1.5), 0.0]])
+    old = torch.zeros(2, 3)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    return logp, old, torch.tensor([1.0, -1.0]), mask
+
+
+def test_ppo_clip_token_values():
+    logp, old, adv, mask = _batch()
+    # per token max(-A r, -A clip(r, .8, 1.28)):
+    #   row0: r=1.5 -> max(-1.5, -1.28) = -1.28 (clipped); r=.5 -> max(-.5, -.8) = -.5
+    #   row1: r=.5 -> max(.5, .8) = .8 (clipped); r=1.5 -> max(1.5, 1.28) = 1.5; r=1 -> 1
+    # token-mean = (-1.28 - .5 + .8 + 1.5 + 1) / 5 = 1.52 / 5 = .304
+    loss, m = ppo_clip_loss(logp, old, adv, mask, 0.2, 0.28, "token-mean")
+    assert float(loss) == pytest.approx(0.304, abs=1e-6)
+    assert m["pg_clipfrac"] == pytest.approx(2 / 5)
+    # seq-mean-token-mean = mean(row0 (-1.28 - .5)/2 = -.89, row1 (.8 + 1.5 + 1)/3 = 1.1) = .105
+    loss2, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, 0.28, "seq-mean-token-mean")
+    assert float(loss2) == pytest.approx(0.105, abs=1e-6)
+
+
+def test_padding_never_counts():
+    logp, old, adv, mask = _batch()
+    logp2 = logp.clone()
+    logp2[0, 2] = 50.0  # garbage under the pad position of row 0
+    assert float(ppo_clip_loss(logp2, old, adv, mask)[0]) == pytest.approx(float(ppo_clip_loss(logp, old, adv, mask)[0]))
+    assert float(masked_mean(torch.ones(2, 2), torch.zeros(2, 2))) == 0.0  # empty mask: 0, not NaN
+    with pytest.raises(ValueError):
+        aggregate(torch.ones(1, 1), torch.ones(1, 1), "sum")
+
+
+def test_kl_estimators():
+    logp, ref = torch.tensor([[-1.0]]), torch.tensor([[-2.0]])
+    # diff = 1: k1 = 1, k2 = 1/2, k3 = e^-1 + 1 - 1 = .367879
+    assert float(kl_penalty(logp, ref, "k1")) == pytest.approx(1.0)
+    assert float(kl_penalty(logp, ref, "k2")) == pytest.approx(0.5)
+    assert float(kl_penalty(logp, ref, "low_var_kl")) == pytest.approx(math.exp(-1), abs=1e-6)
+    assert float(kl_penalty(ref, ref, "low_var_kl")) == 0.0
+
+
+def _with_distill_row():
+    logp, old, adv, mask = _batch()
+    logp = torch.cat([logp, torch.tensor([[-0.1, -0.3, 0.0]])])
+    old = torch.cat([old, torch.tensor([[-0.1, -0.3, 0.0]])])  # ratio 1 on the distill row
+    mask = torch.cat([mask, torch.tensor([[1.0, 1.0, 0.0]])])
+    segs = torch.tensor([A1, A2, DI])
+    return logp, old, adv, mask, segs
+
+
+def test_erl_loss_sft_mode():
+    logp, old, adv, mask, segs = _with_distill_row()
+    adv = torch.cat([adv, torch.tensor([0.0])])
+    # PG over rows 0-1 only = .304; NLL on the distill row = (.1 + .3)/2 = .2; total = .304 + .5 * .2 = .404
+    loss, m = erl_actor_loss(logp, old, adv, mask, segs, distill_mode="sft", distill_coef=0.5)
+    assert float(loss) == pytest.approx(0.404, abs=1e-6)
+    assert m["pg_loss"] == pytest.approx(0.304, abs=1e-6) and m["distill_nll"] == pytest.approx(0.2)
+    assert float(distill_nll_loss(logp, mask * torch.tensor([[0.0], [0.0], [1.0]]))) == pytest.approx(0.2)
+
+
+def test_erl_loss_sft_gradients_stay_in_their_rows():
+    logp, old, adv, mask, segs = _with_distill_row()
+    adv = torch.tensor([0.0, 0.0, 0.0])  # no policy-gradient signal at all
+    logp = logp.clone().requires_grad_(True)
+    loss, _ = erl_actor_loss(logp, old, adv, mask, segs, distill_mode="sft", distill_coef=1.0)
+    loss.backward()
+    # d/dlogp of -(l0 + l1)/2 on the distill row = -1/2 per unmasked token, 0 everywhere else
+    assert logp.grad[2].tolist() == pytest.approx([-0.5, -0.5, 0.0])
+    assert logp.grad[:2].abs().sum() == 0
+
+
+def test_erl_loss_raft_mode_and_kl():
+    logp, old, adv, mask, segs = _with_distill_row()
+    adv = torch.cat([adv, torch.tensor([1.0])])  # RAFT advantage max(r2, 0) = 1 on the distill row
+    # distill tokens: ratio 1, A = 1 -> -1 each; token-mean = (1.52 - 2) / 7 = -.0685714
+    loss, m = erl_actor_loss(logp, old, adv, mask, segs, distill_mode="raft")
+    assert float(loss) == pytest.approx(-0.48 / 7, abs=1e-6) and "distill_nll" not in m
+    ref = logp - 1.0  # diff = 1 on every token -> k1 = 1 everywhere -> +kl_coef * 1
+    loss_kl, m2 = erl_actor_loss(logp, old, adv, mask, segs, distill_mode="raft", ref_logprobs=ref,
+                                 kl_coef=0.1, kl_kind="k1")
+    assert float(loss_kl) == pytest.approx(-0.48 / 7 + 0.1, abs=1e-6) and m2["kl"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="distill_mode"):
+        erl_actor_loss(logp, old, adv, mask, segs, distill_mode="bogus")
+    assert DISTILL_ID == DI
