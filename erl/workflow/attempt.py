@@ -81,3 +81,20 @@ async def run_attempt(
     traj.info["turns"] = len(traj.steps)
     env.close()
     return traj
+
+
+class EnvAttemptRunner:
+    """The default AttemptRunner: a fresh rLLM-shaped agent and env per attempt, so
+    attempt 2 starts from the same initial state as attempt 1."""
+
+    def __init__(self, agent_factory: Any, env_factory: Any, max_context_tokens: int | None = None):
+        self.agent_factory = agent_factory
+        self.env_factory = env_factory
+        self.max_context_tokens = max_context_tokens
+
+    async def __call__(self, task: dict, *, name: str, guidance: str | None, policy: Policy,
+                       chat: ChatTokenizer, params: SamplingParams, config: Any) -> Trajectory:
+        return await run_attempt(
+            self.agent_factory(task), self.env_factory(task), policy, chat, params, name=name, task=task,
+            guidance=guidance, placement=config.reflection_placement, max_turns=config.max_turns,
+            max_context_tokens=self.max_context_tokens)

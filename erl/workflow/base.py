@@ -99,6 +99,23 @@ class SamplingParams:
 
 
 @runtime_checkable
+class AttemptRunner(Protocol):
+    """Runs one attempt of some agent at a task and returns it as a Trajectory.
+
+    This is the seam that lets ErlWorkflow wrap *any* agent: an rLLM-style agent/env pair
+    (erl.workflow.attempt.EnvAttemptRunner), a LangGraph graph, an OpenAI-client agent.
+    The returned trajectory carries `name`, the model calls as `steps` (token ids and
+    log-probs, the text, what the environment or tools answered), `reward`, and in `info`:
+    `success` (bool), `messages` (the chat the attempt started from, guidance included),
+    `prompt_ids` and `plain_prompt_ids` (the first prompt with and without guidance:
+    consolidation re-bases attempt 2 from one onto the other).
+    """
+
+    async def __call__(self, task: dict, *, name: str, guidance: str | None, policy: "Policy",
+                       chat: Any, params: "SamplingParams", config: Any) -> Trajectory: ...
+
+
+@runtime_checkable
 class Policy(Protocol):
     """Anything that samples completions token-in, token-out.
 

@@ -17,8 +17,8 @@ from erl.core.reflection import parse_reflection, render_feedback_guidance, rend
 from erl.core.samples import rebase_steps
 from erl.core.types import Episode, Segment, Step, Trajectory
 from erl.rollout.chat import ChatTokenizer
-from erl.workflow.attempt import run_attempt
-from erl.workflow.base import Policy, SamplingParams
+from erl.workflow.attempt import EnvAttemptRunner
+from erl.workflow.base import AttemptRunner, Policy, SamplingParams
 
 
 def _task_query(attempt: Trajectory) -> str:
@@ -29,23 +29,28 @@ def _task_query(attempt: Trajectory) -> str:
 
 
 class ErlWorkflow:
-    """Wraps any rLLM-shaped agent/env pair into the ERL loop.
+    """Wraps any agent into the ERL loop.
 
-    agent_factory(task) -> agent, env_factory(task) -> env: a fresh pair per attempt, so
-    attempt 2 starts from the same initial state. `memory` is a ReflectionMemory, its Ray
-    proxy, or None (no memory).
+    Either agent_factory(task) -> agent and env_factory(task) -> env (rLLM shapes; a fresh
+    pair per attempt), or `runner`: any AttemptRunner (a LangGraph graph, an OpenAI-client
+    agent). `memory` is a ReflectionMemory, its Ray client, or None (no memory).
     """
 
-    def __init__(self, agent_factory: Callable[[dict], Any], env_factory: Callable[[dict], Any],
-                 policy: Policy, config: ErlConfig | None = None, memory: Any = None,
-                 max_context_tokens: int | None = None):
-        self.agent_factory = agent_factory
-        self.env_factory = env_factory
+    def __init__(self, agent_factory: Callable[[dict], Any] | None = None,
+                 env_factory: Callable[[dict], Any] | None = None, policy: Policy | None = None,
+                 config: ErlConfig | None = None, memory: Any = None,
+                 max_context_tokens: int | None = None, runner: AttemptRunner | None = None):
+        if policy is None:
+            raise ValueError("ErlWorkflow needs a policy")
+        if runner is None:
+            if agent_factory is None or env_factory is None:
+                raise ValueError("ErlWorkflow needs agent_factory and env_factory, or a runner")
+            runner = EnvAttemptRunner(agent_factory, env_factory, max_context_tokens)
+        self.runner = runner
         self.policy = policy
         self.config = config or ErlConfig()
         self.memory = memory
         self.chat = ChatTokenizer(policy.tokenizer)
-        self.max_context_tokens = max_context_tokens
         self.step = 0  # the trainer's step, recorded with each memory entry
 
     def _params(self, max_new_tokens: int, temperature: float | None = None) -> SamplingParams:
@@ -54,11 +59,9 @@ class ErlWorkflow:
 
     async def attempt(self, task: dict, name: str, guidance: str | None = None,
                       temperature: float | None = None) -> Trajectory:
-        return await run_attempt(
-            self.agent_factory(task), self.env_factory(task), self.policy, self.chat,
-            self._params(self.config.max_new_tokens, temperature), name=name, task=task,
-            guidance=guidance, placement=self.config.reflection_placement,
-            max_turns=self.config.max_turns, max_context_tokens=self.max_context_tokens)
+        return await self.runner(task, name=name, guidance=guidance, policy=self.policy, chat=self.chat,
+                                 params=self._params(self.config.max_new_tokens, temperature),
+                                 config=self.config)
 
     async def reflect(self, task: dict, first: Trajectory, memories: list[str]) -> tuple[Trajectory, Any]:
         cfg = self.config
