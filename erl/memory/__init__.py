@@ -1,0 +1,8 @@
+"""Reflection memory: successful reflections shared across episodes (and, via Ray, workers).
+
+`ray_memory` (the Ray actor and client) is not imported here so that Ray stays optional.
+"""
+
+from erl.memory.memory import MemoryEntry, ReflectionMemory, bag_of_words, cosine
+
+__all__ = ["MemoryEntry", "ReflectionMemory", "bag_of_words", "cosine"]

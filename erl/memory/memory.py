@@ -1,0 +1,240 @@
+"""ReflectionMemory: successful reflections, keyed by task, retrieved for the next reflection.
+
+ERL stores a reflection D in memory when the second attempt it guided succeeded, and shows the
+best stored reflection to the model when it writes the next one. The reference code kept one
+reflection per workflow instance; this memory is shared by every rollout worker (wrap it in
+`erl.memory.ray_memory` for that), retrieves by task key and query similarity, is bounded, and
+round-trips exactly through `state_dict()` so a resumed run retrieves what the original would.
+
+Rules (also in the method docstrings):
+- similarity: cosine of bag-of-words counts, tokens = lower-cased `\\w+` runs plus every single
+  non-space symbol (grid observations are made of symbols such as `#`, `@`), 0.0 if either side
+  has no tokens.
+- ranking: entries with the caller's key by (similarity, reward, step, insertion) descending; if
+  fewer than k, other keys' entries with similarity > 0, same order, fill the remainder.
+- eviction (full memory, new text): the newcomer is always stored; the victim is the existing
+  entry with the lowest reward, ties -> fewest uses, then lowest step, then oldest insertion.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from collections import Counter
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+STATE_VERSION = 1
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+_COUNTERS = ("adds", "duplicates", "evictions", "retrievals", "hits")
+
+
+@dataclass
+class MemoryEntry:
+    text: str
+    key: str
+    reward: float
+    step: int
+    query: str
+    uses: int = 0
+    added: int = 0  # insertion counter: unique, increasing, the tie-break for "older"
+
+
+def bag_of_words(text: str) -> Counter:
+    return Counter(t.lower() for t in _TOKEN.findall(text))
+
+
+def cosine(a: Counter, b: Counter) -> float:
+    """Cosine of two count vectors; 0.0 when either is empty (no evidence of similarity)."""
+    if not a or not b:
+        return 0.0
+    dot = sum(n * b[t] for t, n in a.items() if t in b)
+    return dot / math.sqrt(sum(n * n for n in a.values()) * sum(n * n for n in b.values()))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_str(name: str, value: Any, non_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if non_empty and not value.strip():
+        raise ValueError(f"{name} must be a non-empty str")
+    return value
+
+
+def _check_reward(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"reward must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _rank(scored: tuple[float, MemoryEntry]) -> tuple:
+    """Sort key, best first: similarity, reward, later step, later insertion."""
+    sim, e = scored
+    return (-sim, -e.reward, -e.step, -e.added)
+
+
+def _checked_entry(d: dict) -> MemoryEntry:
+    e = MemoryEntry(**d)
+    _check_str("entry.text", e.text, non_empty=True)
+    _check_str("entry.key", e.key)
+    _check_str("entry.query", e.query)
+    e.reward = _check_reward(e.reward)
+    for name in ("step", "uses", "added"):
+        _check_int(f"entry.{name}", getattr(e, name), 0)
+    return e
+
+
+class ReflectionMemory:
+    """Bounded, thread-safe store of successful reflections (see the module docstring for rules)."""
+
+    def __init__(self, max_size: int = 256, top_k: int = 1):
+        self.max_size = _check_int("max_size", max_size, 1)
+        self.top_k = _check_int("top_k", top_k, 0)
+        self._lock = threading.RLock()
+        self._entries: list[MemoryEntry] = []  # insertion order, which state_dict preserves
+        self._bags: dict[int, Counter] = {}  # added -> bag of words of the entry's query (a cache)
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def add(self, text: str, key: str, reward: float, step: int = 0, query: str = "") -> bool:
+        """Store a reflection whose second attempt earned `reward`. Returns True when a new entry
+        was stored; False when the same text was already stored under `key` (that entry keeps its
+        place and uses; its reward becomes the max of both, its step the later one)."""
+        _check_str("text", text, non_empty=True)
+        _check_str("key", key)
+        reward = _check_reward(reward)
+        _check_int("step", step, 0)
+        _check_str("query", query)
+        with self._lock:
+            for e in self._entries:
+                if e.key == key and e.text == text:
+                    e.reward, e.step = max(e.reward, reward), max(e.step, step)
+                    self._counts["duplicates"] += 1
+                    return False
+            if len(self._entries) >= self.max_size:
+                victim = min(self._entries, key=lambda e: (e.reward, e.uses, e.step, e.added))
+                self._remove(victim)
+                self._counts["evictions"] += 1
+            self._insert(MemoryEntry(text, key, reward, step, query, 0, self._next_id))
+            self._next_id += 1
+            self._counts["adds"] += 1
+            return True
+
+    def retrieve(self, key: str, query: str = "", k: int | None = None) -> list[MemoryEntry]:
+        """The best `k` (default top_k) entries for a task, best first, as copies.
+
+        Entries under `key` come first, ordered by (cosine(query, entry.query), reward, step,
+        insertion) descending. If fewer than k share the key, entries of other keys fill the rest,
+        same order, but only those with cosine > 0: a reflection for an unrelated task would
+        mislead more than no reflection. Each returned entry's `uses` grows by one.
+        """
+        _check_str("key", key)
+        _check_str("query", query)
+        k = self.top_k if k is None else _check_int("k", k, 0)
+        bag = bag_of_words(query)
+        with self._lock:
+            scored = [(cosine(bag, self._bags[e.added]), e) for e in self._entries]
+            same = sorted((se for se in scored if se[1].key == key), key=_rank)
+            other = sorted((se for se in scored if se[1].key != key and se[0] > 0), key=_rank)
+            chosen = [e for _, e in (same + other)[:k]]
+            for e in chosen:
+                e.uses += 1
+            self._counts["retrievals"] += 1
+            self._counts["hits"] += bool(chosen)
+            return [replace(e) for e in chosen]
+
+    def entries(self) -> list[MemoryEntry]:
+        """Copies of all entries in insertion order (for inspection; counts no use)."""
+        with self._lock:
+            return [replace(e) for e in self._entries]
+
+    def stats(self) -> dict[str, float]:
+        with self._lock:
+            c = self._counts
+            out = {"size": float(len(self._entries))}
+            out.update({name: float(c[name]) for name in _COUNTERS})
+            out["hit_rate"] = c["hits"] / c["retrievals"] if c["retrievals"] else 0.0
+            return out
+
+    # ---- persistence -------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """A JSON-able dict from which `load_state_dict` rebuilds this memory exactly."""
+        with self._lock:
+            return {"version": STATE_VERSION, "max_size": self.max_size, "top_k": self.top_k,
+                    "next_id": self._next_id, "counters": dict(self._counts),
+                    "entries": [asdict(e) for e in self._entries]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace everything (entries, their order, counters, max_size, top_k) with `state`."""
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise ValueError(f"not a ReflectionMemory state (version {STATE_VERSION}): "
+                             f"{str(state)[:80]!r}")
+        try:
+            max_size = _check_int("max_size", state["max_size"], 1)
+            top_k = _check_int("top_k", state["top_k"], 0)
+            next_id = _check_int("next_id", state["next_id"], 0)
+            counts = {name: _check_int(f"counters.{name}", state["counters"][name], 0)
+                      for name in _COUNTERS}
+            entries = [_checked_entry(e) for e in state["entries"]]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"corrupt ReflectionMemory state: {type(exc).__name__}: {exc}") from exc
+        ids = [e.added for e in entries]
+        if len(entries) > max_size or len(set(ids)) != len(ids) or any(i >= next_id for i in ids):
+            raise ValueError("corrupt ReflectionMemory state: too many entries or bad insertion ids")
+        with self._lock:
+            self.max_size, self.top_k, self._next_id = max_size, top_k, next_id
+            self._counts = counts
+            self._entries, self._bags = [], {}
+            for e in entries:
+                self._insert(e)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write state as JSON atomically: a reader sees the old file or the new one, never half."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(self.state_dict())
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ReflectionMemory:
+        memory = cls()
+        memory.load_state_dict(json.loads(Path(path).read_text()))
+        return memory
+
+    # Picklable (the lock is not): travels as its state.
+    def __getstate__(self) -> dict:
+        return self.state_dict()
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_size"], state["top_k"])
+        self.load_state_dict(state)
+
+    def _insert(self, entry: MemoryEntry) -> None:
+        self._entries.append(entry)
+        self._bags[entry.added] = bag_of_words(entry.query)
+
+    def _remove(self, entry: MemoryEntry) -> None:
+        self._entries.remove(entry)
+        del self._bags[entry.added]
