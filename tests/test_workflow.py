@@ -176,6 +176,9 @@ def test_garbage_model_text_never_crashes(reply):
 
 def test_concurrent_episodes_share_one_policy():
     wf, policy = make()
-    eps = asyncio.run(asyncio.gather(*[wf.run(TASK, f"t0:{k}") for k in range(6)]))
+    async def many():
+        return await asyncio.gather(*[wf.run(TASK, f"t0:{k}") for k in range(6)])
+
+    eps = asyncio.run(many())
     assert all(ep.get("attempt2").reward == 1.0 for ep in eps)
     assert len(policy.calls) == 6 * 5

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ class LocalTrainer:
 
     def __init__(self, model: Any, tokenizer: Any, train_tasks: list[dict], erl: ErlConfig,
                  trainer: LocalTrainerConfig, agent_factory, env_factory, memory: Any = None,
-                 seed: int = 0, ref_model: Any = None):
+                 seed: int = 0, ref_model: Any = None, runner: Any = None):
         if not train_tasks:
             raise ValueError("LocalTrainer: no training tasks")
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
@@ -53,7 +54,7 @@ class LocalTrainer:
         self.memory = memory if erl.uses_memory else None
         self.policy = HFPolicy(model, tokenizer, max_batch_size=trainer.gen_batch_size)
         self.workflow = ErlWorkflow(agent_factory, env_factory, self.policy, erl, self.memory,
-                                    max_context_tokens=trainer.max_context_tokens)
+                                    max_context_tokens=trainer.max_context_tokens, runner=runner)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
         warm = max(trainer.warmup_steps, 0)
@@ -97,6 +98,23 @@ class LocalTrainer:
         return {"eval/success": float(np.mean([tr.info["success"] for tr in trajs])),
                 "eval/reward": float(np.mean([tr.reward for tr in trajs])),
                 "eval/turns": float(np.mean([len(tr.steps) for tr in trajs]))}
+
+    def evaluate_with_reflection(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
+        """Attempt 1, then one reflection and attempt 2 where it failed (no memory): how much
+        a reflection still helps the model, the gap consolidation is meant to close."""
+        t = self.cfg.eval_temperature if temperature is None else temperature
+        cfg = replace(self.erl, mode="no_memory", temperature=t)
+        wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
+
+        async def run_all():
+            return await asyncio.gather(*[wf.run(task, f"{task['task_id']}:eval") for task in tasks])
+
+        with self.autocast:
+            episodes = asyncio.run(run_all())
+        m = episode_metrics(episodes)
+        return {"eval/success": m["attempt1/success"], "eval/success_after_reflection": m["episode/success"],
+                "eval/reflection_rate": m["reflection/rate"],
+                "eval/reflection_parse_fail_rate": m["reflection/parse_fail_rate"]}
 
     # ---- update -----------------------------------------------------------------------
     def _logprobs(self, model, rows: list[TokenSample]):

@@ -1,0 +1,93 @@
+"""`erl-eval`: first-attempt success of a checkpoint or a model folder on a task set.
+
+    erl-eval eval.checkpoint=outputs/frozenlake-erl/checkpoints/step_12
+    erl-eval model.path=/models/Qwen3-4B-Instruct-2507 env=sokoban eval.with_reflection=true
+    erl-eval eval.checkpoint=... eval.tasks_file=data/frozenlake/val.jsonl eval.out=results.json
+
+First attempt only, no reflection, no memory: what the deployed model does. With
+`eval.with_reflection=true` it also runs one reflection + second attempt where the first
+failed (still no memory), which measures how much reflection still helps.
+A checkpoint brings its own model, erl and env settings (the run's config.json);
+`env=...` overrides on the command line take precedence only when no checkpoint is given.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from erl.core.config import ConfigError
+
+
+def evaluate(cfg: dict) -> dict[str, float]:
+    from erl.envs.base import load_tasks
+    from erl.envs.registry import make_tasks
+    from erl.trainers.local.checkpoint import load_checkpoint
+    from erl.trainers.local.run import build
+
+    ev = dict(cfg.get("eval") or {})
+    ckpt = None
+    if ev.get("checkpoint"):
+        path = Path(str(ev["checkpoint"]))
+        ckpt = load_checkpoint(path)
+        saved = ckpt["config"]
+        cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
+    cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
+    trainer, extra = build(cfg)
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+    if ev.get("tasks_file"):
+        tasks = load_tasks(Path(str(ev["tasks_file"])))
+    else:
+        env = cfg["env"]
+        tasks = make_tasks(env["name"], int(ev.get("n", 64)), seed=int(cfg.get("seed", 0)),
+                           split=str(ev.get("split", "val")), **dict(env.get("params") or {}))
+    n = ev.get("n")
+    tasks = tasks[: int(n)] if n else tasks
+    temperature = float(ev.get("temperature", 0.0))
+    if ev.get("with_reflection", False):
+        result = trainer.evaluate_with_reflection(tasks, temperature)
+    else:
+        result = trainer.evaluate(tasks, temperature)
+    result["eval/tasks"] = float(len(tasks))
+    return result
+
+
+def _run(cfg) -> None:
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.table import Table
+
+    from erl.trainers.local.checkpoint import CheckpointError
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    try:
+        result = evaluate(plain)
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+        print(f"erl-eval: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    table = Table(title=f"erl-eval: {plain['eval'].get('checkpoint') or plain['model'].get('path')}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        table.add_row(k, f"{v:.3f}")
+    Console().print(table)
+    out = plain["eval"].get("out")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"config": plain, "metrics": result}, indent=1))
+        print(f"erl-eval: wrote {out}")
+
+
+def main() -> None:
+    import hydra
+
+    from erl.cli.train import config_dir
+
+    hydra.main(config_path=str(config_dir()), config_name="eval", version_base=None)(_run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""The local trainer end to end with a tiny random model: every mode, resume, outputs, bad input."""
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from erl.core.config import ConfigError
+from erl.core.types import Segment, TokenSample
+from erl.models.chat import chat_ids
+from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+from erl.rollout.hf_policy import HFPolicy
+from erl.trainers.local.batch import pad_samples, response_logprobs
+from erl.trainers.local.checkpoint import CheckpointError
+from erl.trainers.local.run import train
+from erl.tracking import read_metrics
+from erl.workflow.base import SamplingParams
+
+
+def base_cfg(tmp_path: Path, mode: str = "erl", steps: int = 2, **trainer) -> dict:
+    """Sizes that keep a step well under a second on 2 CPU cores."""
+    return {
+        "seed": 0, "resume": False,
+        "erl": {"mode": mode, "n_attempt": 2, "max_turns": 3, "max_new_tokens": 8, "max_reflection_tokens": 16,
+                "reflection_require_tag": False, "temperature": 1.0},
+        "trainer": {"total_steps": steps, "tasks_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "eval_every": 1,
+                    "eval_tasks": 2, "save_every": 1, "keep_checkpoints": 3, "output_dir": str(tmp_path / mode),
+                    "loggers": ["console"], "progress": False, "max_context_tokens": 1024, **trainer},
+        "env": {"name": "frozenlake", "n_train": 8, "n_val": 4, "params": {"size_min": 2, "size_max": 2}},
+        "model": {"path": "tiny", "tiny": {"hidden": 32, "layers": 1, "heads": 2}},
+    }
+
+
+def test_generation_logprobs_match_a_forward_pass():
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, hidden=32, layers=1, heads=2)
+    policy = HFPolicy(model, tok)
+    prompts = [chat_ids(tok, [{"role": "user", "content": "go " * k}]) for k in (1, 4, 9)]  # ragged: left padding
+    torch.manual_seed(0)
+    gens = policy.generate_batch(prompts, SamplingParams(max_new_tokens=12, temperature=0.7))
+    rows = [TokenSample(prompt_ids=p, response_ids=g.token_ids, response_mask=[1] * len(g.token_ids),
+                        logprobs=g.logprobs, segment=Segment.ATTEMPT1) for p, g in zip(prompts, gens)]
+    batch = pad_samples(rows, policy.pad_id)
+    with torch.no_grad():
+        recomputed = response_logprobs(model, batch, temperature=0.7)
+    for i, g in enumerate(gens):
+        n = len(g.token_ids)
+        assert n >= 1 and g.finish_reason in ("stop", "length")
+        assert torch.allclose(recomputed[i, :n], torch.tensor(g.logprobs), atol=1e-4)
+
+
+def test_batched_policy_serves_concurrent_requests_in_one_batch():
+    tok = build_tiny_tokenizer()
+    policy = HFPolicy(build_tiny_model(tok, hidden=32, layers=1, heads=2), tok)
+    params = SamplingParams(max_new_tokens=4, temperature=1.0)
+
+    async def many():
+        return await asyncio.gather(*[policy.generate(chat_ids(tok, [{"role": "user", "content": str(k)}]), params)
+                                      for k in range(5)])
+
+    gens = asyncio.run(many())
+    assert len(gens) == 5 and policy.stats["batches"] == 1 and policy.stats["sequences"] == 5
+
+
+@pytest.mark.parametrize("mode", ["erl", "rlvr", "no_reflection", "no_memory"])
+def test_two_steps_in_each_mode(tmp_path, mode):
+    cfg = base_cfg(tmp_path, mode)
+    last = train(cfg)
+    out = Path(cfg["trainer"]["output_dir"])
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2]  # step 0 = eval before training
+    assert (out / "curves.png").stat().st_size > 1000
+    assert (out / "checkpoints" / "step_2" / "model.pt").is_file()
+    step = rows[1]
+    # rlvr: 2 tasks x 2n = 8 first attempts; erl & ablations: 2 tasks x n = 4
+    assert step["episodes"] == (8 if mode == "rlvr" else 4)
+    assert step["attempt1/rows"] >= step["episodes"]
+    if mode == "rlvr":
+        assert step["reflection/rate"] == 0 and step["attempt2/rows"] == 0
+    if mode == "no_reflection":
+        assert step["reflection/rows"] == 0
+    for key in ("loss/pg_loss", "loss/grad_norm", "time/rollout", "time/update", "eval/success"):
+        assert key in step, key
+    assert "eval/success" in last
+    json.loads((out / "config.json").read_text())
+
+
+def test_resume_reproduces_the_next_step(tmp_path):
+    full = base_cfg(tmp_path / "a", steps=3)
+    train(full)
+    part = base_cfg(tmp_path / "b", steps=2)
+    train(part)  # "killed" after step 2 (checkpoint written)
+    resumed = copy.deepcopy(part)
+    resumed["trainer"]["total_steps"] = 3
+    resumed["resume"] = True
+    train(resumed)
+    a = read_metrics(Path(full["trainer"]["output_dir"]) / "metrics.jsonl")
+    b = read_metrics(Path(part["trainer"]["output_dir"]) / "metrics.jsonl")
+    assert [r["step"] for r in b] == [0, 1, 2, 3]
+    skip = ("time/", "throughput/")
+    for key, value in a[3].items():
+        if not key.startswith(skip):
+            assert b[3][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_refuses_to_overwrite_or_mix_runs(tmp_path):
+    cfg = base_cfg(tmp_path, steps=1)
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg)
+    other = copy.deepcopy(cfg)
+    other["resume"] = True
+    other["erl"]["tau"] = 0.5
+    with pytest.raises(ConfigError, match="erl.tau"):
+        train(other)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = base_cfg(tmp_path, steps=1)
+    train(cfg)
+    ckpt = Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1"
+    (ckpt / "model.pt").write_bytes(b"not a checkpoint")
+    resumed = dict(cfg, resume=str(ckpt))
+    resumed["trainer"] = dict(cfg["trainer"], total_steps=2)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        train(resumed)
+
+
+@pytest.mark.parametrize("section,key,value,match", [
+    ("erl", "mode", "grpo", "erl.mode"),
+    ("erl", "n_attempt", 0, "erl.n_attempt"),
+    ("trainer", "micro_batch_size", 0, "trainer.micro_batch_size"),
+    ("trainer", "bogus", 1, "bogus"),
+    ("env", "name", "chess", "unknown environment"),
+    ("model", "path", "no-such-model", "model.path"),
+])
+def test_bad_config_fails_before_any_work(tmp_path, section, key, value, match):
+    cfg = base_cfg(tmp_path)
+    cfg[section][key] = value
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    assert not (tmp_path / "erl" / "metrics.jsonl").exists()
