@@ -17,6 +17,7 @@ from erl.envs.frozenlake import FrozenLakeEnv, shortest_path
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.envs.sokoban import SokobanEnv
 from erl.envs.sokoban_solver import parse_room, solve
+from erl.workflow.base import Action
 
 # Start top-left; holes at (0,2) and (1,1); the only safe way is down, down, right, right.
 LAKE = {"task_id": "fl-hand", "env": "frozenlake", "memory_key": "frozenlake",
@@ -50,7 +51,7 @@ def test_frozenlake_safe_path_reaches_goal_with_reward_only_at_the_end():
     env = FrozenLakeEnv.from_dict(LAKE)
     obs, info = env.reset()
     assert obs == LAKE_START and info["success"] is False and env.idx == "fl-hand"
-    (obs, _, _, info), steps = play(env, ["down", "down", "right", "right"])
+    (obs, _, _, info), steps = play(env, [Action("down"), "down", "right", "right"])  # rLLM's wrapper too
     assert [s[1] for s in steps] == [0.0, 0.0, 0.0, 1.0]  # sum of rewards = final reward = 1
     assert [s[2] for s in steps] == [False, False, False, True]
     assert all(s[3]["success"] is False for s in steps[:3]) and info["success"] is True

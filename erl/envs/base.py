@@ -299,6 +299,7 @@ class GridEnv(TaskEnv):
             return "The episode has already ended.", 0.0, True, {"success": self.success, "turn": self.turn,
                                                                   "valid": False, "moved": False}
         self.turn += 1
+        action = getattr(action, "action", action)  # an rLLM-style Action wrapper
         direction = parse_action(action)
         moved, end = False, None
         if direction is None:
