@@ -28,7 +28,7 @@ def base_cfg(tmp_path: Path, mode: str = "erl", steps: int = 2, **trainer) -> di
                 "reflection_require_tag": False, "temperature": 1.0},
         "trainer": {"total_steps": steps, "tasks_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "eval_every": 1,
                     "eval_tasks": 2, "save_every": 1, "keep_checkpoints": 3, "output_dir": str(tmp_path / mode),
-                    "loggers": ["console"], "progress": False, "max_context_tokens": 1024, **trainer},
+                    "loggers": ["console"], "progress": False, "precision": "fp32", "max_context_tokens": 1024, **trainer},
         "env": {"name": "frozenlake", "n_train": 8, "n_val": 4, "params": {"size_min": 2, "size_max": 2}},
         "model": {"path": "tiny", "tiny": {"hidden": 32, "layers": 1, "heads": 2}},
     }

@@ -56,10 +56,12 @@ def pad_samples(samples: list[TokenSample], pad_id: int) -> PaddedBatch:
 def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0) -> torch.Tensor:
     """log pi(response token | everything before it), [B, R], under logits / temperature
     (the distribution the rollout sampled from)."""
+    R = batch.responses.shape[1]
+    # Only the last R + 1 positions need the LM head: on a 49k vocabulary the prompt's
+    # logits would cost more than the rest of the forward pass.
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=False)
-    P = batch.prompt_width
-    logits = out.logits[:, P - 1:-1, :].float()
+                position_ids=batch.position_ids, use_cache=False, logits_to_keep=R + 1)
+    logits = out.logits[:, :-1, :].float()
     if temperature > 0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)

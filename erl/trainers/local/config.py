@@ -33,6 +33,7 @@ class LocalTrainerConfig:
     keep_checkpoints: int = 1
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights stay fp32)
     gen_batch_size: int = 64
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -60,6 +61,8 @@ class LocalTrainerConfig:
             raise ConfigError(f"trainer.loss_agg_mode must be token-mean or seq-mean-token-mean, got {self.loss_agg_mode!r}")
         if self.kl_kind not in ("k1", "k2", "low_var_kl"):
             raise ConfigError(f"trainer.kl_kind must be k1, k2 or low_var_kl, got {self.kl_kind!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
         bad = [x for x in self.loggers if x not in LOGGERS]
         if bad:
             raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
