@@ -1,0 +1,203 @@
+"""Compose and validate a verl ERL config before anything expensive starts.
+
+Every check here runs on the driver, before Ray: a typo in a key, a bad value, a
+missing model or a batch that cannot be split across the GPUs is reported with the
+field's name instead of surfacing minutes later from inside a Ray worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from erl.core.config import ConfigError, ErlConfig
+
+ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
+
+
+def config_dir() -> Path:
+    """configs/verl at the repository root (editable install) or inside the package."""
+    here = Path(__file__).resolve()
+    for cand in (here.parents[3] / "configs" / "verl", here.parents[2] / "configs" / "verl"):
+        if (cand / "erl_base.yaml").is_file():
+            return cand
+    raise FileNotFoundError("cannot find configs/verl/erl_base.yaml")
+
+
+def experiments() -> list[str]:
+    """Names of the shipped experiment configs (every yaml except the shared base)."""
+    return sorted(p.stem for p in config_dir().glob("*.yaml") if p.stem != "erl_base")
+
+
+def compose(name: str, overrides: list[str] | tuple = ()) -> Any:
+    """Hydra-compose `configs/verl/<name>.yaml` with command-line style overrides.
+
+    An unknown key or group raises ConfigError naming it (Hydra's own message).
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if name not in experiments():
+        raise ConfigError(f"unknown experiment config {name!r}; shipped: {experiments()}")
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return hydra_compose(config_name=name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"config {name}: {exc}") from exc
+
+
+@dataclass
+class ErlTrainerConfig:
+    """The `erl_trainer:` section: what the ERL driver adds to verl's `trainer:`."""
+
+    eval_tasks: int = 128
+    eval_temperature: float = 0.0
+    memory_actor: str = "erl_reflection_memory"
+    max_context_tokens: int = 8192
+    seed: int = 0
+    metrics_file: str = "metrics.jsonl"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ErlTrainerConfig":
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"erl_trainer: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        out = cls(**data)
+        for name in ("eval_tasks", "max_context_tokens"):
+            v = getattr(out, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"erl_trainer.{name} must be an integer >= 1, got {v!r}")
+        if not out.memory_actor:
+            raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
+        return out
+
+
+@dataclass
+class Settings:
+    """What the driver needs, checked: the plain config plus typed sections."""
+
+    cfg: dict
+    erl: ErlConfig
+    trainer: ErlTrainerConfig
+    env_name: str
+    env_params: dict
+    model_path: str
+    world_size: int
+    backend: str
+
+    @property
+    def tasks_per_step(self) -> int:
+        return int(self.cfg["data"]["train_batch_size"])
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.cfg["trainer"]["total_training_steps"])
+
+
+def _int(section: dict, key: str, path: str, low: int = 1) -> int:
+    v = section.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"{path}.{key} must be an integer >= {low}, got {v!r}")
+    return v
+
+
+def check_model(path: str, field: str = "actor_rollout_ref.model.path") -> str:
+    """A local Hugging Face folder whose tokenizer has a chat template (ERL renders chats)."""
+    local = Path(str(path)).expanduser()
+    if not local.is_dir():
+        raise ConfigError(f"{field}: model folder {str(path)!r} does not exist "
+                          "(give a local Hugging Face folder, e.g. /models/Qwen3-4B-Instruct-2507)")
+    if not (local / "config.json").is_file():
+        raise ConfigError(f"{field}: {str(local)!r} has no config.json; not a Hugging Face model folder")
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(local))
+    except Exception as exc:  # tokenizers raise many kinds; the user needs the folder and cause
+        raise ConfigError(f"{field}: cannot load a tokenizer from {str(local)!r}: {exc}") from exc
+    if not getattr(tok, "chat_template", None):
+        raise ConfigError(f"{field}: the tokenizer in {str(local)!r} has no chat template; "
+                          "ERL renders multi-turn chats and needs one (set tokenizer_config.json's chat_template)")
+    return str(local)
+
+
+def validate(cfg: Any, check_model_files: bool = True) -> Settings:
+    """All pre-Ray checks; returns the settings or raises ConfigError naming the field."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from erl.envs.registry import env_class, validate_env_params
+
+    if isinstance(cfg, DictConfig):
+        try:
+            plain = OmegaConf.to_container(cfg, resolve=True)
+        except Exception as exc:  # an interpolation to a missing key, a ??? value
+            raise ConfigError(f"config does not resolve: {exc}") from exc
+    else:
+        plain = dict(cfg)
+    plain.pop("hydra", None)
+    for section in ("erl", "env", "erl_trainer", "data", "trainer", "actor_rollout_ref"):
+        if not isinstance(plain.get(section), dict):
+            raise ConfigError(f"config has no `{section}:` section")
+    erl = ErlConfig.from_dict(plain["erl"])
+    trainer = ErlTrainerConfig.from_dict(plain["erl_trainer"])
+
+    env = plain["env"]
+    unknown = sorted(set(env) - {"name", "params", "n_train", "n_val"})
+    if unknown:
+        raise ConfigError(f"env: unknown key(s) {unknown}; known: ['n_train', 'n_val', 'name', 'params']")
+    env_class(env.get("name"))  # unknown name -> ConfigError listing the known ones
+    params = dict(env.get("params") or {})
+    validate_env_params(env["name"], params)
+    _int(env, "n_train", "env")
+    _int(env, "n_val", "env")
+
+    arr = plain["actor_rollout_ref"]
+    rollout, actor = arr["rollout"], arr["actor"]
+    backend = rollout.get("name")
+    if backend not in ROLLOUT_BACKENDS:
+        raise ConfigError(f"actor_rollout_ref.rollout.name must be one of {ROLLOUT_BACKENDS}, got {backend!r}")
+    n = rollout.get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"actor_rollout_ref.rollout.n must be an integer >= 1, got {n!r}")
+    if n != erl.n_attempt:
+        raise ConfigError(f"actor_rollout_ref.rollout.n ({n}) must equal erl.n_attempt ({erl.n_attempt}): "
+                          "set erl.n_attempt, the rollout count follows it")
+    if backend == "hf" and rollout.get("tensor_model_parallel_size", 1) != 1:
+        raise ConfigError("actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 with the hf backend "
+                          "(each GPU holds a whole copy of the policy for generation)")
+
+    tr = plain["trainer"]
+    nnodes = _int(tr, "nnodes", "trainer")
+    gpus = _int(tr, "n_gpus_per_node", "trainer")
+    _int(tr, "total_training_steps", "trainer")
+    world = nnodes * gpus
+    tasks = _int(plain["data"], "train_batch_size", "data")
+    if tasks % world:
+        raise ConfigError(f"data.train_batch_size ({tasks} tasks) must be divisible by the number of GPUs "
+                          f"(trainer.nnodes x trainer.n_gpus_per_node = {nnodes} x {gpus} = {world}) "
+                          "so that every GPU gets the same share of each step")
+    tp = rollout.get("tensor_model_parallel_size", 1) or 1
+    if world % tp:
+        raise ConfigError(f"actor_rollout_ref.rollout.tensor_model_parallel_size ({tp}) must divide the "
+                          f"number of GPUs ({world})")
+    _int(actor, "ppo_epochs", "actor_rollout_ref.actor")
+    for key in ("clip_ratio_low", "clip_ratio_high", "kl_loss_coef"):
+        v = actor.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"actor_rollout_ref.actor.{key} must be a number >= 0, got {v!r}")
+    if actor.get("loss_agg_mode") not in ("token-mean", "seq-mean-token-mean"):
+        raise ConfigError("actor_rollout_ref.actor.loss_agg_mode must be token-mean or seq-mean-token-mean "
+                          f"(what erl.core.losses supports), got {actor.get('loss_agg_mode')!r}")
+    if actor.get("kl_loss_type") not in ("k1", "k2", "low_var_kl"):
+        raise ConfigError(f"actor_rollout_ref.actor.kl_loss_type must be k1, k2 or low_var_kl, "
+                          f"got {actor.get('kl_loss_type')!r}")
+    model_path = str(arr["model"]["path"])
+    if check_model_files:
+        model_path = check_model(model_path)
+    return Settings(cfg=plain, erl=erl, trainer=trainer, env_name=env["name"], env_params=params,
+                    model_path=model_path, world_size=world, backend=backend)

@@ -1,0 +1,114 @@
+"""An HF-transformers rollout backend behind verl's rollout interface (BaseRollout).
+
+For GPUs where neither vLLM nor SGLang is installed. Each actor worker holds one bf16
+copy of the policy for generation; after every update verl's hybrid weight sync
+(`ActorRolloutRefWorker.update_weights`, checkpoint_engine backend "naive") streams the
+FSDP actor's full tensors into it through `update_weights`. Generation is batched
+`model.generate` (erl.rollout.hf_policy.HFPolicy.generate_batch), returning token ids and
+their log-probs under logits / temperature, the distribution that was sampled.
+
+Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class HFRolloutEngine:
+    """verl BaseRollout-compatible: resume / update_weights / release, plus `generate_proto`."""
+
+    def __init__(self, config: Any, model_config: Any, device_mesh: Any = None, **kwargs: Any):
+        from transformers import AutoModelForCausalLM
+
+        from erl.rollout.hf_policy import HFPolicy
+        from verl.utils.config import omega_conf_to_dataclass
+
+        self.config = omega_conf_to_dataclass(config)
+        self.model_config = omega_conf_to_dataclass(model_config)
+        self.device_mesh = device_mesh
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        path = self.model_config.local_path or self.model_config.path
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        tokenizer = self.model_config.tokenizer
+        # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
+        gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
+        self.policy = HFPolicy(self.model, tokenizer, max_batch_size=gen_batch)
+        self.synced = 0
+
+    # ---- verl's rollout interface ----------------------------------------------------
+    async def resume(self, tags: list[str]) -> None:
+        """Weights and cache live on the GPU all the time (a small model, no KV pool)."""
+
+    async def release(self) -> None:
+        pass
+
+    async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", **kwargs: Any) -> None:
+        if wire_format != "named_tensors":
+            raise ValueError(f"HF rollout takes full named tensors, got wire_format={wire_format!r}")
+        self.load_named_tensors(weights)
+
+    def load_named_tensors(self, weights: Iterable) -> int:
+        """Copy (name, tensor) pairs into the generation model; returns how many matched."""
+        params = dict(self.model.named_parameters())
+        params.update(dict(self.model.named_buffers()))
+        matched, unknown = 0, []
+        with torch.no_grad():
+            for name, tensor in weights:
+                target = params.get(name)
+                if target is None:
+                    unknown.append(name)
+                    continue
+                if hasattr(tensor, "full_tensor"):  # a DTensor shard: gather it
+                    tensor = tensor.full_tensor()
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+                matched += 1
+        if matched == 0:
+            raise RuntimeError(f"HF rollout weight sync matched no parameter; first names sent: {unknown[:5]}")
+        if unknown:
+            logger.warning("HF rollout: %d synced tensors have no counterpart (first: %s)", len(unknown), unknown[:3])
+        self.synced += 1
+        return matched
+
+    # ---- generation ------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], temperature: float, top_p: float, max_new_tokens: int):
+        from erl.workflow.base import SamplingParams
+
+        params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        out = []
+        size = self.policy.max_batch_size
+        for k in range(0, len(prompts), size):
+            out.extend(self.policy.generate_batch(prompts[k:k + size], params))
+        return out
+
+    def generate_proto(self, data: Any) -> Any:
+        """DataProto in (non-tensor `prompt_ids`, sampling in meta_info) -> DataProto out
+        (non-tensor `token_ids`, `logprobs`, `finish_reason`)."""
+        from verl import DataProto
+
+        meta = data.meta_info
+        if meta.get("seed") is not None:  # same seed on every rank: their prompts differ anyway
+            torch.manual_seed(int(meta["seed"]))
+        prompts = [list(map(int, p)) for p in data.non_tensor_batch["prompt_ids"]]
+        gens = self.generate(prompts, meta.get("temperature", 1.0), meta.get("top_p", 1.0),
+                             meta.get("max_new_tokens", 256)) if prompts else []
+        return DataProto.from_dict(non_tensors={
+            "token_ids": _objects([g.token_ids for g in gens]),
+            "logprobs": _objects([g.logprobs for g in gens]),
+            "finish_reason": _objects([g.finish_reason for g in gens]),
+        }, meta_info={"generated_tokens": sum(len(g.token_ids) for g in gens)})
+
+
+def _objects(items: list) -> np.ndarray:
+    """A 1-d object array even when every item has the same length (np.array would stack)."""
+    arr = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        arr[i] = x
+    return arr

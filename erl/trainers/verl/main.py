@@ -1,0 +1,130 @@
+"""`python -m erl.trainers.verl.main --config-name frozenlake_erl [overrides]`: the verl ERL trainer.
+
+Order matters: compose -> validate everything (config, env, model folder, chat template,
+GPU split) -> build the task lists -> only then start Ray, the memory actor and the GPU
+workers. A bad config never costs a cluster start.
+
+    python -m erl.trainers.verl.main --config-name frozenlake_erl \
+        actor_rollout_ref.model.path=/models/Qwen3-4B-Instruct-2507 trainer.n_gpus_per_node=8
+    python -m erl.trainers.verl.main --config-name sokoban_rlvr actor_rollout_ref.rollout.name=hf
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from erl.core.config import ConfigError
+from erl.trainers.verl.config import Settings, config_dir, validate
+
+
+class Tracker:
+    """verl's trackers (trainer.logger: console, tensorboard, wandb) + our metrics.jsonl,
+    the file plots and resumes read (lines past the resumed step are dropped)."""
+
+    def __init__(self, settings: Settings):
+        from erl.tracking import Tracker as JsonlTracker
+
+        tr = settings.cfg["trainer"]
+        out = Path(tr["default_local_dir"])
+        self.jsonl = JsonlTracker(out, loggers=[])
+        self.jsonl.path = out / settings.trainer.metrics_file
+        self.verl = None
+        backends = [b for b in (tr.get("logger") or []) if b]
+        if backends:
+            from verl.utils.tracking import Tracking
+
+            self.verl = Tracking(project_name=tr["project_name"], experiment_name=tr["experiment_name"],
+                                 default_backend=backends, config=settings.cfg)
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.jsonl.log(step, metrics)
+        if self.verl is not None:
+            self.verl.log(data=metrics, step=step)
+
+
+def init_ray(cfg: dict) -> None:
+    """Local Ray with enough declared CPUs, or the cluster in RAY_ADDRESS (`ray start --head`)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    from verl.trainer.constants_ppo import get_ppo_ray_runtime_env
+
+    kwargs = dict((cfg.get("ray_kwargs") or {}).get("ray_init") or {})
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    env = get_ppo_ray_runtime_env()
+    env.setdefault("env_vars", {}).update({"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")})
+    kwargs["runtime_env"] = {**env, **(kwargs.get("runtime_env") or {})}
+    if not os.environ.get("RAY_ADDRESS") and "address" not in kwargs:
+        kwargs.setdefault("num_cpus", max(os.cpu_count() or 1, 8))  # verl's queues need >= 8 declared
+    ray.init(**kwargs)
+
+
+def build(config: Any):
+    """Validated settings -> tasks -> Ray -> memory -> workers -> trainer."""
+    from omegaconf import OmegaConf, open_dict
+    from transformers import AutoTokenizer
+
+    from erl.envs.registry import make_env, make_tasks
+    from erl.trainers.verl.group import VerlWorkers
+    from erl.trainers.verl.memory import create_memory
+    from erl.trainers.verl.trainer import ErlVerlTrainer
+    from erl.workflow.factories import chat_agent_for
+
+    settings = validate(config)
+    with open_dict(config):
+        config.actor_rollout_ref.model.path = settings.model_path  # the checked, expanded folder
+    env = settings.cfg["env"]
+    seed = settings.trainer.seed
+    train = make_tasks(settings.env_name, int(env["n_train"]), seed=seed, split="train", **settings.env_params)
+    val = make_tasks(settings.env_name, int(env["n_val"]), seed=seed, split="val", **settings.env_params)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
+    init_ray(settings.cfg)
+    memory = create_memory(settings.erl, settings.trainer.memory_actor)
+    workers = VerlWorkers(config, settings)
+    policy = workers.make_policy(tokenizer)
+    trainer = ErlVerlTrainer(settings, tokenizer, workers, policy, memory, train, val, chat_agent_for, make_env,
+                             tracker=Tracker(settings))
+    out = Path(settings.cfg["trainer"]["default_local_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+    return trainer
+
+
+def run(config: Any) -> dict:
+    from erl.tracking import plot_run
+
+    trainer = build(config)
+    resume = trainer.find_resume()
+    if resume is not None:
+        trainer.tracker.jsonl.truncate_after(int(resume.name.split("_")[-1]))
+    last = trainer.fit()
+    out = trainer.out
+    plot_run(out / trainer.s.trainer.metrics_file, out / "curves.png",
+             title=f"verl | {trainer.s.env_name} | {trainer.s.erl.mode} | {Path(trainer.s.model_path).name}")
+    last["perf/max_memory_gb"] = trainer.workers.max_memory_gb()
+    return last
+
+
+def _main(config: Any) -> None:
+    try:
+        last = run(config)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"erl-verl: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    shown = {k: round(float(v), 4) for k, v in last.items()
+             if k.startswith(("eval/", "attempt1/success", "attempt2/success", "time/step", "perf/"))}
+    print(f"erl-verl: done -> {config.trainer.default_local_dir} {shown}")
+
+
+def main() -> None:
+    import hydra
+
+    hydra.main(config_path=str(config_dir()), config_name="frozenlake_erl", version_base=None)(_main)()
+
+
+if __name__ == "__main__":
+    main()

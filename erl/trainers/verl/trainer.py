@@ -1,0 +1,230 @@
+"""The ERL trainer on verl's Ray single controller.
+
+verl's RayPPOTrainer.fit assumes one prompt -> n responses -> one reward per response,
+drawn from a parquet dataloader. An ERL step has 3-4 training rows per episode with
+different rewards (r1, r2) and its rollouts are multi-turn agent episodes, so this driver
+keeps verl's workers and plumbing and replaces only the loop:
+
+    tasks --ErlWorkflow (policy adapter -> verl rollout)--> Episodes
+          --episode_to_samples--> DataProto (uid task|segment, segment_ids, rewards, masks)
+          --erl.core.advantages--> advantages
+          --actor workers: old log-probs, ref log-probs, update with ERL's loss (set_loss_fn)
+          --verl weight sync--> rollout ; checkpoints: actor (verl) + cursor + memory
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from erl.core.metrics import episode_metrics, sample_metrics
+from erl.trainers.verl.config import Settings
+from erl.trainers.verl.dataproto import add_advantages, episodes_to_dataproto, pad_to_multiple, to_engine_tensordict
+from erl.trainers.verl.memory import load_memory, save_memory
+from erl.workflow.erl_workflow import ErlWorkflow
+
+STATE_FILE = "erl_state.json"
+
+
+def reduce_metrics(metrics: dict) -> dict[str, float]:
+    """Worker metrics arrive as lists (per micro-batch and rank): their mean."""
+    out = {}
+    for k, v in (metrics or {}).items():
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        nums = [float(getattr(x, "value", x)) for x in vals if isinstance(getattr(x, "value", x), (int, float))]
+        if nums:
+            out[k] = float(np.mean(nums))
+    return out
+
+
+class ErlVerlTrainer:
+    """`workers` is the actor/rollout/ref side (erl.trainers.verl.workers_api.VerlWorkers, or
+    a stand-in with the same methods in CPU tests); `policy` the rollout adapter over it."""
+
+    def __init__(self, settings: Settings, tokenizer: Any, workers: Any, policy: Any, memory: Any,
+                 train_tasks: list[dict], val_tasks: list[dict], agent_factory, env_factory, tracker: Any = None):
+        self.s, self.cfg = settings, settings.cfg
+        self.tokenizer, self.workers, self.policy, self.memory = tokenizer, workers, policy, memory
+        self.train_tasks, self.val_tasks = train_tasks, val_tasks
+        self.workflow = ErlWorkflow(agent_factory, env_factory, policy, settings.erl,
+                                    memory if settings.erl.uses_memory else None,
+                                    max_context_tokens=settings.trainer.max_context_tokens)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.out = Path(self.cfg["trainer"]["default_local_dir"])
+        self.tracker = tracker
+        self.step_count = 0
+        self.cursor = 0
+
+    # ---- data -------------------------------------------------------------------------
+    def _task_at(self, position: int) -> dict:
+        """Epoch e is a permutation seeded by (seed, e): a resume needs only the cursor."""
+        n = len(self.train_tasks)
+        epoch, i = divmod(position, n)
+        order = np.random.default_rng([self.s.trainer.seed, epoch]).permutation(n)
+        return self.train_tasks[int(order[i])]
+
+    def next_tasks(self) -> list[dict]:
+        k = self.s.tasks_per_step
+        tasks = [self._task_at(self.cursor + j) for j in range(k)]
+        self.cursor += k
+        return tasks
+
+    # ---- rollouts ---------------------------------------------------------------------
+    async def _collect(self, tasks: list[dict], n: int):
+        return list(await asyncio.gather(*[self.workflow.run(t, f"{t['task_id']}:{k}") for t in tasks
+                                           for k in range(n)]))
+
+    def collect(self, tasks: list[dict]):
+        self.workflow.step = self.step_count
+        self.policy_seed(self.step_count)
+        return asyncio.run(self._collect(tasks, self.s.erl.first_attempts_per_task))
+
+    def policy_seed(self, step: int) -> None:
+        if hasattr(self.policy, "seed"):
+            self.policy.seed = self.s.trainer.seed * 1_000_003 + step
+
+    async def _first_attempts(self, tasks: list[dict], temperature: float):
+        return await asyncio.gather(*[self.workflow.attempt(t, "attempt1", temperature=temperature) for t in tasks])
+
+    def evaluate(self) -> dict[str, float]:
+        """First attempt only: no reflection, no memory (what the deployed model does)."""
+        tasks = self.val_tasks[: self.s.trainer.eval_tasks]
+        if not tasks:
+            return {}
+        self.policy_seed(10**6 + self.step_count)
+        t0 = time.perf_counter()
+        trajs = asyncio.run(self._first_attempts(tasks, self.s.trainer.eval_temperature))
+        return {"eval/success": float(np.mean([tr.info["success"] for tr in trajs])),
+                "eval/reward": float(np.mean([tr.reward for tr in trajs])),
+                "eval/turns": float(np.mean([len(tr.steps) for tr in trajs])),
+                "time/eval": time.perf_counter() - t0}
+
+    # ---- update -----------------------------------------------------------------------
+    def update(self, data) -> dict[str, float]:
+        """old log-probs -> ref log-probs -> one ERL update per ppo epoch; returns metrics."""
+        actor = self.cfg["actor_rollout_ref"]["actor"]
+        temperature = self.s.erl.temperature
+        data, _ = pad_to_multiple(data, self.workers.dp_size)
+        m: dict[str, float] = {}
+        t0 = time.perf_counter()
+        data.batch["old_log_probs"] = self.workers.compute_log_prob(
+            to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False), data)
+        t1 = time.perf_counter()
+        if actor.get("use_kl_loss") and float(actor.get("kl_loss_coef", 0)) > 0:
+            data.batch["ref_log_prob"] = self.workers.compute_ref_log_prob(
+                to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False),
+                data)
+        t2 = time.perf_counter()
+        rows = len(data)
+        td = to_engine_tensordict(
+            data, temperature=temperature, calculate_entropy=False, distillation_use_topk=False,
+            distillation_only=False, global_batch_size=rows, mini_batch_size=rows, epochs=int(actor["ppo_epochs"]),
+            seed=int(actor.get("data_loader_seed", 42)), dataloader_kwargs={"shuffle": False}, compute_loss=True)
+        m.update({f"actor/{k}": v for k, v in reduce_metrics(self.workers.update_actor(td)).items()})
+        t3 = time.perf_counter()
+        m.update({"time/old_log_prob": t1 - t0, "time/ref_log_prob": t2 - t1, "time/update_actor": t3 - t2})
+        return m
+
+    def step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.policy.reset_stats()
+        episodes = self.collect(self.next_tasks())
+        t1 = time.perf_counter()
+        gen = self.policy.reset_stats()
+        data, samples = episodes_to_dataproto(episodes, self.pad_id)
+        add_advantages(data, norm_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
+                       distill_mode=self.s.erl.distill_mode)
+        metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
+        adv = data.batch["advantages"]
+        metrics["advantage/mean_abs"] = float(adv.abs().sum() / data.batch["response_mask"].sum().clamp(min=1))
+        metrics.update(self.update(data))
+        t2 = time.perf_counter()
+        self.workers.sync_weights(self.step_count + 1)
+        t3 = time.perf_counter()
+        self.step_count += 1
+        metrics.update({
+            "time/rollout": t1 - t0, "time/update": t2 - t1, "time/sync_weights": t3 - t2, "time/step": t3 - t0,
+            "tokens/generated": float(gen["generated_tokens"]),
+            "rollout/sequences": float(gen["sequences"]),
+            "throughput/gen_tokens_per_s": gen["generated_tokens"] / max(t1 - t0, 1e-9),
+            "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
+        })
+        if self.memory is not None:
+            metrics.update({f"memory/{k}": float(v) for k, v in self.memory.stats().items()})
+        return metrics
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def step_dir(self, step: int) -> Path:
+        return self.out / f"global_step_{step}"
+
+    def save_checkpoint(self) -> Path:
+        """verl's layout: global_step_K/actor (model, optimizer, scheduler: the workers write
+        it), plus erl_state.json (cursor) and erl_memory.json; the tracker file
+        latest_checkpointed_iteration.txt is written last, so an interrupted save leaves the
+        previous checkpoint as the one a resume picks."""
+        folder = self.step_dir(self.step_count)
+        keep = self.cfg["trainer"].get("max_actor_ckpt_to_keep")
+        self.workers.save_checkpoint(str(folder / "actor"), self.step_count, keep)
+        (folder / STATE_FILE).write_text(json.dumps({"step": self.step_count, "cursor": self.cursor,
+                                                     "seed": self.s.trainer.seed}))
+        save_memory(self.memory, folder)
+        (self.out / "latest_checkpointed_iteration.txt").write_text(str(self.step_count))
+        return folder
+
+    def find_resume(self) -> Path | None:
+        tr = self.cfg["trainer"]
+        mode = tr.get("resume_mode", "auto")
+        if mode == "disable":
+            return None
+        if mode == "resume_path":
+            path = Path(str(tr.get("resume_from_path")))
+            if not (path / STATE_FILE).is_file():
+                raise FileNotFoundError(f"trainer.resume_from_path={path} is not an ERL checkpoint (no {STATE_FILE})")
+            return path
+        tracker = self.out / "latest_checkpointed_iteration.txt"
+        if not tracker.is_file():
+            return None
+        path = self.step_dir(int(tracker.read_text().strip()))
+        return path if (path / STATE_FILE).is_file() else None
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = json.loads((folder / STATE_FILE).read_text())
+        self.workers.load_checkpoint(str(folder / "actor"))
+        self.step_count, self.cursor = int(state["step"]), int(state["cursor"])
+        load_memory(self.memory, folder)
+
+    # ---- loop -------------------------------------------------------------------------
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log(step, metrics)
+
+    def fit(self) -> dict[str, float]:
+        tr = self.cfg["trainer"]
+        resume = self.find_resume()
+        if resume is not None:
+            self.load_checkpoint(resume)
+            print(f"erl-verl: resumed from {resume} (step {self.step_count}, cursor {self.cursor})")
+        self.workers.sync_weights(self.step_count)
+        last: dict[str, float] = {}
+        if self.step_count == 0 and tr.get("val_before_train", True):
+            last = self.evaluate()
+            self.log(0, last)
+        total, save_freq, test_freq = self.s.total_steps, int(tr.get("save_freq", -1)), int(tr.get("test_freq", -1))
+        while self.step_count < total:
+            metrics = self.step()
+            k = self.step_count
+            if (test_freq > 0 and k % test_freq == 0) or k == total:
+                metrics.update(self.evaluate())
+            if (save_freq > 0 and k % save_freq == 0) or (save_freq > 0 and k == total):
+                t = time.perf_counter()
+                self.save_checkpoint()
+                metrics["time/save_checkpoint"] = time.perf_counter() - t
+            metrics["training/global_step"] = float(k)
+            self.log(k, metrics)
+            last = metrics
+        return last

@@ -1,0 +1,91 @@
+"""ERL's loss installed in verl: the function verl's engine calls, on a synthetic micro-batch,
+equals the value worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("verl")
+
+from erl.core.types import Segment, TokenSample  # noqa: E402
+from erl.trainers.verl.dataproto import samples_to_dataproto, to_engine_tensordict  # noqa: E402
+from erl.trainers.verl.loss import erl_verl_loss, loss_settings, make_loss_fn  # noqa: E402
+
+
+def _cfg(kl: bool = False, kl_coef: float = 0.1, mode: str = "sft"):
+    return {"actor_rollout_ref": {"actor": {"use_kl_loss": kl, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28,
+                                            "kl_loss_coef": kl_coef, "kl_loss_type": "low_var_kl",
+                                            "loss_agg_mode": "token-mean"}},
+            "erl": {"distill_mode": mode, "distill_coef": 1.0}}
+
+
+def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False):
+    """Row A: attempt1, 2 model tokens, advantage +1, old p = .5/.5, new p = .6/.4.
+    Row B: distill, 1 model token, new p = .5."""
+    rows = [TokenSample(prompt_ids=[1, 2], response_ids=[3, 4], response_mask=[1, 1], logprobs=[0.0, 0.0],
+                        segment=Segment.ATTEMPT1, task_id="t"),
+            TokenSample(prompt_ids=[1], response_ids=[5], response_mask=[1], logprobs=[0.0],
+                        segment=Segment.DISTILL, task_id="t")]
+    data = samples_to_dataproto(rows, pad_id=0)
+    ln = math.log
+    data.batch["old_log_probs"] = torch.tensor([[ln(0.5), ln(0.5)], [ln(0.5), 0.0]])
+    data.batch["advantages"] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    if ref:
+        data.batch["ref_log_prob"] = data.batch["old_log_probs"].clone()
+    td = to_engine_tensordict(data, temperature=1.0, batch_num_tokens=batch_num_tokens, dp_size=dp_size)
+    # verl's engine returns per-token log-probs over each row's real tokens, the log-prob of
+    # token t+1 stored at position t (so a response token's value sits one place earlier).
+    new = [[ln(0.6), ln(0.4)], [ln(0.5)]]
+    seqs = []
+    for (p, resp) in ((2, new[0]), (1, new[1])):
+        v = torch.zeros(p + len(resp))
+        v[p - 1:p - 1 + len(resp)] = torch.tensor(resp)
+        seqs.append(v)
+    out = {"log_probs": torch.nested.as_nested_tensor(seqs, layout=torch.jagged)}
+    return out, td
+
+
+def test_loss_equals_hand_computed_value():
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    loss, metrics = erl_verl_loss(out, td, settings=loss_settings(_cfg()))
+    # ratios 0.6/0.5 = 1.2 and 0.4/0.5 = 0.8, both inside [0.8, 1.28]: pg terms -1.2, -0.8,
+    # token mean over the attempt row's 2 tokens = -1.0 (the distill row is out of the PG mean).
+    # consolidation NLL on the distill token: -ln 0.5 = 0.693147; total = -1 + 0.693147.
+    assert metrics["erl/pg_loss"] == pytest.approx(-1.0, abs=1e-6)
+    assert metrics["erl/distill_nll"] == pytest.approx(math.log(2), abs=1e-6)
+    assert loss.item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
+
+
+def test_loss_scaled_to_the_global_token_mean():
+    # 3 tokens here, 12 in the mini-batch over 2 ranks: weight 3 / 12 * 2 = 0.5
+    out, td = _micro_batch(batch_num_tokens=12, dp_size=2)
+    loss, metrics = erl_verl_loss(out, td, settings=loss_settings(_cfg()))
+    assert metrics["erl/loss_scale"] == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(0.5 * (-1.0 + math.log(2)), abs=1e-6)
+
+
+def test_kl_to_reference_and_raft_mode():
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1, ref=True)
+    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(kl=True, kl_coef=0.1)))
+    # k3 = exp(ref - new) - (ref - new) - 1 per token, ref = old:
+    #   0.5/0.6 - ln(0.5/0.6) - 1 = 0.015655 ; 0.5/0.4 - ln(0.5/0.4) - 1 = 0.026856 ; 0 (distill)
+    # mean over the 3 model tokens = 0.014170 ; + 0.1 * that
+    k3 = (0.5 / 0.6 - math.log(0.5 / 0.6) - 1 + 0.5 / 0.4 - math.log(0.5 / 0.4) - 1) / 3
+    assert m["erl/kl"] == pytest.approx(k3, abs=1e-6)
+    assert loss.item() == pytest.approx(-1.0 + math.log(2) + 0.1 * k3, abs=1e-6)
+    # use_kl_loss false -> the reference term is off even with ref log-probs present
+    loss_nokl, m2 = erl_verl_loss(out, td, settings=loss_settings(_cfg(kl=False)))
+    assert "erl/kl" not in m2 and loss_nokl.item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
+    # raft: the distill row joins the PG mean with its own advantage (0 here): (-1.2 - 0.8 + 0) / 3
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    loss_raft, m3 = erl_verl_loss(out, td, settings=loss_settings(_cfg(mode="raft")))
+    assert loss_raft.item() == pytest.approx(-2.0 / 3, abs=1e-6) and "erl/distill_nll" not in m3
+
+
+def test_loss_fn_is_picklable_for_ray():
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(make_loss_fn(_cfg())))
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    assert fn(model_output=out, data=td, dp_group=None)[0].item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
