@@ -12,7 +12,7 @@ import pytest
 
 from erl.cli.tasks import main as tasks_main
 from erl.core.config import ConfigError
-from erl.envs.base import load_tasks, parse_action
+from erl.envs.base import ACTION_PROMPT, load_tasks, parse_action
 from erl.envs.frozenlake import FrozenLakeEnv, shortest_path
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.envs.sokoban import SokobanEnv
@@ -22,7 +22,8 @@ from erl.workflow.base import Action
 # Start top-left; holes at (0,2) and (1,1); the only safe way is down, down, right, right.
 LAKE = {"task_id": "fl-hand", "env": "frozenlake", "memory_key": "frozenlake",
         "grid": ["SFH", "FHF", "FFG"], "max_turns": 8}
-LAKE_START = "K - Q\n- Q -\n- - J"  # default symbols: player K, floor -, hole Q, goal J
+LAKE_GRID = "K - Q\n- Q -\n- - J"  # default symbols: player K, floor -, hole Q, goal J
+LAKE_START = LAKE_GRID + "\n" + ACTION_PROMPT
 
 
 def room_task(rows, max_turns=8):
@@ -88,7 +89,7 @@ def test_frozenlake_edge_does_nothing_and_turns_run_out():
 def test_frozenlake_custom_symbols_and_max_turns():
     task = dict(LAKE, symbols={"hole": "%", "player": "@"}, max_turns=2)
     env = make_env(task)
-    assert env.reset()[0] == "@ - %\n- % -\n- - J"
+    assert env.reset()[0] == "@ - %\n- % -\n- - J\n" + ACTION_PROMPT
     assert env.step("down")[2] is False and env.step("down")[2] is True  # turn 2 of 2
 
 

@@ -244,6 +244,12 @@ class TaskEnv(BaseEnv):
         return tasks
 
 
+# Repeated under every observation: a 135M instruct model names a valid action about 9
+# times in 16 with it and almost never without (measured on SmolLM2-135M-Instruct).
+# It restates the action interface only, nothing about the rules.
+ACTION_PROMPT = "Your action (up, down, left or right):"
+
+
 class GridEnv(TaskEnv):
     """A grid game driven by the four moves. Reward comes only at the end: 1 on success, else 0.
 
@@ -292,7 +298,7 @@ class GridEnv(TaskEnv):
     def reset(self) -> tuple[str, dict]:
         self.load(self.task)
         self.turn, self.done, self.success = 0, False, False
-        return self.render(), {"success": False, "turn": 0}
+        return f"{self.render()}\n{ACTION_PROMPT}", {"success": False, "turn": 0}
 
     def step(self, action: Any) -> tuple[str, float, bool, dict]:
         if self.done:
@@ -315,6 +321,8 @@ class GridEnv(TaskEnv):
         observation = f"{feedback}\n{self.render()}"
         if self.done:
             observation += f"\nThe episode ended. Reward: {reward:g}"
+        else:
+            observation += f"\n{ACTION_PROMPT}"
         info = {"success": self.success, "valid": direction is not None, "moved": moved,
                 "action": direction, "turn": self.turn, "end": end}
         return observation, reward, self.done, info
