@@ -174,6 +174,9 @@ def test_tasks_split_disjoint_seeded_and_bounded(tmp_path):
                       + json.dumps({"contents": '"Ypsilon"\nYpsilon is a moon.'}) + "\n")
     task = HotpotQAEnv.make_tasks(1, corpus=str(corpus))[0]
     assert hotpotqa.get_search(task)("moon").splitlines()[1] == "[1] Ypsilon: Ypsilon is a moon."
+    (tmp_path / "bad.jsonl").write_text('{"title": "A", "text": "fine"}\n{oops\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:2 is not valid JSON"):
+        make_env(HotpotQAEnv.make_tasks(1, corpus=str(tmp_path / "bad.jsonl"))[0])
 
 
 # ---------------------------------------------------------------- the text env

@@ -14,7 +14,7 @@ from langgraph.prebuilt import ToolNode, tools_condition
 
 from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.agents.recorder import AttemptRecorder, ContextLimitExceeded, parse_tool_calls
-from erl.core.config import ErlConfig
+from erl.core.config import ConfigError, ErlConfig
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.core.samples import episode_to_samples, trajectory_to_sequences
 from erl.memory import ReflectionMemory
@@ -184,6 +184,19 @@ def test_a_graph_that_loops_past_its_step_limit():
     assert traj.reward == 0.0 and "step limit (3 graph steps)" in traj.info["error"]
 
 
+def test_an_attempt_past_its_time_limit_scores_zero():
+    class Slow(ScriptedPolicy):
+        async def generate(self, prompt_ids, params):
+            await asyncio.sleep(5)  # cancelled by the runner's timeout
+            return await super().generate(prompt_ids, params)
+
+    wf = ErlWorkflow(policy=Slow(TOK, react_script),
+                     runner=LangGraphAttemptRunner(react_graph, exact_reward, timeout_s=0.2))
+    traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+    assert traj.reward == 0.0 and traj.info["error"] == "the agent did not finish within 0.2 s"
+    assert traj.steps == [] and traj.info["prompt_ids"]  # a bare attempt the reflection can still read
+
+
 def test_an_empty_answer_scores_zero_without_calling_the_reward():
     def reward(task, answer):
         raise AssertionError("not called for an empty answer")
@@ -200,6 +213,8 @@ def test_sync_nodes_and_reflection_in_the_first_user_message():
     assert first[0] == {"role": "system", "content": SYSTEM}
     assert first[1]["content"] == f"{GUIDANCE_HEADER}\n{GUIDANCE}\n\n{QUESTION}"
     assert len(trajectory_to_sequences(traj)) == 1
+    with pytest.raises(ConfigError, match="placement"):
+        LangGraphAttemptRunner(react_graph, exact_reward, placement="first_usr")
 
 
 def test_a_failing_policy_is_not_hidden_as_a_bad_attempt():

@@ -31,13 +31,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphRecursionError
 from pydantic import ConfigDict
 
-from erl.agents.recorder import (
-    AttemptRecorder,
-    ParsedReply,
-    agent_error,
-    close_attempt,
-    message_text,
-)
+from erl.agents.recorder import (AttemptRecorder, ParsedReply, agent_error, check_placement, close_attempt,
+                                 message_text)
 from erl.core.types import Trajectory
 from erl.workflow.base import Generation, Policy, SamplingParams
 
@@ -147,7 +142,8 @@ class LangGraphAttemptRunner:
         self.graph_factory, self.reward_fn = graph_factory, reward_fn
         self.input_fn = input_fn or (lambda task: {"messages": task_messages(task, system_prompt)})
         self.answer_fn = answer_fn or final_answer
-        self.placement, self.max_model_calls, self.recursion_limit = placement, max_model_calls, recursion_limit
+        self.placement = check_placement(placement)
+        self.max_model_calls, self.recursion_limit = max_model_calls, recursion_limit
         self.success_threshold, self.timeout_s = success_threshold, timeout_s
         self.max_context_tokens, self.model_name = max_context_tokens, model_name
         self._with_task = _accepts_task(graph_factory)
@@ -162,17 +158,17 @@ class LangGraphAttemptRunner:
         graph = self.graph_factory(model, task) if self._with_task else self.graph_factory(model)
         inputs = self.input_fn(task)
         limit = self.recursion_limit or 2 * max_calls + 1
-        answer, error = "", None
+        state, error = None, None
         try:
             run = graph.ainvoke(inputs, config={"recursion_limit": limit})
             state = await asyncio.wait_for(run, self.timeout_s) if self.timeout_s else await run
-            answer = self.answer_fn(state)
         except GraphRecursionError:
             error = f"the agent did not finish within its step limit ({limit} graph steps)"
         except Exception as e:  # the agent's own failure (a tool that raises, ...): a bad attempt
             if recorder.fatal is not None:
                 raise recorder.fatal from None
             error = agent_error(e, self.timeout_s)
+        answer = self.answer_fn(state) if error is None else ""  # the user's code: its bugs surface
         fallback = inputs.get("messages") if isinstance(inputs, dict) else None
         return close_attempt(recorder, self.reward_fn, task, answer, error, self.success_threshold,
                              fallback_messages=_plain(fallback))

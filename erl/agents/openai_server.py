@@ -37,14 +37,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from erl.agents.recorder import (
-    AttemptRecorder,
-    ContextLimitExceeded,
-    StepLimitExceeded,
-    agent_error,
-    close_attempt,
-    normalize_messages,
-)
+from erl.agents.recorder import (AttemptRecorder, ContextLimitExceeded, StepLimitExceeded, agent_error,
+                                 check_placement, close_attempt, normalize_messages)
 from erl.core.types import Trajectory
 from erl.workflow.base import Policy, SamplingParams
 
@@ -73,12 +67,6 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
 
-class _Session:
-    def __init__(self, recorder: AttemptRecorder):
-        self.recorder = recorder
-        self.loop = recorder.loop
-
-
 class PolicyServer:
     """uvicorn + FastAPI in a daemon thread. `start()` returns once it accepts connections."""
 
@@ -86,7 +74,7 @@ class PolicyServer:
                  start_timeout_s: float = 30.0):
         self.host, self.port, self.model_name = host, port, model_name
         self.start_timeout_s = start_timeout_s
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, AttemptRecorder] = {}  # session id -> its attempt
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -96,7 +84,7 @@ class PolicyServer:
     def open_session(self, recorder: AttemptRecorder) -> str:
         sid = uuid.uuid4().hex
         with self._lock:
-            self.sessions[sid] = _Session(recorder)
+            self.sessions[sid] = recorder
         return sid
 
     def close_session(self, sid: str) -> None:
@@ -180,11 +168,12 @@ class PolicyServer:
             return _error(400, "no session: use the base_url of an attempt, an X-Session-Id header or `user`",
                           "no_session")
         with self._lock:
-            session = self.sessions.get(sid)
-        if session is None:
+            recorder = self.sessions.get(sid)
+        if recorder is None:
             return _error(404, f"unknown or closed session {sid!r}", "unknown_session")
         limit = req.max_completion_tokens or req.max_tokens
-        future = asyncio.run_coroutine_threadsafe(session.recorder.complete(messages, req.tools, limit), session.loop)
+        # The policy's batching engine lives on the attempt's event loop: generate there.
+        future = asyncio.run_coroutine_threadsafe(recorder.complete(messages, req.tools, limit), recorder.loop)
         try:
             reply, gen = await asyncio.wrap_future(future)
         except (StepLimitExceeded, ContextLimitExceeded) as e:
@@ -193,7 +182,7 @@ class PolicyServer:
             return _error(400, str(e), "invalid_messages")
         except Exception as e:  # the policy failed; the attempt's runner re-raises it
             return _error(500, f"generation failed: {type(e).__name__}", "generation_failed")
-        n_prompt = len(session.recorder.traj.steps[-1].prompt_ids)
+        n_prompt = len(recorder.traj.steps[-1].prompt_ids)
         message: dict = {"role": "assistant", "content": reply.content}
         if reply.tool_calls:
             message["tool_calls"] = [{"id": c["id"], "type": "function",
@@ -225,7 +214,7 @@ class OpenAIAttemptRunner:
                  max_context_tokens: int | None = None, max_workers: int = 64):
         self.agent_fn, self.reward_fn = agent_fn, reward_fn
         self.server, self._own_server = server, server is None
-        self.placement, self.max_model_calls = placement, max_model_calls
+        self.placement, self.max_model_calls = check_placement(placement), max_model_calls
         self.success_threshold, self.timeout_s = success_threshold, timeout_s
         self.max_context_tokens = max_context_tokens
         # Synchronous agents each hold a thread while they wait on HTTP: a pool sized for

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from erl.core.config import ConfigError
 from erl.core.reflection import GUIDANCE_HEADER, apply_guidance
 from erl.core.types import Step, Trajectory
 from erl.models.chat import chat_ids
@@ -171,6 +172,16 @@ def _same_message(a: dict, b: dict) -> bool:
     return key(a) == key(b)
 
 
+PLACEMENTS = ("append_system", "replace_system", "first_user")
+
+
+def check_placement(placement: Any) -> Any:
+    """None (the ErlConfig's reflection_placement), a name from PLACEMENTS, or a callable."""
+    if placement is None or callable(placement) or placement in PLACEMENTS:
+        return placement
+    raise ConfigError(f"placement must be one of {PLACEMENTS} or a callable(messages, guidance), got {placement!r}")
+
+
 def place_guidance(messages: list[dict], guidance: str | None, placement: str | Callable) -> list[dict]:
     """Put the reflection where the attempt's agent will read it: in the system prompt
     (erl.core.reflection.apply_guidance), at the top of the first user message
@@ -248,7 +259,9 @@ class AttemptRecorder:
             params = SamplingParams(max_new_tokens, params.temperature, params.top_p, dict(params.extra))
         try:
             gen = await self.policy.generate(list(ids), params)
-        except BaseException as e:
+        except asyncio.CancelledError:  # the attempt timed out while waiting: not a policy failure
+            raise
+        except Exception as e:
             self.fatal = e
             raise
         reply = parse_tool_calls(gen.text, id_prefix=f"call_{len(steps)}")
@@ -297,7 +310,10 @@ class AttemptRecorder:
         """Close the attempt: the outcome lands on the last step (what the reflection reads)."""
         traj = self.traj
         if "prompt_ids" not in traj.info:  # the agent never called the model
-            msgs = normalize_messages(fallback_messages) if fallback_messages else [{"role": "user", "content": ""}]
+            try:
+                msgs = normalize_messages(fallback_messages)
+            except ValueError:  # no or odd input messages: the attempt still gets a (bare) prompt
+                msgs = [{"role": "user", "content": ""}]
             guided = place_guidance(msgs, self.guidance, self.placement)
             traj.info.update(prompt_ids=self.chat.prompt_ids(guided), messages=guided, tools=None,
                              plain_prompt_ids=self.chat.prompt_ids(msgs))

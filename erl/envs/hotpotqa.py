@@ -30,11 +30,11 @@ import string
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from erl.core.config import ConfigError
+from erl.envs.base import TaskEnv, check_int
 from erl.envs.retrieval import Search, load_corpus, make_search
-from erl.workflow.base import BaseEnv
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "hotpotqa_mini.json"
 F1_FLOOR = 0.3  # below this a partial answer earns nothing
@@ -196,9 +196,9 @@ def _check(cond: bool, field: str, want: str, value: Any) -> None:
         raise ConfigError(f"env.params.{field} must be {want}, got {value!r}")
 
 
-class HotpotQAEnv(BaseEnv):
+class HotpotQAEnv(TaskEnv):
     name = "hotpotqa"
-    PARAMS: dict[str, Any] = {
+    PARAMS: ClassVar[dict[str, Any]] = {
         "source": "file", "data_path": None, "val_data_path": None, "val_percent": 20,
         "hf_name": "hotpotqa/hotpot_qa", "hf_config": "distractor",
         "corpus": "data", "retriever": "bm25", "embedding_model": None, "top_k": 3, "max_turns": 8,
@@ -208,27 +208,13 @@ class HotpotQAEnv(BaseEnv):
         for key in ("question", "answer", "search"):
             if key not in task:
                 raise ConfigError(f"hotpotqa task {task.get('task_id', '?')!r} has no {key!r}")
-        self.task = task
+        super().__init__(task)
         self.search = get_search(task)
         self.max_turns = int(task.get("max_turns", self.PARAMS["max_turns"]))
         self.reset()
 
-    @property
-    def idx(self) -> Any:
-        return self.task.get("task_id")
-
     @classmethod
-    def from_dict(cls, task: dict) -> HotpotQAEnv:
-        return cls(task)
-
-    @classmethod
-    def validate_params(cls, params: dict | None) -> dict:
-        """Defaults merged with `params`, checked; raises ConfigError naming the field."""
-        params = dict(params or {})
-        unknown = sorted(str(k) for k in params if k not in cls.PARAMS)
-        if unknown:
-            raise ConfigError(f"env.params: unknown key(s) {unknown}; known: {sorted(cls.PARAMS)}")
-        p = {**cls.PARAMS, **params}
+    def check_params(cls, p: dict) -> None:
         _check(p["source"] in ("file", "hf"), "source", "'file' or 'hf'", p["source"])
         for key in ("data_path", "val_data_path", "embedding_model"):
             _check(p[key] is None or isinstance(p[key], str), key, "a path or null", p[key])
@@ -245,11 +231,9 @@ class HotpotQAEnv(BaseEnv):
         _check(p["retriever"] in ("bm25", "dense"), "retriever", "'bm25' or 'dense'", p["retriever"])
         if p["retriever"] == "dense" and not p["embedding_model"]:
             raise ConfigError("env.params.embedding_model: retriever=dense needs a sentence-transformers model path")
-        for key, low, high in (("top_k", 1, 20), ("max_turns", 1, 50), ("val_percent", 0, 90)):
-            v = p[key]
-            _check(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high, key,
-                   f"an integer in {low}..{high}", v)
-        return p
+        check_int(p, "top_k", 1, 20)
+        check_int(p, "max_turns", 1, 50)
+        check_int(p, "val_percent", 0, 90)
 
     @classmethod
     def system_prompt(cls, task: dict) -> str:

@@ -8,7 +8,7 @@ is untrusted model text.
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,12 @@ def load_corpus(path: str) -> tuple[tuple[str, str], ...]:
     for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
-        d = json.loads(line)
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            raise ConfigError(f"env.params.corpus: {path}:{i} is not valid JSON") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"env.params.corpus: {path}:{i} must be a JSON object")
         if "contents" in d:
             title, _, text = str(d["contents"]).partition("\n")
         elif "text" in d:
@@ -72,8 +77,7 @@ class DenseRetriever:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
                 raise ConfigError("env.params.retriever=dense needs `pip install sentence-transformers`") from None
-            st = SentenceTransformer(model)
-            encode = lambda texts: st.encode(texts, normalize_embeddings=True)
+            encode = partial(SentenceTransformer(model).encode, normalize_embeddings=True)
         self.encode, self.query_prefix = encode, query_prefix
         self.vectors = self._unit(encode([f"{passage_prefix}{t}. {x}" for t, x in docs]))
 
