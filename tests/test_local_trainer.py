@@ -143,3 +143,23 @@ def test_bad_config_fails_before_any_work(tmp_path, section, key, value, match):
     with pytest.raises(ConfigError, match=match):
         train(cfg)
     assert not (tmp_path / "erl" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("env", ["frozenlake", "sokoban", "hotpotqa"])
+def test_shipped_hydra_config_composes_and_trains(tmp_path, env):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from erl.cli.train import config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = compose("train", overrides=[
+            f"env={env}", "model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2",
+            "trainer.total_steps=1", "trainer.tasks_per_step=2", "trainer.eval_tasks=2", "env.n_train=4", "env.n_val=2",
+            "erl.n_attempt=2", "erl.max_turns=2", "erl.max_new_tokens=8", "erl.max_reflection_tokens=8",
+            f"trainer.output_dir={tmp_path / env}", "trainer.loggers=[console]", "trainer.progress=false",
+            *(["env.params.max_moves=2"] if env == "sokoban" else [])])
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert plain["env"]["params"]["max_turns"] == 2  # follows erl.max_turns
+    last = train(plain)
+    assert "eval/success" in last and (tmp_path / env / "checkpoints" / "step_1").is_dir()

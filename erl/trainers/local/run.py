@@ -8,6 +8,7 @@ over unless the run resumes it.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+LORA_KEYS = {"enabled", "r", "alpha", "dropout", "target_modules", "last_layers"}
+
+
+def apply_lora(model, lora: dict):
+    """peft LoRA adapters. `last_layers: K` puts them on the top K blocks only: the frozen
+    blocks below need no backward pass at all, which nearly halves a CPU update."""
+    from peft import LoraConfig, get_peft_model
+
+    unknown = sorted(set(lora) - LORA_KEYS)
+    if unknown:
+        raise ConfigError(f"model.lora: unknown key(s) {unknown}; known: {sorted(LORA_KEYS)}")
+    layers = None
+    if lora.get("last_layers") is not None:
+        n, k = int(model.config.num_hidden_layers), int(lora["last_layers"])
+        if not 1 <= k <= n:
+            raise ConfigError(f"model.lora.last_layers must be in 1..{n}, got {k}")
+        layers = list(range(n - k, n))
+    return get_peft_model(model, LoraConfig(
+        r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)), lora_dropout=float(lora.get("dropout", 0.0)),
+        target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"])),
+        layers_to_transform=layers))
+
+
 def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     """`model.path`: a registry name, a local Hugging Face folder, or `tiny` (a random
     model the project builds, for tests and smoke runs)."""
@@ -50,13 +74,23 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
         model, tok = load_model_and_tokenizer(folder, dtype=torch.float32, device="cpu")
     lora = dict(model_cfg.get("lora", {}) or {})
     if lora.get("enabled", False):
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(
-            r=int(lora.get("r", 16)), lora_alpha=int(lora.get("alpha", 32)),
-            lora_dropout=float(lora.get("dropout", 0.0)),
-            target_modules=list(lora.get("target_modules", ["q_proj", "k_proj", "v_proj", "o_proj"]))))
+        model = apply_lora(model, lora)
     return model.to(device), tok
+
+
+def load_runner(spec: Any):
+    """`runner: "package.module:factory"` -> factory() -> an AttemptRunner (a LangGraph graph,
+    an OpenAI-client agent); None keeps the default chat agent on the registered env."""
+    if spec in (None, ""):
+        return None
+    module, _, attr = str(spec).partition(":")
+    if not attr:
+        raise ConfigError(f"runner must look like 'package.module:factory', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"runner {spec!r} cannot be imported: {exc}") from exc
+    return factory()
 
 
 def build(cfg: dict) -> tuple[LocalTrainer, dict]:
@@ -70,6 +104,10 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     env_name = env_cfg.get("name")
     params = dict(env_cfg.get("params", {}) or {})
     validate_env_params(env_name, params)
+    env_turns = params.get("max_turns")
+    if isinstance(env_turns, int) and erl.max_turns < env_turns:
+        raise ConfigError(f"erl.max_turns ({erl.max_turns}) < env.params.max_turns ({env_turns}): attempts would "
+                          "be cut before the environment ends them; make them equal")
     seed = int(cfg.get("seed", 0))
     n_train, n_val = int(env_cfg.get("n_train", 256)), int(env_cfg.get("n_val", 64))
     if n_train < 1 or n_val < 1:
@@ -85,8 +123,9 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
         for p in ref.parameters():
             p.requires_grad_(False)
     memory = ReflectionMemory(max_size=erl.memory_size, top_k=erl.memory_top_k)
+    runner = load_runner(cfg.get("runner"))
     trainer = LocalTrainer(model, tok, train, erl, tcfg, chat_agent_for, make_env, memory=memory,
-                           seed=seed, ref_model=ref)
+                           seed=seed, ref_model=ref, runner=runner)
     return trainer, {"val": val}
 
 
