@@ -43,7 +43,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from erl.workflow.base import Action
+from erl.workflow.base import Action, BaseEnv
 
 
 def unwrap_action(action: Any) -> Any:
@@ -179,21 +179,8 @@ class RllmBaseAgent(ABC):
         return steps[-1] if steps else None
 
 
-class RllmBaseEnv(ABC):
-    idx: Any = None
-
-    @abstractmethod
-    def reset(self) -> tuple[Any, dict]: ...
-
-    @abstractmethod
-    def step(self, action: Any) -> tuple[Any, float, bool, dict]: ...
-
-    def close(self) -> None:
-        pass
-
-    @staticmethod
-    def from_dict(info: dict) -> RllmBaseEnv:
-        raise NotImplementedError("an rLLM env implements from_dict")
+class RllmBaseEnv(BaseEnv):
+    """rLLM's BaseEnv is ours plus a thread-safety flag."""
 
     @staticmethod
     def is_multithread_safe() -> bool:
