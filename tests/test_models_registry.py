@@ -397,3 +397,18 @@ def test_fetch_smollm2_for_real(tmp_path):
     # left padding with pad = eos changes nothing for the shorter prompt (greedy)
     n = alone.shape[1] - len(tok.encode(short, add_special_tokens=False))
     assert out[1, batch["input_ids"].shape[1]:][:n].tolist() == alone[0, -n:].tolist()
+
+    # ... and one real training step of the local trainer on it (LoRA on the top 2 blocks)
+    from erl.trainers.local.run import train
+    from erl.tracking import read_metrics
+
+    out = tmp_path / "run"
+    train({"seed": 0, "resume": False,
+           "erl": {"n_attempt": 2, "max_turns": 1, "max_new_tokens": 8, "max_reflection_tokens": 8,
+                   "reflection_require_tag": False},
+           "trainer": {"total_steps": 1, "tasks_per_step": 1, "micro_batch_size": 4, "eval_tasks": 1,
+                       "output_dir": str(out), "loggers": ["console"], "progress": False},
+           "env": {"name": "frozenlake", "n_train": 2, "n_val": 1, "params": {"size_max": 2, "max_turns": 1}},
+           "model": {"path": str(folder), "lora": {"enabled": True, "r": 4, "last_layers": 2}}})
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [0, 1] and rows[1]["episodes"] == 2 and rows[1]["tokens/generated"] > 0
