@@ -1,64 +1,25 @@
-"""A batching Hugging Face `generate` engine behind the async Policy interface.
-
-Episodes run as coroutines; each `generate` call parks its request in a queue. The
-engine lets every runnable episode reach its next request, then samples the whole queue
-as one left-padded batch with a KV cache. This is what makes one-episode-at-a-time code
-(ErlWorkflow) run at batch speed, the same idea as an async vLLM server, in-process.
-"""
+"""Hugging Face `generate` behind the async Policy interface, batched by BatchingPolicy:
+left-padded batches, a KV cache, token ids and their log-probs under the sampler."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import torch
 from transformers import GenerationConfig
 
+from erl.rollout.batching import BatchingPolicy
 from erl.rollout.chat import ChatTokenizer
 from erl.workflow.base import Generation, SamplingParams
 
 
-class HFPolicy:
+class HFPolicy(BatchingPolicy):
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64):
+        super().__init__(tokenizer, max_batch_size=max_batch_size)
         self.model = model
-        self.tokenizer = tokenizer
-        self.max_batch_size = max_batch_size
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
-        self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
-        self._worker: asyncio.Task | None = None
-        self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0}
-
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((list(prompt_ids), params, future))
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self._queue:
-            # Yield until no new request arrives: every runnable episode is now waiting here.
-            size = -1
-            while size != len(self._queue):
-                size = len(self._queue)
-                for _ in range(2):
-                    await asyncio.sleep(0)
-            params = self._queue[0][1]
-            batch = [r for r in self._queue if r[1] == params][: self.max_batch_size]
-            self._queue = [r for r in self._queue if not any(r is b for b in batch)]
-            try:
-                results = self.generate_batch([r[0] for r in batch], params)
-            except Exception as exc:  # every waiting episode sees the failure
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, _, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
