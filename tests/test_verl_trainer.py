@@ -183,3 +183,21 @@ def test_rlvr_runs_twice_the_first_attempts_and_no_memory(tiny_folder, tmp_path)
     # compute matching: 2 tasks x 2n = 8 first attempts, no reflection rows
     assert m["episodes"] == 8 and m["attempt1/rows"] == 8 and m["reflection/rows"] == 0
     assert t.workflow.memory is None
+
+
+def test_benchmark_side_by_side(tiny_folder, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "verl_step.py"
+    spec = importlib.util.spec_from_file_location("verl_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fast = ["erl.max_turns=1", "trainer.val_before_train=false"]
+    erl = _trainer(tiny_folder, tmp_path / "e", fast)
+    rlvr = _trainer(tiny_folder, tmp_path / "r", fast + ["erl.mode=rlvr"])
+    res = bench.side_by_side(erl, rlvr, warmup=0, steps=1)
+    # compute matching: RLVR's 2 tasks x 2n = 8 first attempts; ERL 4 first + 4 reflections + 4 second
+    assert res["rlvr"]["rows"] == 8 and res["erl"]["rows"] >= 8
+    assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
+    assert "ERL / RLVR step time" in bench.report(res)

@@ -1,0 +1,82 @@
+"""ERL step time / compute-matched GRPO (RLVR) step time, measured side by side in one run.
+
+Both trainers share one verl worker group (same GPUs, same model, same rollout backend)
+and the same task stream; their steps alternate (ERL, RLVR, ERL, RLVR, ...), so drift of
+the machine affects both alike. RLVR samples 2n first attempts per task, ERL n first + up
+to n second attempts + reflections: the same rollout budget per task (ERL_SPEC section 1).
+
+    python benchmarks/verl_step.py --config frozenlake_erl --warmup 1 --steps 3 -- \
+        actor_rollout_ref.model.path=/models/SmolLM2 actor_rollout_ref.rollout.name=hf \
+        trainer.n_gpus_per_node=1 data.train_batch_size=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+KEYS = ("time/step", "time/rollout", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
+        "time/sync_weights", "rollout/sequences", "tokens/generated", "rows", "tokens/total",
+        "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s")
+
+
+def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
+    """Alternate steps of the two trainers; medians of the measured (post-warm-up) steps."""
+    runs: dict[str, list[dict]] = {"erl": [], "rlvr": []}
+    for i in range(warmup + steps):
+        for name, trainer in (("erl", erl), ("rlvr", rlvr)):
+            m = trainer.step()
+            if i >= warmup:
+                runs[name].append(m)
+    out = {name: {k: statistics.median(float(m.get(k, 0.0)) for m in ms) for k in KEYS} for name, ms in runs.items()}
+    out["ratio/step_time"] = out["erl"]["time/step"] / max(out["rlvr"]["time/step"], 1e-9)
+    out["ratio/rollout_time"] = out["erl"]["time/rollout"] / max(out["rlvr"]["time/rollout"], 1e-9)
+    out["ratio/update_time"] = out["erl"]["time/update"] / max(out["rlvr"]["time/update"], 1e-9)
+    out["steps"], out["warmup"] = steps, warmup
+    return out
+
+
+def report(res: dict) -> str:
+    lines = [f"{'median over ' + str(res['steps']) + ' steps':34s} {'ERL':>12s} {'RLVR (GRPO)':>12s}"]
+    for k in KEYS:
+        lines.append(f"{k:34s} {res['erl'][k]:12.3f} {res['rlvr'][k]:12.3f}")
+    lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
+                 f"update {res['ratio/update_time']:.3f})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", default="frozenlake_erl")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", default="", help="write the medians as JSON here")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for both runs")
+    args = p.parse_args(argv)
+
+    from erl.envs.registry import make_env
+    from erl.trainers.verl.config import compose, validate
+    from erl.trainers.verl.main import build
+    from erl.trainers.verl.trainer import ErlVerlTrainer
+    from erl.workflow.factories import chat_agent_for
+
+    overrides = [o for o in args.overrides if not o.startswith("erl.mode=")]
+    erl = build(compose(args.config, overrides + ["erl.mode=erl"]))
+    erl.tracker = None
+    s_rlvr = validate(compose(args.config, overrides + ["erl.mode=rlvr"]))
+    rlvr = ErlVerlTrainer(s_rlvr, erl.tokenizer, erl.workers, erl.policy, None, erl.train_tasks, erl.val_tasks,
+                          chat_agent_for, make_env)
+    erl.workers.sync_weights(0)
+    res = side_by_side(erl, rlvr, args.warmup, args.steps)
+    res["perf/max_memory_gb"] = erl.workers.max_memory_gb()
+    print(report(res))
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
