@@ -363,3 +363,15 @@ def test_erl_workflow_on_frozenlake():
     for task in make_tasks("frozenlake", 5, seed=1, split="val"):
         wf = ErlWorkflow(chat_agent_for, make_env, ScriptedPolicy(tok, knows_the_path(task)))
         assert asyncio.run(wf.run(task, task["task_id"])).trajectories[0].reward == 1.0
+
+
+def test_frozenlake_corners_layout_and_its_turn_limit():
+    tasks = make_tasks("frozenlake", 20, seed=3, size_min=2, size_max=3, start_goal="corners", max_turns=4)
+    for t in tasks:
+        n = t["size"]
+        assert t["grid"][0][0] == "S" and t["grid"][n - 1][n - 1] == "G"
+        assert len(t["solution"]) == 2 * (n - 1)  # Manhattan distance: no shorter way round
+    with pytest.raises(ConfigError, match="start_goal"):
+        validate_env_params("frozenlake", {"start_goal": "middle"})
+    with pytest.raises(ConfigError, match="needs 8 moves"):
+        validate_env_params("frozenlake", {"start_goal": "corners", "size_min": 5, "size_max": 5, "max_turns": 6})

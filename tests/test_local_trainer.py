@@ -163,3 +163,19 @@ def test_shipped_hydra_config_composes_and_trains(tmp_path, env):
     assert plain["env"]["params"]["max_turns"] == 2  # follows erl.max_turns
     last = train(plain)
     assert "eval/success" in last and (tmp_path / env / "checkpoints" / "step_1").is_dir()
+
+
+def test_erl_eval_on_a_checkpoint_with_and_without_reflection(tmp_path):
+    from erl.cli.evaluate import evaluate
+
+    cfg = base_cfg(tmp_path, steps=1)
+    train(cfg)
+    ckpt = Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1"
+    ev = {**base_cfg(tmp_path / "other"), "env": {"name": "sokoban"}}  # the checkpoint's env wins
+    plain = evaluate({**ev, "eval": {"checkpoint": str(ckpt), "n": 3, "split": "val"}})
+    assert plain["eval/tasks"] == 3 and 0.0 <= plain["eval/success"] <= 1.0 and "eval/turns" in plain
+    refl = evaluate({**ev, "eval": {"checkpoint": str(ckpt), "n": 3, "with_reflection": True}})
+    # greedy decoding: the first attempts are the same, a reflection can only add successes
+    assert refl["eval/success"] == plain["eval/success"]
+    assert refl["eval/success_after_reflection"] >= refl["eval/success"]
+    assert refl["eval/reflection_rate"] == pytest.approx(1.0 - refl["eval/success"])

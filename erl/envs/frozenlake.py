@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from typing import ClassVar
 
+from erl.core.config import ConfigError
 from erl.envs.base import MOVES, GridEnv, bfs_path, check_float, check_sizes
 
 SYMBOLS = {"player": "K", "floor": "-", "hole": "Q", "goal": "J"}
@@ -47,22 +48,34 @@ def find(grid: list[str], char: str) -> tuple[int, int]:
 class FrozenLakeEnv(GridEnv):
     name = "frozenlake"
     SYMBOLS = SYMBOLS
-    PARAMS: ClassVar[dict] = {"size_min": 2, "size_max": 4, "hole_prob": 0.2, "max_turns": 8, "symbols": {}}
+    PARAMS: ClassVar[dict] = {"size_min": 2, "size_max": 4, "hole_prob": 0.2, "max_turns": 8, "symbols": {},
+                              "start_goal": "random"}
+    # corners: Gymnasium's generate_random_map convention (start top-left, goal bottom-right,
+    # random holes); random: both anywhere, a harder task whose direction must be read off the grid.
+    START_GOAL = ("corners", "random")
 
     @classmethod
     def check_params(cls, params: dict) -> None:
         super().check_params(params)
         check_sizes(params, 2, 9)
         check_float(params, "hole_prob", 0.0, 0.6)  # beyond that, solvable grids get rare
+        if params["start_goal"] not in cls.START_GOAL:
+            raise ConfigError(f"env.params.start_goal must be one of {cls.START_GOAL}, got {params['start_goal']!r}")
+        if params["start_goal"] == "corners" and 2 * (params["size_min"] - 1) > params["max_turns"]:
+            raise ConfigError(f"env.params: with start_goal=corners a grid of side {params['size_min']} needs "
+                              f"{2 * (params['size_min'] - 1)} moves, more than max_turns={params['max_turns']}")
 
     @classmethod
     def sample_layout(cls, rng: random.Random, params: dict) -> dict | None:
         size = rng.randint(params["size_min"], params["size_max"])
         cells = [(r, c) for r in range(size) for c in range(size)]
-        start = rng.choice(cells)
-        # The goal must be reachable within max_turns, so draw it from cells near enough.
-        near = [p for p in cells if 0 < abs(p[0] - start[0]) + abs(p[1] - start[1]) <= params["max_turns"]]
-        goal = rng.choice(near)
+        if params["start_goal"] == "corners":
+            start, goal = (0, 0), (size - 1, size - 1)
+        else:
+            start = rng.choice(cells)
+            # The goal must be reachable within max_turns, so draw it from cells near enough.
+            near = [p for p in cells if 0 < abs(p[0] - start[0]) + abs(p[1] - start[1]) <= params["max_turns"]]
+            goal = rng.choice(near)
         rows = [["H" if rng.random() < params["hole_prob"] else "F" for _ in range(size)] for _ in range(size)]
         rows[start[0]][start[1]], rows[goal[0]][goal[1]] = "S", "G"
         grid = ["".join(row) for row in rows]
