@@ -160,3 +160,17 @@ def test_erl_loss_raft_mode_and_kl():
     with pytest.raises(ValueError, match="distill_mode"):
         erl_actor_loss(logp, old, adv, mask, segs, distill_mode="bogus")
     assert DISTILL_ID == DI
+
+
+def test_task_stream_is_a_permutation_per_epoch_and_resumable():
+    from erl.core.stream import next_tasks, task_index
+
+    first = [task_index(5, 0, p) for p in range(5)]
+    assert sorted(first) == [0, 1, 2, 3, 4]  # every task once per epoch
+    assert sorted(task_index(5, 0, p) for p in range(5, 10)) == [0, 1, 2, 3, 4]
+    a, cur = next_tasks(list("abcde"), 7, 0, 3)
+    b, cur = next_tasks(list("abcde"), 7, cur, 4)  # crosses into epoch 2
+    whole, _ = next_tasks(list("abcde"), 7, 0, 7)
+    assert a + b == whole and cur == 7
+    with pytest.raises(ValueError):
+        task_index(0, 0, 0)

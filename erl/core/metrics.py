@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from erl.core.types import Episode, Segment, TokenSample
+from erl.core.types import Episode, Segment, TokenSample, Trajectory
 
 
 def _mean(xs: list[float]) -> float:
@@ -57,3 +57,10 @@ def sample_metrics(samples: list[TokenSample]) -> dict[str, float]:
     m["tokens/trained"] = float(sum(sum(s.response_mask) for s in samples))
     m["tokens/total"] = float(sum(len(s.prompt_ids) + len(s.response_ids) for s in samples))
     return m
+
+
+def first_attempt_metrics(attempts: list[Trajectory]) -> dict[str, float]:
+    """Evaluation: first attempts only (no reflection, no memory), what the deployed model does."""
+    return {"eval/success": _mean([float(t.info.get("success", False)) for t in attempts]),
+            "eval/reward": _mean([t.reward for t in attempts]),
+            "eval/turns": _mean([float(len(t.steps)) for t in attempts])}

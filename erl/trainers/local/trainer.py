@@ -21,8 +21,9 @@ import torch
 from erl.core.advantages import segment_advantages
 from erl.core.config import ErlConfig
 from erl.core.losses import erl_actor_loss
-from erl.core.metrics import episode_metrics, sample_metrics
+from erl.core.metrics import episode_metrics, first_attempt_metrics, sample_metrics
 from erl.core.samples import episode_to_samples
+from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
 from erl.rollout.hf_policy import HFPolicy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
@@ -77,17 +78,8 @@ class LocalTrainer:
         return contextlib.nullcontext()
 
     # ---- data -------------------------------------------------------------------------
-    def _task_at(self, position: int) -> dict:
-        """Deterministic stream: epoch e is a permutation seeded by (seed, e), so a resumed
-        run needs only the cursor to continue with the same tasks."""
-        n = len(self.train_tasks)
-        epoch, i = divmod(position, n)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        return self.train_tasks[int(order[i])]
-
     def next_tasks(self) -> list[dict]:
-        tasks = [self._task_at(self.cursor + k) for k in range(self.cfg.tasks_per_step)]
-        self.cursor += self.cfg.tasks_per_step
+        tasks, self.cursor = next_tasks(self.train_tasks, self.seed, self.cursor, self.cfg.tasks_per_step)
         return tasks
 
     # ---- rollouts ---------------------------------------------------------------------
@@ -108,9 +100,7 @@ class LocalTrainer:
         t = self.cfg.eval_temperature if temperature is None else temperature
         with self.autocast():
             trajs = asyncio.run(self._first_attempts(tasks, t))
-        return {"eval/success": float(np.mean([tr.info["success"] for tr in trajs])),
-                "eval/reward": float(np.mean([tr.reward for tr in trajs])),
-                "eval/turns": float(np.mean([len(tr.steps) for tr in trajs]))}
+        return first_attempt_metrics(trajs)
 
     def evaluate_with_reflection(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
         """Attempt 1, then one reflection and attempt 2 where it failed (no memory): how much
