@@ -44,6 +44,7 @@ CMD=("$PYTHON" -m erl.trainers.verl.main --config-name "$EXPERIMENT"
      "$@")
 
 if [ "${DRY_RUN:-0}" = "1" ]; then
+  [ -n "${RAY_ADDRESS:-}" ] && printf 'RAY_ADDRESS=%q ' "$RAY_ADDRESS"
   printf '%q ' "${CMD[@]}"; echo
   exit 0
 fi

@@ -148,6 +148,7 @@ def _trainer(folder, out, extra=()):
                           tracker=ListTracker())
 
 
+@pytest.mark.slow
 def test_fit_checkpoint_and_exact_resume(tiny_folder, tmp_path):
     a = _trainer(tiny_folder, tmp_path / "run")
     a.fit()

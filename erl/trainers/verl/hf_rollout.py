@@ -59,12 +59,14 @@ class HFRolloutEngine:
         """Copy (name, tensor) pairs into the generation model; returns how many matched."""
         params = dict(self.model.named_parameters())
         params.update(dict(self.model.named_buffers()))
+        tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
         matched, unknown = 0, []
         with torch.no_grad():
             for name, tensor in weights:
                 target = params.get(name)
                 if target is None:
-                    unknown.append(name)
+                    if not (tied and name.endswith("lm_head.weight")):  # tied: the embedding carries it
+                        unknown.append(name)
                     continue
                 if hasattr(tensor, "full_tensor"):  # a DTensor shard: gather it
                     tensor = tensor.full_tensor()

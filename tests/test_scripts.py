@@ -1,0 +1,66 @@
+"""scripts/*.sh compose the right Hydra overrides (DRY_RUN=1 prints the command) for 1-8 GPUs
+per node and 1-2 nodes, unchanged between a laptop-sized and a cluster run."""
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["frozenlake_erl", "frozenlake_rlvr", "sokoban_erl", "sokoban_rlvr", "hotpotqa_erl", "hotpotqa_rlvr",
+               "frozenlake_no_reflection", "frozenlake_no_memory"]
+
+
+def dry_run(script: str, *args: str, **env: str) -> list[str]:
+    full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full.update(DRY_RUN="1", **env)
+    out = subprocess.run(["bash", str(ROOT / "scripts" / f"{script}.sh"), *args], env=full, capture_output=True,
+                         text=True, check=True).stdout
+    return shlex.split(out)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_overrides_for_each_cluster_shape(nodes, gpus):
+    cmd = dry_run("frozenlake_erl", "trainer.total_training_steps=20",
+                  N_NODES=str(nodes), N_GPUS_PER_NODE=str(gpus), MODEL_PATH="/models/m", ROLLOUT="hf")
+    assert cmd[cmd.index("-m") + 1] == "erl.trainers.verl.main"
+    assert cmd[cmd.index("--config-name") + 1] == "frozenlake_erl"
+    tail = cmd[cmd.index("--config-name") + 2:]
+    assert tail == [f"trainer.nnodes={nodes}", f"trainer.n_gpus_per_node={gpus}",
+                    "actor_rollout_ref.model.path=/models/m", "actor_rollout_ref.rollout.name=hf",
+                    "trainer.total_training_steps=20"]
+    # several nodes join the existing Ray cluster; one node starts its own Ray
+    assert (cmd[0] == "RAY_ADDRESS=auto") == (nodes > 1)
+    pytest.importorskip("verl")
+    from erl.trainers.verl.config import compose, validate
+
+    s = validate(compose("frozenlake_erl", tail), check_model_files=False)
+    assert s.world_size == nodes * gpus and s.tasks_per_step % s.world_size == 0
+    assert s.backend == "hf" and s.total_steps == 20
+
+
+def test_every_experiment_has_a_script_and_defaults():
+    for exp in EXPERIMENTS:
+        cmd = dry_run(exp)
+        assert cmd[cmd.index("--config-name") + 1] == exp
+        assert "trainer.n_gpus_per_node=8" in cmd and "trainer.nnodes=1" in cmd
+        assert "actor_rollout_ref.rollout.name=vllm" in cmd
+        assert any(a.startswith("actor_rollout_ref.model.path=") and a.endswith("Qwen3-4B-Instruct-2507") for a in cmd)
+
+
+def test_extra_arguments_pass_through_unchanged():
+    cmd = dry_run("sokoban_rlvr", "erl.tau=0.5", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+                  "trainer.logger=[console,tensorboard]", "x=a b")
+    assert cmd[-4:] == ["erl.tau=0.5", "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
+                        "trainer.logger=[console,tensorboard]", "x=a b"]
+
+
+@pytest.mark.parametrize("env, message", [({"N_NODES": "0"}, "N_NODES"), ({"N_GPUS_PER_NODE": "two"}, "N_GPUS_PER_NODE"),
+                                          ({"ROLLOUT": "tgi"}, "ROLLOUT")])
+def test_bad_environment_is_refused(env, message):
+    full = dict(os.environ, DRY_RUN="1", **env)
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "frozenlake_erl.sh")], env=full, capture_output=True, text=True)
+    assert res.returncode == 2 and message in res.stderr

@@ -1,0 +1,108 @@
+"""Every shipped verl config composes and validates; bad keys, values and inputs fail with an
+error naming the field, before Ray is started."""
+
+import pytest
+
+pytest.importorskip("verl")
+
+from erl.core.config import ConfigError  # noqa: E402
+from erl.trainers.verl.config import compose, experiments, validate  # noqa: E402
+
+EXPECTED = {"frozenlake_erl", "frozenlake_rlvr", "sokoban_erl", "sokoban_rlvr", "hotpotqa_erl", "hotpotqa_rlvr",
+            "frozenlake_no_reflection", "frozenlake_no_memory"}
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("m")
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_every_experiment_composes_with_paper_settings():
+    assert set(experiments()) == EXPECTED
+    for name in sorted(EXPECTED):
+        s = validate(compose(name), check_model_files=False)
+        env, mode = name.split("_", 1)
+        assert s.env_name == env and s.erl.mode == mode, name
+        a = s.cfg["actor_rollout_ref"]
+        # ERL_SPEC section 3: lr 1e-6, 64 tasks, n=4 per attempt, T 0.7, clip .2/.28, KL .001, 8 turns
+        assert a["actor"]["optim"]["lr"] == 1e-6 and s.tasks_per_step == 64
+        assert s.erl.n_attempt == 4 and a["rollout"]["n"] == 4 and a["rollout"]["temperature"] == 0.7
+        assert (a["actor"]["clip_ratio_low"], a["actor"]["clip_ratio_high"]) == (0.2, 0.28)
+        assert a["actor"]["kl_loss_coef"] == 0.001 and a["actor"]["use_kl_loss"] is True
+        assert s.erl.max_turns == 8 and a["model"]["path"].endswith("Qwen3-4B-Instruct-2507")
+        assert s.cfg["trainer"]["experiment_name"] == f"{env}-{mode}"
+    # compute matching: the RLVR baseline samples 2n first attempts, ERL n (+ n second attempts)
+    assert validate(compose("sokoban_rlvr"), check_model_files=False).erl.first_attempts_per_task == 8
+    assert validate(compose("sokoban_erl"), check_model_files=False).erl.first_attempts_per_task == 4
+
+
+@pytest.mark.parametrize("override, field", [
+    ("erl.mode=bogus", "erl.mode"),
+    ("+erl.bogus=1", "bogus"),
+    ("erl.bogus=1", "erl.bogus"),                     # not in the config: Hydra refuses it
+    ("trainer.n_gpus_per_nod=2", "trainer.n_gpus_per_nod"),
+    ("+erl_trainer.bogus=1", "erl_trainer"),
+    ("env.name=chess", "env.name"),
+    ("actor_rollout_ref.rollout.name=tgi", "actor_rollout_ref.rollout.name"),
+    ("actor_rollout_ref.rollout.n=0", "actor_rollout_ref.rollout.n"),
+    ("erl.n_attempt=0", "erl.n_attempt"),
+    ("actor_rollout_ref.rollout.n=3", "must equal erl.n_attempt"),
+    ("actor_rollout_ref.actor.loss_agg_mode=seq-sum", "loss_agg_mode"),
+    ("actor_rollout_ref.actor.clip_ratio_high=-1", "clip_ratio_high"),
+])
+def test_bad_key_or_value_names_the_field(override, field):
+    import ray
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate(compose("frozenlake_erl", [override]), check_model_files=False)
+    assert not ray.is_initialized()
+
+
+def test_batch_must_split_across_gpus():
+    with pytest.raises(ConfigError, match=r"data\.train_batch_size \(6 tasks\).*2 x 4 = 8"):
+        validate(compose("frozenlake_erl", ["data.train_batch_size=6", "trainer.nnodes=2",
+                                            "trainer.n_gpus_per_node=4"]), check_model_files=False)
+    s = validate(compose("frozenlake_erl", ["data.train_batch_size=64", "trainer.nnodes=2",
+                                            "trainer.n_gpus_per_node=8"]), check_model_files=False)
+    assert s.world_size == 16
+
+
+def test_model_folder_and_chat_template(model_folder, tmp_path):
+    import json
+    import ray
+
+    ok = validate(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={model_folder}"]))
+    assert ok.model_path == str(model_folder)
+    with pytest.raises(ConfigError, match=r"actor_rollout_ref\.model\.path.*does not exist"):
+        validate(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={tmp_path / 'missing'}"]))
+    # the same model whose tokenizer lost its chat template
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in model_folder.iterdir():
+        if f.name != "chat_template.jinja":
+            (bare / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="no chat template"):
+        validate(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={bare}"]))
+    assert not ray.is_initialized()
+
+
+def test_build_fails_before_ray(tmp_path):
+    """The entry point validates first: a bad config never starts Ray or touches a GPU."""
+    import ray
+
+    from erl.trainers.verl.main import build
+
+    with pytest.raises(ConfigError, match="env.name"):
+        build(compose("frozenlake_erl", ["env.name=nope", f"actor_rollout_ref.model.path={tmp_path}"]))
+    with pytest.raises(ConfigError, match="does not exist"):
+        build(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={tmp_path / 'x'}"]))
+    assert not ray.is_initialized()
