@@ -202,3 +202,17 @@ def test_benchmark_side_by_side(tiny_folder, tmp_path):
     assert res["rlvr"]["rows"] == 8 and res["erl"]["rows"] >= 8
     assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
     assert "ERL / RLVR step time" in bench.report(res)
+
+
+def test_dead_rollout_worker_fails_the_step_and_keeps_the_last_checkpoint(tiny_folder, tmp_path):
+    t = _trainer(tiny_folder, tmp_path / "dead", ["trainer.val_before_train=false"])
+    t.save_checkpoint()  # a valid checkpoint at step 0
+
+    def died(data):
+        raise RuntimeError("rollout worker 0 died: CUDA error")
+
+    t.policy.generate_fn = died
+    with pytest.raises(RuntimeError, match="rollout worker 0 died"):
+        t.fit()
+    assert (tmp_path / "dead" / "latest_checkpointed_iteration.txt").read_text() == "0"
+    assert t.find_resume() == tmp_path / "dead" / "global_step_0" and t.step_count == 0
