@@ -159,6 +159,7 @@ def test_fit_checkpoint_and_exact_resume(tiny_folder, tmp_path):
     assert m1["episodes"] == 4 and m1["reflection/rate"] == 1.0
     assert m1["attempt1/rows"] == 4 and m1["reflection/rows"] == 4
     assert m1["tokens/generated"] > 0 and m1["time/step"] > 0 and "actor/erl/pg_loss" in m1
+    assert 0 < m1["time/reflection"] < m1["time/rollout"]
     assert "eval/success" in rows[2] and "eval/success" not in rows[1]
     assert a.workers.synced == [0, 1, 2, 3]  # initial sync + one after every update
     # verl's checkpoint layout + ERL's cursor and memory
@@ -216,3 +217,53 @@ def test_dead_rollout_worker_fails_the_step_and_keeps_the_last_checkpoint(tiny_f
         t.fit()
     assert (tmp_path / "dead" / "latest_checkpointed_iteration.txt").read_text() == "0"
     assert t.find_resume() == tmp_path / "dead" / "global_step_0" and t.step_count == 0
+
+
+def test_reflection_time_is_the_union_of_overlapping_spans():
+    from erl.trainers.verl.trainer import TimedWorkflow
+
+    wf = TimedWorkflow.__new__(TimedWorkflow)
+    wf.reflect_spans = [(1.0, 3.0), (0.0, 2.0), (5.0, 6.0), (5.5, 5.8)]
+    # [0, 3] and [5, 6]: 3 + 1 = 4 seconds with a reflection in flight
+    assert wf.take_reflection_time() == pytest.approx(4.0)
+    assert wf.take_reflection_time() == 0.0  # reset after reading
+
+
+@pytest.mark.parametrize("settle_s, batches", [(0.05, 1), (0.0, 2)])
+def test_requests_after_io_join_the_same_batch(settle_s, batches):
+    """Episodes that just got an answer from the memory actor (real I/O) still make the batch,
+    so batch composition and sampling seeds do not depend on the actor's latency."""
+    import asyncio
+
+    from erl.models.tiny import build_tiny_tokenizer
+    from erl.workflow.base import SamplingParams
+
+    sizes = []
+
+    def gen(data):
+        n = len(data.non_tensor_batch["prompt_ids"])
+        sizes.append(n)
+        return DataProto.from_dict(non_tensors={
+            "token_ids": _obj([[65]] * n), "logprobs": _obj([[-0.5]] * n), "finish_reason": _obj(["stop"] * n)})
+
+    policy = WorkerGroupPolicy(build_tiny_tokenizer(), gen, dp_size=1, settle_s=settle_s)
+
+    async def episode(io_first):
+        if io_first:
+            await asyncio.sleep(0.001)  # stands in for a Ray round trip to the memory actor
+        return await policy.generate([1, 2, 3], SamplingParams(max_new_tokens=4))
+
+    async def main():
+        return await asyncio.gather(episode(False), episode(False), episode(True), episode(True))
+
+    outs = asyncio.run(main())
+    assert [o.token_ids for o in outs] == [[65]] * 4 and len(sizes) == batches
+
+
+def _obj(items):
+    import numpy as np
+
+    arr = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        arr[i] = x
+    return arr

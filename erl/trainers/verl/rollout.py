@@ -45,8 +45,14 @@ class WorkerGroupPolicy(_Stats):
     in tests); `dp_size` is the number of workers the batch is split over.
     """
 
-    def __init__(self, tokenizer: Any, generate_fn: Callable[[Any], Any], dp_size: int = 1):
+    def __init__(self, tokenizer: Any, generate_fn: Callable[[Any], Any], dp_size: int = 1,
+                 settle_s: float = 0.005):
         super().__init__()
+        # After the queue stops growing, wait this long once more: episodes whose last await
+        # was real I/O (the Ray memory actor) then join the same batch. Batches (and so the
+        # sampling seeds) no longer depend on how fast the actor answered, which is what
+        # lets a resumed run sample what the original run sampled.
+        self.settle_s = float(settle_s)
         self.tokenizer = tokenizer
         self.generate_fn = generate_fn
         self.dp_size = max(int(dp_size), 1)
@@ -70,6 +76,8 @@ class WorkerGroupPolicy(_Stats):
                 size = len(self._queue)
                 for _ in range(2):
                     await asyncio.sleep(0)
+                if size == len(self._queue) and self.settle_s > 0:
+                    await asyncio.sleep(self.settle_s)
             params = self._queue[0][1]
             batch = [r for r in self._queue if r[1] == params]
             self._queue = [r for r in self._queue if not any(r is b for b in batch)]

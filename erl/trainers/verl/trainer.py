@@ -42,6 +42,32 @@ def reduce_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
+class TimedWorkflow(ErlWorkflow):
+    """ErlWorkflow that records when reflections were being written, so a step's time can be
+    split into attempts and reflection although episodes interleave."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reflect_spans: list[tuple[float, float]] = []
+
+    async def reflect(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await super().reflect(*args, **kwargs)
+        finally:
+            self.reflect_spans.append((start, time.perf_counter()))
+
+    def take_reflection_time(self) -> float:
+        """Wall time during which at least one reflection was in flight (union of spans)."""
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(self.reflect_spans):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        self.reflect_spans = []
+        return total
+
+
 class ErlVerlTrainer:
     """`workers` is the actor/rollout/ref side (erl.trainers.verl.workers_api.VerlWorkers, or
     a stand-in with the same methods in CPU tests); `policy` the rollout adapter over it."""
@@ -51,7 +77,7 @@ class ErlVerlTrainer:
         self.s, self.cfg = settings, settings.cfg
         self.tokenizer, self.workers, self.policy, self.memory = tokenizer, workers, policy, memory
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
-        self.workflow = ErlWorkflow(agent_factory, env_factory, policy, settings.erl,
+        self.workflow = TimedWorkflow(agent_factory, env_factory, policy, settings.erl,
                                     memory if settings.erl.uses_memory else None,
                                     max_context_tokens=settings.trainer.max_context_tokens)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -136,6 +162,7 @@ class ErlVerlTrainer:
         episodes = self.collect(self.next_tasks())
         t1 = time.perf_counter()
         gen = self.policy.reset_stats()
+        reflection_time = self.workflow.take_reflection_time()
         data, samples = episodes_to_dataproto(episodes, self.pad_id)
         add_advantages(data, norm_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
                        distill_mode=self.s.erl.distill_mode)
@@ -148,7 +175,8 @@ class ErlVerlTrainer:
         t3 = time.perf_counter()
         self.step_count += 1
         metrics.update({
-            "time/rollout": t1 - t0, "time/update": t2 - t1, "time/sync_weights": t3 - t2, "time/step": t3 - t0,
+            "time/rollout": t1 - t0, "time/reflection": reflection_time, "time/update": t2 - t1,
+            "time/sync_weights": t3 - t2, "time/step": t3 - t0,
             "tokens/generated": float(gen["generated_tokens"]),
             "rollout/sequences": float(gen["sequences"]),
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / max(t1 - t0, 1e-9),
