@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("verl")
 
-from erl.core.config import ConfigError  # noqa: E402
-from erl.trainers.verl.config import compose, experiments, validate  # noqa: E402
+from erl.core.config import ConfigError
+from erl.trainers.verl.config import compose, experiments, validate
 
 EXPECTED = {"frozenlake_erl", "frozenlake_rlvr", "sokoban_erl", "sokoban_rlvr", "hotpotqa_erl", "hotpotqa_rlvr",
             "frozenlake_no_reflection", "frozenlake_no_memory"}
@@ -75,6 +75,7 @@ def test_batch_must_split_across_gpus():
 
 def test_model_folder_and_chat_template(model_folder, tmp_path):
     import json
+
     import ray
 
     ok = validate(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={model_folder}"]))

@@ -6,9 +6,13 @@ import torch
 
 pytest.importorskip("verl")
 
-from erl.core.types import Episode, Step, Trajectory  # noqa: E402
-from erl.trainers.verl.dataproto import (add_advantages, episodes_to_dataproto, pad_to_multiple,  # noqa: E402
-                                         to_engine_tensordict)
+from erl.core.types import Episode, Step, Trajectory
+from erl.trainers.verl.dataproto import (
+    add_advantages,
+    episodes_to_dataproto,
+    pad_to_multiple,
+    to_engine_tensordict,
+)
 
 PAD = 0
 

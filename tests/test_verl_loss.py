@@ -8,9 +8,9 @@ import torch
 
 pytest.importorskip("verl")
 
-from erl.core.types import Segment, TokenSample  # noqa: E402
-from erl.trainers.verl.dataproto import samples_to_dataproto, to_engine_tensordict  # noqa: E402
-from erl.trainers.verl.loss import erl_verl_loss, loss_settings, make_loss_fn  # noqa: E402
+from erl.core.types import Segment, TokenSample
+from erl.trainers.verl.dataproto import samples_to_dataproto, to_engine_tensordict
+from erl.trainers.verl.loss import erl_verl_loss, loss_settings, make_loss_fn
 
 
 def _cfg(kl: bool = False, kl_coef: float = 0.1, mode: str = "sft"):

@@ -9,8 +9,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from erl.core.config import ErlConfig  # noqa: E402
-from erl.trainers.verl.memory import MEMORY_FILE, create_memory, load_memory, save_memory  # noqa: E402
+from erl.core.config import ErlConfig
+from erl.trainers.verl.memory import (
+    MEMORY_FILE,
+    create_memory,
+    load_memory,
+    save_memory,
+)
 
 
 @pytest.fixture(scope="module")

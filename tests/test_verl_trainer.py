@@ -14,16 +14,16 @@ import torch
 
 pytest.importorskip("verl")
 
-from verl import DataProto  # noqa: E402
+from verl import DataProto
 
-from erl.envs.registry import make_env, make_tasks  # noqa: E402
-from erl.memory import ReflectionMemory  # noqa: E402
-from erl.trainers.verl.config import compose, validate  # noqa: E402
-from erl.trainers.verl.hf_rollout import HFRolloutEngine  # noqa: E402
-from erl.trainers.verl.loss import make_loss_fn  # noqa: E402
-from erl.trainers.verl.rollout import WorkerGroupPolicy  # noqa: E402
-from erl.trainers.verl.trainer import ErlVerlTrainer  # noqa: E402
-from erl.workflow.factories import chat_agent_for  # noqa: E402
+from erl.envs.registry import make_env, make_tasks
+from erl.memory import ReflectionMemory
+from erl.trainers.verl.config import compose, validate
+from erl.trainers.verl.hf_rollout import HFRolloutEngine
+from erl.trainers.verl.loss import make_loss_fn
+from erl.trainers.verl.rollout import WorkerGroupPolicy
+from erl.trainers.verl.trainer import ErlVerlTrainer
+from erl.workflow.factories import chat_agent_for
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ class ErlTrainerConfig:
     metrics_file: str = "metrics.jsonl"
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ErlTrainerConfig":
+    def from_dict(cls, data: Any) -> ErlTrainerConfig:
         data = dict(data or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

@@ -15,7 +15,7 @@ non-tensor `uid` is "task|segment", the GRPO group of the row (ERL_SPEC section 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -103,7 +103,7 @@ def pad_to_multiple(data, multiple: int):
     filler = data.select_idxs([0] * extra)
     filler.batch["response_mask"] = torch.zeros_like(filler.batch["response_mask"])
     for key in ("advantages", "returns", "token_level_scores", "token_level_rewards"):
-        if key in filler.batch.keys():
+        if key in filler.batch.keys():  # noqa: SIM118 - a TensorDict, not a dict
             filler.batch[key] = torch.zeros_like(filler.batch[key])
     filler.non_tensor_batch["uid"] = np.array(["__pad__"] * extra, dtype=object)
     return DataProto.concat([data, filler]), extra

@@ -13,7 +13,8 @@ Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.wo
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ class HFRolloutEngine:
 
     def __init__(self, config: Any, model_config: Any, device_mesh: Any = None, **kwargs: Any):
         from transformers import AutoModelForCausalLM
+        from verl.utils.config import omega_conf_to_dataclass
 
         from erl.rollout.hf_policy import HFPolicy
-        from verl.utils.config import omega_conf_to_dataclass
 
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)

@@ -49,7 +49,7 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
 
     logprobs = no_padding_2_padding(model_output["log_probs"], data).float()  # [b, R]
     keys = ["response_mask", "old_log_probs", "advantages", "segment_ids"]
-    if "ref_log_prob" in data.keys():
+    if "ref_log_prob" in data.keys():  # noqa: SIM118 - a TensorDict, not a dict
         keys.append("ref_log_prob")
     sel = data.select(*keys).to_padded_tensor()
     mask = sel["response_mask"].to(logprobs.dtype)

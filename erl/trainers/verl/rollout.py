@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class WorkerGroupPolicy(_Stats):
             self._queue = [r for r in self._queue if not any(r is b for b in batch)]
             try:
                 results = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], params)
-            except Exception as exc:  # every waiting episode sees the worker's error
+            except Exception as exc:  # noqa: BLE001 - every waiting episode sees the worker's error
                 for _, _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -24,7 +24,12 @@ import numpy as np
 
 from erl.core.metrics import episode_metrics, sample_metrics
 from erl.trainers.verl.config import Settings
-from erl.trainers.verl.dataproto import add_advantages, episodes_to_dataproto, pad_to_multiple, to_engine_tensordict
+from erl.trainers.verl.dataproto import (
+    add_advantages,
+    episodes_to_dataproto,
+    pad_to_multiple,
+    to_engine_tensordict,
+)
 from erl.trainers.verl.memory import load_memory, save_memory
 from erl.workflow.erl_workflow import ErlWorkflow
 
