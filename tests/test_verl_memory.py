@@ -60,6 +60,9 @@ def test_driver_memory_shared_by_two_workers_and_checkpointed(ray_local, tmp_pat
     assert ray.get(a.add.remote("go around the Q tiles", "frozenlake")) is True
     assert ray.get(b.retrieve.remote("frozenlake")) == ["go around the Q tiles"]  # B sees A's write
     assert memory.stats()["size"] == 1  # and so does the driver
+    # The driver's episodes call it without yielding to the event loop (no await): batches of
+    # generation requests cannot depend on how fast the actor answers.
+    assert [e.text for e in memory.retrieve("frozenlake", "grid", 1)] == ["go around the Q tiles"]
 
     step_dir = tmp_path / "global_step_10"
     path = save_memory(memory, step_dir)

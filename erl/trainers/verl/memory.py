@@ -17,15 +17,41 @@ from erl.core.config import ErlConfig
 MEMORY_FILE = "erl_memory.json"
 
 
+class BlockingMemory:
+    """The memory client with blocking `add` / `retrieve` for the driver's episodes.
+
+    A local actor answers in about a millisecond. Awaiting it would let the batching policy
+    send a batch while some episodes are still waiting on the actor, so which requests share
+    a batch (and its sampling seed) would depend on the actor's latency; blocking keeps
+    batches, and a resumed run's samples, deterministic. Everything else is the client's.
+    """
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def add(self, text: str, key: str, reward: float, step: int = 0, query: str = "") -> bool:
+        return self.client._get(self.client._call("add", text, key, reward, step, query))
+
+    def retrieve(self, key: str, query: str = "", k: int | None = None) -> list:
+        return self.client._get(self.client._call("retrieve", key, query, k))
+
+    def __getattr__(self, name: str) -> Any:  # stats, state_dict, load_state_dict, entries, handle
+        return getattr(self.client, name)
+
+    def __len__(self) -> int:
+        return len(self.client)
+
+
 def create_memory(erl: ErlConfig, name: str, namespace: str | None = None) -> Any:
-    """The job's memory client, or None when the mode uses no memory (rlvr, no_memory,
-    no_reflection): those runs must not read or write it, not even by accident."""
+    """The job's memory (a named Ray actor), or None when the mode uses no memory (rlvr,
+    no_memory, no_reflection): those runs must not read or write it, not even by accident.
+    Other processes reach the same actor with RayMemoryClient.connect(name)."""
     if not erl.uses_memory:
         return None
     from erl.memory.ray_memory import RayMemoryClient, get_or_create_memory_actor
 
     handle = get_or_create_memory_actor(name, namespace, max_size=erl.memory_size, top_k=erl.memory_top_k)
-    return RayMemoryClient(handle, name)
+    return BlockingMemory(RayMemoryClient(handle, name))
 
 
 def save_memory(memory: Any, step_dir: str | Path) -> Path | None:

@@ -1,9 +1,9 @@
 """Policy adapters: ErlWorkflow's `async generate(prompt_ids, SamplingParams) -> Generation`
 over verl's rollout backends.
 
-* `WorkerGroupPolicy` (rollout name "hf"): every episode's request parks in a queue; when
-  all runnable episodes are waiting, the queue goes out as one batch, split evenly over the
-  actor workers (`erl_generate`, data-parallel: each GPU generates its share with its HF copy).
+* `WorkerGroupPolicy` (rollout name "hf"): erl.rollout.batching.BatchingPolicy queues the
+  episodes' requests; each batch is split evenly over the actor workers (`erl_generate`,
+  data-parallel: each GPU generates its share with its HF copy).
 * `ServerPolicy` (rollout names "vllm", "sglang"): each request goes to verl's async
   rollout servers through its LLMServerClient (load balancing, sticky sessions), as verl's
   own agent loop does; the servers batch internally.
@@ -11,7 +11,6 @@ over verl's rollout backends.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from erl.rollout.batching import BatchingPolicy
 from erl.rollout.chat import ChatTokenizer
 from erl.workflow.base import Generation, SamplingParams
 
@@ -39,59 +39,21 @@ class _Stats:
         return old
 
 
-class WorkerGroupPolicy(_Stats):
-    """Batches concurrent requests and runs them data-parallel on the actor workers.
+class WorkerGroupPolicy(BatchingPolicy):
+    """Batches concurrent requests (erl.rollout.batching) and runs each batch data-parallel
+    on the actor workers.
 
     `generate_fn(DataProto) -> DataProto` is `actor_rollout_wg.erl_generate` (or a stand-in
-    in tests); `dp_size` is the number of workers the batch is split over.
+    in tests); `dp_size` is the number of workers the batch is split over. The blocking
+    remote call runs in a thread (offload), so the event loop stays free meanwhile.
     """
 
-    def __init__(self, tokenizer: Any, generate_fn: Callable[[Any], Any], dp_size: int = 1,
-                 settle_s: float = 0.005):
-        super().__init__()
-        # After the queue stops growing, wait this long once more: episodes whose last await
-        # was real I/O (the Ray memory actor) then join the same batch. Batches (and so the
-        # sampling seeds) no longer depend on how fast the actor answered, which is what
-        # lets a resumed run sample what the original run sampled.
-        self.settle_s = float(settle_s)
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Any, generate_fn: Callable[[Any], Any], dp_size: int = 1):
+        super().__init__(tokenizer, max_batch_size=None, offload=True)
         self.generate_fn = generate_fn
         self.dp_size = max(int(dp_size), 1)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids
-        self._queue: list[tuple[list[int], SamplingParams, asyncio.Future]] = []
-        self._worker: asyncio.Task | None = None
         self.seed: int | None = None  # set per step by the trainer: resumed runs sample alike
-
-    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._queue.append((list(prompt_ids), params, future))
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        while self._queue:
-            size = -1
-            while size != len(self._queue):  # let every runnable episode reach its request
-                size = len(self._queue)
-                for _ in range(2):
-                    await asyncio.sleep(0)
-                if size == len(self._queue) and self.settle_s > 0:
-                    await asyncio.sleep(self.settle_s)
-            params = self._queue[0][1]
-            batch = [r for r in self._queue if r[1] == params]
-            self._queue = [r for r in self._queue if not any(r is b for b in batch)]
-            try:
-                results = await asyncio.to_thread(self.generate_batch, [r[0] for r in batch], params)
-            except Exception as exc:  # noqa: BLE001 - every waiting episode sees the worker's error
-                for _, _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, _, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         from verl import DataProto

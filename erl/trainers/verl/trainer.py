@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from erl.core.metrics import episode_metrics, sample_metrics
+from erl.core.metrics import episode_metrics, first_attempt_metrics, sample_metrics
+from erl.core.stream import next_tasks
 from erl.trainers.verl.config import Settings
 from erl.trainers.verl.dataproto import (
     add_advantages,
@@ -92,17 +93,8 @@ class ErlVerlTrainer:
         self.cursor = 0
 
     # ---- data -------------------------------------------------------------------------
-    def _task_at(self, position: int) -> dict:
-        """Epoch e is a permutation seeded by (seed, e): a resume needs only the cursor."""
-        n = len(self.train_tasks)
-        epoch, i = divmod(position, n)
-        order = np.random.default_rng([self.s.trainer.seed, epoch]).permutation(n)
-        return self.train_tasks[int(order[i])]
-
     def next_tasks(self) -> list[dict]:
-        k = self.s.tasks_per_step
-        tasks = [self._task_at(self.cursor + j) for j in range(k)]
-        self.cursor += k
+        tasks, self.cursor = next_tasks(self.train_tasks, self.s.trainer.seed, self.cursor, self.s.tasks_per_step)
         return tasks
 
     # ---- rollouts ---------------------------------------------------------------------
@@ -130,10 +122,7 @@ class ErlVerlTrainer:
         self.policy_seed(10**6 + self.step_count)
         t0 = time.perf_counter()
         trajs = asyncio.run(self._first_attempts(tasks, self.s.trainer.eval_temperature))
-        return {"eval/success": float(np.mean([tr.info["success"] for tr in trajs])),
-                "eval/reward": float(np.mean([tr.reward for tr in trajs])),
-                "eval/turns": float(np.mean([len(tr.steps) for tr in trajs])),
-                "time/eval": time.perf_counter() - t0}
+        return {**first_attempt_metrics(list(trajs)), "time/eval": time.perf_counter() - t0}
 
     # ---- update -----------------------------------------------------------------------
     def update(self, data) -> dict[str, float]:
