@@ -227,3 +227,32 @@ def test_reflection_time_is_the_union_of_overlapping_spans():
     # [0, 3] and [5, 6]: 3 + 1 = 4 seconds with a reflection in flight
     assert wf.take_reflection_time() == pytest.approx(4.0)
     assert wf.take_reflection_time() == 0.0  # reset after reading
+
+
+def test_server_policy_talks_to_verl_rollout_servers():
+    """vLLM / SGLang path: one request per call through verl's LLMServerClient.generate."""
+    import asyncio
+
+    from erl.models.tiny import build_tiny_tokenizer
+    from erl.trainers.verl.rollout import ServerPolicy
+    from erl.workflow.base import SamplingParams
+
+    tok = build_tiny_tokenizer()
+    hi = tok.encode("hi", add_special_tokens=False)
+    assert len(hi) == 2
+    calls = []
+
+    class FakeClient:  # the shape of verl.workers.rollout.llm_server.LLMServerClient
+        async def generate(self, request_id, *, prompt_ids, sampling_params):
+            calls.append((request_id, prompt_ids, dict(sampling_params)))
+            stop = sampling_params["stop_token_ids"][0]
+            return types.SimpleNamespace(token_ids=[*hi, stop], log_probs=[-0.1, -0.2, -0.3])
+
+    policy = ServerPolicy(tok, FakeClient())
+    gen = asyncio.run(policy.generate([1, 2], SamplingParams(max_new_tokens=5, temperature=0.7)))
+    assert gen.token_ids[:2] == hi and gen.logprobs == [-0.1, -0.2, -0.3]
+    assert gen.finish_reason == "stop" and gen.text == "hi"
+    (_, prompt, sp), = calls
+    assert prompt == [1, 2] and sp["max_tokens"] == 5 and sp["temperature"] == 0.7 and sp["logprobs"] is True
+    greedy = asyncio.run(policy.generate([1], SamplingParams(max_new_tokens=2, temperature=0.0)))
+    assert calls[-1][2]["temperature"] == 0.0 and len(greedy.token_ids) == 2 and greedy.finish_reason == "length"

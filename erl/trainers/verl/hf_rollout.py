@@ -106,7 +106,7 @@ class HFRolloutEngine:
             "token_ids": _objects([g.token_ids for g in gens]),
             "logprobs": _objects([g.logprobs for g in gens]),
             "finish_reason": _objects([g.finish_reason for g in gens]),
-        }, meta_info={"generated_tokens": sum(len(g.token_ids) for g in gens)})
+        })  # no per-rank meta_info: DataProto.concat refuses values that differ between ranks
 
 
 def _objects(items: list) -> np.ndarray:
