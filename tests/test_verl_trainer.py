@@ -160,6 +160,8 @@ def test_fit_checkpoint_and_exact_resume(tiny_folder, tmp_path):
     assert m1["attempt1/rows"] == 4 and m1["reflection/rows"] == 4
     assert m1["tokens/generated"] > 0 and m1["time/step"] > 0 and "actor/erl/pg_loss" in m1
     assert 0 < m1["time/reflection"] < m1["time/rollout"]
+    # this step's mean memory hits per episode stays, the store's running total is kept apart
+    assert "memory/hits" in m1 and "memory/total_hits" in m1 and "memory/size" in m1
     assert "eval/success" in rows[2] and "eval/success" not in rows[1]
     assert a.workers.synced == [0, 1, 2, 3]  # initial sync + one after every update
     # verl's checkpoint layout + ERL's cursor and memory

@@ -177,7 +177,9 @@ class ErlVerlTrainer:
             "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
         })
         if self.memory is not None:
-            metrics.update({f"memory/{k}": float(v) for k, v in self.memory.stats().items()})
+            for k, v in self.memory.stats().items():  # the store's running totals; never overwrite
+                key = f"memory/{k}"                       # this step's per-episode memory/hits
+                metrics[key if key not in metrics else f"memory/total_{k}"] = float(v)
         return metrics
 
     # ---- checkpoints ------------------------------------------------------------------
