@@ -174,3 +174,10 @@ def test_task_stream_is_a_permutation_per_epoch_and_resumable():
     assert a + b == whole and cur == 7
     with pytest.raises(ValueError):
         task_index(0, 0, 0)
+
+
+def test_memory_store_totals_never_overwrite_step_metrics():
+    from erl.core.metrics import memory_store_metrics
+
+    out = memory_store_metrics({"size": 3, "hits": 41, "hit_rate": 0.5}, {"memory/hits": 0.75})
+    assert out == {"memory/size": 3.0, "memory/total_hits": 41.0, "memory/hit_rate": 0.5}

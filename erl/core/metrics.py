@@ -64,3 +64,13 @@ def first_attempt_metrics(attempts: list[Trajectory]) -> dict[str, float]:
     return {"eval/success": _mean([float(t.info.get("success", False)) for t in attempts]),
             "eval/reward": _mean([t.reward for t in attempts]),
             "eval/turns": _mean([float(len(t.steps)) for t in attempts])}
+
+
+def memory_store_metrics(stats: dict[str, float], step_metrics: dict[str, float]) -> dict[str, float]:
+    """The memory store's counters as `memory/<k>`; a counter whose name this step's metrics
+    already use (hits: per-episode mean this step) becomes `memory/total_<k>` (since the start)."""
+    out = {}
+    for k, v in stats.items():
+        key = f"memory/{k}"
+        out[key if key not in step_metrics else f"memory/total_{k}"] = float(v)
+    return out

@@ -21,7 +21,7 @@ import torch
 from erl.core.advantages import segment_advantages
 from erl.core.config import ErlConfig
 from erl.core.losses import erl_actor_loss
-from erl.core.metrics import episode_metrics, first_attempt_metrics, sample_metrics
+from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
 from erl.core.samples import episode_to_samples
 from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
@@ -191,8 +191,7 @@ class LocalTrainer:
             "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
         })
         if self.memory is not None:
-            stats = self.memory.stats()
-            metrics.update({f"memory/{k}": float(v) for k, v in stats.items()})
+            metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics
 
     # ---- state ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from erl.core.metrics import episode_metrics, first_attempt_metrics, sample_metrics
+from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
 from erl.core.stream import next_tasks
 from erl.trainers.verl.config import Settings
 from erl.trainers.verl.dataproto import (
@@ -177,9 +177,7 @@ class ErlVerlTrainer:
             "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
         })
         if self.memory is not None:
-            for k, v in self.memory.stats().items():  # the store's running totals; never overwrite
-                key = f"memory/{k}"                       # this step's per-episode memory/hits
-                metrics[key if key not in metrics else f"memory/total_{k}"] = float(v)
+            metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics
 
     # ---- checkpoints ------------------------------------------------------------------
