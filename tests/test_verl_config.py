@@ -1,6 +1,8 @@
 """Every shipped verl config composes and validates; bad keys, values and inputs fail with an
 error naming the field, before Ray is started."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("verl")
@@ -24,7 +26,7 @@ def model_folder(tmp_path_factory):
 
 
 def test_every_experiment_composes_with_paper_settings():
-    assert set(experiments()) == EXPECTED
+    assert set(experiments()) == EXPECTED | {"hotpotqa_langgraph_erl"}
     for name in sorted(EXPECTED):
         s = validate(compose(name), check_model_files=False)
         env, mode = name.split("_", 1)
@@ -40,6 +42,18 @@ def test_every_experiment_composes_with_paper_settings():
     # compute matching: the RLVR baseline samples 2n first attempts, ERL n (+ n second attempts)
     assert validate(compose("sokoban_rlvr"), check_model_files=False).erl.first_attempts_per_task == 8
     assert validate(compose("sokoban_erl"), check_model_files=False).erl.first_attempts_per_task == 4
+
+
+def test_langgraph_experiment_loads_the_example_runner(monkeypatch):
+    from erl.agents.langgraph import LangGraphAttemptRunner
+    from erl.workflow.factories import load_runner
+
+    s = validate(compose("hotpotqa_langgraph_erl"), check_model_files=False)
+    assert (s.env_name, s.erl.mode) == ("hotpotqa", "erl")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))  # launch_verl.sh puts the root on PYTHONPATH
+    assert isinstance(load_runner(s.trainer.runner), LangGraphAttemptRunner)
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        load_runner("examples.nowhere:make_runner")
 
 
 @pytest.mark.parametrize("override, field", [

@@ -8,7 +8,6 @@ over unless the run resumes it.
 from __future__ import annotations
 
 import copy
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from erl.core.config import ConfigError, ErlConfig
 from erl.envs.registry import make_env, make_tasks, validate_env_params
-from erl.workflow.factories import chat_agent_for
+from erl.workflow.factories import chat_agent_for, load_runner
 from erl.memory import ReflectionMemory
 from erl.trainers.local.checkpoint import (CheckpointError, config_mismatch, list_checkpoints, load_checkpoint,
                                            save_checkpoint)
@@ -76,21 +75,6 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     if lora.get("enabled", False):
         model = apply_lora(model, lora)
     return model.to(device), tok
-
-
-def load_runner(spec: Any):
-    """`runner: "package.module:factory"` -> factory() -> an AttemptRunner (a LangGraph graph,
-    an OpenAI-client agent); None keeps the default chat agent on the registered env."""
-    if spec in (None, ""):
-        return None
-    module, _, attr = str(spec).partition(":")
-    if not attr:
-        raise ConfigError(f"runner must look like 'package.module:factory', got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"runner {spec!r} cannot be imported: {exc}") from exc
-    return factory()
 
 
 def build(cfg: dict) -> tuple[LocalTrainer, dict]:

@@ -59,6 +59,7 @@ class ErlTrainerConfig:
     max_context_tokens: int = 8192
     seed: int = 0
     metrics_file: str = "metrics.jsonl"
+    runner: str | None = None  # "package.module:factory" -> an AttemptRunner (e.g. a LangGraph agent)
 
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:

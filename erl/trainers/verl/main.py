@@ -72,9 +72,10 @@ def build(config: Any):
     from erl.trainers.verl.group import VerlWorkers
     from erl.trainers.verl.memory import create_memory
     from erl.trainers.verl.trainer import ErlVerlTrainer
-    from erl.workflow.factories import chat_agent_for
+    from erl.workflow.factories import chat_agent_for, load_runner
 
     settings = validate(config)
+    runner = load_runner(settings.trainer.runner)  # an import error surfaces before Ray starts
     with open_dict(config):
         config.actor_rollout_ref.model.path = settings.model_path  # the checked, expanded folder
     env = settings.cfg["env"]
@@ -87,7 +88,7 @@ def build(config: Any):
     workers = VerlWorkers(config, settings)
     policy = workers.make_policy(tokenizer)
     trainer = ErlVerlTrainer(settings, tokenizer, workers, policy, memory, train, val, chat_agent_for, make_env,
-                             tracker=Tracker(settings))
+                             tracker=Tracker(settings), runner=runner)
     out = Path(settings.cfg["trainer"]["default_local_dir"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))

@@ -79,13 +79,14 @@ class ErlVerlTrainer:
     a stand-in with the same methods in CPU tests); `policy` the rollout adapter over it."""
 
     def __init__(self, settings: Settings, tokenizer: Any, workers: Any, policy: Any, memory: Any,
-                 train_tasks: list[dict], val_tasks: list[dict], agent_factory, env_factory, tracker: Any = None):
+                 train_tasks: list[dict], val_tasks: list[dict], agent_factory, env_factory, tracker: Any = None,
+                 runner: Any = None):
         self.s, self.cfg = settings, settings.cfg
         self.tokenizer, self.workers, self.policy, self.memory = tokenizer, workers, policy, memory
         self.train_tasks, self.val_tasks = train_tasks, val_tasks
         self.workflow = TimedWorkflow(agent_factory, env_factory, policy, settings.erl,
                                     memory if settings.erl.uses_memory else None,
-                                    max_context_tokens=settings.trainer.max_context_tokens)
+                                    max_context_tokens=settings.trainer.max_context_tokens, runner=runner)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.out = Path(self.cfg["trainer"]["default_local_dir"])
         self.tracker = tracker
