@@ -37,7 +37,10 @@ def compose(overrides: list[str]) -> dict:
 def summarize(label: str, rows: list[dict], wall: float) -> dict:
     evals = [r["eval/success"] for r in rows if "eval/success" in r]
     steps = [r for r in rows if "episodes" in r]
-    mean = lambda key: sum(r.get(key, 0.0) for r in steps) / max(len(steps), 1)  # noqa: E731
+
+    def mean(key: str) -> float:
+        return sum(r.get(key, 0.0) for r in steps) / max(len(steps), 1)
+
     return {"mode": label, "eval_start": evals[0] if evals else float("nan"),
             "eval_final": evals[-1] if evals else float("nan"), "eval_best": max(evals) if evals else float("nan"),
             "train_success": mean("episode/success"), "rollouts_per_step": mean("episodes") + mean("attempt2/rows"),

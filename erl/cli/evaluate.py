@@ -14,10 +14,7 @@ A checkpoint brings its own model, erl and env settings (the run's config.json);
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-
-from erl.core.config import ConfigError
 
 
 def evaluate(cfg: dict) -> dict[str, float]:
@@ -55,19 +52,12 @@ def evaluate(cfg: dict) -> dict[str, float]:
 
 
 def _run(cfg) -> None:
-    from omegaconf import OmegaConf
     from rich.console import Console
     from rich.table import Table
 
-    from erl.trainers.local.checkpoint import CheckpointError
+    from erl.cli.train import call_with_config
 
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    try:
-        result = evaluate(plain)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        print(f"erl-eval: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    plain, result = call_with_config("erl-eval", evaluate, cfg)
     table = Table(title=f"erl-eval: {plain['eval'].get('checkpoint') or plain['model'].get('path')}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -16,8 +16,7 @@ import time
 
 from erl.core.config import ConfigError
 from erl.models.convert import ModelConversionError, convert_gguf
-from erl.models.registry import (MODELS, ModelFetchError, download_gguf, fetch_model, model_dir,
-                                 validate_model_folder)
+from erl.models.registry import MODELS, ModelFetchError, download_gguf, fetch_model, model_dir, validate_model_folder
 
 
 def _folder_size_mb(path) -> float:

@@ -23,19 +23,26 @@ def config_dir() -> Path:
     raise FileNotFoundError("cannot find the configs/ directory with train.yaml")
 
 
-def _run(cfg) -> None:
+def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
+    """Resolve a Hydra config to a plain dict and call fn(plain); a bad config, checkpoint or
+    path ends the program with its message and exit code 2, not a traceback."""
     from omegaconf import OmegaConf
 
     from erl.trainers.local.checkpoint import CheckpointError
-    from erl.trainers.local.run import train
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     try:
-        last = train(plain)
+        return plain, fn(plain)
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
-        print(f"erl-train: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def _run(cfg) -> None:
+    from erl.trainers.local.run import train
+
+    plain, last = call_with_config("erl-train", train, cfg)
     shown = {k: round(v, 3) for k, v in last.items() if k.startswith(("eval/", "attempt1/success", "attempt2/success"))}
     print(f"erl-train: done -> {plain['trainer']['output_dir']}  {shown}")
 
