@@ -179,3 +179,18 @@ def test_erl_eval_on_a_checkpoint_with_and_without_reflection(tmp_path):
     assert refl["eval/success"] == plain["eval/success"]
     assert refl["eval/success_after_reflection"] >= refl["eval/success"]
     assert refl["eval/reflection_rate"] == pytest.approx(1.0 - refl["eval/success"])
+
+
+def test_reference_model_kl_enters_the_loss(tmp_path):
+    from erl.core.samples import episode_to_samples
+    from erl.trainers.local.run import build
+
+    trainer, _ = build(base_cfg(tmp_path, kl_coef=0.1, kl_kind="k2"))
+    rows = [r for ep in trainer.collect(trainer.next_tasks()) for r in episode_to_samples(ep)]
+    # the policy equals its reference: k2 = (log pi - log ref)^2 / 2 = 0 on every token
+    assert trainer.update(rows)["loss/kl"] == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():  # move the policy away from the frozen reference
+        for p in trainer.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert trainer.update(rows)["loss/kl"] > 1e-4
+    assert all(not p.requires_grad for p in trainer.ref_model.parameters())
