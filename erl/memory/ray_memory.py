@@ -139,6 +139,13 @@ class RayMemoryClient:
     async def retrieve(self, key: str, query: str = "", k: int | None = None) -> list[MemoryEntry]:
         return await self._acall("retrieve", key, query, k)
 
+    def add_sync(self, text: str, key: str, reward: float, step: int = 0, query: str = "") -> bool:
+        """`add`, blocking: for a driver whose batching must not depend on actor latency."""
+        return self._get(self._call("add", text, key, reward, step, query))
+
+    def retrieve_sync(self, key: str, query: str = "", k: int | None = None) -> list[MemoryEntry]:
+        return self._get(self._call("retrieve", key, query, k))
+
     def stats(self) -> dict[str, float]:
         return self._get(self._call("stats"))
 

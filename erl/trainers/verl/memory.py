@@ -30,10 +30,10 @@ class BlockingMemory:
         self.client = client
 
     def add(self, text: str, key: str, reward: float, step: int = 0, query: str = "") -> bool:
-        return self.client._get(self.client._call("add", text, key, reward, step, query))
+        return self.client.add_sync(text, key, reward, step, query)
 
     def retrieve(self, key: str, query: str = "", k: int | None = None) -> list:
-        return self.client._get(self.client._call("retrieve", key, query, k))
+        return self.client.retrieve_sync(key, query, k)
 
     def __getattr__(self, name: str) -> Any:  # stats, state_dict, load_state_dict, entries, handle
         return getattr(self.client, name)
