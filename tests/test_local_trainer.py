@@ -194,3 +194,20 @@ def test_reference_model_kl_enters_the_loss(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     assert trainer.update(rows)["loss/kl"] > 1e-4
     assert all(not p.requires_grad for p in trainer.ref_model.parameters())
+
+
+def test_erl_compare_runs_every_mode_and_writes_plot_and_table(tmp_path):
+    from erl.cli.compare import main as compare_main
+
+    overrides = ["model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2",
+                 "trainer.total_steps=1", "trainer.tasks_per_step=1", "trainer.eval_tasks=2", "env.n_train=2",
+                 "env.n_val=2", "erl.n_attempt=2", "erl.max_turns=2", "erl.max_new_tokens=4",
+                 "erl.max_reflection_tokens=4", "trainer.loggers=[console]", "trainer.progress=false"]
+    assert compare_main(["--out", str(tmp_path), "--modes", "erl", "rlvr", "--", *overrides]) == 0
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["erl", "rlvr"]
+    results = json.loads((tmp_path / "results.json").read_text())
+    # compute matching: erl runs n = 2 first attempts per task (+ second attempts), rlvr 2n = 4
+    assert results[1]["rollouts_per_step"] == 4.0 and results[0]["rollouts_per_step"] >= 2.0
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+    assert compare_main(["--out", str(tmp_path / "bad"), "--", "erl.tau=high"]) == 2
