@@ -140,6 +140,14 @@ class LocalTrainer:
                     old[c] = self._logprobs(self.model, rows)[1].float()
                 if cfg.kl_coef > 0 and self.ref_model is not None:
                     ref[c] = self._logprobs(self.ref_model, rows)[1].float()
+        # Gradient accumulation: token-mean weighs each micro-batch by its share of the trained
+        # tokens (the summed gradient is then the step's token mean, as in the verl trainer);
+        # seq-mean-token-mean by its share of the rows.
+        if cfg.loss_agg_mode == "token-mean":
+            sizes = [sum(sum(samples[i].response_mask) for i in idx) for idx in chunks]
+        else:
+            sizes = [len(idx) for idx in chunks]
+        weights = [n / max(sum(sizes), 1) for n in sizes]
         totals: dict[str, float] = {}
         self.model.train()
         for _ in range(cfg.ppo_epochs):
@@ -155,7 +163,7 @@ class LocalTrainer:
                     distill_mode=erl.distill_mode, distill_coef=erl.distill_coef,
                     clip_low=cfg.clip_low, clip_high=cfg.clip_high, ref_logprobs=ref.get(c),
                     kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, loss_agg_mode=cfg.loss_agg_mode)
-                weight = len(idx) / len(samples)  # gradient accumulation over micro-batches
+                weight = weights[c]
                 (loss * weight).backward()
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * weight
