@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import resource
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -198,6 +199,9 @@ class LocalTrainer:
             "throughput/gen_tokens_per_s": gen_tokens / gen_secs if gen_secs > 0 else 0.0,
             "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
         })
+        metrics["system/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+        if self.device.type == "cuda":
+            metrics["system/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics
