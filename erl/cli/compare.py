@@ -48,7 +48,7 @@ def summarize(label: str, rows: list[dict], wall: float) -> dict:
 
 
 def results_table(summaries: list[dict]) -> str:
-    head = ("| mode | eval success (start -> final, best) | train success | attempts / step | "
+    head = ("| mode | eval success (start -> final, best) | train episode success (after attempt 2) | attempts / step | "
             "generated tokens / step | s / step | wall |")
     lines = [head, "|---|---|---|---|---|---|---|"]
     for s in summaries:
