@@ -211,3 +211,27 @@ def test_erl_compare_runs_every_mode_and_writes_plot_and_table(tmp_path):
     assert results[1]["rollouts_per_step"] == 4.0 and results[0]["rollouts_per_step"] >= 2.0
     assert (tmp_path / "compare.png").stat().st_size > 1000
     assert compare_main(["--out", str(tmp_path / "bad"), "--", "erl.tau=high"]) == 2
+
+
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_micro_batching_gives_the_full_batch_gradient(tmp_path):
+    """Token-mean over the whole step, whatever the micro-batch size: with the same rows and
+    weights, one update with micro-batches of 1 lands where one full batch does."""
+    from erl.core.samples import episode_to_samples
+    from erl.trainers.local.run import build
+
+    def trainer_with(micro: int):
+        cfg = base_cfg(tmp_path / str(micro), micro_batch_size=micro, grad_clip=0.0)
+        return build(cfg)[0]
+
+    small, full = trainer_with(1), trainer_with(64)
+    rows = [r for ep in small.collect(small.next_tasks()) for r in episode_to_samples(ep)]
+    for i, r in enumerate(rows):  # rewards that differ within every group: non-zero advantages
+        r.reward = float(i % 2)
+    grads = []
+    for t in (small, full):
+        t.optimizer.step = lambda: None  # keep the accumulated gradient instead of applying it
+        t.update(rows)
+        grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
