@@ -235,3 +235,22 @@ def test_micro_batching_gives_the_full_batch_gradient(tmp_path):
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_erl_eval_command_prints_a_table_and_writes_json(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from erl.cli.evaluate import main; main()", "model=tiny", "model.tiny.hidden=32",
+         "model.tiny.layers=1", "model.tiny.heads=2", "eval.n=2", "erl.max_turns=2", "erl.max_new_tokens=4",
+         f"eval.out={out}", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "eval/success" in proc.stdout
+    saved = json.loads(out.read_text())
+    assert saved["metrics"]["eval/tasks"] == 2.0 and saved["config"]["model"]["path"] == "tiny"
+    bad = subprocess.run([sys.executable, "-c", "from erl.cli.evaluate import main; main()", "model.path=nowhere",
+                          f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "model.path" in bad.stderr
