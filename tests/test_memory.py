@@ -7,6 +7,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -358,7 +359,16 @@ async def test_dead_or_mismatched_actor_gives_clear_errors(ray_session):
     with pytest.raises(ValueError, match="reward"):  # the actor's own error comes through
         await client.add("t", "k", float("nan"))
     ray.kill(client.handle, no_restart=True)
-    with pytest.raises(RuntimeError, match="'doomed' is dead or unreachable"):
-        client.stats()
+    # ray.kill is asynchronous: a call may still be served just after it; within seconds every
+    # call must fail with the clear error (and never hang: the client's timeout bounds each one)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.stats()
+        except RuntimeError as exc:
+            assert "'doomed' is dead or unreachable" in str(exc)
+            break
+        assert time.monotonic() < deadline, "a killed memory actor kept answering"
+        time.sleep(0.1)
     with pytest.raises(RuntimeError, match="'doomed' is dead or unreachable"):
         await client.retrieve("k", "q")
