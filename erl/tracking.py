@@ -125,3 +125,56 @@ def plot_compare(runs: dict[str, Any], out_png: Path, key: str = "eval/success",
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return Path(out_png)
+
+
+# Metrics that a resumed run must reproduce exactly (they count sampled tokens and outcomes:
+# any difference means the rollouts differed), and metrics allowed a small relative gap
+# (losses and log-prob statistics, where GPU reductions are not bitwise reproducible).
+EXACT_PREFIXES = ("tokens/", "rows", "attempt", "reflection/", "episode/", "memory/", "distill/", "eval/success",
+                  "rollout/sequences")
+SKIP_PREFIXES = ("time/", "throughput/", "system/", "perf/", "actor/perf/", "actor/mfu")
+
+
+def compare_step(a: list[dict], b: list[dict], step: int, rel_tol: float = 1e-2) -> tuple[bool, list[str]]:
+    """Compare one step's metrics of two runs (an uninterrupted one and a resumed one).
+
+    Counts and outcomes (EXACT_PREFIXES) must be equal; other numbers may differ by
+    `rel_tol` relative (abs 1e-6 floor); timings are ignored. Returns (ok, report lines)."""
+    ra = next((r for r in a if r.get("step") == step), None)
+    rb = next((r for r in b if r.get("step") == step), None)
+    if ra is None or rb is None:
+        return False, [f"step {step} missing from the {'first' if ra is None else 'second'} run"]
+    ok, lines = True, [f"{'metric (step ' + str(step) + ')':36s} {'original':>12s} {'resumed':>12s}  check"]
+    for key in sorted(set(ra) | set(rb)):
+        if key == "step" or key.startswith(SKIP_PREFIXES):
+            continue
+        va, vb = ra.get(key), rb.get(key)
+        if va is None or vb is None:
+            ok = False
+            lines.append(f"{key:36s} {str(va):>12s} {str(vb):>12s}  MISSING")
+            continue
+        exact = key.startswith(EXACT_PREFIXES)
+        good = va == vb if exact else abs(va - vb) <= max(rel_tol * max(abs(va), abs(vb)), 1e-6)
+        ok = ok and good
+        lines.append(f"{key:36s} {va:12.5g} {vb:12.5g}  {('exact ' if exact else 'close ') + ('ok' if good else 'DIFFERS')}")
+    return ok, lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m erl.tracking ORIGINAL.jsonl RESUMED.jsonl --step K`: exit 0 when step K matches."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("original")
+    p.add_argument("resumed")
+    p.add_argument("--step", type=int, required=True)
+    p.add_argument("--rel-tol", type=float, default=1e-2)
+    args = p.parse_args(argv)
+    ok, lines = compare_step(read_metrics(args.original), read_metrics(args.resumed), args.step, args.rel_tol)
+    print("\n".join(lines))
+    print(f"step {args.step}: {'REPRODUCED' if ok else 'NOT reproduced'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

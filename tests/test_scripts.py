@@ -65,3 +65,22 @@ def test_bad_environment_is_refused(env, message):
     res = subprocess.run(["bash", str(ROOT / "scripts" / "frozenlake_erl.sh")], env=full, capture_output=True, text=True,
                          check=False)
     assert res.returncode == 2 and message in res.stderr
+
+
+def test_resume_check_resumes_the_original_runs_step_10_checkpoint():
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "verl_resume_check.sh"), "data.train_batch_size=4"],
+                         env={**os.environ, "DRY_RUN": "1", "CHECK_DIR": "/ck", "MODEL_PATH": "/models/m"},
+                         capture_output=True, text=True, check=True).stdout
+    original, resumed = [shlex.split(line) for line in out.strip().splitlines()]
+    for cmd in (original, resumed):  # same run settings; only the folder and resume differ
+        assert "trainer.total_training_steps=11" in cmd and "trainer.save_freq=10" in cmd
+        assert "data.train_batch_size=4" in cmd and "actor_rollout_ref.rollout.name=hf" in cmd
+    assert original[-2:] == ["trainer.default_local_dir=/ck/original", "trainer.resume_mode=disable"]
+    assert resumed[-3:] == ["trainer.default_local_dir=/ck/resumed", "trainer.resume_mode=resume_path",
+                            "trainer.resume_from_path=/ck/original/global_step_10"]
+    pytest.importorskip("verl")
+    from erl.trainers.verl.config import compose, validate
+
+    tail = resumed[resumed.index("--config-name") + 2:]
+    s = validate(compose("frozenlake_erl", tail), check_model_files=False)
+    assert s.total_steps == 11 and s.cfg["trainer"]["resume_from_path"] == "/ck/original/global_step_10"

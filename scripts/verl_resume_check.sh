@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Exact-resume check of the verl ERL trainer (issue: "a resume from the step-10 checkpoint
+# reproduces step 11"). Run A trains 11 steps and checkpoints at step 10; run B starts in a
+# fresh folder from A's step-10 checkpoint (actor, optimizer, cursor, reflection memory) and
+# trains step 11; then step 11 of both is compared (erl.tracking.compare_step: sampled token
+# counts and outcomes must be equal, losses within 1%).
+#
+#   MODEL_PATH=/models/SmolLM2 N_GPUS_PER_NODE=1 ROLLOUT=hf CHECK_DIR=/tmp/rc \
+#       bash scripts/verl_resume_check.sh [extra Hydra overrides for both runs]
+# PHASE=original | resumed | compare | all (default): run one part at a time when one
+# command may not take long enough for all of it (the device tool: 10 minutes a call).
+# DRY_RUN=1 prints the two training commands.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CHECK_DIR=${CHECK_DIR:-outputs/verl_resume_check}
+EXPERIMENT=${EXPERIMENT:-frozenlake_erl}
+PHASE=${PHASE:-all}
+SAVE_AT=${SAVE_AT:-10}
+STEP=$((SAVE_AT + 1))
+PYTHON=${PYTHON:-python3}
+export EXPERIMENT N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-1} ROLLOUT=${ROLLOUT:-hf}
+
+common=("trainer.total_training_steps=$STEP" "trainer.save_freq=$SAVE_AT" trainer.test_freq=-1
+        trainer.val_before_train=false "trainer.logger=[console]" "$@")
+
+if [[ $PHASE == all || $PHASE == original ]]; then
+  [ "${DRY_RUN:-0}" = 1 ] || rm -rf "$CHECK_DIR/original"
+  bash "$ROOT/scripts/launch_verl.sh" "${common[@]}" "trainer.default_local_dir=$CHECK_DIR/original" \
+    trainer.resume_mode=disable
+fi
+if [[ $PHASE == all || $PHASE == resumed ]]; then
+  [ "${DRY_RUN:-0}" = 1 ] || rm -rf "$CHECK_DIR/resumed"
+  bash "$ROOT/scripts/launch_verl.sh" "${common[@]}" "trainer.default_local_dir=$CHECK_DIR/resumed" \
+    trainer.resume_mode=resume_path "trainer.resume_from_path=$CHECK_DIR/original/global_step_$SAVE_AT"
+fi
+if [[ ( $PHASE == all || $PHASE == compare ) && ${DRY_RUN:-0} != 1 ]]; then
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m erl.tracking \
+    "$CHECK_DIR/original/metrics.jsonl" "$CHECK_DIR/resumed/metrics.jsonl" --step "$STEP"
+fi
