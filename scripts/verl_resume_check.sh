@@ -2,12 +2,14 @@
 # Exact-resume check of the verl ERL trainer (issue: "a resume from the step-10 checkpoint
 # reproduces step 11"). Run A trains 11 steps and checkpoints at step 10; run B starts in a
 # fresh folder from A's step-10 checkpoint (actor, optimizer, cursor, reflection memory) and
-# trains step 11; then step 11 of both is compared (erl.tracking.compare_step: sampled token
-# counts and outcomes must be equal, losses within 1%).
+# trains step 11; run C does the same again (the control: what the machine alone varies from
+# identical state). Step 11 is compared (erl.tracking.compare_step): sampled token counts and
+# outcomes equal and losses within 1% is "REPRODUCED"; gaps no larger than twice the
+# resumed-vs-control gap are "within run-to-run noise"; anything else fails.
 #
 #   MODEL_PATH=/models/SmolLM2 N_GPUS_PER_NODE=1 ROLLOUT=hf CHECK_DIR=/tmp/rc \
 #       bash scripts/verl_resume_check.sh [extra Hydra overrides for both runs]
-# PHASE=original | resumed | compare | all (default): run one part at a time when one
+# PHASE=original | resumed | control | compare | all (default): run one part at a time when one
 # command may not take long enough for all of it (the device tool: 10 minutes a call).
 # DRY_RUN=1 prints the two training commands.
 set -euo pipefail
@@ -33,7 +35,13 @@ if [[ $PHASE == all || $PHASE == resumed ]]; then
   bash "$ROOT/scripts/launch_verl.sh" "${common[@]}" "trainer.default_local_dir=$CHECK_DIR/resumed" \
     trainer.resume_mode=resume_path "trainer.resume_from_path=$CHECK_DIR/original/global_step_$SAVE_AT"
 fi
+if [[ $PHASE == all || $PHASE == control ]]; then
+  [ "${DRY_RUN:-0}" = 1 ] || rm -rf "$CHECK_DIR/control"
+  bash "$ROOT/scripts/launch_verl.sh" "${common[@]}" "trainer.default_local_dir=$CHECK_DIR/control" \
+    trainer.resume_mode=resume_path "trainer.resume_from_path=$CHECK_DIR/original/global_step_$SAVE_AT"
+fi
 if [[ ( $PHASE == all || $PHASE == compare ) && ${DRY_RUN:-0} != 1 ]]; then
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m erl.tracking \
-    "$CHECK_DIR/original/metrics.jsonl" "$CHECK_DIR/resumed/metrics.jsonl" --step "$STEP"
+    "$CHECK_DIR/original/metrics.jsonl" "$CHECK_DIR/resumed/metrics.jsonl" --step "$STEP" \
+    --control "$CHECK_DIR/control/metrics.jsonl"
 fi

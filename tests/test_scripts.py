@@ -71,8 +71,9 @@ def test_resume_check_resumes_the_original_runs_step_10_checkpoint():
     out = subprocess.run(["bash", str(ROOT / "scripts" / "verl_resume_check.sh"), "data.train_batch_size=4"],
                          env={**os.environ, "DRY_RUN": "1", "CHECK_DIR": "/ck", "MODEL_PATH": "/models/m"},
                          capture_output=True, text=True, check=True).stdout
-    original, resumed = [shlex.split(line) for line in out.strip().splitlines()]
-    for cmd in (original, resumed):  # same run settings; only the folder and resume differ
+    original, resumed, control = [shlex.split(line) for line in out.strip().splitlines()]
+    assert control[-3:] == ["trainer.default_local_dir=/ck/control", *resumed[-2:]]
+    for cmd in (original, resumed, control):  # same run settings; only the folder and resume differ
         assert "trainer.total_training_steps=11" in cmd and "trainer.save_freq=10" in cmd
         assert "data.train_batch_size=4" in cmd and "actor_rollout_ref.rollout.name=hf" in cmd
     assert original[-2:] == ["trainer.default_local_dir=/ck/original", "trainer.resume_mode=disable"]

@@ -8,32 +8,51 @@ BASE = {"step": 11, "tokens/generated": 1607.0, "attempt1/success": 0.125, "rows
         "actor/erl/pg_loss": -0.0200, "time/step": 24.8, "actor/mfu": 0.0035}
 
 
-def test_same_samples_and_close_losses_reproduce():
+def test_same_samples_and_close_losses_reproduce_exactly():
     resumed = {**BASE, "actor/erl/pg_loss": -0.0201, "time/step": 44.8, "actor/mfu": 0.0020}
-    ok, lines = compare_step([{"step": 10}, BASE], [resumed], 11)
+    verdict, lines = compare_step([{"step": 10}, BASE], [resumed], 11)
     # |0.0200 - 0.0201| = 1e-4 <= 1% of 0.0201; timings and mfu are not compared
-    assert ok
+    assert verdict == "exact"
     assert not any(ln.startswith(("time/step", "actor/mfu")) for ln in lines)
 
 
-def test_one_token_more_or_a_loss_off_by_5_percent_fails():
-    ok, lines = compare_step([BASE], [{**BASE, "tokens/generated": 1608.0}], 11)
-    assert not ok and any("tokens/generated" in ln and "DIFFERS" in ln for ln in lines)
-    ok, _ = compare_step([BASE], [{**BASE, "actor/erl/pg_loss": -0.0210}], 11)
-    assert not ok  # 0.001 > 1% of 0.021
+def test_one_token_more_or_a_loss_off_by_5_percent_differs():
+    verdict, lines = compare_step([BASE], [{**BASE, "tokens/generated": 1608.0}], 11)
+    assert verdict == "differs" and any("tokens/generated" in ln and "DIFFERS" in ln for ln in lines)
+    verdict, _ = compare_step([BASE], [{**BASE, "actor/erl/pg_loss": -0.0210}], 11)
+    assert verdict == "differs"  # 0.001 > 1% of 0.021
 
 
-def test_missing_step_or_metric_fails():
-    ok, lines = compare_step([BASE], [{**BASE, "step": 12}], 11)
-    assert not ok and "missing from the second run" in lines[0]
-    ok, lines = compare_step([BASE], [{k: v for k, v in BASE.items() if k != "rows"}], 11)
-    assert not ok and any("MISSING" in ln for ln in lines)
+def test_a_control_run_sets_the_noise_level():
+    resumed = {**BASE, "tokens/generated": 1627.0}        # original -> resumed: 20 tokens
+    control_wide = [{**BASE, "tokens/generated": 1615.0}]  # resumed -> control: 12, 2 x 12 = 24 >= 20
+    control_narrow = [{**BASE, "tokens/generated": 1630.0}]  # 3, 2 x 3 = 6 < 20
+    control_same = [resumed]                               # 0: no noise shown, the gap stays a difference
+    assert compare_step([BASE], [resumed], 11, control=control_wide)[0] == "noise"
+    assert compare_step([BASE], [resumed], 11, control=control_narrow)[0] == "differs"
+    assert compare_step([BASE], [resumed], 11, control=control_same)[0] == "differs"
+    # an outcome that differs while the control shows no spread in it is not noise
+    ctl = [{**control_wide[0], "attempt1/success": 0.25}]
+    verdict, lines = compare_step([BASE], [{**resumed, "attempt1/success": 0.25}], 11, control=ctl)
+    assert verdict == "differs" and any("attempt1/success" in ln and "DIFFERS" in ln for ln in lines)
+
+
+def test_missing_step_or_metric_differs():
+    verdict, lines = compare_step([BASE], [{**BASE, "step": 12}], 11)
+    assert verdict == "differs" and "missing from the resumed run" in lines[0]
+    verdict, lines = compare_step([BASE], [BASE], 11, control=[])
+    assert verdict == "differs" and "missing from the control run" in lines[0]
+    verdict, lines = compare_step([BASE], [{k: v for k, v in BASE.items() if k != "rows"}], 11)
+    assert verdict == "differs" and any("MISSING" in ln for ln in lines)
 
 
 def test_cli_exit_code(tmp_path, capsys):
-    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "c.jsonl"
     a.write_text(json.dumps(BASE) + "\n")
-    b.write_text(json.dumps({**BASE, "attempt1/success": 0.0}) + "\n")
+    b.write_text(json.dumps({**BASE, "tokens/generated": 1617.0}) + "\n")
+    c.write_text(json.dumps({**BASE, "tokens/generated": 1600.0}) + "\n")
     assert main([str(a), str(a), "--step", "11"]) == 0
     assert main([str(a), str(b), "--step", "11"]) == 1
     assert "NOT reproduced" in capsys.readouterr().out
+    assert main([str(a), str(b), "--step", "11", "--control", str(c)]) == 0
+    assert "REPRODUCED within run-to-run noise" in capsys.readouterr().out
