@@ -221,6 +221,29 @@ def test_dead_rollout_worker_fails_the_step_and_keeps_the_last_checkpoint(tiny_f
     assert t.find_resume() == tmp_path / "dead" / "global_step_0" and t.step_count == 0
 
 
+def test_dead_memory_actor_fails_the_step_and_keeps_the_last_checkpoint(tiny_folder, tmp_path):
+    from erl.trainers.verl.memory import BlockingMemory
+
+    t = _trainer(tiny_folder, tmp_path / "deadmem", ["trainer.val_before_train=false"])
+    t.save_checkpoint()
+
+    class DeadClient:  # alive for the resume's restore, then gone: what RayMemoryClient raises
+        def load_state_dict(self, state):
+            pass
+
+        def retrieve_sync(self, *a, **k):
+            raise RuntimeError("memory actor 'erl_reflection_memory' is dead or unreachable: ActorDiedError")
+
+        def add_sync(self, *a, **k):
+            raise AssertionError("no second attempt can run without its reflection")
+
+    t.memory = t.workflow.memory = BlockingMemory(DeadClient())
+    with pytest.raises(RuntimeError, match="'erl_reflection_memory' is dead or unreachable"):
+        t.fit()  # tau 1.5: the first episode to reflect asks the memory
+    assert (tmp_path / "deadmem" / "latest_checkpointed_iteration.txt").read_text() == "0"
+    assert t.find_resume() == tmp_path / "deadmem" / "global_step_0" and t.step_count == 0
+
+
 def test_reflection_time_is_the_union_of_overlapping_spans():
     from erl.trainers.verl.trainer import TimedWorkflow
 
