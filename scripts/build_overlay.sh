@@ -6,6 +6,8 @@
 # Output: $OUTDIR/overlay.tar.xz holding site/ (a flat site-packages dir for PYTHONPATH).
 # Usage:  bash scripts/build_overlay.sh [OUTDIR]   (default: .ovl/ at the repository root, git-ignored;
 #         never commit the built overlay)
+#         SET=agents bash scripts/build_overlay.sh   -> agents.tar.xz: LangGraph / langchain-core /
+#         bm25s for the HotpotQA and LangGraph experiments (a second, small archive; unpack both)
 # Needs:  pip with PyPI access, any local python3 (>=3.8), xz. Re-runnable: starts from scratch.
 # On the device:  mkdir -p /tmp/ov && tar -xJf .ovl/overlay.tar.xz -C /tmp/ov
 #                 export PYTHONPATH=$PWD:/tmp/ov/site RAY_AUTH_MODE=disabled
@@ -42,6 +44,22 @@ PKGS=(
   # erl itself travels as source (PYTHONPATH=repo root); what it needs beyond the device image:
   gguf==0.19.0                     # reading the SmolLM2 GGUF (erl.models.convert)
 )
+SET=${SET:-core}
+if [ "$SET" = agents ]; then
+  # The dependency closure (pip install --dry-run --report) minus what an import probe found on the
+  # device (Nov 2026); scipy, httpx, requests, yaml, xxhash,
+  # packaging are there, orjson and pydantic come with the core overlay.
+  PKGS=(
+    langgraph==1.2.24 langgraph-checkpoint==4.3.2 langgraph-prebuilt==1.1.3 langgraph-sdk==0.4.14
+    langchain-core==1.8.3 langchain-protocol==0.0.20 langsmith==0.15.1
+    jsonpatch==1.33 jsonpointer==3.1.1 tenacity==9.2.1 ormsgpack==1.13.1 uuid-utils==0.19.0
+    zstandard==0.25.0 requests-toolbelt==1.0.0 sniffio==1.3.1
+    distro==1.9.0 httpx2==2.16.2 httpcore2==2.16.2 websockets==17.4 truststore==0.10.5   # langsmith's
+    bm25s==0.3.16
+  )
+elif [ "$SET" != core ]; then
+  echo "$0: SET must be core or agents, got '$SET'" >&2; exit 2
+fi
 # Deliberately left out: wandb (20+ MiB, only with trainer.logger=wandb), vllm/sglang (too big),
 # transfer_queue (verl.trainer.ppo.v1 only), mathruler/openai/modelopt (optional paths).
 
@@ -50,8 +68,10 @@ echo "[1/5] downloading wheels for cp312 manylinux x86_64"
 pip download "${PIPQ[@]}" --no-deps "${PLAT[@]}" -d "$WORK/wheels" "${PKGS[@]}"
 
 # antlr4-python3-runtime 4.9.3 (hydra's parser runtime) exists only as an sdist: build a pure wheel here.
-echo "[2/5] building antlr4-python3-runtime==4.9.3 wheel from sdist (pure python)"
-pip wheel "${PIPQ[@]}" --no-deps --no-binary=:all: -w "$WORK/wheels" antlr4-python3-runtime==4.9.3
+if [ "$SET" = core ]; then
+  echo "[2/5] building antlr4-python3-runtime==4.9.3 wheel from sdist (pure python)"
+  pip wheel "${PIPQ[@]}" --no-deps --no-binary=:all: -w "$WORK/wheels" antlr4-python3-runtime==4.9.3
+fi
 
 echo "[3/5] installing into a flat target dir"
 pip install "${PIPQ[@]}" --no-deps --no-compile "${PLAT[@]}" --target "$WORK/site" "$WORK"/wheels/*.whl
@@ -72,8 +92,9 @@ if command -v strip >/dev/null; then
 fi
 du -sh "$S"
 
+NAME=$([ "$SET" = core ] && echo overlay || echo agents)
 echo "[5/5] packing"
-tar -C "$WORK" -cf - site | xz -T0 -9 > "$OUTDIR/overlay.tar.xz"
-ls -la "$OUTDIR/overlay.tar.xz"
-(cd "$WORK/wheels" && ls -1) > "$OUTDIR/overlay.wheels.txt"
-echo "done: $OUTDIR/overlay.tar.xz ($(du -m "$OUTDIR/overlay.tar.xz" | cut -f1) MiB); wheel list in overlay.wheels.txt"
+tar -C "$WORK" -cf - site | xz -T0 -9 > "$OUTDIR/$NAME.tar.xz"
+ls -la "$OUTDIR/$NAME.tar.xz"
+(cd "$WORK/wheels" && ls -1) > "$OUTDIR/$NAME.wheels.txt"
+echo "done: $OUTDIR/$NAME.tar.xz ($(du -m "$OUTDIR/$NAME.tar.xz" | cut -f1) MiB); wheel list in $NAME.wheels.txt"

@@ -2,6 +2,7 @@
 # Prepare the offline GPU machine (the `run` device tool) for the verl trainer; source it:
 #   source scripts/device_prepare.sh
 # - unpacks the overlay built by scripts/build_overlay.sh (.ovl/overlay.tar.xz, carried) into /tmp/ov,
+#   and .ovl/agents.tar.xz (SET=agents: LangGraph, bm25s) when carried,
 # - collects the SmolLM2 GGUF parts carried in .model/p*/ into /tmp/m (they survive while the
 #   machine stays warm, so the parts can come in consecutive calls),
 # - once all parts are there: joins them, checks the sha256 and converts the model into
@@ -15,6 +16,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if [ ! -d /tmp/ov/site ] && [ -f "$ROOT/.ovl/overlay.tar.xz" ]; then
   mkdir -p /tmp/ov && tar -xJf "$ROOT/.ovl/overlay.tar.xz" -C /tmp/ov && echo "overlay unpacked"
+fi
+if [ ! -d /tmp/ov/site/langgraph ] && [ -f "$ROOT/.ovl/agents.tar.xz" ]; then  # SET=agents build_overlay.sh
+  mkdir -p /tmp/ov && tar -xJf "$ROOT/.ovl/agents.tar.xz" -C /tmp/ov && echo "agents overlay unpacked"
 fi
 export PYTHONPATH="$ROOT:/tmp/ov/site" RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0

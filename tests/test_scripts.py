@@ -85,3 +85,20 @@ def test_resume_check_resumes_the_original_runs_step_10_checkpoint():
     tail = resumed[resumed.index("--config-name") + 2:]
     s = validate(compose("frozenlake_erl", tail), check_model_files=False)
     assert s.total_steps == 11 and s.cfg["trainer"]["resume_from_path"] == "/ck/original/global_step_10"
+
+
+def test_smoke_script_runs_any_experiment_at_small_scale_and_later_overrides_win():
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "verl_smoke.sh"), "hotpotqa_langgraph_erl", "3",
+                          "erl.max_new_tokens=96"],
+                         env={**os.environ, "DRY_RUN": "1", "MODEL_PATH": "/models/m"},
+                         capture_output=True, text=True, check=True).stdout
+    cmd = shlex.split(out)
+    assert cmd[cmd.index("--config-name") + 1] == "hotpotqa_langgraph_erl"
+    assert "trainer.n_gpus_per_node=1" in cmd and "actor_rollout_ref.rollout.name=hf" in cmd
+    pytest.importorskip("verl")
+    from erl.trainers.verl.config import compose, validate
+
+    s = validate(compose("hotpotqa_langgraph_erl", cmd[cmd.index("--config-name") + 2:]), check_model_files=False)
+    assert s.total_steps == 3 and s.tasks_per_step == 4 and s.erl.n_attempt == 2
+    assert s.erl.max_new_tokens == 96  # the caller's override comes last and wins
+    assert s.trainer.runner == "examples.hotpotqa_langgraph.train_local:make_runner"
