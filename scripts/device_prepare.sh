@@ -23,7 +23,7 @@ fi
 export PYTHONPATH="$ROOT:/tmp/ov/site" RAY_AUTH_MODE=disabled PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0
 mkdir -p /tmp/m
-for p in "$ROOT"/.model/p*/part-*; do [ -f "$p" ] && cp -n "$p" /tmp/m/; done
+for p in "$ROOT"/.model/p*/part-*; do [ -f "$p" ] && [ ! -f "/tmp/m/$(basename "$p")" ] && cp "$p" /tmp/m/; done
 echo "gguf parts on this machine: $(ls /tmp/m | grep -c '^part-')/$GGUF_PARTS"
 
 if [ ! -f /tmp/smollm2/config.json ] && [ "$(ls /tmp/m | grep -c '^part-')" = "$GGUF_PARTS" ]; then

@@ -121,3 +121,18 @@ def test_build_fails_before_ray(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={tmp_path / 'x'}"]))
     assert not ray.is_initialized()
+
+
+def test_resume_path_must_be_an_erl_checkpoint(model_folder, tmp_path):
+    import ray
+
+    base = [f"actor_rollout_ref.model.path={model_folder}", "trainer.resume_mode=resume_path"]
+    with pytest.raises(ConfigError, match=r"trainer\.resume_from_path=.*is not an ERL checkpoint"):
+        validate(compose("frozenlake_erl", base + [f"trainer.resume_from_path={tmp_path / 'global_step_10'}"]))
+    ckpt = tmp_path / "global_step_10"
+    ckpt.mkdir()
+    (ckpt / "erl_state.json").write_text('{"step": 10, "cursor": 40, "seed": 0}')
+    assert validate(compose("frozenlake_erl", base + [f"trainer.resume_from_path={ckpt}"])).total_steps == 200
+    with pytest.raises(ConfigError, match="trainer.resume_mode"):
+        validate(compose("frozenlake_erl", ["trainer.resume_mode=sometimes"]), check_model_files=False)
+    assert not ray.is_initialized()

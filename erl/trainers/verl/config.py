@@ -14,6 +14,7 @@ from typing import Any
 from erl.core.config import ConfigError, ErlConfig
 
 ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
+STATE_FILE = "erl_state.json"  # the data cursor of a verl checkpoint folder; its presence marks an ERL checkpoint
 
 
 def config_dir() -> Path:
@@ -197,6 +198,14 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     if actor.get("kl_loss_type") not in ("k1", "k2", "low_var_kl"):
         raise ConfigError(f"actor_rollout_ref.actor.kl_loss_type must be k1, k2 or low_var_kl, "
                           f"got {actor.get('kl_loss_type')!r}")
+    tr = plain["trainer"]
+    if tr.get("resume_mode", "auto") not in ("auto", "disable", "resume_path"):
+        raise ConfigError(f"trainer.resume_mode must be auto, disable or resume_path, got {tr.get('resume_mode')!r}")
+    if tr.get("resume_mode") == "resume_path" and check_model_files:
+        ckpt = Path(str(tr.get("resume_from_path"))).expanduser()
+        if not (ckpt / STATE_FILE).is_file():  # checked again by the trainer; here before Ray starts
+            raise ConfigError(f"trainer.resume_from_path={tr.get('resume_from_path')!r} is not an ERL checkpoint "
+                              f"folder (global_step_K/ with {STATE_FILE})")
     model_path = str(arr["model"]["path"])
     if check_model_files:
         model_path = check_model(model_path)

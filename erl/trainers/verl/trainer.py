@@ -24,7 +24,7 @@ import numpy as np
 
 from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
 from erl.core.stream import next_tasks
-from erl.trainers.verl.config import Settings
+from erl.trainers.verl.config import STATE_FILE, Settings
 from erl.trainers.verl.dataproto import (
     add_advantages,
     episodes_to_dataproto,
@@ -34,7 +34,6 @@ from erl.trainers.verl.dataproto import (
 from erl.trainers.verl.memory import load_memory, save_memory
 from erl.workflow.erl_workflow import ErlWorkflow
 
-STATE_FILE = "erl_state.json"
 
 
 def reduce_metrics(metrics: dict) -> dict[str, float]:
