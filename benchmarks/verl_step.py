@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
-        "time/sync_weights", "rollout/sequences", "tokens/generated", "rows", "tokens/total",
+        "time/sync_weights", "rollout/sequences", "rollout/batches", "tokens/generated", "rows", "tokens/total",
         "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s")
 
 

@@ -159,6 +159,9 @@ def test_fit_checkpoint_and_exact_resume(tiny_folder, tmp_path):
     assert m1["episodes"] == 4 and m1["reflection/rate"] == 1.0
     assert m1["attempt1/rows"] == 4 and m1["reflection/rows"] == 4
     assert m1["tokens/generated"] > 0 and m1["time/step"] > 0 and "actor/erl/pg_loss" in m1
+    # episodes advance together: far fewer generate calls than sequences, at least one per round
+    # (attempt 1 -> reflection -> attempt 2, max_turns 2: >= 3 rounds of the slowest episode)
+    assert 3 <= m1["rollout/batches"] < m1["rollout/sequences"]
     assert 0 < m1["time/reflection"] < m1["time/rollout"]
     # this step's mean memory hits per episode stays, the store's running total is kept apart
     assert "memory/hits" in m1 and "memory/total_hits" in m1 and "memory/size" in m1

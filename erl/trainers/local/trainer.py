@@ -196,6 +196,8 @@ class LocalTrainer:
         metrics.update({
             "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0,
             "tokens/generated": float(gen_tokens),
+            "rollout/sequences": float(self.policy.stats["sequences"] - gen0["sequences"]),
+            "rollout/batches": float(self.policy.stats["batches"] - gen0["batches"]),  # generate calls
             "throughput/gen_tokens_per_s": gen_tokens / gen_secs if gen_secs > 0 else 0.0,
             "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
         })

@@ -173,6 +173,9 @@ class ErlVerlTrainer:
             "time/sync_weights": t3 - t2, "time/step": t3 - t0,
             "tokens/generated": float(gen["generated_tokens"]),
             "rollout/sequences": float(gen["sequences"]),
+            # hf backend: generate calls a step; with short turns each costs ~max_new_tokens decode
+            # steps whatever its size, so this count, not tokens, sets the rollout time
+            "rollout/batches": float(gen.get("batches", 0)),
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / max(t1 - t0, 1e-9),
             "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
         })
