@@ -102,3 +102,32 @@ def test_smoke_script_runs_any_experiment_at_small_scale_and_later_overrides_win
     assert s.total_steps == 3 and s.tasks_per_step == 4 and s.erl.n_attempt == 2
     assert s.erl.max_new_tokens == 96  # the caller's override comes last and wins
     assert s.trainer.runner == "examples.hotpotqa_langgraph.train_local:make_runner"
+
+
+def _compare_phase(check_dir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "scripts" / "verl_resume_check.sh")],
+                          env={**os.environ, "PHASE": "compare", "SAVE_AT": "2", "CHECK_DIR": str(check_dir)},
+                          capture_output=True, text=True, check=False)
+
+
+def test_resume_check_compares_without_a_control_run_when_none_was_made(tmp_path):
+    import json
+
+    def write(run: str, tokens: float) -> None:
+        (tmp_path / run).mkdir(exist_ok=True)
+        rows = [{"step": 2, "tokens/generated": 900.0}, {"step": 3, "tokens/generated": tokens, "rows": 24.0}]
+        (tmp_path / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    write("original", 1900.0)
+    write("resumed", 1900.0)
+    res = _compare_phase(tmp_path)  # PHASE=original, resumed only: no control/ folder
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "missing" not in res.stdout and "control" not in res.stdout.splitlines()[0]
+    assert res.stdout.strip().endswith("step 3: REPRODUCED")
+    write("resumed", 2064.0)  # a different sample count fails strictly: no noise level is known
+    res = _compare_phase(tmp_path)
+    assert res.returncode == 1 and "step 3: NOT reproduced" in res.stdout
+    write("control", 1950.0)  # resumed -> control gap 114, 2 x 114 >= 164: within the machine's noise
+    res = _compare_phase(tmp_path)
+    assert res.returncode == 0 and "control" in res.stdout.splitlines()[0]
+    assert res.stdout.strip().endswith("step 3: REPRODUCED within run-to-run noise")
