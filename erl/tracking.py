@@ -164,7 +164,7 @@ def compare_step(a: list[dict], b: list[dict], step: int, rel_tol: float = 1e-2,
         ctl = f" {vc:12.5g}" if isinstance(vc, (int, float)) else (f" {'-':>12s}" if rc is not None else "")
         if va is None or vb is None:
             verdicts.append("differs")
-            lines.append(f"{key:36s} {str(va):>12s} {str(vb):>12s}{ctl}  MISSING")
+            lines.append(f"{key:36s} {va!s:>12s} {vb!s:>12s}{ctl}  MISSING")
             continue
         exact = key.startswith(EXACT_PREFIXES)
         strict = va == vb if exact else abs(va - vb) <= max(rel_tol * max(abs(va), abs(vb)), 1e-6)

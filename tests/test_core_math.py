@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from erl.core.advantages import (DISTILL_ID, advantages_from_arrays, grpo_advantages, raft_advantages,
-                                 segment_advantages)
+from erl.core.advantages import DISTILL_ID, advantages_from_arrays, grpo_advantages, raft_advantages, segment_advantages
 from erl.core.gating import segment_reward, should_distill, should_reflect, should_store
 from erl.core.losses import aggregate, distill_nll_loss, erl_actor_loss, kl_penalty, masked_mean, ppo_clip_loss
 from erl.core.types import SEGMENT_IDS, Segment, TokenSample

@@ -12,8 +12,17 @@ import pytest
 
 from erl.core.config import ConfigError, ErlConfig
 from erl.envs import hotpotqa
-from erl.envs.hotpotqa import (FIXTURE, HotpotQAEnv, answer_f1, extract_answer, hotpotqa_reward, load_records,
-                               normalize_answer, parse_action, reward_fn)
+from erl.envs.hotpotqa import (
+    FIXTURE,
+    HotpotQAEnv,
+    answer_f1,
+    extract_answer,
+    hotpotqa_reward,
+    load_records,
+    normalize_answer,
+    parse_action,
+    reward_fn,
+)
 from erl.envs.registry import make_env
 from erl.envs.retrieval import make_search
 from erl.memory import ReflectionMemory

@@ -4,8 +4,18 @@ injection, tool calls and results, and every bad input ending in a defined rewar
 import asyncio
 
 import pytest
-from agent_scripts import (GOLD, GUIDANCE, QUERY, QUESTION, SYSTEM, exact_reward, expected_chat, react_script,
-                           search_docs, tool_call_text)
+from agent_scripts import (
+    GOLD,
+    GUIDANCE,
+    QUERY,
+    QUESTION,
+    SYSTEM,
+    exact_reward,
+    expected_chat,
+    react_script,
+    search_docs,
+    tool_call_text,
+)
 from langchain_core.messages import SystemMessage
 from langchain_core.tools import tool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -173,7 +183,7 @@ def test_a_tool_that_raises():
 
 
 def test_a_graph_that_loops_past_its_step_limit():
-    loop = lambda p, i: tool_call_text("search", {"query": QUERY})  # noqa: E731
+    loop = lambda p, i: tool_call_text("search", {"query": QUERY})
     traj, policy = run_attempt(loop, LangGraphAttemptRunner(react_graph, exact_reward), max_turns=3)
     assert len(policy.calls) == 3 and len(traj.steps) == 3  # the 4th call is refused
     assert traj.reward == 0.0 and "more than 3 model calls" in traj.info["feedback"]

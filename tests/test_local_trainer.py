@@ -13,10 +13,10 @@ from erl.core.types import Segment, TokenSample
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
 from erl.rollout.hf_policy import HFPolicy
+from erl.tracking import read_metrics
 from erl.trainers.local.batch import pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import CheckpointError
 from erl.trainers.local.run import train
-from erl.tracking import read_metrics
 from erl.workflow.base import SamplingParams
 
 

@@ -17,10 +17,24 @@ import transformers
 from erl.cli import models as cli
 from erl.core.config import ConfigError
 from erl.models import registry
-from erl.models.convert import (META_FILE, ModelConversionError, align_special_tokens, convert_gguf,
-                                gguf_special_ids, sha256_file)
-from erl.models.registry import (MODELS, ModelFetchError, ModelSpec, cache_dir, fetch_model,
-                                 load_model_and_tokenizer, resolve_model, validate_model_folder)
+from erl.models.convert import (
+    META_FILE,
+    ModelConversionError,
+    align_special_tokens,
+    convert_gguf,
+    gguf_special_ids,
+    sha256_file,
+)
+from erl.models.registry import (
+    MODELS,
+    ModelFetchError,
+    ModelSpec,
+    cache_dir,
+    fetch_model,
+    load_model_and_tokenizer,
+    resolve_model,
+    validate_model_folder,
+)
 from erl.models.tiny import CHATML_TEMPLATE, build_tiny_tokenizer
 
 NAME = "smollm2-135m-instruct"
@@ -410,8 +424,8 @@ def test_fetch_smollm2_for_real(tmp_path):
     assert out[1, batch["input_ids"].shape[1]:][:n].tolist() == alone[0, -n:].tolist()
 
     # ... and one real training step of the local trainer on it (LoRA on the top 2 blocks)
-    from erl.trainers.local.run import train
     from erl.tracking import read_metrics
+    from erl.trainers.local.run import train
 
     out = tmp_path / "run"
     train({"seed": 0, "resume": False,

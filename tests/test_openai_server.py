@@ -7,8 +7,19 @@ import json
 import httpx
 import openai
 import pytest
-from agent_scripts import (GOLD, GUIDANCE, QUERY, QUESTION, SYSTEM, TOOLS, exact_reward, expected_chat,
-                           react_script, search_docs, tool_call_text)
+from agent_scripts import (
+    GOLD,
+    GUIDANCE,
+    QUERY,
+    QUESTION,
+    SYSTEM,
+    TOOLS,
+    exact_reward,
+    expected_chat,
+    react_script,
+    search_docs,
+    tool_call_text,
+)
 
 from erl.agents.openai_server import OpenAIAttemptRunner, PolicyServer
 from erl.agents.recorder import AttemptRecorder
@@ -121,7 +132,7 @@ def test_unknown_session_is_404_and_the_server_keeps_serving(server):
 
 
 def test_agent_looping_past_its_limit_gets_a_400_and_reward_zero(server):
-    loop = lambda p, i: tool_call_text("search", {"query": QUERY})  # noqa: E731
+    loop = lambda p, i: tool_call_text("search", {"query": QUERY})
     wf, policy = workflow(server, loop, max_turns=2)
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
     # The 3rd call is refused with a 400; the client raises it; the attempt ends with 0.
@@ -136,7 +147,6 @@ def test_agent_errors_and_empty_answers_are_bad_attempts(server):
     async def silent(base_url, task):
         client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}])
-        return None
 
     wf, _ = workflow(server, react_script, agent=crashing)
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))

@@ -2,8 +2,13 @@
 
 import pytest
 
-from erl.core.reflection import (GUIDANCE_HEADER, apply_guidance, parse_reflection, render_attempt,
-                                 render_reflection_request)
+from erl.core.reflection import (
+    GUIDANCE_HEADER,
+    apply_guidance,
+    parse_reflection,
+    render_attempt,
+    render_reflection_request,
+)
 from erl.core.types import Step, Trajectory
 
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_openai_messages
@@ -31,8 +32,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphRecursionError
 from pydantic import ConfigDict
 
-from erl.agents.recorder import (AttemptRecorder, ParsedReply, agent_error, check_placement, close_attempt,
-                                 message_text)
+from erl.agents.recorder import AttemptRecorder, ParsedReply, agent_error, check_placement, close_attempt, message_text
 from erl.core.types import Trajectory
 from erl.workflow.base import Generation, Policy, SamplingParams
 

@@ -29,16 +29,24 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from erl.agents.recorder import (AttemptRecorder, ContextLimitExceeded, StepLimitExceeded, agent_error,
-                                 check_placement, close_attempt, normalize_messages)
+from erl.agents.recorder import (
+    AttemptRecorder,
+    ContextLimitExceeded,
+    StepLimitExceeded,
+    agent_error,
+    check_placement,
+    close_attempt,
+    normalize_messages,
+)
 from erl.core.types import Trajectory
 from erl.workflow.base import Policy, SamplingParams
 
@@ -123,7 +131,7 @@ class PolicyServer:
     def __enter__(self) -> PolicyServer:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     # ---- HTTP -------------------------------------------------------------------------

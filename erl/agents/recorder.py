@@ -18,8 +18,9 @@ import asyncio
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from erl.core.config import ConfigError
 from erl.core.reflection import GUIDANCE_HEADER, apply_guidance

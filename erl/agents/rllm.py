@@ -40,8 +40,9 @@ import sys
 import types
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from erl.workflow.base import Action, BaseEnv
 

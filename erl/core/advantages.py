@@ -15,7 +15,7 @@ trained by the separate masked NLL term (erl.core.losses.distill_nll_loss).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -56,7 +56,7 @@ class ErlConfig:
         return 2 * self.n_attempt if self.mode == "rlvr" else self.n_attempt
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ErlConfig":
+    def from_dict(cls, data: Any) -> ErlConfig:
         """Build from a dict / DictConfig; unknown keys are an error, not ignored."""
         data = dict(data or {})
         known = {f.name for f in fields(cls)}

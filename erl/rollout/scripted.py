@@ -6,7 +6,8 @@ downstream (token masks, re-assembly, distillation re-basing) is exercised for r
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from erl.workflow.base import Generation, SamplingParams
 

@@ -76,7 +76,7 @@ class BaseEnv(ABC):
         pass
 
     @staticmethod
-    def from_dict(info: dict) -> "BaseEnv":
+    def from_dict(info: dict) -> BaseEnv:
         raise NotImplementedError
 
 
@@ -111,8 +111,8 @@ class AttemptRunner(Protocol):
     consolidation re-bases attempt 2 from one onto the other).
     """
 
-    async def __call__(self, task: dict, *, name: str, guidance: str | None, policy: "Policy",
-                       chat: Any, params: "SamplingParams", config: Any) -> Trajectory: ...
+    async def __call__(self, task: dict, *, name: str, guidance: str | None, policy: Policy,
+                       chat: Any, params: SamplingParams, config: Any) -> Trajectory: ...
 
 
 @runtime_checkable

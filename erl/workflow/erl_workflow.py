@@ -9,7 +9,8 @@ the episode went. The trainer runs n episodes per task to form GRPO groups.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from erl.core.config import ErlConfig
 from erl.core.gating import segment_reward, should_distill, should_reflect, should_store

@@ -7,7 +7,6 @@ import importlib
 from typing import Any
 
 from erl.core.config import ConfigError
-
 from erl.workflow.chat_agent import ChatAgent
 
 

@@ -8,7 +8,7 @@ Nothing in this file knows about ERL; `train_local.py` trains it as it is.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from langchain_core.messages import SystemMessage
 from langchain_core.tools import tool

@@ -17,15 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from agent import build_agent  # noqa: E402
+from agent import build_agent
 
-from erl.agents.langgraph import LangGraphAttemptRunner  # noqa: E402
-from erl.core.config import ErlConfig  # noqa: E402
-from erl.envs import hotpotqa  # noqa: E402
-from erl.memory import ReflectionMemory  # noqa: E402
-from erl.trainers.local.config import LocalTrainerConfig  # noqa: E402
-from erl.trainers.local.run import load_policy_model, pick_device  # noqa: E402
-from erl.trainers.local.trainer import LocalTrainer  # noqa: E402
+from erl.agents.langgraph import LangGraphAttemptRunner
+from erl.core.config import ErlConfig
+from erl.envs import hotpotqa
+from erl.memory import ReflectionMemory
+from erl.trainers.local.config import LocalTrainerConfig
+from erl.trainers.local.run import load_policy_model, pick_device
+from erl.trainers.local.trainer import LocalTrainer
 
 
 def make_runner() -> LangGraphAttemptRunner:

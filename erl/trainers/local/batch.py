@@ -23,7 +23,7 @@ class PaddedBatch:
     segment_ids: torch.Tensor  # [B]
     rewards: torch.Tensor  # [B]
 
-    def to(self, device: torch.device | str) -> "PaddedBatch":
+    def to(self, device: torch.device | str) -> PaddedBatch:
         fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return PaddedBatch(**fields)
 

@@ -70,7 +70,7 @@ class LocalTrainerConfig:
             raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @classmethod
-    def from_dict(cls, data: Any) -> "LocalTrainerConfig":
+    def from_dict(cls, data: Any) -> LocalTrainerConfig:
         data = {k: v for k, v in dict(data or {}).items() if k != "name"}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)

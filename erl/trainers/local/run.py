@@ -17,13 +17,18 @@ from tqdm.auto import tqdm
 
 from erl.core.config import ConfigError, ErlConfig
 from erl.envs.registry import make_env, make_tasks, validate_env_params
-from erl.workflow.factories import chat_agent_for, load_runner
 from erl.memory import ReflectionMemory
-from erl.trainers.local.checkpoint import (CheckpointError, config_mismatch, list_checkpoints, load_checkpoint,
-                                           save_checkpoint)
+from erl.tracking import Tracker, plot_run
+from erl.trainers.local.checkpoint import (
+    CheckpointError,
+    config_mismatch,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.trainer import LocalTrainer
-from erl.tracking import Tracker, plot_run
+from erl.workflow.factories import chat_agent_for, load_runner
 
 
 def pick_device(name: str) -> torch.device:

@@ -35,7 +35,6 @@ from erl.trainers.verl.memory import load_memory, save_memory
 from erl.workflow.erl_workflow import ErlWorkflow
 
 
-
 def reduce_metrics(metrics: dict) -> dict[str, float]:
     """Worker metrics arrive as lists (per micro-batch and rank): their mean."""
     out = {}
