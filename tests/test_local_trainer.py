@@ -15,8 +15,8 @@ from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
 from erl.rollout.hf_policy import HFPolicy
 from erl.tracking import read_metrics
 from erl.trainers.local.batch import pad_samples, response_logprobs
-from erl.trainers.local.checkpoint import CheckpointError
-from erl.trainers.local.run import train
+from erl.trainers.local.checkpoint import CheckpointError, load_checkpoint
+from erl.trainers.local.run import build, train
 from erl.workflow.base import SamplingParams
 
 
@@ -127,6 +127,23 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     resumed["trainer"] = dict(cfg["trainer"], total_steps=2)
     with pytest.raises(CheckpointError, match="corrupt"):
         train(resumed)
+
+
+def test_checkpoint_missing_a_trainable_tensor_is_refused(tmp_path):
+    cfg = base_cfg(tmp_path, steps=1)
+    train(cfg)
+    ckpt = load_checkpoint(Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1")
+    trainer, _ = build(cfg)
+    trainer.load_state(ckpt)  # the whole checkpoint loads
+    dropped = "model.layers.0.self_attn.q_proj.weight"  # trained (not tied to another tensor)
+    assert dict(trainer.model.named_parameters())[dropped].requires_grad
+    del ckpt["model"][dropped]  # gone from the checkpoint: it would keep its fresh value
+    with pytest.raises(CheckpointError, match="parameters it lacks") as err:
+        trainer.load_state(ckpt)
+    assert dropped in str(err.value)
+    ckpt["model"]["not.a.parameter"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match="not.a.parameter"):
+        trainer.load_state(ckpt)
 
 
 @pytest.mark.parametrize("section,key,value,match", [

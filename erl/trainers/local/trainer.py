@@ -28,6 +28,7 @@ from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
 from erl.rollout.hf_policy import HFPolicy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
+from erl.trainers.local.checkpoint import CheckpointError
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.workflow.erl_workflow import ErlWorkflow
 
@@ -219,9 +220,14 @@ class LocalTrainer:
         return {"step": self.step_count, "cursor": self.cursor, "seed": self.seed}
 
     def load_state(self, ckpt: dict) -> None:
+        # strict=False because a checkpoint holds only what trains (LoRA adapters, say); a trainable
+        # tensor it lacks would silently keep its fresh value, so that is refused like an extra one
         missing, unexpected = self.model.load_state_dict(ckpt["model"], strict=False)
-        if unexpected:
-            raise RuntimeError(f"checkpoint has parameters this model lacks: {unexpected[:5]}")
+        trainable = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        lost = sorted(trainable.intersection(missing))
+        if unexpected or lost:
+            raise CheckpointError(f"checkpoint does not match this model: parameters it lacks {lost[:5]}, "
+                                  f"parameters the model lacks {unexpected[:5]}")
         self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
         self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
         st = ckpt["trainer_state"]
