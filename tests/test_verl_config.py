@@ -69,6 +69,7 @@ def test_langgraph_experiment_loads_the_example_runner(monkeypatch):
     ("actor_rollout_ref.rollout.n=3", "must equal erl.n_attempt"),
     ("actor_rollout_ref.actor.loss_agg_mode=seq-sum", "loss_agg_mode"),
     ("actor_rollout_ref.actor.clip_ratio_high=-1", "clip_ratio_high"),
+    ("erl_trainer.progress=maybe", "erl_trainer.progress"),
 ])
 def test_bad_key_or_value_names_the_field(override, field):
     import ray
@@ -136,3 +137,21 @@ def test_resume_path_must_be_an_erl_checkpoint(model_folder, tmp_path):
     with pytest.raises(ConfigError, match="trainer.resume_mode"):
         validate(compose("frozenlake_erl", ["trainer.resume_mode=sometimes"]), check_model_files=False)
     assert not ray.is_initialized()
+
+
+def test_tracker_writes_metrics_and_redraws_the_curves_every_step(tmp_path):
+    import json
+
+    from erl.trainers.verl.main import Tracker
+
+    s = validate(compose("frozenlake_erl", [f"trainer.default_local_dir={tmp_path}", "trainer.logger=[]"]),
+                 check_model_files=False)
+    tracker = Tracker(s)
+    tracker.log(0, {"eval/success": 0.25})
+    png = tmp_path / "curves.png"
+    assert png.is_file()  # there after the first line, not only when the run ends
+    first = png.read_bytes()
+    tracker.log(1, {"attempt1/success": 0.5, "attempt2/success": 1.0, "eval/success": 0.5})
+    assert png.read_bytes() != first  # redrawn with step 1's points
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1] and rows[1]["attempt2/success"] == 1.0

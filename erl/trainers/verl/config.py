@@ -61,6 +61,7 @@ class ErlTrainerConfig:
     seed: int = 0
     metrics_file: str = "metrics.jsonl"
     runner: str | None = None  # "package.module:factory" -> an AttemptRunner (e.g. a LangGraph agent)
+    progress: bool = True  # a tqdm bar over the steps (off for logs that should hold only metrics)
 
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:
@@ -74,6 +75,8 @@ class ErlTrainerConfig:
             v = getattr(out, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"erl_trainer.{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(out.progress, bool):
+            raise ConfigError(f"erl_trainer.progress must be true or false, got {out.progress!r}")
         if not out.memory_actor:
             raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
         return out

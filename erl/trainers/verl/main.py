@@ -31,6 +31,8 @@ class Tracker:
         out = Path(tr["default_local_dir"])
         self.jsonl = JsonlTracker(out, loggers=[])
         self.jsonl.path = out / settings.trainer.metrics_file
+        self.curves = out / "curves.png"
+        self.title = f"verl | {settings.env_name} | {settings.erl.mode} | {Path(settings.model_path).name}"
         self.verl = None
         backends = [b for b in (tr.get("logger") or []) if b]
         if backends:
@@ -40,9 +42,12 @@ class Tracker:
                                  default_backend=backends, config=settings.cfg)
 
     def log(self, step: int, metrics: dict) -> None:
+        from erl.tracking import plot_run
+
         self.jsonl.log(step, metrics)
         if self.verl is not None:
             self.verl.log(data=metrics, step=step)
+        plot_run(self.jsonl.path, self.curves, title=self.title)  # a look at the run while it trains
 
 
 def init_ray(cfg: dict) -> None:
@@ -96,16 +101,11 @@ def build(config: Any):
 
 
 def run(config: Any) -> dict:
-    from erl.tracking import plot_run
-
     trainer = build(config)
     resume = trainer.find_resume()
     if resume is not None:
         trainer.tracker.jsonl.truncate_after(int(resume.name.split("_")[-1]))
     last = trainer.fit()
-    out = trainer.out
-    plot_run(out / trainer.s.trainer.metrics_file, out / "curves.png",
-             title=f"verl | {trainer.s.env_name} | {trainer.s.erl.mode} | {Path(trainer.s.model_path).name}")
     last["perf/max_memory_gb"] = trainer.workers.max_memory_gb()
     return last
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
 from erl.core.stream import next_tasks
@@ -33,6 +34,9 @@ from erl.trainers.verl.dataproto import (
 )
 from erl.trainers.verl.memory import load_memory, save_memory
 from erl.workflow.erl_workflow import ErlWorkflow
+
+# what the progress bar shows after each step (the rest goes to the trackers)
+PROGRESS_KEYS = ("attempt1/success", "episode/success", "eval/success", "memory/size", "time/step")
 
 
 def reduce_metrics(metrics: dict) -> dict[str, float]:
@@ -239,6 +243,7 @@ class ErlVerlTrainer:
             last = self.evaluate()
             self.log(0, last)
         total, save_freq, test_freq = self.s.total_steps, int(tr.get("save_freq", -1)), int(tr.get("test_freq", -1))
+        bar = tqdm(total=total, initial=self.step_count, desc="erl-verl", disable=not self.s.trainer.progress)
         while self.step_count < total:
             metrics = self.step()
             k = self.step_count
@@ -251,4 +256,7 @@ class ErlVerlTrainer:
             metrics["training/global_step"] = float(k)
             self.log(k, metrics)
             last = metrics
+            bar.update(1)
+            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in PROGRESS_KEYS if k in metrics}, refresh=False)
+        bar.close()
         return last
