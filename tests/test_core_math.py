@@ -180,3 +180,14 @@ def test_memory_store_totals_never_overwrite_step_metrics():
 
     out = memory_store_metrics({"size": 3, "hits": 41, "hit_rate": 0.5}, {"memory/hits": 0.75})
     assert out == {"memory/size": 3.0, "memory/total_hits": 41.0, "memory/hit_rate": 0.5}
+
+
+def test_every_config_section_refuses_a_misspelt_key_by_name():
+    from erl.core.config import ConfigError, ErlConfig, check_keys
+
+    assert check_keys("model.lora", {"r": 8}, ("r", "alpha")) == {"r": 8}
+    assert check_keys("erl", None, ErlConfig) == {}
+    with pytest.raises(ConfigError, match=r"model\.lora: unknown key\(s\) \['rank'\]; known keys: \['alpha', 'r'\]"):
+        check_keys("model.lora", {"rank": 8}, ("r", "alpha"))
+    with pytest.raises(ConfigError, match=r"erl: unknown key\(s\) \['n_atempt'\]"):  # the dataclass's fields
+        ErlConfig.from_dict({"n_atempt": 2})

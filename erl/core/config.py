@@ -14,6 +14,18 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the field."""
 
 
+def check_keys(section: str, data: Any, known: Any) -> dict:
+    """`data` as a plain dict, or a ConfigError naming `section`, the keys it does not know and
+    the ones it does. `known`: key names, or a dataclass whose fields are the keys. A misspelt
+    key is an error, never silently ignored."""
+    names = {f.name for f in fields(known)} if isinstance(known, type) else {str(k) for k in known}
+    data = dict(data or {})
+    unknown = sorted(str(k) for k in data if k not in names)
+    if unknown:
+        raise ConfigError(f"{section}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+    return data
+
+
 @dataclass
 class ErlConfig:
     mode: str = "erl"
@@ -58,12 +70,7 @@ class ErlConfig:
     @classmethod
     def from_dict(cls, data: Any) -> ErlConfig:
         """Build from a dict / DictConfig; unknown keys are an error, not ignored."""
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"erl: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**data)
+        return cls(**check_keys("erl", data, cls))
 
 
 def _check_type(name: str, value: Any, kinds: tuple, label: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from erl.core.config import ConfigError
+from erl.core.config import ConfigError, check_keys
 from erl.envs.symbols import render_grid, resolve_symbols
 from erl.workflow.base import BaseEnv
 
@@ -73,9 +73,7 @@ def load_tasks(path: str | Path) -> list[dict]:
 
 
 def check_known(params: Mapping, known: Iterable[str]) -> None:
-    unknown = sorted(str(k) for k in params if k not in set(known))
-    if unknown:
-        raise ConfigError(f"env.params: unknown key(s) {unknown}; known: {sorted(known)}")
+    check_keys("env.params", params, known)
 
 
 def check_int(params: Mapping, name: str, low: int, high: int) -> int:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from erl.core.config import ConfigError
+from erl.core.config import ConfigError, check_keys
 
 LOGGERS = ("console", "tensorboard", "wandb")
 
@@ -71,11 +71,7 @@ class LocalTrainerConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> LocalTrainerConfig:
-        data = {k: v for k, v in dict(data or {}).items() if k != "name"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"trainer: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        data = check_keys("trainer", {k: v for k, v in dict(data or {}).items() if k != "name"}, cls)
         if "loggers" in data:
             data["loggers"] = list(data["loggers"])
         return cls(**data)

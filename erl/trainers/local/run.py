@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from erl.core.config import ConfigError, ErlConfig
+from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.memory import ReflectionMemory
 from erl.tracking import Tracker, plot_run
@@ -47,9 +47,7 @@ def apply_lora(model, lora: dict):
     blocks below need no backward pass at all, which nearly halves a CPU update."""
     from peft import LoraConfig, get_peft_model
 
-    unknown = sorted(set(lora) - LORA_KEYS)
-    if unknown:
-        raise ConfigError(f"model.lora: unknown key(s) {unknown}; known: {sorted(LORA_KEYS)}")
+    check_keys("model.lora", lora, LORA_KEYS)
     layers = None
     if lora.get("last_layers") is not None:
         n, k = int(model.config.num_hidden_layers), int(lora["last_layers"])

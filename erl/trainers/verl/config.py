@@ -7,11 +7,11 @@ field's name instead of surfacing minutes later from inside a Ray worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erl.core.config import ConfigError, ErlConfig
+from erl.core.config import ConfigError, ErlConfig, check_keys
 
 ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
 STATE_FILE = "erl_state.json"  # the data cursor of a verl checkpoint folder; its presence marks an ERL checkpoint
@@ -65,12 +65,7 @@ class ErlTrainerConfig:
 
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:
-        data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"erl_trainer: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        out = cls(**data)
+        out = cls(**check_keys("erl_trainer", data, cls))
         for name in ("eval_tasks", "max_context_tokens"):
             v = getattr(out, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -152,9 +147,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     trainer = ErlTrainerConfig.from_dict(plain["erl_trainer"])
 
     env = plain["env"]
-    unknown = sorted(set(env) - {"name", "params", "n_train", "n_val"})
-    if unknown:
-        raise ConfigError(f"env: unknown key(s) {unknown}; known: ['n_train', 'n_val', 'name', 'params']")
+    check_keys("env", env, ("name", "params", "n_train", "n_val"))
     env_class(env.get("name"))  # unknown name -> ConfigError listing the known ones
     params = dict(env.get("params") or {})
     validate_env_params(env["name"], params)
