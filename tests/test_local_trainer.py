@@ -271,3 +271,15 @@ def test_erl_eval_command_prints_a_table_and_writes_json(tmp_path):
     bad = subprocess.run([sys.executable, "-c", "from erl.cli.evaluate import main; main()", "model.path=nowhere",
                           f"hydra.run.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "model.path" in bad.stderr
+
+
+def test_auto_precision_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
+    from erl.trainers.local import trainer as local
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert local.resolve_precision("fp32", cuda) == "fp32" and local.resolve_precision("bf16", cpu) == "bf16"
+    assert local.resolve_precision("auto", cuda) == "bf16"
+    monkeypatch.setattr(local, "cpu_has_amx", lambda: False)  # AVX512-BF16 without AMX: bf16 is slower
+    assert local.resolve_precision("auto", cpu) == "fp32"
+    monkeypatch.setattr(local, "cpu_has_amx", lambda: True)
+    assert local.resolve_precision("auto", cpu) == ("bf16" if torch.backends.mkldnn.is_available() else "fp32")
