@@ -75,7 +75,8 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
         if xs:
             axes[0].plot(xs, ys, marker=".", label=label)
     axes[0].set(title="training rollouts", xlabel="step", ylabel="success / reward", ylim=(-0.05, 1.05))
-    axes[0].legend(fontsize=8)
+    if axes[0].lines:  # before the first step (eval only) there is nothing to label
+        axes[0].legend(fontsize=8)
     xs, ys = _series(rows, "eval/success")
     if xs:
         axes[1].plot(xs, ys, marker="o", color="black")
