@@ -29,6 +29,7 @@ def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
     from omegaconf import OmegaConf
 
     from erl.trainers.local.checkpoint import CheckpointError
+    from erl.trainers.local.numerics import NonFiniteStepError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
@@ -37,6 +38,9 @@ def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
     except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteStepError as exc:  # a numerical failure of the run, not of its inputs
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _run(cfg) -> None:

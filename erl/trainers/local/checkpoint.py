@@ -18,7 +18,7 @@ import torch
 # Settings that may change between a run and its resumption without changing what it computes.
 RESUMABLE_KEYS = {"trainer.total_steps", "trainer.eval_every", "trainer.save_every", "trainer.keep_checkpoints",
                   "trainer.output_dir", "trainer.loggers", "trainer.progress", "trainer.device", "resume",
-                  "trainer.gen_batch_size"}
+                  "trainer.gen_batch_size", "trainer.time_budget_s", "trainer.max_consecutive_skips"}
 
 
 class CheckpointError(RuntimeError):

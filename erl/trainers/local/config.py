@@ -39,6 +39,8 @@ class LocalTrainerConfig:
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
     project: str = "erl"  # wandb project
     progress: bool = True
+    max_consecutive_skips: int = 3  # non-finite steps in a row before the run stops (0: never)
+    time_budget_s: float = 0.0  # > 0: save and stop cleanly once a step ends past this (chained GPU calls)
 
     def __post_init__(self) -> None:
         ints = ("total_steps", "tasks_per_step", "micro_batch_size", "ppo_epochs", "gen_batch_size",
@@ -47,11 +49,12 @@ class LocalTrainerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"trainer.{name} must be an integer >= 1, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints"):
+        for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints", "max_consecutive_skips"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "eval_temperature"):
+        for name in ("lr", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "eval_temperature",
+                     "time_budget_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"trainer.{name} must be a number >= 0, got {v!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from erl.trainers.local.checkpoint import (
     save_checkpoint,
 )
 from erl.trainers.local.config import LocalTrainerConfig
+from erl.trainers.local.numerics import NonFiniteStepError
 from erl.trainers.local.trainer import LocalTrainer
 from erl.workflow.factories import chat_agent_for, load_runner
 
@@ -136,6 +138,7 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> Path | None:
 
 def train(cfg: dict) -> dict[str, float]:
     """Run training from a plain dict config (the Hydra app passes its resolved config)."""
+    started = time.monotonic()  # the time budget counts model loading and evals too
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
     resume_from = prepare_output(cfg, out, cfg.get("resume", False))
@@ -167,14 +170,25 @@ def train(cfg: dict) -> dict[str, float]:
             metrics.update(trainer.evaluate(extra["val"]))
         tracker.log(k, metrics)
         last = metrics
-        if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps:
+        out_of_time = bool(tcfg.time_budget_s) and time.monotonic() - started > tcfg.time_budget_s
+        stop = trainer.too_many_skips()
+        if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps or out_of_time or stop:
             checkpoint()
+        if stop:
+            raise NonFiniteStepError(
+                f"{trainer.consecutive_skips} consecutive steps had a non-finite loss or gradient (up to step {k}); "
+                f"none of them reached the weights. Last good checkpoint: {out / 'checkpoints' / f'step_{k}'}; "
+                f"the batches' facts: {out / 'nonfinite.jsonl'}")
         plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
         bar.update(1)
         bar.set_postfix({"succ1": f"{metrics.get('attempt1/success', 0):.2f}",
                          "succ2": f"{metrics.get('attempt2/success', 0):.2f}",
                          "eval": f"{metrics.get('eval/success', float('nan')):.2f}",
                          "s/step": f"{metrics['time/step']:.1f}"})
+        if out_of_time and k < tcfg.total_steps:  # a chained run: the next call resumes from here
+            print(f"erl-train: time budget {tcfg.time_budget_s:.0f} s reached after step {k}; "
+                  f"continue with resume=true", flush=True)
+            break
     bar.close()
     tracker.close()
     plot_run(out / "metrics.jsonl", out / "curves.png", title=title)

@@ -30,6 +30,11 @@ from erl.rollout.hf_policy import HFPolicy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import CheckpointError
 from erl.trainers.local.config import LocalTrainerConfig
+from erl.trainers.local.numerics import (
+    grads_finite,
+    log_nonfinite,
+    nonfinite_facts,
+)
 from erl.workflow.erl_workflow import ErlWorkflow
 
 
@@ -79,6 +84,8 @@ class LocalTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step_count = 0
+        self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
+        self.consecutive_skips = 0
         self.cursor = 0  # position in the endless, epoch-shuffled task stream
 
     def autocast(self):
@@ -160,6 +167,7 @@ class LocalTrainer:
         weights = [n / max(sum(sizes), 1) for n in sizes]
         totals: dict[str, float] = {}
         self.model.train()
+        bad: dict | None = None  # facts about the first non-finite micro-batch or gradient
         for _ in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             for c, idx in enumerate(chunks):
@@ -173,19 +181,79 @@ class LocalTrainer:
                     distill_mode=erl.distill_mode, distill_coef=erl.distill_coef,
                     clip_low=cfg.clip_low, clip_high=cfg.clip_high, ref_logprobs=ref.get(c),
                     kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, loss_agg_mode=cfg.loss_agg_mode)
+                if not torch.isfinite(loss):  # backward of a NaN would poison every gradient
+                    if bad is None:
+                        bad = nonfinite_facts("loss", rows, batch, logp, adv[idx], loss, self.precision)
+                        bad["chunk"] = c
+                    continue
                 weight = weights[c]
                 (loss * weight).backward()
+                if bad is None and not grads_finite(self.model):  # find the micro-batch, not only the step
+                    bad = nonfinite_facts("grad", rows, batch, logp, adv[idx], loss, self.precision)
+                    bad["chunk"] = c
+                    bad["nonfinite_grads"] = [n for n, p in self.model.named_parameters()
+                                              if p.grad is not None and not torch.isfinite(p.grad).all()][:8]
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * weight
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip or float("inf"))
+            trainable = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
+            if bad is None and not torch.isfinite(grad_norm):  # finite per micro-batch, overflow in the sum
+                bad = {"where": "grad_norm", "grad_norm": float(grad_norm), "precision": self.precision}
+            if bad is not None:
+                # The step never reaches the weights (nor the optimizer's moments or the schedule).
+                self.optimizer.zero_grad(set_to_none=True)
+                break
             self.optimizer.step()
             self.scheduler.step()
+        if bad is not None:
+            return self._skip(bad, samples, chunks)
+        self.consecutive_skips = 0
         totals = {f"loss/{k}": v / cfg.ppo_epochs for k, v in totals.items()}
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["advantage/mean_abs"] = float(adv.abs().mean()) if len(adv) else 0.0
+        totals["train/skipped"] = 0.0
         return totals
+
+    def _skip(self, facts: dict, samples: list[TokenSample], chunks: list[list[int]]) -> dict[str, float]:
+        """Count a skipped step and record why, with a replay of the batch under other numerics."""
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        facts.update(step=self.step_count, skipped_steps=self.skipped_steps, consecutive=self.consecutive_skips)
+        if "chunk" in facts:
+            facts["replay"] = self.replay_numerics([samples[i] for i in chunks[facts["chunk"]]])
+        log_nonfinite(Path(self.cfg.output_dir), facts)
+        return {"train/skipped": 1.0, "lr": self.scheduler.get_last_lr()[0]}
+
+    def too_many_skips(self) -> bool:
+        limit = self.cfg.max_consecutive_skips
+        return bool(limit) and self.consecutive_skips >= limit
+
+    def replay_numerics(self, rows: list[TokenSample]) -> dict[str, bool]:
+        """Forward + backward of one micro-batch under each precision / attention kernel, to
+        tell which numerics produce the non-finite value (the cause, not only the symptom)."""
+        results: dict[str, bool] = {}
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        saved = self.precision
+        for precision in ("bf16", "fp32"):
+            for attn in dict.fromkeys([impl, "eager"]):
+                try:
+                    if attn and hasattr(self.model, "set_attn_implementation"):
+                        self.model.set_attn_implementation(attn)
+                    self.precision = precision
+                    self.model.zero_grad(set_to_none=True)
+                    batch, logp = self._logprobs(self.model, rows)
+                    (logp.float() * batch.response_mask).sum().backward()
+                    finite = bool(torch.isfinite(logp).all()) and all(
+                        bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None)
+                    results[f"{precision}/{attn}"] = finite
+                except Exception as exc:  # noqa: BLE001 - a diagnosis must never end the run
+                    results[f"{precision}/{attn}"] = f"error: {exc}"[:200]
+        self.precision = saved
+        if impl and hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation(impl)
+        self.model.zero_grad(set_to_none=True)
+        return results
 
     def step(self) -> dict[str, float]:
         """One training step; returns its metrics."""
@@ -210,6 +278,7 @@ class LocalTrainer:
             "throughput/gen_tokens_per_s": gen_tokens / gen_secs if gen_secs > 0 else 0.0,
             "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
         })
+        metrics["train/skipped_steps"] = float(self.skipped_steps)
         metrics["system/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
         if self.device.type == "cuda":
             metrics["system/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
@@ -225,7 +294,8 @@ class LocalTrainer:
                 if k in names or len(names) == sum(1 for _ in self.model.parameters())}
 
     def trainer_state(self) -> dict:
-        return {"step": self.step_count, "cursor": self.cursor, "seed": self.seed}
+        return {"step": self.step_count, "cursor": self.cursor, "seed": self.seed,
+                "skipped_steps": self.skipped_steps, "consecutive_skips": self.consecutive_skips}
 
     def load_state(self, ckpt: dict) -> None:
         # strict=False because a checkpoint holds only what trains (LoRA adapters, say); a trainable
@@ -240,6 +310,8 @@ class LocalTrainer:
         self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
         st = ckpt["trainer_state"]
         self.step_count, self.cursor = int(st["step"]), int(st["cursor"])
+        self.skipped_steps = int(st.get("skipped_steps", 0))
+        self.consecutive_skips = int(st.get("consecutive_skips", 0))
         if ckpt.get("memory") is not None and self.memory is not None:
             self.memory.load_state_dict(ckpt["memory"])
 
