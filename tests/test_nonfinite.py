@@ -120,3 +120,4 @@ def test_time_budget_stops_after_a_step_and_resume_continues(tmp_path):
     assert (out / "checkpoints" / "step_1").is_dir()
     train({**cfg, "resume": True, "trainer": {**cfg["trainer"], "time_budget_s": 0}})
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
+
