@@ -121,3 +121,41 @@ def test_time_budget_stops_after_a_step_and_resume_continues(tmp_path):
     train({**cfg, "resume": True, "trainer": {**cfg["trainer"], "time_budget_s": 0}})
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
 
+
+
+def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
+    """The cause of the bf16 NaN gradients on the GPU: left-padded rows whose pad queries attend
+    to nothing. Every mask the training forward hands to SDPA must give each query a key, and the
+    real tokens' log-probs must not change (fp32, CPU)."""
+    import torch.nn.functional as F
+
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+    from erl.trainers.local.batch import pad_samples, response_logprobs
+
+    tok = build_tiny_tokenizer()
+    model = build_tiny_model(tok, hidden=32, layers=2, heads=2)
+    rows = [TokenSample(list(range(5, 5 + p)), list(range(40, 40 + r)), [1] * r, [0.0] * r)
+            for p, r in [(3, 6), (11, 2), (7, 4)]]
+    batch = pad_samples(rows, 0)
+    seen = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        seen.append(attn_mask)
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model.set_attn_implementation("sdpa")
+    logp = response_logprobs(model, batch)
+    assert len(seen) == 2  # one call per layer
+    for m in seen:
+        assert m is not None and m.dtype == torch.bool and bool(m.any(dim=-1).all())
+    # the same log-probs, one row at a time without any padding
+    for i, r in enumerate(rows):
+        alone = pad_samples([r], 0)
+        n = len(r.response_ids)
+        assert torch.allclose(logp[i, :n], response_logprobs(model, alone)[0, :n], atol=1e-5)
+    # the eager kernel gets the additive form and the same numbers
+    model.set_attn_implementation("eager")
+    assert torch.allclose(response_logprobs(model, batch) * batch.response_mask, logp * batch.response_mask,
+                          atol=1e-5)

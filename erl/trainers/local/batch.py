@@ -53,13 +53,36 @@ def pad_samples(samples: list[TokenSample], pad_id: int) -> PaddedBatch:
     )
 
 
+def causal_mask_without_empty_rows(attention_mask: torch.Tensor, kernel: str) -> torch.Tensor:
+    """[B, T] key-padding mask -> [B, 1, T, T] causal mask in which every query sees at least itself.
+
+    Under a plain causal + padding mask, the pad positions of a left-padded row attend to nothing.
+    SDPA's bf16 backward on the GPU then returned NaN gradients for such batches (ERL, H200: one
+    step in five; the replay in docs/gpu/frozenlake_smollm2_gpu_preset/*/nonfinite.jsonl was NaN
+    only for bf16 + sdpa, finite for fp32 or the eager kernel). Letting a pad query see its own
+    position changes no real token's output: real queries still never see pad keys.
+    `kernel` "eager" gets the additive float form that kernel expects, others a boolean mask."""
+    B, T = attention_mask.shape
+    dev = attention_mask.device
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+    mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
+    mask = mask | torch.eye(T, dtype=torch.bool, device=dev)[None, None]
+    if kernel == "eager":
+        return torch.zeros(mask.shape, device=dev).masked_fill(~mask, torch.finfo(torch.float32).min)
+    return mask
+
+
 def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0) -> torch.Tensor:
     """log pi(response token | everything before it), [B, R], under logits / temperature
     (the distribution the rollout sampled from)."""
     R = batch.responses.shape[1]
+    kernel = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
+    # Flash-attention kernels take the 2-D mask (they unpad; no empty rows); sdpa and eager a 4-D one.
+    mask = batch.attention_mask if kernel.startswith("flash") else causal_mask_without_empty_rows(
+        batch.attention_mask, kernel)
     # Only the last R + 1 positions need the LM head: on a 49k vocabulary the prompt's
     # logits would cost more than the rest of the forward pass.
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+    out = model(input_ids=batch.input_ids, attention_mask=mask,
                 position_ids=batch.position_ids, use_cache=False, logits_to_keep=R + 1)
     logits = out.logits[:, :-1, :].float()
     if temperature > 0:
