@@ -62,7 +62,7 @@ def causal_mask_without_empty_rows(attention_mask: torch.Tensor, kernel: str) ->
     only for bf16 + sdpa, finite for fp32 or the eager kernel). Letting a pad query see its own
     position changes no real token's output: real queries still never see pad keys.
     `kernel` "eager" gets the additive float form that kernel expects, others a boolean mask."""
-    B, T = attention_mask.shape
+    T = attention_mask.shape[1]
     dev = attention_mask.device
     causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
     mask = causal[None, None] & attention_mask.bool()[:, None, None, :]
