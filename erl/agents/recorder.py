@@ -86,6 +86,7 @@ class AttemptRecorder:
         self.loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
         self.turns = TurnPrompts(chat)
+        self._prev_msgs: list[dict] = []  # the chat of the last call, as the agent sent it
 
     async def complete(self, messages: Any, tools: list[dict] | None = None,
                        max_new_tokens: int | None = None) -> tuple[ParsedReply, Generation]:
@@ -107,8 +108,12 @@ class AttemptRecorder:
             raise StepLimitExceeded(self.stopped)
         guided = place_guidance(msgs, self.guidance, self.placement)
         if steps:  # what the agent added since its last call is what that call led to
-            tail = msgs[max((i + 1 for i, m in enumerate(msgs) if m["role"] == "assistant"), default=0):]
-            steps[-1].observation = render_messages(tail)
+            new = self.turns.new_messages(guided, tools)
+            if new is None:  # a rewritten chat: its latest messages that the last call did not have
+                tail = msgs[max((i + 1 for i, m in enumerate(msgs) if m["role"] == "assistant"), default=0):]
+                new = [m for m in tail if m not in self._prev_msgs]
+            steps[-1].observation = render_messages(new)
+        self._prev_msgs = msgs
         ids = self.turns.prompt_ids(guided, tools)
         if not steps:
             self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
