@@ -17,7 +17,7 @@ from erl.core.types import Step, Trajectory
 class Action:
     """What an agent hands to the environment (rLLM's Action)."""
 
-    action: Any
+    action: Any = None
 
 
 @runtime_checkable
