@@ -19,7 +19,8 @@ from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.agents.openai_server import OpenAIAttemptRunner, PolicyServer
 from erl.core.config import ErlConfig
 from erl.core.reflection import GUIDANCE_HEADER
-from erl.core.samples import trajectory_to_sequences
+from erl.core.samples import rebase_steps, trajectory_to_sequences
+from erl.core.types import Trajectory
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.scripted import ScriptedPolicy
 from erl.workflow.base import Action
@@ -161,6 +162,12 @@ def test_env_agent_runner_with_guidance(shape):
     traj, policy = env_attempt(shape, guidance="Go right.")
     check(traj, policy, shape, guidance="Go right.")
     assert TOK.decode(traj.info["plain_prompt_ids"]) == rendered(EXPECTED[shape][0][0])
+    # Consolidation re-bases every call onto its chat without the reflection, each
+    # sequence from its own first prompt, so no step of a rewritten history is lost.
+    plain = rebase_steps(traj.steps, traj.info["prompt_ids"], traj.info["plain_prompt_ids"])
+    assert [TOK.decode(s.prompt_ids) for s in plain] == [rendered(chat) for chat in EXPECTED[shape][0]]
+    assert [s.response_ids for s in plain] == [s.response_ids for s in traj.steps]
+    assert len(trajectory_to_sequences(Trajectory("distill", steps=plain))) == len(EXPECTED[shape][1])
 
 
 def test_agent_that_edits_its_chat_in_place():
@@ -216,6 +223,17 @@ def test_langgraph_runner(shape):
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
     check(traj, policy, shape)
     assert traj.reward == 1.0 and traj.steps[0].observation == "[user] obs 1"
+
+
+def test_langgraph_runner_window_with_guidance_rebases_every_call():
+    policy = ScriptedPolicy(TOK, script)
+    runner = LangGraphAttemptRunner(walk_graph("window"), walk_reward,
+                                    input_fn=lambda t: {"messages": [S(SYS), U("obs 0")]})
+    wf = ErlWorkflow(policy=policy, config=ErlConfig(max_turns=8), runner=runner)
+    traj = asyncio.run(wf.attempt(dict(TASK), "attempt2", guidance="Go right."))
+    check(traj, policy, "window", guidance="Go right.")
+    plain = rebase_steps(traj.steps, traj.info["prompt_ids"], traj.info["plain_prompt_ids"])
+    assert [TOK.decode(s.prompt_ids) for s in plain] == [rendered(chat) for chat in EXPECTED["window"][0]]
 
 
 # ------------------------------------------------------------------ the OpenAI-client runner

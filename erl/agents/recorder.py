@@ -114,10 +114,10 @@ class AttemptRecorder:
                 new = [m for m in tail if m not in self._prev_msgs]
             steps[-1].observation = render_messages(new)
         self._prev_msgs = msgs
-        ids = self.turns.prompt_ids(guided, tools)
+        ids = self.turns.prompt_ids(guided, tools, plain=msgs if self.guidance else None)
         if not steps:
             self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
-                                  plain_prompt_ids=self.chat.prompt_ids(msgs, tools) if self.guidance else list(ids))
+                                  plain_prompt_ids=list(self.turns.plain_ids) if self.guidance else list(ids))
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
             self.traj.info["truncated"] = True
             self.stopped = f"the chat reached {len(ids)} tokens (limit {self.max_context_tokens})"
@@ -137,6 +137,8 @@ class AttemptRecorder:
                     messages=guided, response=gen.text, action=reply.tool_calls or reply.content,
                     info={"tool_calls": reply.tool_calls, "tool_call_errors": reply.errors,
                           "finish_reason": gen.finish_reason})
+        if self.turns.plain_ids is not None:
+            step.info["plain_prompt_ids"] = self.turns.plain_ids
         steps.append(step)
         self.turns.replied(step, assistant_message(reply))
         return reply, gen

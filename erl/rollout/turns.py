@@ -64,14 +64,22 @@ class TurnPrompts:
         self.chat = chat
         self._sent: tuple[list[dict], list | None] | None = None  # the chat of the call in flight
         self._last: tuple[list[dict], list | None, Step, tuple] | None = None  # the last answered call
+        self.plain_ids: list[int] | None = None  # the last call's ids without the reflection, if it began a sequence
 
-    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None,
+                   plain: list[dict] | None = None) -> list[int]:
+        """`plain`: the same chat without the reflection, if it has one. Where the call starts
+        a new sequence, its ids become `plain_ids` (what consolidation re-bases onto)."""
         # A snapshot: agents mutate their chat lists (and messages) in place between calls.
         messages, tools = copy.deepcopy(list(messages)), copy.deepcopy(tools) or None
         self._sent = (messages, tools)
+        self.plain_ids = None
         new = self.new_messages(messages, tools)
         if new is None:
-            return self.chat.prompt_ids(messages, tools)
+            ids = self.chat.prompt_ids(messages, tools)
+            if plain is not None:
+                self.plain_ids = self.chat.prompt_ids(plain, tools)
+            return ids
         prev = self._last[2]
         prev.suffix_ids = self.chat.glue_ids(prev.response_ids)
         return prev.prompt_ids + prev.response_ids + prev.suffix_ids + self.chat.continuation_ids(new, tools)

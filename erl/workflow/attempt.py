@@ -44,27 +44,31 @@ async def run_attempt(
     turns = TurnPrompts(chat)
     history = list(agent.chat_completions)
     messages = apply_guidance(history, guidance, placement)
-    ids = turns.prompt_ids(messages)
+    ids = turns.prompt_ids(messages, plain=history if guidance else None)
     traj = Trajectory(name=name, task=task)
     traj.info["prompt_ids"] = list(ids)
-    traj.info["plain_prompt_ids"] = chat.prompt_ids(history) if guidance else list(ids)
+    traj.info["plain_prompt_ids"] = list(turns.plain_ids) if guidance else list(ids)
     traj.info["messages"] = messages
     traj.info["truncated"] = False
     for _ in range(max_turns):
         gen = await policy.generate(list(ids), params)
         step = Step(prompt_ids=list(ids), response_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
                     messages=messages, response=gen.text)
+        if turns.plain_ids is not None:
+            step.info["plain_prompt_ids"] = turns.plain_ids
         traj.steps.append(step)
         turns.replied(step, {"role": "assistant", "content": gen.text})
         action = agent.update_from_model(gen.text)
         action = action.action if isinstance(action, Action) else action
         observation, reward, done, info = await _maybe_await(env.step(action))
         agent.update_from_env(observation, reward, done, info)
-        step.action, step.observation, step.reward, step.done, step.info = action, str(observation), float(reward), bool(done), dict(info)
+        step.action, step.observation, step.reward, step.done = action, str(observation), float(reward), bool(done)
+        step.info.update(info)
         if done:
             break
-        messages = apply_guidance(list(agent.chat_completions), guidance, placement)
-        ids = turns.prompt_ids(messages)
+        history = list(agent.chat_completions)
+        messages = apply_guidance(history, guidance, placement)
+        ids = turns.prompt_ids(messages, plain=history if guidance else None)
         if max_context_tokens is not None and len(ids) >= max_context_tokens:
             traj.info["truncated"] = True  # the context is full: the attempt ends unfinished
             break
