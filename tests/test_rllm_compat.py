@@ -45,7 +45,7 @@ class CorridorAgent(BaseAgent):
         text = "Position: " + str(observation)
         if self._trajectory.steps and self._trajectory.steps[-1].observation == str(observation):
             text += " (you did not move)"
-        text += " Steps left: " + str(info.get("max_steps", "?") - len(self._trajectory.steps))
+        text += " Steps left: " + str(info.get("max_steps", 9) - len(self._trajectory.steps))
         self.messages.append({"role": "user", "content": text})
         self.current_observation = str(observation)
 
@@ -243,6 +243,10 @@ def test_an_installed_rllm_is_used_as_it_is(tmp_path):
     # rLLM's own Action class (not erl's) was unwrapped on the way to env.step.
     assert sys.modules["rllm.types"].Action is not Action
     assert traj.reward == 1.0 and traj.steps[0].action == "2"
+    # Without the adapter too: run_attempt unwraps any Action class itself.
+    wf = ErlWorkflow(lambda t: CorridorAgent(), lambda t: CorridorEnv(1), ScriptedPolicy(TOK, lambda p, i: "Right"),
+                     ErlConfig(max_turns=2))
+    assert asyncio.run(wf.attempt({"task_id": "c"}, "attempt1")).steps[0].action == "2"
 
 
 def test_from_dict_is_required():

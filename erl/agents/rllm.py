@@ -43,17 +43,10 @@ from collections.abc import Callable
 from typing import Any
 
 from erl.agents.rllm_compat import install_rllm_shim, remove_rllm_shim, rllm_installed
-from erl.workflow.base import Action
+from erl.workflow.base import Action, unwrap_action
 
 __all__ = ["RllmAgentAdapter", "RllmEnvAdapter", "install_rllm_shim", "remove_rllm_shim", "rllm_factories",
            "rllm_installed", "unwrap_action"]
-
-
-def unwrap_action(action: Any) -> Any:
-    """The payload of erl's or rLLM's Action (any class named Action with `.action`)."""
-    if isinstance(action, Action) or (type(action).__name__ == "Action" and hasattr(action, "action")):
-        return action.action
-    return action
 
 
 def _current_step(agent: Any) -> Any:

@@ -9,7 +9,7 @@ from erl.core.reflection import apply_guidance
 from erl.core.types import Step, Trajectory
 from erl.rollout.chat import ChatTokenizer
 from erl.rollout.turns import TurnPrompts
-from erl.workflow.base import Action, Policy, SamplingParams
+from erl.workflow.base import Policy, SamplingParams, unwrap_action
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -59,7 +59,7 @@ async def run_attempt(
         traj.steps.append(step)
         turns.replied(step, {"role": "assistant", "content": gen.text})
         action = agent.update_from_model(gen.text)
-        action = action.action if isinstance(action, Action) else action
+        action = unwrap_action(action)
         observation, reward, done, info = await _maybe_await(env.step(action))
         agent.update_from_env(observation, reward, done, info)
         step.action, step.observation, step.reward, step.done = action, str(observation), float(reward), bool(done)

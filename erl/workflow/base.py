@@ -20,6 +20,14 @@ class Action:
     action: Any = None
 
 
+def unwrap_action(action: Any) -> Any:
+    """The payload of erl's or rLLM's Action (any class named Action with `.action`): real
+    rLLM's Action is another class than this one."""
+    if isinstance(action, Action) or (type(action).__name__ == "Action" and hasattr(action, "action")):
+        return action.action
+    return action
+
+
 @runtime_checkable
 class AgentLike(Protocol):
     def reset(self) -> None: ...
