@@ -7,6 +7,8 @@ The files are written here in the shape of rLLM's own FrozenLake agent and envir
 
 import asyncio
 import importlib
+import json
+import re
 import sys
 import textwrap
 
@@ -252,3 +254,68 @@ def test_an_installed_rllm_is_used_as_it_is(tmp_path):
 def test_from_dict_is_required():
     with pytest.raises(TypeError, match="from_dict"):
         rllm_factories(object, object)
+
+
+def test_a_tool_agent_with_tool_messages_and_tool_call_actions():
+    """The shape of rLLM's ToolAgent / ToolEnvironment pair: the first observation is
+    {"question"}, actions are lists of OpenAI tool calls (a "finish" call answers), tool
+    results come back as {"tool_outputs": {call id: text}} and become "tool" messages."""
+    install_rllm_shim()
+    from rllm.agents.agent import BaseAgent
+    from rllm.environments.base.base_env import BaseEnv
+    from rllm.types import Action, Step, Trajectory
+
+    class LookupAgent(BaseAgent):
+        def reset(self):
+            self._trajectory, self.messages = Trajectory(), [{"role": "system", "content": "Use lookup."}]
+
+        def update_from_env(self, observation, reward, done, info, **kwargs):
+            if "question" in observation:
+                self.messages.append({"role": "user", "content": observation["question"]})
+            for call_id, text in observation.get("tool_outputs", {}).items():
+                self.messages.append({"role": "tool", "content": text, "tool_call_id": call_id})
+
+        def update_from_model(self, response, **kwargs):
+            calls = [{"id": f"c{len(self._trajectory.steps)}", "type": "function",
+                      "function": json.loads(m)} for m in re.findall(r"<tool_call>(.*?)</tool_call>", response, re.DOTALL)]
+            calls = calls or [{"id": "end", "type": "function",
+                               "function": {"name": "finish", "arguments": {"response": response}}}]
+            self.messages.append({"role": "assistant", "content": response})
+            self._trajectory.steps.append(Step(model_response=response, action=calls))
+            return Action(action=calls)
+
+        @property
+        def chat_completions(self):
+            return self.messages
+
+        @property
+        def trajectory(self):
+            return self._trajectory
+
+    class LookupEnv(BaseEnv):
+        def reset(self):
+            return {"question": "What is the code of box 7?"}, {}
+
+        def step(self, action):
+            call = action[0]
+            if call["function"]["name"] == "finish":
+                ok = call["function"]["arguments"]["response"] == "4721"
+                return {}, float(ok), True, {"success": ok}
+            return {"tool_outputs": {call["id"]: "box 7 holds code 4721"}}, 0.0, False, {}
+
+        @staticmethod
+        def from_dict(info):
+            return LookupEnv()
+
+    def script(prompt, call):
+        return '<tool_call>{"name": "lookup", "arguments": {"box": 7}}</tool_call>' if call == 0 else "4721"
+
+    agent_factory, env_factory = rllm_factories(LookupAgent, LookupEnv)
+    policy = ScriptedPolicy(TOK, script)
+    wf = ErlWorkflow(agent_factory, env_factory, policy, ErlConfig(max_turns=4))
+    traj = asyncio.run(wf.attempt({"task_id": "box"}, "attempt1"))
+    assert traj.reward == 1.0 and len(traj.steps) == 2
+    assert "<tool_response>\nbox 7 holds code 4721\n</tool_response>" in policy.calls[1]
+    (seq,) = trajectory_to_sequences(traj)  # only appended to: one sequence
+    trained = TOK.decode([t for t, m in zip(seq.response_ids, seq.response_mask) if m])
+    assert trained == script("", 0) + "<|im_end|>" + "4721<|im_end|>"
