@@ -12,18 +12,21 @@ import asyncio
 
 import openai
 import pytest
+from agent_scripts import TOOLS
 from langchain_core.messages import convert_to_openai_messages
 from langgraph.graph import END, START, MessagesState, StateGraph
 
 from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.agents.openai_server import OpenAIAttemptRunner, PolicyServer
+from erl.agents.recorder import AttemptRecorder
 from erl.core.config import ErlConfig
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.core.samples import rebase_steps, trajectory_to_sequences
 from erl.core.types import Trajectory
 from erl.models.tiny import build_tiny_tokenizer
+from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import Action
+from erl.workflow.base import Action, SamplingParams
 from erl.workflow.erl_workflow import ErlWorkflow
 
 TOK = build_tiny_tokenizer()
@@ -264,3 +267,19 @@ def test_openai_client_runner(server, shape):
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
     check(traj, policy, shape)
     assert traj.reward == 1.0
+
+
+def test_changed_tools_start_a_new_sequence():
+    async def go():
+        policy = ScriptedPolicy(TOK, script)
+        rec = AttemptRecorder(policy, ChatTokenizer(TOK), SamplingParams(32), name="attempt1", task={})
+        chat = [S(SYS), U("obs 0")]
+        await rec.complete(chat)
+        chat += [A("go 0"), U("obs 1")]
+        await rec.complete(chat, tools=TOOLS)  # same chat grown, but now with tool schemas
+        return rec.traj, policy
+
+    traj, policy = asyncio.run(go())
+    assert policy.calls[1] == TOK.apply_chat_template(
+        [S(SYS), U("obs 0"), A("go 0"), U("obs 1")], tools=TOOLS, add_generation_prompt=True, tokenize=False)
+    assert len(trajectory_to_sequences(traj)) == 2
