@@ -8,7 +8,14 @@ import threading
 import types
 from dataclasses import dataclass
 
-from erl.agents.rllm import RllmAgentAdapter, RllmEnvAdapter, install_rllm_shim, rllm_factories, unwrap_action
+from erl.agents.rllm import (
+    RllmAgentAdapter,
+    RllmEnvAdapter,
+    install_rllm_shim,
+    remove_rllm_shim,
+    rllm_factories,
+    unwrap_action,
+)
 from erl.core.config import ErlConfig
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.models.tiny import build_tiny_tokenizer
@@ -176,6 +183,7 @@ def test_rllm_source_files_import_and_run_through_the_shim():
     # BaseEnv.is_multithread_safe() is True: sync env steps ran in worker threads.
     assert steps_seen and all(name != threading.main_thread().name for name in steps_seen)
     assert sys.modules["rllm.agents.agent"].Action is Action  # erl's: run_attempt unwraps it itself
+    remove_rllm_shim()
 
 
 def test_foreign_action_classes_are_unwrapped():

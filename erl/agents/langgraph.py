@@ -32,7 +32,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.errors import GraphRecursionError
 from pydantic import ConfigDict
 
-from erl.agents.recorder import AttemptRecorder, ParsedReply, agent_error, check_placement, close_attempt, message_text
+from erl.agents.messages import ParsedReply, message_text
+from erl.agents.recorder import AttemptRecorder, agent_error, check_placement, close_attempt
 from erl.core.types import Trajectory
 from erl.workflow.base import Generation, Policy, SamplingParams
 

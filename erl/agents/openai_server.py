@@ -38,6 +38,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from erl.agents.messages import normalize_messages
 from erl.agents.recorder import (
     AttemptRecorder,
     ContextLimitExceeded,
@@ -45,7 +46,6 @@ from erl.agents.recorder import (
     agent_error,
     check_placement,
     close_attempt,
-    normalize_messages,
 )
 from erl.core.types import Trajectory
 from erl.workflow.base import Policy, SamplingParams

@@ -1,41 +1,34 @@
 """Record an existing agent's chat-completion calls as one ERL attempt, token-exactly.
 
 Agents written for LangChain/LangGraph or for the `openai` client send the whole chat on
-every call. The recorder turns those calls into Steps the trainer can use: when a call's
-chat is the previous call's chat + the reply we gave + new tool/user messages, its prompt
-ids are the previous prompt + the generated ids + the template's glue + the new messages
-rendered (as erl.rollout.chat does for env agents), so nothing is ever re-tokenised. A
-call whose chat does not extend the last one (the agent rewrote its history) is rendered
-afresh and becomes a new training sequence (erl.core.samples).
+every call. The recorder turns those calls into Steps the trainer can use. Each call's
+prompt is the chat the agent sent (with the reflection placed into it), tokenised by
+erl.rollout.turns: a chat that only grew extends the previous call's ids and training
+sequence; a window, a rewritten or summarised history is rendered afresh and starts a
+new training sequence.
 
 Both the LangChain chat model (erl.agents.langgraph) and the HTTP endpoint
-(erl.agents.openai_server) feed it OpenAI-format messages. Framework-free on purpose.
+(erl.agents.openai_server) feed it OpenAI-format messages (erl.agents.messages).
+Framework-free on purpose.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from erl.agents.messages import ParsedReply, assistant_message, normalize_messages, parse_tool_calls, render_messages
 from erl.core.config import ConfigError
 from erl.core.reflection import GUIDANCE_HEADER, apply_guidance
 from erl.core.types import Step, Trajectory
-from erl.models.chat import chat_ids
 from erl.rollout.chat import ChatTokenizer
+from erl.rollout.turns import TurnPrompts
 from erl.workflow.base import Generation, Policy, SamplingParams
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
-# A throw-away closed conversation: what a template adds after it is what new messages cost.
-_BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
-MAX_OBSERVATION_CHARS = 2000  # what one step keeps of the tool results it led to
-
-# Hermes / Qwen style tool calls, the format of the ChatML templates this project uses.
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+__all__ = ["AttemptRecorder", "ContextLimitExceeded", "ParsedReply", "StepLimitExceeded", "close_attempt",
+           "parse_tool_calls", "place_guidance"]
 
 
 class StepLimitExceeded(RuntimeError):
@@ -44,133 +37,6 @@ class StepLimitExceeded(RuntimeError):
 
 class ContextLimitExceeded(RuntimeError):
     """The chat no longer fits the context the trainer allows."""
-
-
-@dataclass
-class ParsedReply:
-    """A model reply split into its text and its tool calls. `errors` names each block that
-    looked like a tool call but could not be read (it stays in `content`)."""
-
-    content: str
-    tool_calls: list[dict] = field(default_factory=list)  # {"id", "name", "arguments": dict}
-    errors: list[str] = field(default_factory=list)
-
-
-def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
-    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks -> tool calls.
-
-    Untrusted text: a block that is not a JSON object with a string `name` and an object
-    (or JSON-object string) `arguments` is not a call; it stays in the content, so the
-    agent treats the reply as an answer and the reward/feedback say what went wrong.
-    """
-    text = "" if text is None else str(text)
-    calls, errors, kept, last = [], [], [], 0
-    for i, match in enumerate(_TOOL_CALL.finditer(text)):
-        call, error = _read_call(match.group(1))
-        if call is None:
-            errors.append(f"tool call {i + 1}: {error}")
-            continue
-        kept.append(text[last:match.start()])
-        last = match.end()
-        calls.append({"id": f"{id_prefix}_{len(calls)}", **call})
-    kept.append(text[last:])
-    return ParsedReply(content="".join(kept).strip() if calls else text.strip(), tool_calls=calls, errors=errors)
-
-
-def _read_call(body: str) -> tuple[dict | None, str]:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, RecursionError):
-        return None, "not valid JSON"
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
-        return None, "needs a JSON object with a \"name\""
-    args = data.get("arguments", data.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args) if args.strip() else {}
-        except (json.JSONDecodeError, RecursionError):
-            return None, "\"arguments\" is not valid JSON"
-    if not isinstance(args, dict):
-        return None, "\"arguments\" must be a JSON object"
-    return {"name": data["name"].strip(), "arguments": args}, ""
-
-
-def message_text(content: Any) -> str:
-    """OpenAI message content (a string, None, or a list of parts) as plain text."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in content]
-        return "\n".join(str(p) for p in parts if p)
-    raise ValueError(f"message content must be a string, null or a list of parts, got {type(content).__name__}")
-
-
-def _arguments(raw: Any) -> dict:
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, str):
-        try:
-            value = json.loads(raw) if raw.strip() else {}
-        except json.JSONDecodeError:
-            raise ValueError("tool call arguments are not valid JSON") from None
-        if isinstance(value, dict):
-            return value
-    raise ValueError("tool call arguments must be a JSON object")
-
-
-def normalize_messages(messages: Any) -> list[dict]:
-    """OpenAI-format messages -> canonical dicts: string content, tool-call arguments as
-    objects (what Hugging Face chat templates expect). Raises ValueError on a malformed chat."""
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages must be a non-empty list")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise ValueError(f"messages[{i}] must be an object, got {type(m).__name__}")
-        role = m.get("role")
-        if role not in ROLES:
-            raise ValueError(f"messages[{i}].role must be one of {ROLES}, got {role!r}")
-        try:
-            msg: dict = {"role": "system" if role == "developer" else role, "content": message_text(m.get("content"))}
-            calls = m.get("tool_calls") or []
-            if role == "assistant" and calls:
-                msg["tool_calls"] = [_canonical_call(c) for c in calls]
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"messages[{i}]: {e}") from None
-        for key in ("tool_call_id", "name"):
-            if role == "tool" and isinstance(m.get(key), str):
-                msg[key] = m[key]
-        out.append(msg)
-    return out
-
-
-def _canonical_call(call: Any) -> dict:
-    fn = call.get("function", call)
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-        raise ValueError("a tool call needs function.name")
-    return {"id": str(call.get("id") or ""), "type": "function",
-            "function": {"name": fn["name"], "arguments": _arguments(fn.get("arguments", {}))}}
-
-
-def assistant_message(reply: ParsedReply) -> dict:
-    """The assistant message an agent gets back for a reply, in canonical form."""
-    msg: dict = {"role": "assistant", "content": reply.content}
-    if reply.tool_calls:
-        msg["tool_calls"] = [{"id": c["id"], "type": "function",
-                              "function": {"name": c["name"], "arguments": c["arguments"]}}
-                             for c in reply.tool_calls]
-    return msg
-
-
-def _same_message(a: dict, b: dict) -> bool:
-    """Equal for the model's purposes: ids and whitespace at the ends do not matter."""
-    def key(m: dict) -> tuple:
-        calls = tuple((c["function"]["name"], json.dumps(c["function"]["arguments"], sort_keys=True))
-                      for c in m.get("tool_calls", []))
-        return m["role"], m["content"].strip(), calls
-    return key(a) == key(b)
 
 
 PLACEMENTS = ("append_system", "replace_system", "first_user")
@@ -201,16 +67,6 @@ def place_guidance(messages: list[dict], guidance: str | None, placement: str | 
     return apply_guidance(messages, guidance, placement)
 
 
-def render_messages(messages: list[dict], limit: int = MAX_OBSERVATION_CHARS) -> str | None:
-    """Tool results and user turns as the observation text of the step that led to them."""
-    lines = []
-    for m in messages:
-        who = f"tool {m['name']}" if m["role"] == "tool" and m.get("name") else m["role"]
-        lines.append(f"[{who}] {m['content']}")
-    text = "\n".join(lines)
-    return (text if len(text) <= limit else text[:limit] + " [...]") if lines else None
-
-
 class AttemptRecorder:
     """Collects the model calls of one attempt into a Trajectory.
 
@@ -229,7 +85,8 @@ class AttemptRecorder:
         self.stopped: str | None = None  # why the attempt was cut off (a limit), if it was
         self.loop = asyncio.get_running_loop()
         self._lock = asyncio.Lock()
-        self._last: tuple[list[dict], list | None, dict] | None = None  # (chat, tools, our reply)
+        self.turns = TurnPrompts(chat)
+        self._prev_msgs: list[dict] = []  # the chat of the last call, as the agent sent it
 
     async def complete(self, messages: Any, tools: list[dict] | None = None,
                        max_new_tokens: int | None = None) -> tuple[ParsedReply, Generation]:
@@ -250,7 +107,17 @@ class AttemptRecorder:
             self.stopped = f"the agent made more than {self.max_calls} model calls"
             raise StepLimitExceeded(self.stopped)
         guided = place_guidance(msgs, self.guidance, self.placement)
-        ids = self._prompt_ids(msgs, guided, tools)
+        if steps:  # what the agent added since its last call is what that call led to
+            new = self.turns.new_messages(guided, tools)
+            if new is None:  # a rewritten chat: its latest messages that the last call did not have
+                tail = msgs[max((i + 1 for i, m in enumerate(msgs) if m["role"] == "assistant"), default=0):]
+                new = [m for m in tail if m not in self._prev_msgs]
+            steps[-1].observation = render_messages(new)
+        self._prev_msgs = msgs
+        ids = self.turns.prompt_ids(guided, tools, plain=msgs if self.guidance else None)
+        if not steps:
+            self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
+                                  plain_prompt_ids=list(self.turns.plain_ids) if self.guidance else list(ids))
         if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
             self.traj.info["truncated"] = True
             self.stopped = f"the chat reached {len(ids)} tokens (limit {self.max_context_tokens})"
@@ -266,45 +133,15 @@ class AttemptRecorder:
             self.fatal = e
             raise
         reply = parse_tool_calls(gen.text, id_prefix=f"call_{len(steps)}")
-        steps.append(Step(prompt_ids=list(ids), response_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
-                          messages=guided, response=gen.text,
-                          action=reply.tool_calls or reply.content,
-                          info={"tool_calls": reply.tool_calls, "tool_call_errors": reply.errors,
-                                "finish_reason": gen.finish_reason}))
-        self._last = (msgs, tools, assistant_message(reply))
+        step = Step(prompt_ids=list(ids), response_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
+                    messages=guided, response=gen.text, action=reply.tool_calls or reply.content,
+                    info={"tool_calls": reply.tool_calls, "tool_call_errors": reply.errors,
+                          "finish_reason": gen.finish_reason})
+        if self.turns.plain_ids is not None:
+            step.info["plain_prompt_ids"] = self.turns.plain_ids
+        steps.append(step)
+        self.turns.replied(step, assistant_message(reply))
         return reply, gen
-
-    def _prompt_ids(self, msgs: list[dict], guided: list[dict], tools: list | None) -> list[int]:
-        if self._last is None:
-            ids = self.chat.prompt_ids(guided, tools)
-            self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
-                                  plain_prompt_ids=self.chat.prompt_ids(msgs, tools) if self.guidance else list(ids))
-            return ids
-        prev_msgs, prev_tools, ours = self._last
-        prev = self.traj.steps[-1]
-        n = len(prev_msgs)
-        extends = (len(msgs) > n and msgs[:n] == prev_msgs and _same_message(msgs[n], ours)
-                   and all(m["role"] != "assistant" for m in msgs[n + 1:]) and tools == prev_tools)
-        if extends:
-            new = msgs[n + 1:]
-            prev.observation = render_messages(new)
-            prev.suffix_ids = self.chat.glue_ids(prev.response_ids)
-            return prev.prompt_ids + prev.response_ids + prev.suffix_ids + self._continuation(new, tools)
-        tail = msgs[max((i + 1 for i, m in enumerate(msgs) if m["role"] == "assistant"), default=0):]
-        prev.observation = render_messages(tail)
-        return self.chat.prompt_ids(guided, tools)
-
-    def _continuation(self, new: list[dict], tools: list | None) -> list[int]:
-        """New messages after a closed assistant turn + the next generation prompt, rendered
-        with the tool schemas (some templates render tool turns differently with tools)."""
-        if not tools:
-            return self.chat.continuation_ids(new)
-        tok = self.chat.tokenizer
-        base = chat_ids(tok, _BASE, add_generation_prompt=False, tools=tools)
-        full = chat_ids(tok, _BASE + list(new), add_generation_prompt=True, tools=tools)
-        if full[: len(base)] != base:
-            raise ValueError("chat template renders earlier turns differently when messages are appended")
-        return full[len(base):]
 
     def finish(self, reward: float, feedback: str, *, answer: str = "", success: bool = False,
                error: str | None = None, fallback_messages: list[dict] | None = None) -> Trajectory:

@@ -41,15 +41,20 @@ def trajectory_to_sequences(traj: Trajectory) -> list[TokenSequence]:
 def rebase_steps(steps: list[Step], old_prefix: list[int], new_prefix: list[int]) -> list[Step]:
     """Swap the leading prompt tokens of every step (attempt 2's prompt with D -> plain x).
 
-    Steps whose prompt does not start with `old_prefix` are dropped: their context cannot
-    be rewritten without the reflection, so they are not distilled.
+    A step that starts a new sequence (its agent rewrote the chat) carries its own pair in
+    `info["plain_prompt_ids"]`: its prompt and the later steps that extend it are re-based
+    from it. Steps whose prompt starts with neither are dropped: their context cannot be
+    rewritten without the reflection, so they are not distilled.
     """
-    n = len(old_prefix)
-    return [
-        replace(s, prompt_ids=list(new_prefix) + list(s.prompt_ids[n:]))
-        for s in steps
-        if list(s.prompt_ids[:n]) == list(old_prefix)
-    ]
+    out = []
+    for s in steps:
+        if "plain_prompt_ids" in s.info:
+            old_prefix, new_prefix = s.prompt_ids, s.info["plain_prompt_ids"]
+        n = len(old_prefix)
+        if list(s.prompt_ids[:n]) == list(old_prefix):
+            info = {k: v for k, v in s.info.items() if k != "plain_prompt_ids"}
+            out.append(replace(s, prompt_ids=list(new_prefix) + list(s.prompt_ids[n:]), info=info))
+    return out
 
 
 def episode_to_samples(episode: Episode) -> list[TokenSample]:

@@ -1,13 +1,15 @@
-"""Token-exact multi-turn chat: the ids a model sees are built once and only ever extended.
+"""Token-exact multi-turn chat: chats to ids, and the pieces to extend a prompt turn by turn.
 
 Re-rendering the whole chat at every turn can change earlier tokens (templates strip
-thinking, re-format tool calls, drop schemas). Instead, like verl's agent loop, a turn's
-prompt is the previous prompt + the generated ids + the template's turn-closing glue +
-the rendered new messages. What is trained on is then exactly what was sampled.
+thinking, re-format tool calls, drop schemas). So, like verl's agent loop, when a chat
+only grew, a turn's prompt is the previous prompt + the generated ids + the template's
+turn-closing glue (`glue_ids`) + the rendered new messages (`continuation_ids`). Which
+turns may be extended is decided in one place, erl.rollout.turns.
 """
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from typing import Any
 
@@ -27,13 +29,16 @@ class ChatTokenizer:
                 "ERL renders multi-turn chats and needs one"
             )
         self.tokenizer = tokenizer
+        self._base_cache: dict[str, list[int]] = {}
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         return chat_ids(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
 
-    @cached_property
-    def _base_ids(self) -> list[int]:
-        return chat_ids(self.tokenizer, _BASE, add_generation_prompt=False)
+    def _base_ids(self, tools: list[dict] | None = None) -> list[int]:
+        key = json.dumps(tools, sort_keys=True, default=str) if tools else ""
+        if key not in self._base_cache:
+            self._base_cache[key] = chat_ids(self.tokenizer, _BASE, add_generation_prompt=False, tools=tools)
+        return self._base_cache[key]
 
     @cached_property
     def stop_ids(self) -> list[int]:
@@ -48,7 +53,7 @@ class ChatTokenizer:
     @cached_property
     def turn_close_ids(self) -> list[int]:
         """What the template writes after an assistant message's text, from its stop token on."""
-        base = self._base_ids
+        base = self._base_ids()
         stops = set(self.stop_ids)
         for i in range(len(base) - 1, -1, -1):
             if base[i] in stops:
@@ -63,11 +68,12 @@ class ChatTokenizer:
             return close[1:]
         return close
 
-    def continuation_ids(self, new_messages: list[dict]) -> list[int]:
+    def continuation_ids(self, new_messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Ids of new (non-assistant) messages after a closed assistant turn, plus the
-        generation prompt for the next assistant turn."""
-        full = chat_ids(self.tokenizer, _BASE + list(new_messages), add_generation_prompt=True)
-        base = self._base_ids
+        generation prompt for the next assistant turn. Rendered with the tool schemas, as
+        some templates render tool turns differently when tools are given."""
+        full = chat_ids(self.tokenizer, _BASE + list(new_messages), add_generation_prompt=True, tools=tools)
+        base = self._base_ids(tools)
         if full[: len(base)] != base:
             raise ValueError("chat template renders earlier turns differently when messages are appended")
         return full[len(base):]

@@ -8,19 +8,12 @@ from typing import Any
 from erl.core.reflection import apply_guidance
 from erl.core.types import Step, Trajectory
 from erl.rollout.chat import ChatTokenizer
-from erl.workflow.base import Action, Policy, SamplingParams
+from erl.rollout.turns import TurnPrompts
+from erl.workflow.base import Policy, SamplingParams, unwrap_action
 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
-
-
-def _new_messages(history: list[dict], seen: int) -> list[dict]:
-    """Messages the agent added since the last model call, minus its own assistant echo."""
-    new = history[seen:]
-    if new and new[0].get("role") == "assistant":
-        new = new[1:]
-    return new
 
 
 async def run_attempt(
@@ -39,40 +32,43 @@ async def run_attempt(
 ) -> Trajectory:
     """Attempt the task once. `guidance` (a reflection) is put into the system prompt.
 
-    Token ids are extended turn by turn (see erl.rollout.chat), so the trajectory's steps
-    re-assemble into exactly what the model saw. `info["plain_prompt_ids"]` is the first
+    Every model call's prompt is the agent's `chat_completions` at that moment (guidance
+    placed into it), tokenised by erl.rollout.turns: an agent that only appends extends
+    one token sequence; one that keeps a window or rewrites its history starts a new
+    sequence where the chat stops extending. `info["plain_prompt_ids"]` is the first
     prompt without guidance: consolidation re-bases attempt 2 onto it.
     """
     agent.reset()
     observation, info = await _maybe_await(env.reset())
     agent.update_from_env(observation, 0.0, False, info)
-    history = agent.chat_completions
+    turns = TurnPrompts(chat)
+    history = list(agent.chat_completions)
     messages = apply_guidance(history, guidance, placement)
-    ids = chat.prompt_ids(messages)
+    ids = turns.prompt_ids(messages, plain=history if guidance else None)
     traj = Trajectory(name=name, task=task)
     traj.info["prompt_ids"] = list(ids)
-    traj.info["plain_prompt_ids"] = chat.prompt_ids(list(history)) if guidance else list(ids)
+    traj.info["plain_prompt_ids"] = list(turns.plain_ids) if guidance else list(ids)
     traj.info["messages"] = messages
-    seen = len(history)
     traj.info["truncated"] = False
     for _ in range(max_turns):
         gen = await policy.generate(list(ids), params)
         step = Step(prompt_ids=list(ids), response_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
                     messages=messages, response=gen.text)
+        if turns.plain_ids is not None:
+            step.info["plain_prompt_ids"] = turns.plain_ids
         traj.steps.append(step)
+        turns.replied(step, {"role": "assistant", "content": gen.text})
         action = agent.update_from_model(gen.text)
-        action = action.action if isinstance(action, Action) else action
+        action = unwrap_action(action)
         observation, reward, done, info = await _maybe_await(env.step(action))
         agent.update_from_env(observation, reward, done, info)
-        step.action, step.observation, step.reward, step.done, step.info = action, str(observation), float(reward), bool(done), dict(info)
+        step.action, step.observation, step.reward, step.done = action, str(observation), float(reward), bool(done)
+        step.info.update(info)
         if done:
             break
-        history = agent.chat_completions
-        new = _new_messages(history, seen)
-        seen = len(history)
-        step.suffix_ids = chat.glue_ids(step.response_ids)
-        ids = ids + step.response_ids + step.suffix_ids + chat.continuation_ids(new)
+        history = list(agent.chat_completions)
         messages = apply_guidance(history, guidance, placement)
+        ids = turns.prompt_ids(messages, plain=history if guidance else None)
         if max_context_tokens is not None and len(ids) >= max_context_tokens:
             traj.info["truncated"] = True  # the context is full: the attempt ends unfinished
             break

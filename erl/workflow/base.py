@@ -17,7 +17,15 @@ from erl.core.types import Step, Trajectory
 class Action:
     """What an agent hands to the environment (rLLM's Action)."""
 
-    action: Any
+    action: Any = None
+
+
+def unwrap_action(action: Any) -> Any:
+    """The payload of erl's or rLLM's Action (any class named Action with `.action`): real
+    rLLM's Action is another class than this one."""
+    if isinstance(action, Action) or (type(action).__name__ == "Action" and hasattr(action, "action")):
+        return action.action
+    return action
 
 
 @runtime_checkable
