@@ -45,7 +45,7 @@ def test_generation_logprobs_match_a_forward_pass():
                         logprobs=g.logprobs, segment=Segment.ATTEMPT1) for p, g in zip(prompts, gens)]
     batch = pad_samples(rows, policy.pad_id)
     with torch.no_grad():
-        recomputed = response_logprobs(model, batch, temperature=0.7)
+        recomputed, _ = response_logprobs(model, batch, temperature=0.7)
     for i, g in enumerate(gens):
         n = len(g.token_ids)
         assert n >= 1 and g.finish_reason in ("stop", "length")
