@@ -7,7 +7,17 @@ import torch
 
 from erl.core.advantages import DISTILL_ID, advantages_from_arrays, grpo_advantages, raft_advantages, segment_advantages
 from erl.core.gating import segment_reward, should_distill, should_reflect, should_store
-from erl.core.losses import aggregate, distill_nll_loss, erl_actor_loss, kl_penalty, masked_mean, ppo_clip_loss
+from erl.core.losses import (
+    KL_KINDS,
+    aggregate,
+    distill_nll_loss,
+    erl_actor_loss,
+    kl_penalty,
+    loss_setting_errors,
+    masked_mean,
+    ppo_clip_loss,
+    token_entropy,
+)
 from erl.core.types import SEGMENT_IDS, Segment, TokenSample
 
 A1, RF, A2, DI = (SEGMENT_IDS[s] for s in (Segment.ATTEMPT1, Segment.REFLECTION, Segment.ATTEMPT2, Segment.DISTILL))
@@ -97,6 +107,49 @@ def test_ppo_clip_token_values():
     assert float(loss2) == pytest.approx(0.105, abs=1e-6)
 
 
+def test_seq_mean_token_sum():
+    logp, old, adv, mask = _batch()
+    # per-row token sums (values of test_ppo_clip_token_values): row0 -1.78, row1 3.3; mean = 0.76
+    loss, _ = ppo_clip_loss(logp, old, adv, mask, 0.2, 0.28, "seq-mean-token-sum")
+    assert float(loss) == pytest.approx(0.76, abs=1e-6)
+    # a row without tokens is not a row of the mean: (2 + 4) / 1 row = 6
+    x, m = torch.tensor([[2.0, 4.0], [7.0, 7.0]]), torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    assert float(aggregate(x, m, "seq-mean-token-sum")) == 6.0
+
+
+def _pg(logp: float, adv: float, **kw):
+    """One token, old log-prob 0 (ratio e^logp): loss and d loss / d logp."""
+    x = torch.tensor([[logp]], requires_grad=True)
+    loss, m = ppo_clip_loss(x, torch.zeros(1, 1), torch.tensor([adv]), torch.ones(1, 1), 0.2, 0.28, **kw)
+    loss.backward()
+    return float(loss.detach()), float(x.grad), m
+
+
+def test_dual_clip_caps_negative_advantage_tokens():
+    # r = 4, A = -1: max(-A r, -A clip(r)) = max(4, 1.28) = 4, above -A * c = 3: loss 3, gradient 0
+    loss, grad, m = _pg(math.log(4.0), -1.0)
+    assert (loss, grad) == (pytest.approx(3.0), 0.0) and m["pg_clipfrac_lower"] == 1.0
+    # with c = 5 the same token is below the cap: loss -A r = 4, gradient d(r)/d logp = r = 4
+    loss, grad, m = _pg(math.log(4.0), -1.0, clip_ratio_c=5.0)
+    assert (loss, grad) == (pytest.approx(4.0), pytest.approx(4.0)) and m["pg_clipfrac_lower"] == 0.0
+    # r = 2, A = -0.5: 1 < 3 * 0.5 = 1.5, uncapped: loss 1, gradient -A r = 1
+    loss, grad, _ = _pg(math.log(2.0), -0.5)
+    assert (loss, grad) == (pytest.approx(1.0), pytest.approx(1.0))
+    # a positive advantage is never dual-clipped: r = 4, A = 2 -> max(-8, -2 * 1.28) = -2.56, gradient 0
+    loss, grad, m = _pg(math.log(4.0), 2.0)
+    assert (loss, grad) == (pytest.approx(-2.56), 0.0) and m["pg_clipfrac_lower"] == 0.0
+    with pytest.raises(ValueError, match="clip_ratio_c"):
+        _pg(0.0, 1.0, clip_ratio_c=1.0)
+
+
+def test_log_ratio_is_clamped_before_exp():
+    # log r = 100 overflows exp in float32; clamped to 20 the token is simply clipped / capped
+    loss, grad, m = _pg(100.0, 1.0)  # max(-e^20, -1.28) = -1.28
+    assert (loss, grad) == (pytest.approx(-1.28), 0.0) and m["ppo_kl"] == -20.0
+    loss, grad, _ = _pg(100.0, -1.0)  # dual-clip: 3
+    assert (loss, grad) == (pytest.approx(3.0), 0.0)
+
+
 def test_padding_never_counts():
     logp, old, adv, mask = _batch()
     logp2 = logp.clone()
@@ -114,6 +167,59 @@ def test_kl_estimators():
     assert float(kl_penalty(logp, ref, "k2")) == pytest.approx(0.5)
     assert float(kl_penalty(logp, ref, "low_var_kl")) == pytest.approx(math.exp(-1), abs=1e-6)
     assert float(kl_penalty(ref, ref, "low_var_kl")) == 0.0
+    assert float(kl_penalty(ref, logp, "abs")) == 1.0  # |-1|
+    for alias, kind in (("kl", "k1"), ("mse", "k2"), ("k3", "low_var_kl")):  # verl's names
+        assert float(kl_penalty(logp, ref, alias)) == float(kl_penalty(logp, ref, kind))
+    with pytest.raises(ValueError, match="kl kind"):
+        kl_penalty(logp, ref, "full")
+
+
+def _kl_grad(x: float, kind: str):
+    t = torch.tensor([[x]], requires_grad=True)
+    value = kl_penalty(t, torch.zeros(1, 1), kind)
+    value.sum().backward()
+    return float(value.detach()), float(t.grad)
+
+
+def test_low_var_kl_is_clamped_and_straight_through_variants():
+    # x = -1, ref = 0: k3 = e^1 - 1 - 1 = 0.718282, d/dx (e^-x + x - 1) = 1 - e^-x = 1 - e = -1.718282
+    assert _kl_grad(-1.0, "low_var_kl") == (pytest.approx(math.e - 2), pytest.approx(1 - math.e))
+    # x = -100: ref - x = 100 is clamped to 20 before exp (e^100 is inf in float32 and its gradient NaN);
+    # e^20 - 21 is then clamped to 10: value 10, gradient 0
+    assert _kl_grad(-100.0, "low_var_kl") == (10.0, 0.0)
+    # "+": the value of k3, the gradient of k2 = (x - ref)^2 / 2, i.e. x - ref = -1
+    assert _kl_grad(-1.0, "low_var_kl+") == (pytest.approx(math.e - 2), pytest.approx(-1.0))
+    assert _kl_grad(3.0, "k1+") == (3.0, 3.0) and _kl_grad(3.0, "k2+") == (4.5, 3.0)
+    assert {"k1", "k2", "low_var_kl", "abs", "kl", "mse", "k3", "k3+"} <= set(KL_KINDS)
+
+
+def test_entropy_bonus():
+    # entropies: [.5, .5] -> ln 2; [1, 0] -> 0 (the 0 * log 0 term counts as 0, not NaN)
+    ent = token_entropy(torch.log(torch.tensor([[0.5, 0.5], [1.0, 0.0]])))
+    assert ent.tolist() == pytest.approx([math.log(2), 0.0])
+    logp, old, adv, mask = _batch()
+    segs = torch.tensor([A1, A2])
+    entropy = torch.tensor([[1.0, 2.0, 99.0], [0.5, 0.5, 0.5]])  # 99 sits under padding
+    # token-mean entropy = (1 + 2 + 1.5) / 5 = 0.9; total = pg .304 - 0.1 * 0.9 = 0.214
+    loss, m = erl_actor_loss(logp, old, adv, mask, segs, entropy=entropy, entropy_coeff=0.1)
+    assert float(loss) == pytest.approx(0.214, abs=1e-6) and m["entropy"] == pytest.approx(0.9)
+    # entropy given but coefficient 0: reported, not in the loss
+    loss0, m0 = erl_actor_loss(logp, old, adv, mask, segs, entropy=entropy)
+    assert float(loss0) == pytest.approx(0.304, abs=1e-6) and m0["entropy"] == pytest.approx(0.9)
+    with pytest.raises(ValueError, match="entropy"):
+        erl_actor_loss(logp, old, adv, mask, segs, entropy_coeff=0.1)
+
+
+def test_loss_setting_errors_name_each_unsupported_value():
+    ok = {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "kl_coef": 0.001, "kl_kind": "low_var_kl",
+          "loss_agg_mode": "token-mean", "entropy_coeff": 0.0}
+    assert loss_setting_errors(**ok) == {}
+    bad = {"clip_low": 1.0, "clip_high": -0.1, "clip_ratio_c": 1.0, "kl_coef": True, "kl_kind": "full",
+           "loss_agg_mode": "token-sum", "entropy_coeff": float("nan")}
+    errors = loss_setting_errors(**bad, policy_loss_mode="gspo")
+    assert set(errors) == set(bad) | {"policy_loss_mode"}
+    assert "seq-mean-token-sum" in errors["loss_agg_mode"] and "vanilla" in errors["policy_loss_mode"]
+    assert "> 1" in errors["clip_ratio_c"]
 
 
 def _with_distill_row():

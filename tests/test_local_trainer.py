@@ -3,6 +3,7 @@
 import asyncio
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,12 @@ def test_generation_logprobs_match_a_forward_pass():
                         logprobs=g.logprobs, segment=Segment.ATTEMPT1) for p, g in zip(prompts, gens)]
     batch = pad_samples(rows, policy.pad_id)
     with torch.no_grad():
-        recomputed = response_logprobs(model, batch, temperature=0.7)
+        recomputed, entropy = response_logprobs(model, batch, temperature=0.7, with_entropy=True)
+        R = batch.responses.shape[1]
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits[:, -R - 1:-1] / 0.7
+    # the entropy of the distribution each token was sampled from
+    assert torch.allclose(entropy, torch.distributions.Categorical(logits=logits).entropy(), atol=1e-5)
     for i, g in enumerate(gens):
         n = len(g.token_ids)
         assert n >= 1 and g.finish_reason in ("stop", "length")
@@ -150,6 +156,10 @@ def test_checkpoint_missing_a_trainable_tensor_is_refused(tmp_path):
     ("erl", "mode", "grpo", "erl.mode"),
     ("erl", "n_attempt", 0, "erl.n_attempt"),
     ("trainer", "micro_batch_size", 0, "trainer.micro_batch_size"),
+    ("trainer", "clip_ratio_c", 1.0, "trainer.clip_ratio_c"),
+    ("trainer", "loss_agg_mode", "token-sum", "trainer.loss_agg_mode must be one of .*seq-mean-token-sum"),
+    ("trainer", "kl_kind", "full", "trainer.kl_kind"),
+    ("trainer", "entropy_coeff", "high", "trainer.entropy_coeff"),
     ("trainer", "bogus", 1, "bogus"),
     ("env", "name", "chess", "unknown environment"),
     ("model", "path", "no-such-model", "model.path"),
@@ -211,6 +221,25 @@ def test_reference_model_kl_enters_the_loss(tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     assert trainer.update(rows)["loss/kl"] > 1e-4
     assert all(not p.requires_grad for p in trainer.ref_model.parameters())
+
+
+def test_entropy_bonus_enters_the_loss(tmp_path):
+    from erl.core.samples import episode_to_samples
+
+    trainer, _ = build(base_cfg(tmp_path, entropy_coeff=0.1))
+    rows = [r for ep in trainer.collect(trainer.next_tasks()) for r in episode_to_samples(ep)]
+    for mode in ("token-mean", "seq-mean-token-sum"):
+        trainer.cfg.loss_agg_mode = mode
+        m = trainer.update(rows)
+        # every term is a weighted mean over micro-batches, so the sum holds for the step's metrics too
+        expected = m["loss/pg_loss"] + m.get("loss/distill_nll", 0.0) - 0.1 * m["loss/entropy"]
+        assert m["loss/total"] == pytest.approx(expected, abs=1e-5), mode
+        if mode == "token-mean":  # a tiny random model: per-token entropy well above 0, at most ln V
+            token_mean = m["loss/entropy"]
+            assert 0.1 < token_mean <= math.log(trainer.model.config.vocab_size)
+    assert m["loss/entropy"] > token_mean  # seq-mean-token-sum: a row's entropies add up
+    trainer.cfg.entropy_coeff = 0.0
+    assert "loss/entropy" not in trainer.update(rows)  # not computed when it is not used
 
 
 def test_erl_compare_runs_every_mode_and_writes_plot_and_table(tmp_path):

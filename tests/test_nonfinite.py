@@ -146,7 +146,7 @@ def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     model.set_attn_implementation("sdpa")
-    logp = response_logprobs(model, batch)
+    logp = response_logprobs(model, batch)[0]
     assert len(seen) == 2  # one call per layer
     for m in seen:
         assert m is not None and m.dtype == torch.bool and bool(m.any(dim=-1).all())
@@ -154,8 +154,8 @@ def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
     for i, r in enumerate(rows):
         alone = pad_samples([r], 0)
         n = len(r.response_ids)
-        assert torch.allclose(logp[i, :n], response_logprobs(model, alone)[0, :n], atol=1e-5)
+        assert torch.allclose(logp[i, :n], response_logprobs(model, alone)[0][0, :n], atol=1e-5)
     # the eager kernel gets the additive form and the same numbers
     model.set_attn_implementation("eager")
-    assert torch.allclose(response_logprobs(model, batch) * batch.response_mask, logp * batch.response_mask,
+    assert torch.allclose(response_logprobs(model, batch)[0] * batch.response_mask, logp * batch.response_mask,
                           atol=1e-5)

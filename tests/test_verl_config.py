@@ -155,3 +155,48 @@ def test_tracker_writes_metrics_and_redraws_the_curves_every_step(tmp_path):
     assert png.read_bytes() != first  # redrawn with step 1's points
     rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and rows[1]["attempt2/success"] == 1.0
+
+
+A = "actor_rollout_ref.actor"
+
+
+@pytest.mark.parametrize("override, message", [
+    (f"{A}.policy_loss.loss_mode=gspo", rf"{A}.policy_loss.loss_mode must be one of \['vanilla'\], got 'gspo'"),
+    (f"{A}.policy_loss.loss_mode=clip_cov", r"policy_loss\.loss_mode must be one of \['vanilla'\]"),
+    (f"{A}.loss_agg_mode=seq-mean-token-sum-norm", r"loss_agg_mode must be one of \['token-mean', "),
+    (f"{A}.loss_agg_mode=token-sum", r"loss_agg_mode must be one of .*'seq-mean-token-sum'\], got 'token-sum'"),
+    (f"{A}.loss_scale_factor=512", r"loss_scale_factor must be None \(it only scales seq-mean-token-sum-norm"),
+    (f"{A}.clip_ratio_c=1.0", r"clip_ratio_c must be a finite number > 1 \(the dual-clip bound\), got 1.0"),
+    (f"{A}.kl_loss_type=full", r"kl_loss_type must be one of \['k1', 'k2', 'low_var_kl'"),
+    (f"{A}.entropy_coeff=lots", r"entropy_coeff must be a finite number, got 'lots'"),
+    (f"{A}.use_kl_loss=maybe", r"use_kl_loss must be true or false"),
+    ("algorithm.adv_estimator=gae", r"algorithm\.adv_estimator must be 'grpo' \(ERL computes GRPO advantages"),
+    ("algorithm.use_kl_in_reward=true", r"algorithm\.use_kl_in_reward must be False"),
+    ("algorithm.rollout_correction.rollout_is=token", r"rollout_correction\.rollout_is must be None"),
+])
+def test_a_loss_setting_erl_would_ignore_stops_the_run(override, message):
+    """verl's policy-loss code never runs under ERL: anything it would have honoured and ERL's loss
+    does not is refused by name, before Ray."""
+    import ray
+
+    with pytest.raises(ConfigError, match=message):
+        validate(compose("frozenlake_erl", [override]), check_model_files=False)
+    assert not ray.is_initialized()
+
+
+def test_honoured_loss_settings_reach_the_loss():
+    from erl.trainers.verl.loss import loss_settings
+
+    s = loss_settings(validate(compose("frozenlake_erl"), check_model_files=False).cfg)
+    # the composed config: clip .2 / .28, verl's dual-clip default 3, KL .001 low_var_kl, no entropy bonus
+    assert s == {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "loss_agg_mode": "token-mean",
+                 "kl_coef": 0.001, "kl_kind": "low_var_kl", "entropy_coeff": 0.0, "distill_mode": "sft",
+                 "distill_coef": 1.0}
+    cfg = validate(compose("frozenlake_erl", [
+        f"{A}.clip_ratio_low=null", f"{A}.clip_ratio=0.1", f"{A}.clip_ratio_c=5", f"{A}.entropy_coeff=0.01",
+        f"{A}.loss_agg_mode=seq-mean-token-sum", f"{A}.kl_loss_type=k3+", f"{A}.use_kl_loss=false"]),
+        check_model_files=False).cfg
+    s = loss_settings(cfg)
+    assert (s["clip_low"], s["clip_high"], s["clip_ratio_c"]) == (0.1, 0.28, 5.0)  # null low: clip_ratio, as verl
+    assert (s["entropy_coeff"], s["loss_agg_mode"], s["kl_kind"]) == (0.01, "seq-mean-token-sum", "k3+")
+    assert s["kl_coef"] == 0.0  # use_kl_loss false: no KL term whatever kl_loss_coef says

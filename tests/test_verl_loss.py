@@ -13,14 +13,14 @@ from erl.trainers.verl.dataproto import samples_to_dataproto, to_engine_tensordi
 from erl.trainers.verl.loss import erl_verl_loss, loss_settings, make_loss_fn
 
 
-def _cfg(kl: bool = False, kl_coef: float = 0.1, mode: str = "sft"):
+def _cfg(kl: bool = False, kl_coef: float = 0.1, mode: str = "sft", **actor):
     return {"actor_rollout_ref": {"actor": {"use_kl_loss": kl, "clip_ratio_low": 0.2, "clip_ratio_high": 0.28,
                                             "kl_loss_coef": kl_coef, "kl_loss_type": "low_var_kl",
-                                            "loss_agg_mode": "token-mean"}},
+                                            "loss_agg_mode": "token-mean", **actor}},
             "erl": {"distill_mode": mode, "distill_coef": 1.0}}
 
 
-def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False):
+def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False, global_batch_size: int | None = None):
     """Row A: attempt1, 2 model tokens, advantage +1, old p = .5/.5, new p = .6/.4.
     Row B: distill, 1 model token, new p = .5."""
     rows = [TokenSample(prompt_ids=[1, 2], response_ids=[3, 4], response_mask=[1, 1], logprobs=[0.0, 0.0],
@@ -33,7 +33,8 @@ def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False):
     data.batch["advantages"] = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
     if ref:
         data.batch["ref_log_prob"] = data.batch["old_log_probs"].clone()
-    td = to_engine_tensordict(data, temperature=1.0, batch_num_tokens=batch_num_tokens, dp_size=dp_size)
+    td = to_engine_tensordict(data, temperature=1.0, batch_num_tokens=batch_num_tokens, dp_size=dp_size,
+                              global_batch_size=global_batch_size)
     # verl's engine returns per-token log-probs over each row's real tokens, the log-prob of
     # token t+1 stored at position t (so a response token's value sits one place earlier).
     new = [[ln(0.6), ln(0.4)], [ln(0.5)]]
@@ -42,7 +43,10 @@ def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False):
         v = torch.zeros(p + len(resp))
         v[p - 1:p - 1 + len(resp)] = torch.tensor(resp)
         seqs.append(v)
-    out = {"log_probs": torch.nested.as_nested_tensor(seqs, layout=torch.jagged)}
+    # entropy in the same layout: 1.0 and 2.0 on row A's tokens, 0.5 on row B's
+    ents = [torch.tensor([0.0, 1.0, 2.0, 0.0]), torch.tensor([0.5, 0.0])]
+    out = {"log_probs": torch.nested.as_nested_tensor(seqs, layout=torch.jagged),
+           "entropy": torch.nested.as_nested_tensor(ents, layout=torch.jagged)}
     return out, td
 
 
@@ -89,3 +93,28 @@ def test_loss_fn_is_picklable_for_ray():
     fn = pickle.loads(pickle.dumps(make_loss_fn(_cfg())))
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
     assert fn(model_output=out, data=td, dp_group=None)[0].item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
+
+
+def test_entropy_bonus_and_seq_mean_scaling():
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(entropy_coeff=0.1)))
+    # token-mean entropy over all 3 model tokens = (1 + 2 + 0.5) / 3; the bonus is subtracted
+    assert m["erl/entropy"] == pytest.approx(3.5 / 3)
+    assert loss.item() == pytest.approx(-1.0 + math.log(2) - 0.1 * 3.5 / 3, abs=1e-6)
+    # seq-mean modes: weighted by rows with tokens, 2 here of 8 in the mini-batch over 2 ranks: 2 / 8 * 2
+    out, td = _micro_batch(batch_num_tokens=12, dp_size=2, global_batch_size=8)
+    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(loss_agg_mode="seq-mean-token-sum")))
+    # PG: row A's token sum -1.2 - 0.8 = -2 (the only PG row); NLL ln 2; then x 0.5
+    assert m["erl/loss_scale"] == pytest.approx(0.5)
+    assert loss.item() == pytest.approx(0.5 * (-2.0 + math.log(2)), abs=1e-6)
+
+
+def test_dual_clip_reaches_the_verl_loss():
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    td["advantages"] = torch.nested.as_nested_tensor([torch.tensor([-1.0, -1.0]), torch.tensor([0.0])],
+                                                     layout=torch.jagged)
+    # A = -1 on row A, ratios 1.2 and 0.8: max(1.2, 1.2) = 1.2 and max(0.8, 0.8) = 0.8; mean 1.0.
+    # With clip_ratio_c = 1.1 the 1.2 token is capped at 1.1: mean 0.95
+    for c, pg in ((3.0, 1.0), (1.1, 0.95)):
+        _, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(clip_ratio_c=c)))
+        assert m["erl/pg_loss"] == pytest.approx(pg, abs=1e-6), c

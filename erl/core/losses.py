@@ -3,17 +3,28 @@
 All tensors are [B, T] over response tokens (B rows, T padded response length) unless
 noted; `mask` is 1 on tokens the model generated. Pure torch, no trainer state: the
 local trainer calls `erl_actor_loss` directly and the verl trainer installs it through
-verl's loss-function hook.
+verl's loss-function hook, so verl's own policy-loss code never runs. What this file
+implements is therefore all either trainer can honour: the allowed values below are the
+one list both trainer configs check against (`loss_setting_errors`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from erl.core.advantages import DISTILL_ID
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
-KL_KINDS = ("k1", "k2", "low_var_kl")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+# verl's names for the same three estimators, accepted as aliases; a trailing "+" (e.g.
+# "low_var_kl+") keeps the value but takes the gradient of k2, which is unbiased.
+KL_ALIASES = {"kl": "k1", "mse": "k2", "k3": "low_var_kl"}
+KL_BASE_KINDS = ("k1", "k2", "low_var_kl", "abs", *KL_ALIASES)
+KL_KINDS = KL_BASE_KINDS + tuple(f"{k}+" for k in KL_BASE_KINDS)
+POLICY_LOSS_MODES = ("vanilla",)  # PPO-clip with clip-higher and dual-clip
+CLIP_RATIO_C = 3.0  # dual-clip bound (verl's default)
+LOG_RATIO_LIMIT = 20.0  # exp(20) ~ 5e8: a ratio beyond it carries no information, only overflow
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -24,13 +35,17 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean") -> torch.Tensor:
     """token-mean: every trained token weighs the same (long attempts weigh more);
-    seq-mean-token-mean: each row's token mean, then the mean over rows that have tokens."""
+    seq-mean-token-mean: each row's token mean, then the mean over rows that have tokens;
+    seq-mean-token-sum: each row's token sum, then that mean over rows (a long row's loss is
+    not diluted by its length)."""
     if mode == "token-mean":
         return masked_mean(loss_mat, mask)
-    if mode == "seq-mean-token-mean":
+    if mode in ("seq-mean-token-mean", "seq-mean-token-sum"):
         mask = mask.to(loss_mat.dtype)
         per_row_tokens = mask.sum(-1)
-        per_row = (loss_mat * mask).sum(-1) / per_row_tokens.clamp(min=1.0)
+        per_row = (loss_mat * mask).sum(-1)
+        if mode == "seq-mean-token-mean":
+            per_row = per_row / per_row_tokens.clamp(min=1.0)
         has = (per_row_tokens > 0).to(loss_mat.dtype)
         return (per_row * has).sum() / has.sum().clamp(min=1.0)
     raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")
@@ -38,23 +53,34 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
 
 def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                   mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
-                  loss_agg_mode: str = "token-mean") -> tuple[torch.Tensor, dict[str, float]]:
-    """max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) per token, r = pi / pi_old.
+                  loss_agg_mode: str = "token-mean", clip_ratio_c: float = CLIP_RATIO_C,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) per token, r = pi / pi_old, and for
+    A < 0 at most -A * clip_ratio_c (dual-clip).
 
     The asymmetric range (clip-higher) leaves more room to raise unlikely tokens than to
-    lower likely ones, which keeps exploration alive. `advantages` is [B] or [B, T].
+    lower likely ones, which keeps exploration alive. Dual-clip: with A < 0 the clipped
+    objective is unbounded in r, so a stale token that became much likelier (r >> 1) would
+    get a gradient proportional to r; past clip_ratio_c its loss is constant (gradient 0).
+    `advantages` is [B] or [B, T].
     """
+    if not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (dual-clip bound), got {clip_ratio_c}")
     adv = advantages.unsqueeze(-1) if advantages.dim() == 1 else advantages
-    log_ratio = logprobs - old_logprobs
+    log_ratio = (logprobs - old_logprobs).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     losses = torch.maximum(unclipped, clipped)
-    loss = aggregate(losses, mask, loss_agg_mode)
+    capped = torch.minimum(losses, -adv * clip_ratio_c)
+    negative = adv < 0
+    loss = aggregate(torch.where(negative, capped, losses), mask, loss_agg_mode)
     with torch.no_grad():
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
+        clipfrac_lower = masked_mean((negative & (losses > -adv * clip_ratio_c)).float(), mask)
         approx_kl = masked_mean(-log_ratio, mask)
-    return loss, {"pg_clipfrac": float(clipfrac), "ppo_kl": float(approx_kl)}
+    return loss, {"pg_clipfrac": float(clipfrac), "pg_clipfrac_lower": float(clipfrac_lower),
+                  "ppo_kl": float(approx_kl)}
 
 
 def distill_nll_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -62,33 +88,87 @@ def distill_nll_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return -masked_mean(logprobs, mask)
 
 
+def _kl_value(diff: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "k1":
+        return diff
+    if kind == "abs":
+        return diff.abs()
+    if kind == "k2":
+        return 0.5 * diff.square()
+    # k3: the exponent is clamped before exp so that a token the policy now finds far less
+    # likely than the reference does not overflow to inf (whose gradient is NaN).
+    neg = (-diff).clamp(-LOG_RATIO_LIMIT, LOG_RATIO_LIMIT)
+    return (torch.exp(neg) - neg - 1.0).clamp(min=-10.0, max=10.0)
+
+
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
     """Per-token estimate of KL(pi || pi_ref) from samples of pi.
 
-    k1 = log pi - log ref; k2 = (log pi - log ref)^2 / 2; low_var_kl (k3) =
+    k1 = log pi - log ref; abs = |k1|; k2 = (log pi - log ref)^2 / 2; low_var_kl (k3) =
     exp(ref - pi) - (ref - pi) - 1, always >= 0, clamped to [-10, 10] for stability.
+    "<kind>+": the value of <kind> with the gradient of k2 (straight-through).
     """
+    if kind not in KL_KINDS:
+        raise ValueError(f"kl kind must be one of {KL_KINDS}, got {kind!r}")
+    straight_through = kind.endswith("+")
+    base = kind.rstrip("+")
+    base = KL_ALIASES.get(base, base)
     diff = logprobs - ref_logprobs
-    if kind == "k1":
-        return diff
-    if kind == "k2":
-        return 0.5 * diff.square()
-    if kind == "low_var_kl":
-        return (torch.exp(-diff) + diff - 1.0).clamp(min=-10.0, max=10.0)
-    raise ValueError(f"kl kind must be one of {KL_KINDS}, got {kind!r}")
+    value = _kl_value(diff, base)
+    if not straight_through or base == "k2":
+        return value
+    k2 = 0.5 * diff.square()
+    return k2 - k2.detach() + value.detach()
+
+
+def token_entropy(logp_vocab: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's distribution from its log-probs over the vocabulary
+    ([..., V] -> [...]); exp(-inf) * -inf is NaN, so masked-out (-inf) entries count as 0."""
+    p = logp_vocab.exp()
+    return -(p * logp_vocab.masked_fill(p == 0, 0.0)).sum(-1)
+
+
+def loss_setting_errors(*, clip_low: float, clip_high: float, clip_ratio_c: float, kl_coef: float,
+                        kl_kind: str, loss_agg_mode: str, entropy_coeff: float,
+                        policy_loss_mode: str = "vanilla") -> dict[str, str]:
+    """{setting: what is supported} for each value `erl_actor_loss` cannot honour (empty: all
+    fine). Trainer configs map the names to their own keys and refuse the run."""
+    def number(v) -> bool:
+        return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+
+    errors = {}
+    for name, v in (("clip_low", clip_low), ("clip_high", clip_high), ("kl_coef", kl_coef)):
+        if not number(v) or v < 0:
+            errors[name] = f"a number >= 0, got {v!r}"
+    if number(clip_low) and clip_low >= 1:
+        errors["clip_low"] = f"a number in [0, 1) (the ratio's lower bound is 1 - clip_low), got {clip_low!r}"
+    if not number(clip_ratio_c) or clip_ratio_c <= 1:
+        errors["clip_ratio_c"] = f"a finite number > 1 (the dual-clip bound), got {clip_ratio_c!r}"
+    if not number(entropy_coeff):
+        errors["entropy_coeff"] = f"a finite number, got {entropy_coeff!r}"
+    if kl_kind not in KL_KINDS:
+        errors["kl_kind"] = f"one of {list(KL_KINDS)}, got {kl_kind!r}"
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        errors["loss_agg_mode"] = f"one of {list(LOSS_AGG_MODES)}, got {loss_agg_mode!r}"
+    if policy_loss_mode not in POLICY_LOSS_MODES:
+        errors["policy_loss_mode"] = f"one of {list(POLICY_LOSS_MODES)}, got {policy_loss_mode!r}"
+    return errors
 
 
 def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                    response_mask: torch.Tensor, segment_ids: torch.Tensor, *, distill_mode: str = "sft",
                    distill_coef: float = 1.0, clip_low: float = 0.2, clip_high: float = 0.28,
-                   ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0,
-                   kl_kind: str = "low_var_kl", loss_agg_mode: str = "token-mean",
+                   clip_ratio_c: float = CLIP_RATIO_C, ref_logprobs: torch.Tensor | None = None,
+                   kl_coef: float = 0.0, kl_kind: str = "low_var_kl", loss_agg_mode: str = "token-mean",
+                   entropy: torch.Tensor | None = None, entropy_coeff: float = 0.0,
                    ) -> tuple[torch.Tensor, dict[str, float]]:
-    """policy-gradient loss + kl_coef * KL + distill_coef * consolidation NLL.
+    """policy-gradient loss + kl_coef * KL - entropy_coeff * entropy + distill_coef * NLL.
 
     sft mode: distill rows are excluded from the policy-gradient term (so they do not
     dilute its token mean) and trained by the NLL term alone. raft mode: distill rows
     are ordinary policy-gradient rows (their advantage is max(r2, 0)); no NLL term.
+    The KL and entropy terms cover every generated token, as in verl. `entropy` is the
+    per-token entropy [B, T], needed only when entropy_coeff != 0.
     """
     mask = response_mask.to(logprobs.dtype)
     is_distill = (segment_ids == DISTILL_ID).to(logprobs.dtype).unsqueeze(-1)
@@ -99,13 +179,21 @@ def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     else:
         raise ValueError(f"distill_mode must be sft, raft or none, got {distill_mode!r}")
     pg_loss, metrics = ppo_clip_loss(logprobs, old_logprobs, advantages, pg_mask, clip_low, clip_high,
-                                     loss_agg_mode)
+                                     loss_agg_mode, clip_ratio_c)
     total = pg_loss
     metrics["pg_loss"] = float(pg_loss.detach())
     if ref_logprobs is not None and kl_coef > 0:
         kl = aggregate(kl_penalty(logprobs, ref_logprobs, kl_kind), mask, loss_agg_mode)
         total = total + kl_coef * kl
         metrics["kl"] = float(kl.detach())
+    if entropy_coeff != 0:
+        if entropy is None:
+            raise ValueError("erl_actor_loss: entropy_coeff != 0 needs the per-token entropy")
+        ent = aggregate(entropy, mask, loss_agg_mode)
+        total = total - entropy_coeff * ent
+        metrics["entropy"] = float(ent.detach())
+    elif entropy is not None:
+        metrics["entropy"] = float(aggregate(entropy.detach(), mask, loss_agg_mode))
     if distill_mode == "sft" and bool(sft_mask.any()):
         nll = distill_nll_loss(logprobs, sft_mask)
         total = total + distill_coef * nll

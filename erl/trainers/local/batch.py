@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from erl.core.losses import token_entropy
 from erl.core.types import SEGMENT_IDS, TokenSample
 
 
@@ -72,9 +73,11 @@ def causal_mask_without_empty_rows(attention_mask: torch.Tensor, kernel: str) ->
     return mask
 
 
-def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0) -> torch.Tensor:
+def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(response token | everything before it), [B, R], under logits / temperature
-    (the distribution the rollout sampled from)."""
+    (the distribution the rollout sampled from); with_entropy: also that distribution's
+    entropy per token [B, R] (from the same log-softmax, so it costs no second forward)."""
     R = batch.responses.shape[1]
     kernel = str(getattr(model.config, "_attn_implementation", None) or "sdpa")
     # Flash-attention kernels take the 2-D mask (they unpad; no empty rows); sdpa and eager a 4-D one.
@@ -88,7 +91,8 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0) -> to
     if temperature > 0:
         logits = logits / temperature
     logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
+    chosen = logp.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
+    return chosen, (token_entropy(logp) if with_entropy else None)
 
 
 def micro_batch_indices(samples: list[TokenSample], size: int) -> list[list[int]]:

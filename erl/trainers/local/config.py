@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from erl.core.config import ConfigError, check_keys
+from erl.core.losses import CLIP_RATIO_C, loss_setting_errors
 
 LOGGERS = ("console", "tensorboard", "wandb")
 
@@ -22,8 +23,10 @@ class LocalTrainerConfig:
     ppo_epochs: int = 1
     clip_low: float = 0.2
     clip_high: float = 0.28
+    clip_ratio_c: float = CLIP_RATIO_C  # dual-clip: a token with A < 0 loses at most -A * clip_ratio_c
     kl_coef: float = 0.0
     kl_kind: str = "low_var_kl"
+    entropy_coeff: float = 0.0  # loss -= entropy_coeff * entropy (an exploration bonus when > 0)
     norm_adv_by_std: bool = True
     loss_agg_mode: str = "token-mean"
     eval_every: int = 5  # 0: only at the end
@@ -53,17 +56,17 @@ class LocalTrainerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "grad_clip", "clip_low", "clip_high", "kl_coef", "eval_temperature",
-                     "time_budget_s"):
+        for name in ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"trainer.{name} must be a number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
-        if self.loss_agg_mode not in ("token-mean", "seq-mean-token-mean"):
-            raise ConfigError(f"trainer.loss_agg_mode must be token-mean or seq-mean-token-mean, got {self.loss_agg_mode!r}")
-        if self.kl_kind not in ("k1", "k2", "low_var_kl"):
-            raise ConfigError(f"trainer.kl_kind must be k1, k2 or low_var_kl, got {self.kl_kind!r}")
+        loss_errors = loss_setting_errors(
+            clip_low=self.clip_low, clip_high=self.clip_high, clip_ratio_c=self.clip_ratio_c, kl_coef=self.kl_coef,
+            kl_kind=self.kl_kind, loss_agg_mode=self.loss_agg_mode, entropy_coeff=self.entropy_coeff)
+        if loss_errors:  # the keys of this section carry the loss's own names
+            raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
         bad = [x for x in self.loggers if x not in LOGGERS]

@@ -137,11 +137,11 @@ class LocalTrainer:
                 "eval/reflection_parse_fail_rate": m["reflection/parse_fail_rate"]}
 
     # ---- update -----------------------------------------------------------------------
-    def _logprobs(self, model, rows: list[TokenSample]):
+    def _logprobs(self, model, rows: list[TokenSample], with_entropy: bool = False):
         batch = pad_samples(rows, self.policy.pad_id).to(self.device)
         with self.autocast():
-            logp = response_logprobs(model, batch, self.erl.temperature)
-        return batch, logp
+            logp, entropy = response_logprobs(model, batch, self.erl.temperature, with_entropy)
+        return batch, logp, entropy
 
     def update(self, samples: list[TokenSample]) -> dict[str, float]:
         cfg, erl = self.cfg, self.erl
@@ -159,7 +159,7 @@ class LocalTrainer:
                     ref[c] = self._logprobs(self.ref_model, rows)[1].float()
         # Gradient accumulation: token-mean weighs each micro-batch by its share of the trained
         # tokens (the summed gradient is then the step's token mean, as in the verl trainer);
-        # seq-mean-token-mean by its share of the rows.
+        # the seq-mean modes by its share of the rows.
         if cfg.loss_agg_mode == "token-mean":
             sizes = [sum(sum(samples[i].response_mask) for i in idx) for idx in chunks]
         else:
@@ -172,15 +172,16 @@ class LocalTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
-                batch, logp = self._logprobs(self.model, rows)
+                batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=cfg.entropy_coeff != 0)
                 logp = logp.float()
                 # One epoch: the rollout policy is the current one, so old = current (ratio 1).
                 old_logp = old[c] if need_old else logp.detach()
                 loss, metrics = erl_actor_loss(
                     logp, old_logp, adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
                     distill_mode=erl.distill_mode, distill_coef=erl.distill_coef,
-                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, ref_logprobs=ref.get(c),
-                    kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind, loss_agg_mode=cfg.loss_agg_mode)
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_ratio_c=cfg.clip_ratio_c,
+                    ref_logprobs=ref.get(c), kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
+                    loss_agg_mode=cfg.loss_agg_mode, entropy=entropy, entropy_coeff=cfg.entropy_coeff)
                 if not torch.isfinite(loss):  # backward of a NaN would poison every gradient
                     if bad is None:
                         bad = nonfinite_facts("loss", rows, batch, logp, adv[idx], loss, self.precision)
@@ -242,7 +243,7 @@ class LocalTrainer:
                         self.model.set_attn_implementation(attn)
                     self.precision = precision
                     self.model.zero_grad(set_to_none=True)
-                    batch, logp = self._logprobs(self.model, rows)
+                    batch, logp, _ = self._logprobs(self.model, rows)
                     (logp.float() * batch.response_mask).sum().backward()
                     finite = bool(torch.isfinite(logp).all()) and all(
                         bool(torch.isfinite(p.grad).all()) for p in self.model.parameters() if p.grad is not None)

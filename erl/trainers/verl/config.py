@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from erl.core.config import ConfigError, ErlConfig, check_keys
+from erl.trainers.verl.loss import loss_settings
 
 ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
 STATE_FILE = "erl_state.json"  # the data cursor of a verl checkpoint folder; its presence marks an ERL checkpoint
@@ -184,16 +185,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
         raise ConfigError(f"actor_rollout_ref.rollout.tensor_model_parallel_size ({tp}) must divide the "
                           f"number of GPUs ({world})")
     _int(actor, "ppo_epochs", "actor_rollout_ref.actor")
-    for key in ("clip_ratio_low", "clip_ratio_high", "kl_loss_coef"):
-        v = actor.get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"actor_rollout_ref.actor.{key} must be a number >= 0, got {v!r}")
-    if actor.get("loss_agg_mode") not in ("token-mean", "seq-mean-token-mean"):
-        raise ConfigError("actor_rollout_ref.actor.loss_agg_mode must be token-mean or seq-mean-token-mean "
-                          f"(what erl.core.losses supports), got {actor.get('loss_agg_mode')!r}")
-    if actor.get("kl_loss_type") not in ("k1", "k2", "low_var_kl"):
-        raise ConfigError(f"actor_rollout_ref.actor.kl_loss_type must be k1, k2 or low_var_kl, "
-                          f"got {actor.get('kl_loss_type')!r}")
+    loss_settings(plain)  # every loss-deciding key (the HONOURED / NEUTRAL tables) or ConfigError
     tr = plain["trainer"]
     if tr.get("resume_mode", "auto") not in ("auto", "disable", "resume_path"):
         raise ConfigError(f"trainer.resume_mode must be auto, disable or resume_path, got {tr.get('resume_mode')!r}")

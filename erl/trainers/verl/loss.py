@@ -10,7 +10,8 @@ mean over the tokens of the whole mini-batch on all data-parallel ranks, with gr
 averaged across ranks; so each micro-batch loss is weighted by
     (its response tokens / all response tokens of the mini-batch) * dp_size,
 which makes the summed gradient the global token mean (exactly, for the PG term with
-token-mean aggregation; the distill and KL terms are weighted the same way).
+token-mean aggregation; the distill and KL terms are weighted the same way). The seq-mean
+modes weigh it by its rows with tokens / all such rows of the mini-batch, likewise.
 """
 
 from __future__ import annotations
@@ -18,21 +19,75 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import torch
+from erl.core.config import ConfigError
+from erl.core.losses import CLIP_RATIO_C, erl_actor_loss, loss_setting_errors
 
-from erl.core.losses import erl_actor_loss
+ACTOR = "actor_rollout_ref.actor"
+# verl's settings that decide the actor loss, mapped to erl_actor_loss's arguments. verl's own
+# policy-loss code never runs (install_loss replaces it), so this is all that a verl config can
+# change about the loss; the values allowed are erl.core.losses' (configs/verl/README.md has the table).
+HONOURED = {
+    "clip_low": f"{ACTOR}.clip_ratio_low",  # null: clip_ratio, as in verl
+    "clip_high": f"{ACTOR}.clip_ratio_high",  # null: clip_ratio
+    "clip_ratio_c": f"{ACTOR}.clip_ratio_c",
+    "loss_agg_mode": f"{ACTOR}.loss_agg_mode",
+    "kl_coef": f"{ACTOR}.kl_loss_coef",  # used when use_kl_loss is true
+    "kl_kind": f"{ACTOR}.kl_loss_type",
+    "entropy_coeff": f"{ACTOR}.entropy_coeff",
+    "policy_loss_mode": f"{ACTOR}.policy_loss.loss_mode",
+}
+# Settings that verl's loss or advantage code would act on and ERL's has no counterpart for:
+# only the neutral value is accepted (key -> (neutral value, why)).
+NEUTRAL = {
+    f"{ACTOR}.loss_scale_factor": (None, "it only scales seq-mean-token-sum-norm, which ERL does not implement"),
+    "algorithm.adv_estimator": ("grpo", "ERL computes GRPO advantages itself, per task and segment"),
+    "algorithm.use_kl_in_reward": (False, "ERL's rewards carry no KL penalty; use actor.use_kl_loss"),
+    "algorithm.rollout_correction.rollout_is": (None, "ERL's loss applies no rollout importance weights"),
+    "algorithm.rollout_correction.rollout_rs": (None, "ERL's loss applies no rollout rejection sampling"),
+    "algorithm.rollout_correction.bypass_mode": (False, "ERL's loss always uses the recomputed old log-probs"),
+}
+
+
+def _get(cfg: dict, dotted: str, default: Any) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
 
 
 def loss_settings(cfg: dict) -> dict:
-    """The loss's knobs, from the plain (resolved) config: verl's actor section + `erl:`."""
-    actor, erl = cfg["actor_rollout_ref"]["actor"], cfg["erl"]
-    use_kl = bool(actor.get("use_kl_loss", False))
-    return {
-        "distill_mode": erl["distill_mode"], "distill_coef": float(erl["distill_coef"]),
-        "clip_low": float(actor["clip_ratio_low"]), "clip_high": float(actor["clip_ratio_high"]),
-        "kl_coef": float(actor["kl_loss_coef"]) if use_kl else 0.0, "kl_kind": actor["kl_loss_type"],
-        "loss_agg_mode": actor["loss_agg_mode"],
+    """erl_actor_loss's keyword arguments from the plain (resolved) config: verl's actor section
+    + `erl:`. Any value the ERL loss would not honour raises ConfigError naming the key (the
+    driver calls this before Ray starts). Missing keys take verl's defaults."""
+    actor = cfg["actor_rollout_ref"]["actor"]
+    clip = actor.get("clip_ratio", 0.2)
+    values = {
+        "clip_low": clip if actor.get("clip_ratio_low") is None else actor["clip_ratio_low"],
+        "clip_high": clip if actor.get("clip_ratio_high") is None else actor["clip_ratio_high"],
+        "clip_ratio_c": actor.get("clip_ratio_c", CLIP_RATIO_C),
+        "loss_agg_mode": actor.get("loss_agg_mode", "token-mean"),
+        "kl_coef": actor.get("kl_loss_coef", 0.001), "kl_kind": actor.get("kl_loss_type", "low_var_kl"),
+        "entropy_coeff": actor.get("entropy_coeff", 0.0),
+        "policy_loss_mode": _get(actor, "policy_loss.loss_mode", "vanilla"),
     }
+    errors = [f"{HONOURED[k]} must be {v}" for k, v in loss_setting_errors(**values).items()]
+    use_kl = actor.get("use_kl_loss", False)
+    if not isinstance(use_kl, bool):
+        errors.append(f"{ACTOR}.use_kl_loss must be true or false, got {use_kl!r}")
+    for key, (neutral, why) in NEUTRAL.items():
+        got = _get(cfg, key, neutral)
+        if got != neutral:
+            errors.append(f"{key} must be {neutral!r} ({why}), got {got!r}")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    del values["policy_loss_mode"]  # only vanilla exists: erl_actor_loss has no switch for it
+    erl = cfg["erl"]
+    return {**values, "clip_low": float(values["clip_low"]), "clip_high": float(values["clip_high"]),
+            "clip_ratio_c": float(values["clip_ratio_c"]), "entropy_coeff": float(values["entropy_coeff"]),
+            "kl_coef": float(values["kl_coef"]) if use_kl else 0.0,
+            "distill_mode": erl["distill_mode"], "distill_coef": float(erl["distill_coef"])}
 
 
 def _non_tensor(data: Any, key: str, default: Any) -> Any:
@@ -48,6 +103,9 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     from verl.workers.utils.padding import no_padding_2_padding
 
     logprobs = no_padding_2_padding(model_output["log_probs"], data).float()  # [b, R]
+    entropy = model_output.get("entropy")  # present when the update asked for calculate_entropy
+    if entropy is not None:
+        entropy = no_padding_2_padding(entropy, data).float()
     keys = ["response_mask", "old_log_probs", "advantages", "segment_ids"]
     if "ref_log_prob" in data.keys():  # noqa: SIM118 - a TensorDict, not a dict
         keys.append("ref_log_prob")
@@ -55,15 +113,16 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     mask = sel["response_mask"].to(logprobs.dtype)
     adv = sel["advantages"].to(logprobs.dtype)
     ref = sel["ref_log_prob"].float() if "ref_log_prob" in keys and settings["kl_coef"] > 0 else None
-    loss, metrics = erl_actor_loss(
-        logprobs, sel["old_log_probs"].float(), adv, mask, sel["segment_ids"],
-        distill_mode=settings["distill_mode"], distill_coef=settings["distill_coef"],
-        clip_low=settings["clip_low"], clip_high=settings["clip_high"], ref_logprobs=ref,
-        kl_coef=settings["kl_coef"], kl_kind=settings["kl_kind"], loss_agg_mode=settings["loss_agg_mode"])
-    total_tokens = float(_non_tensor(data, "batch_num_tokens", 0) or 0)
+    loss, metrics = erl_actor_loss(logprobs, sel["old_log_probs"].float(), adv, mask, sel["segment_ids"],
+                                   ref_logprobs=ref, entropy=entropy, **settings)
+    # token-mean: this micro-batch's share of the mini-batch's tokens; seq-mean modes: its
+    # share of the rows that have tokens (global_batch_size counts those rows, see trainer.update)
+    if settings["loss_agg_mode"] == "token-mean":
+        local, total = float(mask.sum()), float(_non_tensor(data, "batch_num_tokens", 0) or 0)
+    else:
+        local, total = float((mask.sum(-1) > 0).sum()), float(_non_tensor(data, "global_batch_size", 0) or 0)
     dp_size = int(_non_tensor(data, "dp_size", 1) or 1)
-    local_tokens = float(mask.sum())
-    scale = local_tokens / total_tokens * dp_size if total_tokens > 0 else 1.0
+    scale = local / total * dp_size if total > 0 else 1.0
     metrics = {f"erl/{k}": v for k, v in metrics.items()}
     metrics["erl/loss_scale"] = scale
     return loss * scale, metrics
@@ -78,12 +137,3 @@ def make_loss_fn(cfg: dict):
 def install_loss(actor_rollout_wg: Any, cfg: dict) -> None:
     """Replace verl's PPO loss on every actor worker with ERL's."""
     actor_rollout_wg.set_loss_fn(make_loss_fn(cfg))
-
-
-def reference_loss(logprobs: torch.Tensor, old: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                   segment_ids: torch.Tensor, settings: dict, ref: torch.Tensor | None = None):
-    """The same call on plain padded tensors (the local trainer's path), for comparisons."""
-    return erl_actor_loss(logprobs, old, adv, mask, segment_ids, distill_mode=settings["distill_mode"],
-                          distill_coef=settings["distill_coef"], clip_low=settings["clip_low"],
-                          clip_high=settings["clip_high"], ref_logprobs=ref, kl_coef=settings["kl_coef"],
-                          kl_kind=settings["kl_kind"], loss_agg_mode=settings["loss_agg_mode"])

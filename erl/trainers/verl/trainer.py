@@ -144,9 +144,14 @@ class ErlVerlTrainer:
                 data)
         t2 = time.perf_counter()
         rows = len(data)
+        # the seq-mean loss modes divide by global_batch_size: count only rows that train a token
+        # (pad_to_multiple's fillers train none); entropy only when the loss or the user needs it
+        trained_rows = max(int((data.batch["response_mask"].sum(-1) > 0).sum()), 1)
+        entropy = bool(actor.get("calculate_entropy")) or float(actor.get("entropy_coeff", 0)) != 0
         td = to_engine_tensordict(
-            data, temperature=temperature, calculate_entropy=False, distillation_use_topk=False,
-            distillation_only=False, global_batch_size=rows, mini_batch_size=rows, epochs=int(actor["ppo_epochs"]),
+            data, temperature=temperature, calculate_entropy=entropy, distillation_use_topk=False,
+            distillation_only=False, global_batch_size=trained_rows, mini_batch_size=rows,
+            epochs=int(actor["ppo_epochs"]),
             seed=int(actor.get("data_loader_seed", 42)), dataloader_kwargs={"shuffle": False}, compute_loss=True)
         m.update({f"actor/{k}": v for k, v in reduce_metrics(self.workers.update_actor(td)).items()})
         t3 = time.perf_counter()
