@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,9 @@ class Tracker:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines the interrupted run wrote after its last checkpoint."""
-        if self.path.is_file():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if self.path.is_file():  # a crash mid-write leaves a torn last line: read_metrics drops it
+            keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -51,9 +53,23 @@ class Tracker:
             self._wandb.finish()
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl ([] when it does not exist). A last line that is not JSON is
+    a write cut short (a killed run, or a reader racing the writer): it is skipped and reported
+    through `warn`. A bad line before the last is corruption, not a torn write: ValueError."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    lines = [(i, ln) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    rows = []
+    for k, (i, ln) in enumerate(lines):
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError as exc:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path}:{i}: not a JSON line ({exc.msg}): the metrics file is corrupt") from None
+            (warn or warnings.warn)(f"{path}:{i}: the last line is not complete JSON (a torn write), skipped")
+    return rows
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -90,8 +106,9 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     return out_png
 
 
-def _wall_clock(rows: list[dict]) -> dict[int, float]:
-    """Minutes of training (rollout + update) done by the end of each step."""
+def training_minutes(rows: list[dict]) -> dict[int, float]:
+    """Minutes of training done by the end of each step: the sum of `time/step` (rollout +
+    update, + weight sync on verl); evaluation is not timed into it on either trainer."""
     total, out = 0.0, {0: 0.0}
     for r in rows:
         if "time/step" in r:
@@ -113,7 +130,7 @@ def plot_compare(runs: dict[str, Any], out_png: Path, key: str = "eval/success",
         rows = read_metrics(path)
         xs, ys = _series(rows, key)
         axes[0].plot(xs, ys, marker="o", label=label)
-        clock = _wall_clock(rows)
+        clock = training_minutes(rows)
         axes[1].plot([clock.get(x, float("nan")) for x in xs], ys, marker="o", label=label)
         xs, ys = _series(rows, "attempt1/success")
         axes[2].plot(xs, ys, marker=".", label=label)
