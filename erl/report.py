@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from erl.core.config import MODES
-from erl.tracking import read_metrics, training_minutes
+from erl.tracking import read_metrics
 
 # ERL_SPEC section 5: the paper's final eval success, RLVR -> ERL, read from its figures
 # (8 GPUs, verl 0.6.1); the second digit is approximate.
@@ -67,6 +67,7 @@ class Run:
     evals: dict[int, float]  # step -> eval/success
     minutes: dict[int, float]  # step -> training minutes done by then
     last_step: int
+    train_success: dict[int, float]  # step -> attempt1/success of the training rollouts
 
 
 @dataclass
@@ -90,6 +91,17 @@ class Group:
     @property
     def final(self) -> float:
         return float(self.mean[-1]) if self.steps else float("nan")
+
+
+def training_minutes(rows: list[dict]) -> dict[int, float]:
+    """Minutes of training done by the end of each step: the sum of `time/step` (rollout +
+    update, + weight sync on verl); evaluation is not timed into it on either trainer."""
+    total, out = 0.0, {0: 0.0}
+    for r in rows:
+        if "time/step" in r:
+            total += r["time/step"]
+            out[r["step"]] = total / 60
+    return out
 
 
 def _get(cfg: dict, keys: str, file: Path):
@@ -134,10 +146,13 @@ def load_run(folder: Path, warn) -> Run | None:
         raise ReportError(str(exc)) from None
     if any("step" not in r for r in rows):
         raise ReportError(f"{metrics_file}: a row without a `step` key")
-    evals = {int(r["step"]): float(r["eval/success"]) for r in rows if "eval/success" in r}
+    def curve(key: str) -> dict[int, float]:
+        return {int(r["step"]): float(r[key]) for r in rows if key in r}
+
     return Run(folder, cfg_file, metrics_file, trainer, str(_get(cfg, "env.name", cfg_file)),
-               str(_get(cfg, "erl.mode", cfg_file)), seed, str(_get(cfg, model, cfg_file)), evals,
-               training_minutes(rows), max((int(r["step"]) for r in rows), default=0))
+               str(_get(cfg, "erl.mode", cfg_file)), seed, str(_get(cfg, model, cfg_file)),
+               curve("eval/success"), training_minutes(rows), max((int(r["step"]) for r in rows), default=0),
+               curve("attempt1/success"))
 
 
 def find_runs(patterns: list[str], warn) -> list[Run]:
@@ -264,31 +279,37 @@ def colour(method: str, seen: dict[str, str]) -> str:
     return seen.setdefault(method, OTHER_COLOURS[len(seen) % len(OTHER_COLOURS)])
 
 
-def plot_env(env: str, groups: list[Group], out_png: Path) -> Path:
-    """Mean eval success over seeds by step and by training minutes; the band is min-max."""
+def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool = False) -> Path:
+    """Mean eval success over seeds by step and by training minutes, the band min-max; with
+    `train_panel`, a third panel of each run's training first-attempt success (erl-compare)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3 if train_panel else 2, figsize=(17 if train_panel else 12, 4.2))
     others: dict[str, str] = {}
     for g in groups:
-        if not g.steps:
-            continue
         c, ls = colour(g.method, others), "-" if g.trainer == "local" else "--"
         n = len([r for r in g.runs if r.evals])
         label = f"{g.label} ({n} seed{'s' if n > 1 else ''})"
         for ax, xs in zip(axes, (np.array(g.steps, dtype=float), g.minutes)):
-            ax.plot(xs, g.mean, marker="o", ms=3, color=c, ls=ls, label=label)
-            ax.fill_between(xs, g.lo, g.hi, color=c, alpha=0.18, lw=0)
+            if g.steps:
+                ax.plot(xs, g.mean, marker="o", ms=3, color=c, ls=ls, label=label)
+                ax.fill_between(xs, g.lo, g.hi, color=c, alpha=0.18, lw=0)
+        for i, r in enumerate(g.runs if train_panel else []):
+            steps = sorted(r.train_success)
+            axes[2].plot(steps, [r.train_success[k] for k in steps], marker=".", color=c, ls=ls, alpha=0.7,
+                         label=g.label if i == 0 else None)
     axes[0].set(xlabel="training step", ylabel="eval success (greedy first attempt)", ylim=(-0.05, 1.05))
     axes[1].set(xlabel="training minutes (sum of time/step; eval excluded)", ylim=(-0.05, 1.05))
+    if train_panel:
+        axes[2].set(title="training rollouts: first-attempt success", xlabel="training step", ylim=(-0.05, 1.05))
     for ax in axes:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{env}: mean over seeds, band = min-max")
+    fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
@@ -315,7 +336,7 @@ def write_report(patterns: list[str], out_md: Path, plots: Path, command: str, w
            f"Written by `{command}` from {len(runs)} run folders.", "",
            DEFINITIONS]
     for env, groups in envs.items():
-        png = plot_env(env, groups, plots / f"{env}_eval_success.png")
+        png = plot_env(groups, plots / f"{env}_eval_success.png", f"{env}: mean over seeds, band = min-max")
         out += ["", f"## {env}", "", *env_table(groups)]
         notes = [f"{g.label}: {n}" for g in groups for n in g.notes]
         out += ["", *[f"- note: {n}" for n in notes]] if notes else []

@@ -7,7 +7,6 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
@@ -104,45 +103,6 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
-
-
-def training_minutes(rows: list[dict]) -> dict[int, float]:
-    """Minutes of training done by the end of each step: the sum of `time/step` (rollout +
-    update, + weight sync on verl); evaluation is not timed into it on either trainer."""
-    total, out = 0.0, {0: 0.0}
-    for r in rows:
-        if "time/step" in r:
-            total += r["time/step"]
-            out[r["step"]] = total / 60
-    return out
-
-
-def plot_compare(runs: dict[str, Any], out_png: Path, key: str = "eval/success", title: str = "") -> Path:
-    """ERL vs baselines: eval success per step and per minute of training, and the training
-    first-attempt success per step. `runs` maps label -> metrics.jsonl path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for label, path in runs.items():
-        rows = read_metrics(path)
-        xs, ys = _series(rows, key)
-        axes[0].plot(xs, ys, marker="o", label=label)
-        clock = training_minutes(rows)
-        axes[1].plot([clock.get(x, float("nan")) for x in xs], ys, marker="o", label=label)
-        xs, ys = _series(rows, "attempt1/success")
-        axes[2].plot(xs, ys, marker=".", label=label)
-    axes[0].set(title=title or key, xlabel="step", ylabel=key, ylim=(-0.05, 1.05))
-    axes[1].set(title=f"{key} per training minute", xlabel="minutes (rollout + update)", ylim=(-0.05, 1.05))
-    axes[2].set(title="training: first-attempt success", xlabel="step", ylim=(-0.05, 1.05))
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
 
 
 # Metrics that a resumed run must reproduce exactly (they count sampled tokens and outcomes:
