@@ -146,6 +146,7 @@ def load_run(folder: Path, warn) -> Run | None:
         raise ReportError(str(exc)) from None
     if any("step" not in r for r in rows):
         raise ReportError(f"{metrics_file}: a row without a `step` key")
+
     def curve(key: str) -> dict[int, float]:
         return {int(r["step"]): float(r[key]) for r in rows if key in r}
 
@@ -159,12 +160,14 @@ def find_runs(patterns: list[str], warn) -> list[Run]:
     """Run folders under every argument (a folder, a file in one, or a glob), recursively."""
     folders: set[Path] = set()
     for pat in patterns:
-        hits = glob.glob(pat, recursive=True) if glob.has_magic(pat) else [pat] if os.path.exists(pat) else []
+        magic = any(c in pat for c in "*?[")
+        hits = glob.glob(pat, recursive=True) if magic else [pat] if os.path.exists(pat) else []
         if not hits:
             raise ReportError(f"{pat!r} matches no file or folder")
         for hit in map(Path, hits):
             root = hit if hit.is_dir() else hit.parent
-            folders |= {p.parent for name in ("config.json", "config.yaml", "*.jsonl") for p in root.rglob(name)}
+            # resolved: one folder reached through two arguments is one run, not two seeds
+            folders |= {p.parent.resolve() for name in ("config.json", "config.yaml", "*.jsonl") for p in root.rglob(name)}
     runs = []
     for folder in sorted(folders):
         run = load_run(folder, warn)
@@ -178,7 +181,8 @@ def find_runs(patterns: list[str], warn) -> list[Run]:
 
 
 def aggregate(env: str, method: str, trainer: str, runs: list[Run]) -> Group:
-    g = Group(env, method, trainer, sorted(runs, key=lambda r: str(r.seed)))
+    by_seed = sorted(runs, key=lambda r: (0, r.seed, "") if isinstance(r.seed, int) else (1, 0, str(r.seed)))
+    g = Group(env, method, trainer, by_seed)
     with_evals = [r for r in g.runs if r.evals]
     for r in g.runs:
         if not r.evals:
