@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
@@ -29,9 +30,9 @@ class Tracker:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines the interrupted run wrote after its last checkpoint."""
-        if self.path.is_file():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+        if self.path.is_file():  # a crash mid-write leaves a torn last line: read_metrics drops it
+            keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
@@ -51,9 +52,23 @@ class Tracker:
             self._wandb.finish()
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """The rows of a metrics.jsonl ([] when it does not exist). A last line that is not JSON is
+    a write cut short (a killed run, or a reader racing the writer): it is skipped and reported
+    through `warn`. A bad line before the last is corruption, not a torn write: ValueError."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    lines = [(i, ln) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    rows = []
+    for k, (i, ln) in enumerate(lines):
+        try:
+            rows.append(json.loads(ln))
+        except json.JSONDecodeError as exc:
+            if k < len(lines) - 1:
+                raise ValueError(f"{path}:{i}: not a JSON line ({exc.msg}): the metrics file is corrupt") from None
+            (warn or warnings.warn)(f"{path}:{i}: the last line is not complete JSON (a torn write), skipped")
+    return rows
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -88,44 +103,6 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
-
-
-def _wall_clock(rows: list[dict]) -> dict[int, float]:
-    """Minutes of training (rollout + update) done by the end of each step."""
-    total, out = 0.0, {0: 0.0}
-    for r in rows:
-        if "time/step" in r:
-            total += r["time/step"]
-            out[r["step"]] = total / 60
-    return out
-
-
-def plot_compare(runs: dict[str, Any], out_png: Path, key: str = "eval/success", title: str = "") -> Path:
-    """ERL vs baselines: eval success per step and per minute of training, and the training
-    first-attempt success per step. `runs` maps label -> metrics.jsonl path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for label, path in runs.items():
-        rows = read_metrics(path)
-        xs, ys = _series(rows, key)
-        axes[0].plot(xs, ys, marker="o", label=label)
-        clock = _wall_clock(rows)
-        axes[1].plot([clock.get(x, float("nan")) for x in xs], ys, marker="o", label=label)
-        xs, ys = _series(rows, "attempt1/success")
-        axes[2].plot(xs, ys, marker=".", label=label)
-    axes[0].set(title=title or key, xlabel="step", ylabel=key, ylim=(-0.05, 1.05))
-    axes[1].set(title=f"{key} per training minute", xlabel="minutes (rollout + update)", ylim=(-0.05, 1.05))
-    axes[2].set(title="training: first-attempt success", xlabel="step", ylim=(-0.05, 1.05))
-    for ax in axes:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
 
 
 # Metrics that a resumed run must reproduce exactly (they count sampled tokens and outcomes:

@@ -56,3 +56,31 @@ def test_cli_exit_code(tmp_path, capsys):
     assert "NOT reproduced" in capsys.readouterr().out
     assert main([str(a), str(b), "--step", "11", "--control", str(c)]) == 0
     assert "REPRODUCED within run-to-run noise" in capsys.readouterr().out
+
+
+def test_resume_after_a_torn_write_drops_the_torn_line(tmp_path):
+    """A run killed mid-write leaves half a line; resuming from the step-1 checkpoint must not
+    crash on it, and keeps exactly the rows up to step 1."""
+    import warnings
+
+    from erl.tracking import Tracker, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0, "eval/success": 0.25}\n{"step": 1, "time/step": 2.0}\n'
+                    '{"step": 2, "time/step": 3.0}\n{"step": 3, "time/st')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Tracker(tmp_path, loggers=[]).truncate_after(1)
+    assert read_metrics(path) == [{"step": 0, "eval/success": 0.25}, {"step": 1, "time/step": 2.0}]
+    assert any("metrics.jsonl:4" in str(w.message) for w in caught)
+
+
+def test_a_bad_line_before_the_last_is_an_error(tmp_path):
+    import pytest
+
+    from erl.tracking import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1, oops\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="metrics.jsonl:2"):
+        read_metrics(path)

@@ -7,6 +7,7 @@ RLVR baseline (and optionally the ablations) — with one plot and one results t
 Every mode runs with the same seed, tasks and overrides; RLVR samples 2n first attempts
 per task where ERL samples n per attempt, so both spend the same rollouts per task.
 Writes OUT/<mode>/ (each a normal erl-train run), OUT/compare.png and OUT/results.md.
+One seed per call (`-- seed=1`); `erl-report OUT_s0 OUT_s1 ...` summarises several over seeds.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def results_table(summaries: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from erl.tracking import plot_compare, read_metrics
+    from erl.report import group_runs, load_run, plot_env
+    from erl.tracking import read_metrics
     from erl.trainers.local.run import train
 
     p = argparse.ArgumentParser(prog="erl-compare", description=__doc__.split("\n\n")[0])
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every mode (after --)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    summaries, runs = [], {}
+    summaries, runs = [], []
     try:
         for mode in args.modes:
             cfg = compose([*args.overrides, f"erl.mode={mode}", f"trainer.output_dir={out / mode}"])
@@ -76,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg)
             rows = read_metrics(out / mode / "metrics.jsonl")
             summaries.append(summarize(mode, rows, time.perf_counter() - start))
-            runs[mode] = out / mode / "metrics.jsonl"
+            runs.append(load_run(out / mode, warn=lambda msg: print(msg, file=sys.stderr)))
     except ConfigError as exc:
         print(f"erl-compare: error: {exc}", file=sys.stderr)
         return 2
-    plot_compare(runs, out / "compare.png", title="first-attempt eval success (no reflection, no memory)")
+    # erl-report's figure (one seed per mode here), plus the training rollouts' first attempts
+    (groups,) = group_runs(runs).values()  # every mode ran on the same env
+    plot_env(groups, out / "compare.png", "first-attempt eval success (no reflection, no memory)", train_panel=True)
     table = results_table(summaries)
     (out / "results.md").write_text(table)
     (out / "results.json").write_text(json.dumps(summaries, indent=1))

@@ -1,0 +1,130 @@
+"""erl-report on hand-written run folders: every number in the table worked out by hand."""
+
+import json
+
+import pytest
+
+from erl.cli.report import main
+
+STEP_SECONDS = {"erl": 45.0, "rlvr": 30.0, "no_memory": 30.0, "no_reflection": 30.0, "my_variant": 30.0}
+
+
+def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False):
+    """A run folder as the trainer writes it: eval-only row at step 0, then one row per step
+    with its timings (STEP_SECONDS[mode] each), eval/success on the steps in `evals`."""
+    folder.mkdir(parents=True)
+    rows = [{"step": 0, "eval/success": evals[0]}] if 0 in evals else [{"step": 0}]
+    for k in range(1, steps + 1):
+        t = STEP_SECONDS[mode]
+        rows.append({"step": k, "time/rollout": t / 3, "time/update": 2 * t / 3, "time/step": t,
+                     "attempt1/success": 0.1, **({"eval/success": evals[k]} if k in evals else {})})
+    text = "".join(json.dumps(r) + "\n" for r in rows) + ('{"step": 99, "eval/succ' if torn else "")
+    if trainer == "local":
+        cfg = {"env": {"name": env}, "erl": {"mode": mode}, "seed": seed, "model": {"path": "tiny"},
+               "trainer": {"total_steps": steps}}
+        (folder / "config.json").write_text(json.dumps(cfg))
+        (folder / "metrics.jsonl").write_text(text)
+    else:  # verl: a Hydra YAML with erl_trainer, the metrics file it names
+        (folder / "config.yaml").write_text(
+            f"env:\n  name: {env}\nerl:\n  mode: {mode}\nerl_trainer:\n  seed: {seed}\n  metrics_file: m.jsonl\n"
+            "actor_rollout_ref:\n  model:\n    path: /models/Qwen3-4B\n")
+        (folder / "m.jsonl").write_text(text)
+        # a checkpoint inside it holds a model config.json but no metrics: not a run
+        (folder / "global_step_1" / "actor" / "huggingface").mkdir(parents=True)
+        (folder / "global_step_1" / "actor" / "huggingface" / "config.json").write_text("{}")
+
+
+@pytest.fixture
+def runs(tmp_path):
+    r = tmp_path / "runs"
+    fl = r / "fl"
+    write_run(fl / "rlvr-s0", "frozenlake", "rlvr", 0, {0: 0.25, 2: 0.25, 4: 0.5}, 4)
+    write_run(fl / "rlvr-s1", "frozenlake", "rlvr", 1, {0: 0.25, 2: 0.5, 4: 0.5}, 4)
+    write_run(fl / "erl-s0", "frozenlake", "erl", 0, {0: 0.25, 2: 0.5, 4: 0.75}, 4)
+    write_run(fl / "erl-s1", "frozenlake", "erl", 1, {0: 0.25, 2: 0.5, 4: 1.0}, 4)
+    # different lengths: aligned on steps 0, 2, 4; seed 1's last line is torn
+    write_run(fl / "nomem-s0", "frozenlake", "no_memory", 0, {0: 0.25, 2: 0.25, 4: 0.5}, 4)
+    write_run(fl / "nomem-s1", "frozenlake", "no_memory", 1, {0: 0.25, 2: 0.25, 4: 0.25, 6: 1.0}, 6, torn=True)
+    write_run(fl / "norefl-s0", "frozenlake", "no_reflection", 0, {}, 3)
+    write_run(fl / "variant-s0", "frozenlake", "my_variant", 0, {0: 0.0, 4: 0.125}, 4)
+    write_run(r / "sok" / "erl", "sokoban", "erl", 7, {0: 0.0, 1: 0.5}, 1, trainer="verl")
+    write_run(r / "sok" / "rlvr", "sokoban", "rlvr", 7, {0: 0.0, 1: 0.25}, 1, trainer="verl")
+    return tmp_path
+
+
+def section(text, env):
+    return text.split(f"## {env}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def cells(text, env, label):
+    line = next(ln for ln in section(text, env).splitlines() if ln.startswith(f"| {label} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_report_numbers_plots_and_sources(runs, capsys):
+    out = runs / "docs" / "results.md"
+    # erl-s0 reached twice (inside runs/fl, and by another path) is still one run
+    again = runs / "runs" / "sok" / ".." / "fl" / "erl-s0"
+    assert main([str(runs / "runs" / "fl"), str(again), str(runs / "runs" / "sok" / "*"), "--out", str(out),
+                 "--plots", str(runs / "docs" / "plots")]) == 0
+    text = out.read_text()
+    # rlvr: means 0.25, 0.375, 0.5 -> final 0.5, both seeds 0.5 (std 0); reaches its own 0.5 at step 4 = 4 x 30 s
+    assert cells(text, "frozenlake", "rlvr") == ["rlvr", "2 (0, 1)", "0.500 ± 0.000 (0.500-0.500) [4]", "0.500 [4]",
+                                                 "4", "2.0", "4", "2.0"]
+    # erl: final (0.75 + 1) / 2 = 0.875, sample std sqrt(2 x 0.125^2 / 1) = 0.177; its mean is 0.5 at
+    # step 2 already (2 x 45 s = 1.5 min); 4 steps x 45 s = 3.0 min
+    assert cells(text, "frozenlake", "erl") == ["erl", "2 (0, 1)", "0.875 ± 0.177 (0.750-1.000) [4]", "0.875 [4]",
+                                                "2", "1.5", "4", "3.0"]
+    # no_memory: common steps 0, 2, 4 (seed 1's step 6 dropped): final (0.5 + 0.25) / 2 = 0.375 < 0.5;
+    # the torn line is not a step; total minutes (4 + 6) x 30 s / 2 = 2.5
+    assert cells(text, "frozenlake", "no_memory") == ["no_memory", "2 (0, 1)", "0.375 ± 0.177 (0.250-0.500) [4]",
+                                                      "0.375 [4]", "not reached", "not reached", "4-6", "2.5"]
+    assert cells(text, "frozenlake", "no_reflection")[2] == "no eval"
+    # an unknown mode is its own group, after the known ones; one seed: no std
+    assert cells(text, "frozenlake", "my_variant")[1:5] == ["1 (0)", "0.125 ± n/a (0.125-0.125) [4]", "0.125 [4]",
+                                                            "not reached"]
+    fl = section(text, "frozenlake")
+    assert [ln.split("|")[1].strip() for ln in fl.splitlines() if ln.startswith("| ")][1:6] == [
+        "erl", "rlvr", "no_reflection", "no_memory", "my_variant"]
+    assert "aligned on the 3 eval steps all share (last: 4)" in fl and "no eval rows" in fl
+    # verl runs: found through config.yaml + erl_trainer.metrics_file; the checkpoint is no run
+    assert cells(text, "sokoban", "erl (verl)")[1:6] == ["1 (7)", "0.500 ± n/a (0.500-0.500) [1]", "0.500 [1]", "1",
+                                                         "0.8"]
+    # the paper's numbers beside ours, labelled as the paper's
+    assert cells(text, "frozenlake", "erl")[:5] and "| erl | 0.875 | 0.94 | 0.66 |" in fl
+    assert "| rlvr | 0.500 | 0.86 | 0.39 |" in fl and "The paper's numbers, **not from these runs**" in fl
+    assert "| rlvr (verl) | 0.250 | 0.06 | 0.04 |" in section(text, "sokoban")
+    # plots: one per env, cited relative to results.md; every source file named relative too
+    for env in ("frozenlake", "sokoban"):
+        png = runs / "docs" / "plots" / f"{env}_eval_success.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"](plots/{env}_eval_success.png)" in text
+    assert "`../runs/fl/erl-s1/metrics.jsonl` (config `../runs/fl/erl-s1/config.json`)" in fl
+    assert "`../runs/sok/erl/m.jsonl` (config `../runs/sok/erl/config.yaml`)" in text
+    assert "global_step_1" not in text
+    err = capsys.readouterr().err
+    assert "nomem-s1/metrics.jsonl:8: the last line is not complete JSON" in err
+    assert "## Warnings while reading" in text and "nomem-s1/metrics.jsonl:8" in text
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for args, msg in ([[str(tmp_path / "nothing*")], "matches no file or folder"],
+                      [[str(tmp_path / "empty")], "no run folders"]):
+        assert main([*args, "--out", str(tmp_path / "r.md")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("erl-report: error:") and msg in err
+    write_run(tmp_path / "bad", "frozenlake", "erl", 0, {0: 0.5, 1: 0.5}, 2)
+    lines = (tmp_path / "bad" / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:10]  # a damaged line in the middle is corruption, not a torn write
+    (tmp_path / "bad" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "r.md")]) == 2
+    assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"env": {"name": "frozenlake"}, "seed": 0}))
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 0, "eval/success": 0.5}\n')
+    assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "r.md")]) == 2
+    assert "config.json: no `erl.mode`" in capsys.readouterr().err
+    assert not (tmp_path / "r.md").exists()
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
