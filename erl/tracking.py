@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from erl.fileio import atomic_write, write_file
 
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
 
 
 class Tracker:
-    def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl"):
+    """`purge_step`: the first step a resumed run logs; TensorBoard hides the interrupted run's
+    points from there on (it would otherwise draw both timelines over each other)."""
+
+    def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl",
+                 purge_step: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
@@ -21,22 +28,23 @@ class Tracker:
         if "tensorboard" in self.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_step)
         if "wandb" in self.loggers:
             import wandb  # optional extra: pip install erl[wandb]
 
             self._wandb = wandb.init(project=project, config=config, dir=str(self.out_dir))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines the interrupted run wrote after its last checkpoint."""
+        """On resume, drop lines the interrupted run wrote after its last checkpoint (and a line
+        torn by the kill). Written new, then renamed over: a crash here loses nothing."""
         if self.path.is_file():
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            keep = [r for r in read_metrics(self.path) if r["step"] <= step]
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
+        # one append + fsync per step: a kill leaves at most one torn last line, which readers drop
+        write_file(self.path, (json.dumps({"step": step, **clean}) + "\n").encode(), append=True)
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, step)
@@ -52,8 +60,25 @@ class Tracker:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl. A last line that does not parse is one a kill tore mid-write:
+    dropped (its step is recomputed on resume). A bad line before it is damage: an error."""
     path = Path(path)
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    if not path.is_file():
+        return []
+    lines = [(i, ln) for i, ln in enumerate(path.read_text().splitlines(), 1) if ln.strip()]
+    rows = []
+    for n, (i, ln) in enumerate(lines):
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if n == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{i} is not a metrics line; only the last line may be torn by a crash, "
+                             "so the file was damaged otherwise")
+        rows.append(row)
+    return rows
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -85,8 +110,10 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write(out_png, buf.getvalue())  # a kill mid-plot must not leave a broken image
     return out_png
 
 
