@@ -98,7 +98,8 @@ def remove_leftovers(root: Path) -> list[Path]:
 def _retire(folder: Path) -> None:
     """Delete a checkpoint folder so that no crash leaves it looking complete."""
     gone = folder.with_name(folder.name + ".del")
-    shutil.rmtree(gone, ignore_errors=True)
+    if gone.exists():
+        shutil.rmtree(gone)
     os.replace(folder, gone)
     fsync_dir(folder.parent)
     shutil.rmtree(gone)
@@ -115,7 +116,8 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict, optimizer: Any,
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f"step_{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.exists():
+        shutil.rmtree(tmp)
     tmp.mkdir()
     # clone: tied weights share storage, which safetensors refuses to write twice
     write_file(tmp / "model.safetensors", save_safetensors({k: v.contiguous().clone() for k, v in model_state.items()}))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import torch
@@ -192,7 +192,7 @@ def train(cfg: dict) -> dict[str, float]:
     if trainer.step_count == 0:
         last = trainer.evaluate(extra["val"])
         tracker.log(0, last)
-    saved_at = time.monotonic()
+    saved_at = monotonic()
     bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl")
     while trainer.step_count < tcfg.total_steps:
         metrics = trainer.step()
@@ -201,10 +201,10 @@ def train(cfg: dict) -> dict[str, float]:
             metrics.update(trainer.evaluate(extra["val"]))
         tracker.log(k, metrics)
         last = metrics
-        overdue = tcfg.save_every_minutes and time.monotonic() - saved_at >= 60 * tcfg.save_every_minutes
+        overdue = tcfg.save_every_minutes and monotonic() - saved_at >= 60 * tcfg.save_every_minutes
         if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps or overdue:
             checkpoint()
-            saved_at = time.monotonic()
+            saved_at = monotonic()
         plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
         bar.update(1)
         bar.set_postfix({"succ1": f"{metrics.get('attempt1/success', 0):.2f}",
