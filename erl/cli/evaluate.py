@@ -31,7 +31,7 @@ def evaluate(cfg: dict) -> dict[str, float]:
         saved = ckpt["config"]
         cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
     cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
-    trainer, extra = build(cfg)
+    trainer, _ = build(cfg)
     if ckpt is not None:
         trainer.load_state(ckpt)
     if ev.get("tasks_file"):
