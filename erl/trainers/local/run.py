@@ -136,6 +136,8 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
         diff = config_mismatch(json.loads(started.read_text()), cfg) if started.is_file() else []
         if diff:
             raise ConfigError(f"{out} holds a run started with a different config:\n  " + "\n  ".join(diff))
+        print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: starting from step 0",
+              file=sys.stderr)
         return None
     path = ckpts[-1] if resume in (True, "true", "True") else Path(str(resume))
     ckpt = load_checkpoint(path)

@@ -226,21 +226,21 @@ class ErlVerlTrainer:
         """Make the output folder hold one timeline continuing from `resume` (None: from
         scratch). Checkpoints after it belong to the run this one replaces: they move to
         superseded/ (with a copy of metrics.jsonl; from scratch, the metrics move too), and the
-        tracker file names the resumed step, so a later resume_mode=auto cannot pick them.
-        Returns the resumed step (-1: none)."""
+        tracker file names the resumed step (or moves too, when the resumed checkpoint lies
+        elsewhere), so a later resume_mode=auto cannot pick them. Returns the resumed step (-1: none)."""
         k = int(json.loads((resume / STATE_FILE).read_text())["step"]) if resume is not None else -1
+        inside = resume is not None and resume.resolve().parent == self.out.resolve()
         later = [p for p in self.out.glob("global_step_*") if p.is_dir() and p.name.rpartition("_")[2].isdigit()
                  and int(p.name.rpartition("_")[2]) > k]
         metrics = self.out / self.s.trainer.metrics_file
         tracker = self.out / "latest_checkpointed_iteration.txt"
-        if resume is None:
-            later += [f for f in (metrics, tracker) if f.is_file()]
-        if not later:
-            return k
-        dest = move_aside(later, self.out, f"after_step_{k}", copies=[metrics] if resume is not None else [])
-        if resume is not None and tracker.is_file():
+        later += [tracker] if tracker.is_file() and not inside else []
+        later += [metrics] if metrics.is_file() and resume is None else []
+        if later:
+            dest = move_aside(later, self.out, f"after_step_{k}", copies=[metrics] if resume is not None else [])
+            print(f"erl-verl: {[p.name for p in later]} belong to the run this one replaces; moved to {dest}")
+        if inside and tracker.is_file() and tracker.read_text().strip() != str(k):
             atomic_write(tracker, str(k))
-        print(f"erl-verl: {[p.name for p in later]} belong to the run this one replaces; moved to {dest}")
         return k
 
     def load_checkpoint(self, folder: Path) -> None:
