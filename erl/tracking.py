@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from erl.fileio import atomic_write, write_file
+
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
 
 
 class Tracker:
-    def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl"):
+    """`purge_step`: the first step a resumed run logs; TensorBoard hides the interrupted run's
+    points from there on (it would otherwise draw both timelines over each other)."""
+
+    def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl",
+                 purge_step: int | None = None):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / "metrics.jsonl"
@@ -22,22 +29,23 @@ class Tracker:
         if "tensorboard" in self.loggers:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=purge_step)
         if "wandb" in self.loggers:
             import wandb  # optional extra: pip install erl[wandb]
 
             self._wandb = wandb.init(project=project, config=config, dir=str(self.out_dir))
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines the interrupted run wrote after its last checkpoint."""
-        if self.path.is_file():  # a crash mid-write leaves a torn last line: read_metrics drops it
+        """On resume, drop lines the interrupted run wrote after its last checkpoint (and a line
+        torn by the kill). Written new, then renamed over: a crash here loses nothing."""
+        if self.path.is_file():
             keep = [r for r in read_metrics(self.path) if r["step"] <= step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **clean}) + "\n")
+        # one append + fsync per step: a kill leaves at most one torn last line, which readers drop
+        write_file(self.path, (json.dumps({"step": step, **clean}) + "\n").encode(), append=True)
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(k, v, step)
@@ -63,11 +71,16 @@ def read_metrics(path: Path, warn: Callable[[str], None] | None = None) -> list[
     rows = []
     for k, (i, ln) in enumerate(lines):
         try:
-            rows.append(json.loads(ln))
-        except json.JSONDecodeError as exc:
+            row = json.loads(ln)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             if k < len(lines) - 1:
-                raise ValueError(f"{path}:{i}: not a JSON line ({exc.msg}): the metrics file is corrupt") from None
+                raise ValueError(f"{path}:{i} is not a metrics line; only the last line may be torn by a crash, "
+                                 "so the file was damaged otherwise")
             (warn or warnings.warn)(f"{path}:{i}: the last line is not complete JSON (a torn write), skipped")
+            break
+        rows.append(row)
     return rows
 
 
@@ -100,8 +113,10 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write(out_png, buf.getvalue())  # a kill mid-plot must not leave a broken image
     return out_png
 
 

@@ -79,7 +79,7 @@ def test_two_steps_in_each_mode(tmp_path, mode):
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2]  # step 0 = eval before training
     assert (out / "curves.png").stat().st_size > 1000
-    assert (out / "checkpoints" / "step_2" / "model.pt").is_file()
+    assert (out / "checkpoints" / "step_2" / "model.safetensors").is_file()
     step = rows[1]
     # rlvr: 2 tasks x 2n = 8 first attempts; erl & ablations: 2 tasks x n = 4
     assert step["episodes"] == (8 if mode == "rlvr" else 4)
@@ -128,7 +128,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     cfg = base_cfg(tmp_path, steps=1)
     train(cfg)
     ckpt = Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1"
-    (ckpt / "model.pt").write_bytes(b"not a checkpoint")
+    (ckpt / "model.safetensors").write_bytes(b"not a checkpoint")
     resumed = dict(cfg, resume=str(ckpt))
     resumed["trainer"] = dict(cfg["trainer"], total_steps=2)
     with pytest.raises(CheckpointError, match="corrupt"):

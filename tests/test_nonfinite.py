@@ -106,7 +106,7 @@ def test_consecutive_skips_stop_the_run_with_its_last_good_checkpoint(tmp_path, 
     rows = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert [r.get("train/skipped") for r in rows[1:]] == [0.0, 1.0, 1.0]
-    assert (out / "checkpoints" / "step_3" / "model.pt").is_file()  # saved although save_every=0
+    assert (out / "checkpoints" / "step_3" / "model.safetensors").is_file()  # saved although save_every=0
     state = load_checkpoint(out / "checkpoints" / "step_3")["trainer_state"]
     assert state["skipped_steps"] == 2 and state["consecutive_skips"] == 2
     assert all(torch.isfinite(v).all() for v in load_checkpoint(out / "checkpoints" / "step_3")["model"].values())

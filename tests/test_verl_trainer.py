@@ -106,7 +106,7 @@ class CpuWorkers:
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict()}, f"{path}/state.pt")
 
     def load_checkpoint(self, path):
-        state = torch.load(f"{path}/state.pt")
+        state = torch.load(f"{path}/state.pt", weights_only=False)  # as verl's FSDP checkpoint manager does
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
 
@@ -245,6 +245,47 @@ def test_dead_memory_actor_fails_the_step_and_keeps_the_last_checkpoint(tiny_fol
         t.fit()  # tau 1.5: the first episode to reflect asks the memory
     assert (tmp_path / "deadmem" / "latest_checkpointed_iteration.txt").read_text() == "0"
     assert t.find_resume() == tmp_path / "deadmem" / "global_step_0" and t.step_count == 0
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")  # unpickling it creates the marker file
+
+
+def test_crafted_actor_file_is_refused_before_verl_unpickles_it(tiny_folder, tmp_path):
+    from erl.fileio import CheckpointError
+
+    t = _trainer(tiny_folder, tmp_path / "evil", ["trainer.val_before_train=false"])
+    folder = t.save_checkpoint()
+    t.load_checkpoint(folder)  # a checkpoint of tensors and plain data loads
+    marker = tmp_path / "payload_ran"
+    torch.save({"model": Payload(marker), "opt": {}}, folder / "actor" / "state.pt")
+    with pytest.raises(CheckpointError, match=r"state.pt would call \['io.open'\]"):
+        t.load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_resume_from_an_older_checkpoint_moves_the_later_ones_aside(tiny_folder, tmp_path):
+    out = tmp_path / "branch"
+    t = _trainer(tiny_folder, out, ["trainer.val_before_train=false"])
+    t.save_checkpoint()
+    t.step_count = 2
+    t.save_checkpoint()
+    (out / "metrics.jsonl").write_text("".join(json.dumps({"step": k}) + "\n" for k in range(3)))
+    b = _trainer(tiny_folder, out, ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={out}/global_step_0"])
+    assert b.start_timeline(b.find_resume()) == 0
+    archive, = (out / "superseded").iterdir()
+    assert sorted(p.name for p in archive.iterdir()) == ["global_step_2", "metrics.jsonl"]
+    # a later resume_mode=auto continues the new timeline, not the replaced one
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == "0"
+    assert sorted(p.name for p in out.glob("global_step_*")) == ["global_step_0"]
+    c = _trainer(tiny_folder, out, ["trainer.resume_mode=disable"])
+    assert c.start_timeline(c.find_resume()) == -1  # from scratch: the whole earlier run moves aside
+    assert not list(out.glob("global_step_*")) and not (out / "metrics.jsonl").exists()
+    assert not (out / "latest_checkpointed_iteration.txt").exists()
 
 
 def test_reflection_time_is_the_union_of_overlapping_spans():

@@ -27,11 +27,11 @@ def evaluate(cfg: dict) -> dict[str, float]:
     ckpt = None
     if ev.get("checkpoint"):
         path = Path(str(ev["checkpoint"]))
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path, training=False)  # weights only: the optimizer file is never opened
         saved = ckpt["config"]
         cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
     cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
-    trainer, extra = build(cfg)
+    trainer, _ = build(cfg)
     if ckpt is not None:
         trainer.load_state(ckpt)
     if ev.get("tasks_file"):

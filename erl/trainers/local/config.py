@@ -32,7 +32,8 @@ class LocalTrainerConfig:
     eval_every: int = 5  # 0: only at the end
     eval_tasks: int = 32
     eval_temperature: float = 0.0
-    save_every: int = 10  # 0: only at the end
+    save_every: int = 10  # 0: only at the end (and by save_every_minutes)
+    save_every_minutes: float = 5.0  # also save when this long has passed since the last save; 0: off
     keep_checkpoints: int = 1
     output_dir: str = "outputs/run"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -56,7 +57,7 @@ class LocalTrainerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s"):
+        for name in ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s", "save_every_minutes"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"trainer.{name} must be a number >= 0, got {v!r}")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import json
-import time
+import sys
 from pathlib import Path
+from time import monotonic
 from typing import Any
 
 import torch
@@ -18,13 +19,15 @@ from tqdm.auto import tqdm
 
 from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import make_env, make_tasks, validate_env_params
+from erl.fileio import atomic_write, move_aside
 from erl.memory import ReflectionMemory
 from erl.tracking import Tracker, plot_run
 from erl.trainers.local.checkpoint import (
-    CheckpointError,
+    checkpoint_step,
     config_mismatch,
     list_checkpoints,
     load_checkpoint,
+    remove_leftovers,
     save_checkpoint,
 )
 from erl.trainers.local.config import LocalTrainerConfig
@@ -118,37 +121,68 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     return trainer, {"val": val}
 
 
-def prepare_output(cfg: dict, out: Path, resume: Any) -> Path | None:
-    """Return the checkpoint to resume from, or None for a fresh run. Refuse to mix runs."""
+def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
+    """The checkpoint to resume from (loaded), or None to start at step 0. Refuse to mix runs."""
     ckpts = list_checkpoints(out / "checkpoints")
+    held = bool(ckpts) or (out / "metrics.jsonl").exists()
     if resume in (None, False, "false", "False", ""):
-        if ckpts or (out / "metrics.jsonl").exists():
-            raise ConfigError(f"{out} already holds a run; pass resume=true to continue it, "
+        if held:
+            hint = " (it has no checkpoint yet, so it restarts from step 0)" if not ckpts else ""
+            raise ConfigError(f"{out} already holds a run; pass resume=true to continue it{hint}, "
                               "or choose another trainer.output_dir")
         return None
-    path = Path(str(resume)) if resume not in (True, "true", "True") else (ckpts[-1] if ckpts else None)
-    if path is None:
-        raise CheckpointError(f"resume=true but {out / 'checkpoints'} has no complete checkpoint")
-    saved = load_checkpoint(path)["config"]
-    diff = config_mismatch(saved, cfg)
+    if resume in (True, "true", "True") and not ckpts:
+        # killed before its first checkpoint: nothing was saved, so the same run restarts from step 0
+        started = out / "config.json"
+        diff = config_mismatch(json.loads(started.read_text()), cfg) if started.is_file() else []
+        if diff:
+            raise ConfigError(f"{out} holds a run started with a different config:\n  " + "\n  ".join(diff))
+        print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: starting from step 0",
+              file=sys.stderr)
+        return None
+    path = ckpts[-1] if resume in (True, "true", "True") else Path(str(resume))
+    ckpt = load_checkpoint(path)
+    diff = config_mismatch(ckpt["config"], cfg)
     if diff:
         raise ConfigError(f"checkpoint {path} was written with a different config:\n  " + "\n  ".join(diff))
-    return path
+    return ckpt
+
+
+def start_timeline(out: Path, step: int) -> Path | None:
+    """Make `out` hold one timeline that continues from `step` (-1: from scratch). Checkpoints
+    after `step` belong to the run this one replaces (a resume from an older checkpoint): they
+    move to out/superseded/ with a copy of the metrics, so they can neither be picked by a
+    later resume=true nor be lost. Folders a crash left half-written or half-deleted go."""
+    root = out / "checkpoints"
+    remove_leftovers(root)
+    later = [p for p in list_checkpoints(root) if checkpoint_step(p) > step]
+    if not later:
+        return None
+    dest = move_aside(later, out, f"after_step_{step}", copies=[out / "metrics.jsonl"])
+    print(f"erl-train: resuming from step {step}: the later checkpoints {[p.name for p in later]} belong to "
+          f"the run this one replaces; moved with its metrics.jsonl to {dest}", file=sys.stderr)
+    return dest
 
 
 def train(cfg: dict) -> dict[str, float]:
     """Run training from a plain dict config (the Hydra app passes its resolved config)."""
-    started = time.monotonic()  # the time budget counts model loading and evals too
+    started = monotonic()  # the time budget counts model loading and evals too
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
-    resume_from = prepare_output(cfg, out, cfg.get("resume", False))
+    resuming = cfg.get("resume", False) not in (None, False, "false", "False", "")
+    ckpt = prepare_output(cfg, out, cfg.get("resume", False))
     trainer, extra = build(cfg)
+    start = -1  # the last step already done: none, or the checkpoint's
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        start = trainer.step_count
+        del ckpt
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
-    tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project)
-    if resume_from is not None:
-        trainer.load_state(load_checkpoint(resume_from))
-        tracker.truncate_after(trainer.step_count)
+    start_timeline(out, start)
+    atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
+    tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project, purge_step=start + 1 if resuming else None)
+    if resuming:
+        tracker.truncate_after(start)
     title = f"{cfg['env'].get('name')} | {trainer.erl.mode} | {cfg['model'].get('path')}"
     last: dict[str, float] = {}
 
@@ -162,6 +196,7 @@ def train(cfg: dict) -> dict[str, float]:
     if trainer.step_count == 0:
         last = trainer.evaluate(extra["val"])
         tracker.log(0, last)
+    saved_at = monotonic()
     bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl")
     while trainer.step_count < tcfg.total_steps:
         metrics = trainer.step()
@@ -170,10 +205,12 @@ def train(cfg: dict) -> dict[str, float]:
             metrics.update(trainer.evaluate(extra["val"]))
         tracker.log(k, metrics)
         last = metrics
-        out_of_time = bool(tcfg.time_budget_s) and time.monotonic() - started > tcfg.time_budget_s
+        out_of_time = bool(tcfg.time_budget_s) and monotonic() - started > tcfg.time_budget_s
         stop = trainer.too_many_skips()
-        if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps or out_of_time or stop:
+        overdue = tcfg.save_every_minutes and monotonic() - saved_at >= 60 * tcfg.save_every_minutes
+        if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps or overdue or out_of_time or stop:
             checkpoint()
+            saved_at = monotonic()
         if stop:
             raise NonFiniteStepError(
                 f"{trainer.consecutive_skips} consecutive steps had a non-finite loss or gradient (up to step {k}); "

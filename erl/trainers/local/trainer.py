@@ -28,7 +28,7 @@ from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
 from erl.rollout.hf_policy import HFPolicy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
-from erl.trainers.local.checkpoint import CheckpointError
+from erl.trainers.local.checkpoint import CheckpointError, set_rng_state
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.numerics import (
     grads_finite,
@@ -307,6 +307,8 @@ class LocalTrainer:
         if unexpected or lost:
             raise CheckpointError(f"checkpoint does not match this model: parameters it lacks {lost[:5]}, "
                                   f"parameters the model lacks {unexpected[:5]}")
+        if ckpt.get("optim") is None:  # weights only (load_checkpoint(training=False)): evaluation
+            return
         self.optimizer.load_state_dict(ckpt["optim"]["optimizer"])
         self.scheduler.load_state_dict(ckpt["optim"]["scheduler"])
         st = ckpt["trainer_state"]
@@ -315,6 +317,8 @@ class LocalTrainer:
         self.consecutive_skips = int(st.get("consecutive_skips", 0))
         if ckpt.get("memory") is not None and self.memory is not None:
             self.memory.load_state_dict(ckpt["memory"])
+        if ckpt.get("rng") is not None:
+            set_rng_state(ckpt["rng"])
 
     def save_path_hint(self) -> Path:
         return Path(self.cfg.output_dir) / "checkpoints"

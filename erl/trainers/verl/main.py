@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from erl.core.config import ConfigError
+from erl.fileio import CheckpointError, atomic_write
 from erl.trainers.verl.config import Settings, config_dir, validate
 
 
@@ -96,15 +97,16 @@ def build(config: Any):
                              tracker=Tracker(settings), runner=runner)
     out = Path(settings.cfg["trainer"]["default_local_dir"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+    atomic_write(out / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
     return trainer
 
 
 def run(config: Any) -> dict:
     trainer = build(config)
     resume = trainer.find_resume()
+    step = trainer.start_timeline(resume)
     if resume is not None:
-        trainer.tracker.jsonl.truncate_after(int(resume.name.split("_")[-1]))
+        trainer.tracker.jsonl.truncate_after(step)
     last = trainer.fit()
     last["perf/max_memory_gb"] = trainer.workers.max_memory_gb()
     return last
@@ -113,7 +115,7 @@ def run(config: Any) -> dict:
 def _main(config: Any) -> None:
     try:
         last = run(config)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
         print(f"erl-verl: error: {exc}", file=sys.stderr)
         sys.exit(2)
     shown = {k: round(float(v), 4) for k, v in last.items()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from erl.core.config import ErlConfig
+from erl.fileio import atomic_write
 
 MEMORY_FILE = "erl_memory.json"
 
@@ -60,9 +61,7 @@ def save_memory(memory: Any, step_dir: str | Path) -> Path | None:
         return None
     folder = Path(step_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MEMORY_FILE + ".tmp")
-    tmp.write_text(json.dumps(memory.state_dict()))
-    tmp.replace(folder / MEMORY_FILE)
+    atomic_write(folder / MEMORY_FILE, json.dumps(memory.state_dict()))
     return folder / MEMORY_FILE
 
 

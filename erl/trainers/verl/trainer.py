@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
 from erl.core.stream import next_tasks
+from erl.fileio import atomic_write, check_torch_file, fsync_tree, move_aside
 from erl.trainers.verl.config import STATE_FILE, Settings
 from erl.trainers.verl.dataproto import (
     add_advantages,
@@ -197,16 +198,17 @@ class ErlVerlTrainer:
 
     def save_checkpoint(self) -> Path:
         """verl's layout: global_step_K/actor (model, optimizer, scheduler: the workers write
-        it), plus erl_state.json (cursor) and erl_memory.json; the tracker file
-        latest_checkpointed_iteration.txt is written last, so an interrupted save leaves the
-        previous checkpoint as the one a resume picks."""
+        it), plus erl_state.json (cursor) and erl_memory.json; everything is fsynced before the
+        tracker file latest_checkpointed_iteration.txt is replaced (atomically, last), so an
+        interrupted save leaves the previous checkpoint as the one a resume picks."""
         folder = self.step_dir(self.step_count)
         keep = self.cfg["trainer"].get("max_actor_ckpt_to_keep")
         self.workers.save_checkpoint(str(folder / "actor"), self.step_count, keep)
-        (folder / STATE_FILE).write_text(json.dumps({"step": self.step_count, "cursor": self.cursor,
+        atomic_write(folder / STATE_FILE, json.dumps({"step": self.step_count, "cursor": self.cursor,
                                                      "seed": self.s.trainer.seed}))
         save_memory(self.memory, folder)
-        (self.out / "latest_checkpointed_iteration.txt").write_text(str(self.step_count))
+        fsync_tree(folder)
+        atomic_write(self.out / "latest_checkpointed_iteration.txt", str(self.step_count))
         return folder
 
     def find_resume(self) -> Path | None:
@@ -225,8 +227,33 @@ class ErlVerlTrainer:
         path = self.step_dir(int(tracker.read_text().strip()))
         return path if (path / STATE_FILE).is_file() else None
 
+    def start_timeline(self, resume: Path | None) -> int:
+        """Make the output folder hold one timeline continuing from `resume` (None: from
+        scratch). Checkpoints after it belong to the run this one replaces: they move to
+        superseded/ (with a copy of metrics.jsonl; from scratch, the metrics move too), and the
+        tracker file names the resumed step (or moves too, when the resumed checkpoint lies
+        elsewhere), so a later resume_mode=auto cannot pick them. Returns the resumed step (-1: none)."""
+        k = int(json.loads((resume / STATE_FILE).read_text())["step"]) if resume is not None else -1
+        inside = resume is not None and resume.resolve().parent == self.out.resolve()
+        later = [p for p in self.out.glob("global_step_*") if p.is_dir() and p.name.rpartition("_")[2].isdigit()
+                 and int(p.name.rpartition("_")[2]) > k]
+        metrics = self.out / self.s.trainer.metrics_file
+        tracker = self.out / "latest_checkpointed_iteration.txt"
+        later += [tracker] if tracker.is_file() and not inside else []
+        later += [metrics] if metrics.is_file() and resume is None else []
+        if later:
+            dest = move_aside(later, self.out, f"after_step_{k}", copies=[metrics] if resume is not None else [])
+            print(f"erl-verl: {[p.name for p in later]} belong to the run this one replaces; moved to {dest}")
+        if inside and tracker.is_file() and tracker.read_text().strip() != str(k):
+            atomic_write(tracker, str(k))
+        return k
+
     def load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / STATE_FILE).read_text())
+        # verl's checkpoint manager unpickles with weights_only=False: refuse code before it gets there
+        for f in sorted((folder / "actor").rglob("*")):
+            if f.is_file() and f.suffix in (".pt", ".pth", ".bin", ".pkl"):
+                check_torch_file(f)
         self.workers.load_checkpoint(str(folder / "actor"))
         self.step_count, self.cursor = int(state["step"]), int(state["cursor"])
         load_memory(self.memory, folder)
