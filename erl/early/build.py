@@ -24,6 +24,10 @@ from erl.rollout.chat import ChatTokenizer
 from erl.workflow.base import SamplingParams
 
 
+STAT_KEYS = ("tasks", "expert_states", "policy_replies", "replies_invalid", "replies_expert_action",
+             "replies_duplicate", "alternatives_policy", "alternatives_random", "rationales_empty")
+
+
 @dataclass
 class BuildConfig:
     k: int = 3  # alternatives per expert state
@@ -115,7 +119,8 @@ async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tup
     fmt = cfg.action_format
     experts = {task["task_id"]: expert_trajectory(task) for task in tasks}
     states = [(task, step) for task in tasks for step in experts[task["task_id"]]]
-    stats: Counter = Counter(tasks=len(tasks), expert_states=len(states))
+    stats: Counter = Counter({k: 0 for k in STAT_KEYS})  # every count present, zeros included
+    stats.update(tasks=len(tasks), expert_states=len(states))
     alternatives = await sample_alternatives(policy, states, cfg, stats)
     out: dict[str, list[dict]] = {"expert": [], "rollout": [], "iwm": [], "sr": []}
     by_id = {t["task_id"]: t for t in tasks}
