@@ -137,10 +137,10 @@ def rl_cfg(tmp_path: Path, init_from: str, tiny: dict | None = None) -> dict:
         "seed": 0, "resume": False,
         "erl": {"mode": "erl", "n_attempt": 2, "max_turns": 3, "max_new_tokens": 8, "max_reflection_tokens": 8,
                 "reflection_require_tag": False, "temperature": 1.0},
-        "trainer": {"total_steps": 1, "tasks_per_step": 2, "lr": 1e-3, "micro_batch_size": 4, "eval_every": 1,
-                    "eval_tasks": 2, "save_every": 1, "output_dir": str(tmp_path / "rl"), "loggers": ["console"],
+        "trainer": {"total_steps": 1, "tasks_per_step": 1, "lr": 1e-3, "micro_batch_size": 4, "eval_every": 1,
+                    "eval_tasks": 1, "save_every": 1, "output_dir": str(tmp_path / "rl"), "loggers": ["console"],
                     "progress": False, "precision": "fp32", "max_context_tokens": 1024},
-        "env": {"name": "frozenlake", "n_train": 4, "n_val": 2, "params": {"size_min": 2, "size_max": 2}},
+        "env": {"name": "frozenlake", "n_train": 2, "n_val": 1, "params": {"size_min": 2, "size_max": 2}},
         "model": {"path": "tiny", "tiny": tiny or TINY["tiny"], "init_from": init_from},
     }
 
@@ -166,7 +166,7 @@ def test_empty_stage_fails_before_the_model_is_built(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path):
+def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path, capsys):
     from erl.cli.early import main
 
     d = tmp_path / "d"
@@ -175,6 +175,9 @@ def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path):
                  "early.max_rounds=1", "early.rationale_max_tokens=8", "device=cpu"]) == 0
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["counts"]["rows_iwm"] == 2 * manifest["counts"]["expert_states"]
+    assert main(["show", str(d), "--kind", "rollout", "--n", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert '"rows_iwm"' in shown and "expert_action: " in shown and "source: " in shown
     with pytest.raises(SystemExit) as exc:
         main(["build", *tiny, f"out={tmp_path / 'e'}", "early.k=4"])
     assert exc.value.code == 2 and not (tmp_path / "e").exists()
