@@ -23,7 +23,6 @@ from erl.envs.base import parse_action
 from erl.rollout.chat import ChatTokenizer
 from erl.workflow.base import SamplingParams
 
-
 STAT_KEYS = ("tasks", "expert_states", "policy_replies", "replies_invalid", "replies_expert_action",
              "replies_duplicate", "alternatives_policy", "alternatives_random", "rationales_empty")
 
@@ -185,7 +184,8 @@ def build(cfg: dict) -> dict:
     check_out(out, bool(cfg.get("overwrite")))
     device = pick_device(str(cfg.get("device", "auto")))
     torch.manual_seed(seed)
-    model, tok = load_policy_model(dict(cfg["model"]), device, seed)
+    # sampling needs no adapters: LoRA (on in the default model config) would only slow generation
+    model, tok = load_policy_model({**cfg["model"], "lora": {"enabled": False}}, device, seed)
     policy = HFPolicy(model, tok, max_batch_size=int(cfg.get("gen_batch_size", 64)))
     records, stats = asyncio.run(build_records(tasks, policy, early))
     manifest = {"counts": stats, "early": asdict(early), "env": env, "model": cfg["model"], "seed": seed,

@@ -79,6 +79,8 @@ class EarlyTrainConfig:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
+            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         bad = [x for x in self.loggers if x not in LOGGERS]
         if bad:
             raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
