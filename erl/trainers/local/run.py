@@ -79,6 +79,10 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
 
         folder = resolve_model(path, fetch=bool(model_cfg.get("fetch", True)))
         model, tok = load_model_and_tokenizer(folder, dtype=torch.float32, device="cpu")
+    if model_cfg.get("init_from"):  # warm start from an Early Experience stage (erl/early/warmstart.py)
+        from erl.early.warmstart import load_init
+
+        load_init(model, model_cfg["init_from"])
     lora = dict(model_cfg.get("lora", {}) or {})
     if lora.get("enabled", False):
         model = apply_lora(model, lora)
