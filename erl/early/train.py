@@ -27,12 +27,13 @@ from erl.core.losses import distill_nll_loss
 from erl.core.types import TokenSample
 from erl.early.data import files_digest, record_sample, stage_files, stage_records
 from erl.early.warmstart import save_final
+from erl.fileio import atomic_write
 from erl.rollout.chat import ChatTokenizer
 from erl.tracking import Tracker
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
-from erl.trainers.local.checkpoint import load_checkpoint, save_checkpoint
+from erl.trainers.local.checkpoint import save_checkpoint
 from erl.trainers.local.config import LOGGERS
-from erl.trainers.local.run import load_policy_model, pick_device, prepare_output
+from erl.trainers.local.run import load_policy_model, pick_device, prepare_output, start_timeline
 from erl.trainers.local.trainer import LocalTrainer, resolve_precision
 
 TOP_KEYS = ("stage", "data", "seed", "resume", "model", "trainer")
@@ -146,7 +147,7 @@ class StageTrainer:
         for idx, n in zip(chunks, tokens):
             batch = pad_samples([rows[i] for i in idx], self.pad_id).to(self.device)
             with self.autocast():
-                logp = response_logprobs(self.model, batch, temperature=1.0)
+                logp, _ = response_logprobs(self.model, batch, temperature=1.0)
             nll = distill_nll_loss(logp.float(), batch.response_mask)
             (nll * (n / total)).backward()  # micro-batch token means, weighted into the batch's token mean
             nll_sum += float(nll.detach()) * n / total
@@ -195,18 +196,22 @@ def train(cfg: dict) -> dict[str, float]:
     # the data's digest joins the config: resuming on changed data is refused like a changed setting
     run_cfg = {**cfg, "stage": stage, "data_sha256": files_digest(stage_files(cfg["data"], stage["files"]))}
     out = Path(tcfg.output_dir)
-    resume_from = prepare_output(run_cfg, out, cfg.get("resume", False))
+    ckpt = prepare_output(run_cfg, out, cfg.get("resume", False))
     seed = int(cfg.get("seed", 0))
     device = pick_device(tcfg.device)
     torch.manual_seed(seed)
     model, tok = load_policy_model(dict(cfg["model"]), device, seed)
     trainer = StageTrainer(model, tok, to_samples(records, tok, tcfg.max_length), tcfg, seed)
+    start = -1
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        start = trainer.step_count
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(run_cfg, indent=1, default=str))
+    start_timeline(out, start)  # the same resume protocol as erl-train
+    atomic_write(out / "config.json", json.dumps(run_cfg, indent=1, default=str))
     tracker = Tracker(out, tcfg.loggers, config=run_cfg, project=tcfg.project)
-    if resume_from is not None:
-        trainer.load_state(load_checkpoint(resume_from))
-        tracker.truncate_after(trainer.step_count)
+    if ckpt is not None:
+        tracker.truncate_after(start)
     last: dict[str, float] = {}
     bar = tqdm(total=trainer.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc=stage["name"])
     while trainer.step_count < trainer.total_steps:
