@@ -56,10 +56,14 @@ class _Request:
 class RolloutEngine:
     """`slots`: most sequences decoded at once (the KV cache grows to it on demand);
     `max_len`: the context limit (prompt + generated); `compile`: torch.compile the decode
-    step (default: on CUDA only); `prefill_budget`: padded tokens per prefill forward."""
+    step (CUDA only: off by default until measured there); `prefill_budget`: padded tokens
+    per prefill forward; `stop_ids`: tokens that end a sequence (default: the chat template's
+    end-of-turn and eos; [] generates exactly max_new_tokens); `prefix_reuse`: off, every
+    request prefills its whole prompt (for measuring what reuse saves)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
-                 compile: bool | None = None, key_bucket: int = 128, prefill_budget: int | None = None):
+                 compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
+                 stop_ids: list[int] | None = None, prefix_reuse: bool = True):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -67,14 +71,15 @@ class RolloutEngine:
             raise ValueError(f"RolloutEngine: slots must be >= 1, got {slots}")
         self.model, self.tokenizer = model, tokenizer
         self.net = SlotModel(model)
-        self.stop_ids = ChatTokenizer(tokenizer).stop_ids
+        self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
+        self.prefix_reuse = prefix_reuse
         self._stops = set(self.stop_ids)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
         self.max_batch_size = self.max_slots = slots
         cfg = unwrap(model).config
         self.max_len = int(max_len or cfg.max_position_embeddings)
         self.device = next(model.parameters()).device
-        self.compile = self.device.type == "cuda" if compile is None else compile
+        self.compile = bool(compile)
         self.key_bucket = key_bucket
         self.prefill_budget = prefill_budget or (16384 if self.device.type == "cuda" else 2048)
         self.n_slots = 0
@@ -87,19 +92,29 @@ class RolloutEngine:
         self.waiting: deque[_Request] = deque()
         self.clock = 0
         self._worker: asyncio.Task | None = None
-        self._decode = torch.compile(self.net.forward, dynamic=False) if self.compile else self.net.forward
+        mode = compile if isinstance(compile, str) else None
+        # dynamic=None: the first key length compiles a static graph, the next one a graph with a
+        # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
+        self._decode = torch.compile(self.net.forward, mode=mode) if self.compile else self.net.forward
         self._shapes: set[tuple] = set()
+        self._version = -1
         if self.compile:  # one graph per (rows, key length, capacity) bucket
             dyn = torch._dynamo.config
             for name in ("recompile_limit", "cache_size_limit"):
                 if hasattr(dyn, name):
                     setattr(dyn, name, max(getattr(dyn, name), 256))
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
-                      "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "recompiles": 0}
+                      "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "decode_shapes": 0,
+                      "recompiles": 0}
 
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
         return old
+
+    def forget(self) -> None:
+        """Drop every slot's held KV (after a weight update it no longer matches the model)."""
+        self.tok[:] = -1
+        self.held = [0] * self.n_slots
 
     # ---- requests --------------------------------------------------------------------
     def _request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
@@ -140,14 +155,13 @@ class RolloutEngine:
                             await asyncio.sleep(0)
                 self.step()
                 await asyncio.sleep(0)  # episodes submit their next turns while others decode
-        except Exception as exc:  # every waiting episode sees the failure; the engine starts clean
+        except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure; the engine starts clean
             for req in list(self.active.values()) + list(self.waiting):
                 if req.future is not None and not req.future.done():
                     req.future.set_exception(exc)
             self.active.clear()
             self.waiting.clear()
-            self.tok[:] = -1
-            self.held = [0] * self.n_slots
+            self.forget()
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """Blocking: all prompts through the engine (for callers without an event loop)."""
@@ -191,8 +205,7 @@ class RolloutEngine:
         if same and slots <= self.n_slots and need < cap:
             return
         if not same:  # a new precision: the held KV is of no use
-            self.tok[:] = -1
-            self.held = [0] * self.n_slots
+            self.forget()
         slots = max(slots, self.n_slots)
         cap = min(max(round_up(need + 1, self.key_bucket), 2 * cap if need >= cap else cap),
                   round_up(self.max_len + 1, self.key_bucket))
@@ -210,12 +223,20 @@ class RolloutEngine:
         n = min(len(prompt) - 1, self.tok.shape[1])
         same = self.tok[free, :n] == np.asarray(prompt[:n])[None, :]  # -1 past what a slot holds
         same = np.concatenate([same, np.zeros((len(free), 1), dtype=bool)], axis=1)
-        lengths = same.argmin(axis=1)  # the first mismatch
+        lengths = same.argmin(axis=1) if self.prefix_reuse else np.zeros(len(free), dtype=np.int64)
         used = np.asarray([self.used[s] for s in free])
         best = int(np.lexsort((used, -lengths))[0])  # longest, then least recently used
         return free[best], int(lengths[best])
 
+    def _weights_version(self) -> int:
+        """Changes whenever any weight is written in place (optimizer step, weight sync, load)."""
+        return sum(p._version for p in self.model.parameters())
+
     def _admit(self) -> None:
+        version = self._weights_version()
+        if version != self._version:  # held KV came from other weights: never reuse it
+            self.forget()
+            self._version = version
         free = [s for s in range(self.n_slots) if s not in self.active]
         want = min(len(self.waiting), self.max_slots - len(self.active))
         if len(free) < want:
@@ -280,16 +301,17 @@ class RolloutEngine:
             if req is not None and (full or i < len(slots)):
                 ids[i], pos[i] = req.out[-1], self.held[s]
         keys = min(round_up(need + 1, self.key_bucket), cap)
-        shape = (b, keys, cap, self.net.k[0].dtype)
-        if shape not in self._shapes:
-            self._shapes.add(shape)
-            self.stats["recompiles"] += int(self.compile and len(self._shapes) > 1)
+        self._shapes.add((b, keys, cap))
+        self.stats["decode_shapes"] = len(self._shapes)
+        graphs = _graph_count()
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         pos_t = torch.tensor(pos, device=dev)[:, None]
         logits = self._decode(torch.tensor(ids, device=dev)[:, None], pos_t,
                               None if full else torch.tensor(rows, device=dev), pos_t, keys,
                               torch.zeros(len(rows), dtype=torch.long, device=dev))
+        if self.compile:
+            self.stats["recompiles"] += _graph_count() - graphs
         for s in slots:
             self.tok[s, self.held[s]] = self.active[s].out[-1]
             self.held[s] += 1
@@ -321,6 +343,13 @@ class RolloutEngine:
             req.future.set_result(req.result)
 
 
+def _graph_count() -> int:
+    """Graphs torch.compile has built in this process (each compile or recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
     top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
@@ -346,3 +375,23 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
         drawn = (probs / torch.empty_like(probs).exponential_()).argmax(-1)  # exponential race = multinomial
         tokens = torch.where(greedy, tokens, drawn)
     return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
+
+
+def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
+                 compile: bool | str = False) -> Any:
+    """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine when the
+    architecture is supported, else HFPolicy with a logged reason)."""
+    from erl.rollout.hf_policy import HFPolicy
+
+    if engine not in ("auto", "engine", "hf"):
+        raise ValueError(f"rollout_engine must be auto, engine or hf, got {engine!r}")
+    if engine == "hf":
+        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
+    reason = unsupported_reason(model)
+    if reason is None:
+        return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
+    if engine == "engine":
+        raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
+    logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)
+    return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
