@@ -155,20 +155,28 @@ class RolloutEngine:
                             await asyncio.sleep(0)
                 self.step()
                 await asyncio.sleep(0)  # episodes submit their next turns while others decode
-        except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure; the engine starts clean
-            for req in list(self.active.values()) + list(self.waiting):
-                if req.future is not None and not req.future.done():
-                    req.future.set_exception(exc)
-            self.active.clear()
-            self.waiting.clear()
-            self.forget()
+        except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Fail every pending request and start clean (a half-written cache is not reused)."""
+        for req in list(self.active.values()) + list(self.waiting):
+            if req.future is not None and not req.future.done():
+                req.future.set_exception(exc)
+        self.active.clear()
+        self.waiting.clear()
+        self.forget()
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """Blocking: all prompts through the engine (for callers without an event loop)."""
         reqs = [self._request(p, params) for p in prompts]
         self.waiting.extend(reqs)
-        while any(r.result is None for r in reqs):
-            self.step()
+        try:
+            while any(r.result is None for r in reqs):
+                self.step()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
         return [r.result for r in reqs]
 
     # ---- one engine step ---------------------------------------------------------------

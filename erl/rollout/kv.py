@@ -77,10 +77,10 @@ class SlotModel:
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
 
-    def _attend(self, idx: int, attn: Any, h: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None,
-                write: torch.Tensor, keys: int, cos_sin) -> torch.Tensor:
-        """One attention block for queries h [n, T, hidden] at positions pos [n, T]: write
-        their K/V at `write`, then attend to the row's first `keys` positions up to each query's."""
+    def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
+                write: torch.Tensor, keys: int, mask: torch.Tensor, cos_sin) -> torch.Tensor:
+        """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then
+        attend to the row's first `keys` positions as `mask` allows."""
         n, t, _ = h.shape
         q = attn.q_proj(h).view(n, t, -1, self.head_dim)
         k = attn.k_proj(h).view(n, t, -1, self.head_dim)
@@ -89,7 +89,6 @@ class SlotModel:
             q, k = attn.q_norm(q), attn.k_norm(k)
         q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), *cos_sin)
         kc, vc = self.k[idx], self.v[idx]
-        slot = rows if rows is not None else torch.arange(n, device=h.device)
         kc[slot[:, None], :, write] = k.transpose(1, 2).to(kc.dtype)
         vc[slot[:, None], :, write] = v.to(vc.dtype)
         if rows is None:  # every slot: a view, no copy
@@ -100,8 +99,6 @@ class SlotModel:
         # become extra query rows of that head.
         g = self.heads // self.kv_heads
         q = q.to(kc.dtype).reshape(n, self.kv_heads, g * t, self.head_dim)
-        mask = torch.arange(keys, device=h.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
-        mask = mask[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
         out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
         out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
         return attn.o_proj(out)
@@ -111,10 +108,16 @@ class SlotModel:
         """ids, pos, write [n, T]; rows [n] slot ids (None: all slots, in order); last [n]:
         the position in T whose logits are returned ([n, vocab], float32)."""
         h = self.inner.embed_tokens(ids)
+        n, t = ids.shape
         cos_sin = self.inner.rotary_emb(h, pos)
+        slot = rows if rows is not None else torch.arange(n, device=ids.device)
+        g = self.heads // self.kv_heads  # a query row per (query head of a KV head, position)
+        mask = torch.arange(keys, device=ids.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
+        mask = mask[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
         for i, layer in enumerate(self.layers):
             r = h
-            h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), pos, rows, write, keys, cos_sin)
+            h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
+                                 cos_sin)
             r = h
             h = r + layer.mlp(layer.post_attention_layernorm(h))
         h = h[torch.arange(h.shape[0], device=h.device), last]
