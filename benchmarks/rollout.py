@@ -143,7 +143,7 @@ def main(argv=None):
     ap.add_argument("--compile-mode", default=None,
                     help="also time the engine with torch.compile in this mode (default on CUDA: "
                          "reduce-overhead; 'none' to skip)")
-    ap.add_argument("--skip", default="", help="comma list of: engine,hf_policy,dynamic,static")
+    ap.add_argument("--skip", default="", help="comma list of: eager,compiled,hf_policy,dynamic,static")
     args = ap.parse_args(argv)
     cuda = args.device.startswith("cuda")
     args.batch = args.batch or (512 if cuda else 16)
@@ -171,22 +171,22 @@ def main(argv=None):
     prompts = prompts_for(args.batch, model.config.vocab_size)
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7)
     rates = {}
-    engines = [("engine eager", False)] + ([(f"engine compiled ({args.compile_mode})", args.compile_mode)]
-                                           if args.compile_mode else [])
-    if "engine" not in skip:
-        for name, mode in engines:
-            try:
-                engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode)
-                gens, dt, stats = run_engine(engine, prompts, params, device)
-            except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
-                print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
-                continue
-            rates[name] = stats["generated_tokens"] / dt
-            err = logprob_error(model, gens, prompts, params.temperature, device)
-            print(f"{name}: {rates[name]:,.0f} tok/s | prefill {stats['prefill_tokens']:,} tokens in "
-                  f"{stats['batches']} admissions, {stats['decode_steps']} decode steps | decode shapes "
-                  f"{stats['decode_shapes']}, recompiles in the timed run {stats['recompiles']} | "
-                  f"max |logp - teacher-forced| {err:.2e}", flush=True)
+    engines = [("engine eager", False)] * ("eager" not in skip)
+    if args.compile_mode and "compiled" not in skip:
+        engines.append((f"engine compiled ({args.compile_mode})", args.compile_mode))
+    for name, mode in engines:
+        try:
+            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode)
+            gens, dt, stats = run_engine(engine, prompts, params, device)
+        except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        rates[name] = stats["generated_tokens"] / dt
+        err = logprob_error(model, gens, prompts, params.temperature, device)
+        print(f"{name}: {rates[name]:,.0f} tok/s | prefill {stats['prefill_tokens']:,} tokens in "
+              f"{stats['batches']} admissions, {stats['decode_steps']} decode steps | decode shapes "
+              f"{stats['decode_shapes']}, recompiles in the timed run {stats['recompiles']} | "
+              f"max |logp - teacher-forced| {err:.2e}", flush=True)
     if "hf_policy" not in skip and not cuda:
         from erl.rollout.hf_policy import HFPolicy
 
