@@ -156,7 +156,8 @@ def test_build_policy_falls_back_for_other_architectures():
     assert isinstance(build_policy(gpt2, TOK, "auto"), HFPolicy)
     with pytest.raises(ValueError, match="architecture 'gpt2'"):
         build_policy(gpt2, TOK, "engine")
-    assert isinstance(build_policy(model_of(), TOK, "auto"), RolloutEngine)
+    assert isinstance(build_policy(model_of(), TOK, "auto"), HFPolicy)  # auto: the engine on CUDA only
+    assert isinstance(build_policy(model_of(), TOK, "engine"), RolloutEngine)
     assert isinstance(build_policy(model_of(), TOK, "hf"), HFPolicy)
 
 

@@ -388,8 +388,10 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
-    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine when the
-    architecture is supported, else HFPolicy with a logged reason)."""
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine for a
+    supported architecture on CUDA, else HFPolicy). auto keeps HFPolicy on CPU because the
+    engine has not been shown faster there (a 2-core CPU is bound by per-op overhead, where
+    HFPolicy's fewer, larger batches do as well); rollout_engine=engine uses it on CPU too."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -397,6 +399,8 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     if engine == "hf":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
+    if engine == "auto" and reason is None and next(model.parameters()).device.type != "cuda":
+        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     if reason is None:
         return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
     if engine == "engine":
