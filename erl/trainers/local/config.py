@@ -39,6 +39,8 @@ class LocalTrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights stay fp32)
     gen_batch_size: int = 64
+    rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.engine.build_policy)
+    rollout_compile: bool = False  # torch.compile the engine's decode step (CUDA)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
     project: str = "erl"  # wandb project
@@ -70,6 +72,10 @@ class LocalTrainerConfig:
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if not isinstance(self.rollout_compile, bool):
+            raise ConfigError(f"trainer.rollout_compile must be true or false, got {self.rollout_compile!r}")
+        if self.rollout_engine not in ("auto", "engine", "hf"):
+            raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
         bad = [x for x in self.loggers if x not in LOGGERS]
         if bad:
             raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")

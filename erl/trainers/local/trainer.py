@@ -26,7 +26,7 @@ from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_stor
 from erl.core.samples import episode_to_samples
 from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
-from erl.rollout.hf_policy import HFPolicy
+from erl.rollout.engine import build_policy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import CheckpointError, set_rng_state
 from erl.trainers.local.config import LocalTrainerConfig
@@ -75,7 +75,8 @@ class LocalTrainer:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(trainer.precision, self.device)
         self.memory = memory if erl.uses_memory else None
-        self.policy = HFPolicy(model, tokenizer, max_batch_size=trainer.gen_batch_size)
+        self.policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
+                                   compile=trainer.rollout_compile)
         self.workflow = ErlWorkflow(agent_factory, env_factory, self.policy, erl, self.memory,
                                     max_context_tokens=trainer.max_context_tokens, runner=runner)
         params = [p for p in model.parameters() if p.requires_grad]

@@ -3,9 +3,11 @@
 For GPUs where neither vLLM nor SGLang is installed. Each actor worker holds one bf16
 copy of the policy for generation; after every update verl's hybrid weight sync
 (`ActorRolloutRefWorker.update_weights`, checkpoint_engine backend "naive") streams the
-FSDP actor's full tensors into it through `update_weights`. Generation is batched
-`model.generate` (erl.rollout.hf_policy.HFPolicy.generate_batch), returning token ids and
-their log-probs under logits / temperature, the distribution that was sampled.
+FSDP actor's full tensors into it through `update_weights`. Generation runs on
+erl.rollout.engine (continuous batching, KV kept across turns) for Llama-family models, else
+batched `model.generate` (HFPolicy); both return token ids and their log-probs under
+logits / temperature, the distribution that was sampled. Choose with
+`rollout.engine_kwargs.hf.engine: auto|engine|hf` and `rollout.engine_kwargs.hf.compile`.
 
 Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
 """
@@ -29,7 +31,7 @@ class HFRolloutEngine:
         from transformers import AutoModelForCausalLM
         from verl.utils.config import omega_conf_to_dataclass
 
-        from erl.rollout.hf_policy import HFPolicy
+        from erl.rollout.engine import build_policy
 
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)
@@ -41,7 +43,9 @@ class HFRolloutEngine:
         tokenizer = self.model_config.tokenizer
         # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
-        self.policy = HFPolicy(self.model, tokenizer, max_batch_size=gen_batch)
+        opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
+        self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
+                                   compile=opts.get("compile", False))
         self.synced = 0
 
     # ---- verl's rollout interface ----------------------------------------------------
@@ -85,6 +89,8 @@ class HFRolloutEngine:
         from erl.workflow.base import SamplingParams
 
         params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        if hasattr(self.policy, "forget"):  # the engine queues them all and fills its own slots
+            return self.policy.generate_batch(prompts, params)
         out = []
         size = self.policy.max_batch_size
         for k in range(0, len(prompts), size):

@@ -1,0 +1,216 @@
+"""Rollout throughput: the engine (erl.rollout.engine) against plain `generate` and the
+static-cache compiled `generate` ceiling, on the same FrozenLake-sized prompts.
+
+    PYTHONPATH=. python benchmarks/rollout.py --device cuda --batch 512 --new-tokens 256 --dtype bf16
+    PYTHONPATH=. python benchmarks/rollout.py --device cuda --batch 512 --turns 3   # multi-turn: KV reuse
+    PYTHONPATH=. python benchmarks/rollout.py                                       # small CPU run
+
+Without --model the model is SmolLM2-135M's architecture with random weights (nothing to
+download); every engine generates exactly --new-tokens tokens (no stop token) so runs compare.
+Prints generated tokens/s, ratios, prefill tokens, recompiles and the engine's log-prob error
+against a teacher-forced forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+
+import torch
+
+from erl.rollout.engine import RolloutEngine
+from erl.workflow.base import SamplingParams
+
+SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,
+                "tie_word_embeddings": True, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5,
+                "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+
+
+def load(args):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+    if args.model == "tiny":
+        tok = build_tiny_tokenizer()
+        model = build_tiny_model(tok).to(dtype)
+    elif args.model:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
+    else:  # a tokenizer only supplies pad / decode here: the tiny one will do
+        tok = build_tiny_tokenizer()
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(dtype)
+    return model.to(args.device).eval(), tok
+
+
+def prompts_for(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """FrozenLake-like lengths: 60-250 tokens."""
+    rng = random.Random(seed)
+    return [[rng.randrange(3, vocab) for _ in range(rng.randint(60, 250))] for _ in range(n)]
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device, fn):
+    sync(device)
+    t = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t
+
+
+def run_engine(engine, prompts, params, device):
+    engine.generate_batch(prompts[: max(8, len(prompts) // 8)], params)  # warm-up (and compiles)
+    engine.generate_batch(prompts, params)  # every bucket the timed run meets
+    engine.reset_stats()
+    engine.forget()  # same prompts again: without this they would all be served from the cache
+    gens, dt = timed(device, lambda: engine.generate_batch(prompts, params))
+    return gens, dt, dict(engine.stats)
+
+
+def run_generate(model, prompts, new, device, pad, static: bool):
+    from transformers import GenerationConfig
+
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad)
+    att = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        att[i, width - len(p):] = 1
+    cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=0.7, top_k=0,
+                           pad_token_id=pad, eos_token_id=None,
+                           cache_implementation="static" if static else None)
+    ids, att = ids.to(device), att.to(device)
+    with torch.no_grad():
+        for _ in range(2):  # the second run is timed (the first compiles)
+            _, dt = timed(device, lambda: model.generate(input_ids=ids, attention_mask=att, generation_config=cfg))
+    return len(prompts) * new / dt
+
+
+def logprob_error(model, gens, prompts, temperature, device, rows=8):
+    """Max |engine log-prob - teacher-forced log-prob| over a few sequences."""
+    worst = 0.0
+    with torch.no_grad():
+        for p, g in list(zip(prompts, gens))[:rows]:
+            ids = torch.tensor([p + g.token_ids], device=device)
+            logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float() / temperature
+            ref = torch.log_softmax(logits, -1).gather(-1, ids[0, len(p):, None]).squeeze(-1).cpu()
+            worst = max(worst, float((ref - torch.tensor(g.logprobs)).abs().max()))
+    return worst
+
+
+def multi_turn(model, tok, args, device, reuse: bool):
+    """Episodes of --turns turns: each turn's prompt is the previous prompt + the response +
+    ~30 new tokens (an observation), submitted through the async interface as the trainer does."""
+    engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=args.compile_mode or False,
+                           prefix_reuse=reuse)
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7)
+    vocab = model.config.vocab_size
+    firsts = prompts_for(args.batch, vocab, seed=1)
+
+    async def episode(i, prompt):
+        rng = random.Random(i)
+        for _ in range(args.turns):
+            g = await engine.generate(prompt, params)
+            prompt = prompt + g.token_ids + [rng.randrange(3, vocab) for _ in range(rng.randint(25, 35))]
+
+    async def all_episodes():
+        await asyncio.gather(*[episode(i, p) for i, p in enumerate(firsts)])
+
+    asyncio.run(all_episodes())  # warm-up
+    engine.reset_stats()
+    engine.forget()  # start cold: no KV from the warm-up
+    _, dt = timed(device, lambda: asyncio.run(all_episodes()))
+    return engine.stats, dt
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="a model folder, 'tiny', or nothing: random SmolLM2-135M")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=None, help="sequences (default 512 on CUDA, 16 on CPU)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="default 256 on CUDA, 32 on CPU")
+    ap.add_argument("--dtype", default=None, choices=["bf16", "fp32", "fp16"], help="default bf16 on CUDA")
+    ap.add_argument("--turns", type=int, default=0, help="multi-turn mode: episodes of this many turns")
+    ap.add_argument("--compile-mode", default=None,
+                    help="also time the engine with torch.compile in this mode (default on CUDA: "
+                         "reduce-overhead; 'none' to skip)")
+    ap.add_argument("--skip", default="", help="comma list of: eager,compiled,hf_policy,dynamic,static")
+    args = ap.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    args.batch = args.batch or (512 if cuda else 16)
+    args.new_tokens = args.new_tokens or (256 if cuda else 32)
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    if args.compile_mode is None:
+        args.compile_mode = "reduce-overhead" if cuda else "none"
+    args.compile_mode = None if args.compile_mode == "none" else args.compile_mode
+    skip = set(filter(None, args.skip.split(",")))
+    if not cuda:
+        skip.add("static")  # compiling the static cache takes longer on CPU than the whole run
+    device = torch.device(args.device)
+    model, tok = load(args)
+    print(f"model {args.model or 'random SmolLM2-135M'} {args.dtype} on {args.device}: batch {args.batch}, "
+          f"{args.new_tokens} new tokens, prompts 60-250 tokens", flush=True)
+
+    if args.turns:
+        for reuse in (False, True):
+            stats, dt = multi_turn(model, tok, args, device, reuse)
+            print(f"multi-turn x{args.turns} prefix reuse {'on ' if reuse else 'off'}: "
+                  f"{stats['generated_tokens'] / dt:,.0f} tok/s | prefill {stats['prefill_tokens']:,} tokens, "
+                  f"reused {stats['reused_tokens']:,} | recompiles {stats['recompiles']}", flush=True)
+        return
+
+    prompts = prompts_for(args.batch, model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7)
+    rates = {}
+    engines = [("engine eager", False)] * ("eager" not in skip)
+    if args.compile_mode and "compiled" not in skip:
+        engines.append((f"engine compiled ({args.compile_mode})", args.compile_mode))
+    for name, mode in engines:
+        try:
+            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode)
+            gens, dt, stats = run_engine(engine, prompts, params, device)
+        except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
+            print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        rates[name] = stats["generated_tokens"] / dt
+        err = logprob_error(model, gens, prompts, params.temperature, device)
+        print(f"{name}: {rates[name]:,.0f} tok/s | prefill {stats['prefill_tokens']:,} tokens in "
+              f"{stats['batches']} admissions, {stats['decode_steps']} decode steps | decode shapes "
+              f"{stats['decode_shapes']}, recompiles in the timed run {stats['recompiles']} | "
+              f"max |logp - teacher-forced| {err:.2e}", flush=True)
+    if "hf_policy" not in skip and not cuda:
+        from erl.rollout.hf_policy import HFPolicy
+
+        pol = HFPolicy(model, tok, max_batch_size=args.batch)
+        pol.generate_batch(prompts[:8], params)
+        gens, dt = timed(device, lambda: pol.generate_batch(prompts, params))
+        rates["HFPolicy"] = sum(len(g.token_ids) for g in gens) / dt
+        print(f"HFPolicy (dynamic cache, stops on the tiny tokenizer's end ids): {rates['HFPolicy']:,.0f} tok/s",
+              flush=True)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for name, static in (("dynamic", False), ("static", True)):
+        if name in skip:
+            continue
+        try:
+            rates[f"generate {name}"] = run_generate(model, prompts, args.new_tokens, device, pad, static)
+        except Exception as exc:  # noqa: BLE001 -- report it, print the rest
+            print(f"generate {name}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            continue
+        print(f"generate {name}{' (compiled decode)' if static else ''}: {rates[f'generate {name}']:,.0f} tok/s",
+              flush=True)
+    for e in [k for k in rates if k.startswith("engine")]:
+        for b in [k for k in rates if not k.startswith("engine")]:
+            print(f"ratio {e} / {b}: {rates[e] / rates[b]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,409 @@
+"""A continuous-batching rollout engine behind the async Policy interface.
+
+Requests wait in a queue; every engine step admits waiting requests into free slots (one
+prefill of only the tokens whose KV the slot does not already hold), then decodes one token
+for every active slot. A finished sequence frees its slot at once, so the batch never waits
+for its longest row, and the slot keeps the sequence's KV: the next turn of the same attempt
+(whose prompt extends it, token for token: erl.rollout.chat) prefills only its new tokens.
+The sampled token's log-prob comes from that step's logits (under logits / temperature, as
+HFPolicy), so no full-vocabulary logits are kept. Shapes are bucketed (rows to powers of
+two, key length to `key_bucket`) so that a compiled decode step (CUDA only) is reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from erl.rollout.chat import ChatTokenizer
+from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
+from erl.workflow.base import Generation, SamplingParams
+
+logger = logging.getLogger(__name__)
+SUPPORTED_EXTRA = ("top_k",)
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def row_bucket(n: int, most: int) -> int:
+    """Decode batch rows: the next power of two (at least 8), at most `most`."""
+    b = 8
+    while b < n:
+        b *= 2
+    return min(b, most)
+
+
+@dataclass
+class _Request:
+    prompt: list[int]
+    params: SamplingParams
+    future: asyncio.Future | None = None
+    out: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)
+    result: Generation | None = None
+    waited: int = 0  # decode steps spent in the queue
+
+
+class RolloutEngine:
+    """`slots`: most sequences decoded at once (the KV cache grows to it on demand);
+    `max_len`: the context limit (prompt + generated); `compile`: torch.compile the decode
+    step (CUDA only: off by default until measured there); `prefill_budget`: padded tokens
+    per prefill forward; `stop_ids`: tokens that end a sequence (default: the chat template's
+    end-of-turn and eos; [] generates exactly max_new_tokens); `prefix_reuse`: off, every
+    request prefills its whole prompt (for measuring what reuse saves)."""
+
+    def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
+                 compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
+                 stop_ids: list[int] | None = None, prefix_reuse: bool = True):
+        reason = unsupported_reason(model)
+        if reason:
+            raise ValueError(f"RolloutEngine cannot run this model: {reason}")
+        if slots < 1:
+            raise ValueError(f"RolloutEngine: slots must be >= 1, got {slots}")
+        self.model, self.tokenizer = model, tokenizer
+        self.net = SlotModel(model)
+        self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
+        self.prefix_reuse = prefix_reuse
+        self._stops = set(self.stop_ids)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
+        self.max_batch_size = self.max_slots = slots
+        cfg = unwrap(model).config
+        self.max_len = int(max_len or cfg.max_position_embeddings)
+        self.device = next(model.parameters()).device
+        self.compile = bool(compile)
+        self.key_bucket = key_bucket
+        self.prefill_budget = prefill_budget or (16384 if self.device.type == "cuda" else 2048)
+        self.n_slots = 0
+        # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
+        # last finished (least recently used slots are reused first).
+        self.tok = np.full((0, 0), -1, dtype=np.int64)
+        self.held: list[int] = []
+        self.used: list[int] = []
+        self.active: dict[int, _Request] = {}
+        self.waiting: deque[_Request] = deque()
+        self.clock = 0
+        self._worker: asyncio.Task | None = None
+        mode = compile if isinstance(compile, str) else None
+        # dynamic=None: the first key length compiles a static graph, the next one a graph with a
+        # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
+        self._decode = torch.compile(self.net.forward, mode=mode) if self.compile else self.net.forward
+        self._shapes: set[tuple] = set()
+        self._version = -1
+        if self.compile:  # one graph per (rows, key length, capacity) bucket
+            dyn = torch._dynamo.config
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dyn, name):
+                    setattr(dyn, name, max(getattr(dyn, name), 256))
+        self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
+                      "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "decode_shapes": 0,
+                      "recompiles": 0}
+
+    def reset_stats(self) -> dict:
+        old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
+        return old
+
+    def forget(self) -> None:
+        """Drop every slot's held KV (after a weight update it no longer matches the model)."""
+        self.tok[:] = -1
+        self.held = [0] * self.n_slots
+
+    # ---- requests --------------------------------------------------------------------
+    def _request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("RolloutEngine: empty prompt")
+        if len(prompt) >= self.max_len:
+            raise ValueError(f"RolloutEngine: prompt of {len(prompt)} tokens does not fit the context limit "
+                             f"of {self.max_len} (max_len), which must leave room for one generated token")
+        if params.max_new_tokens < 1:
+            raise ValueError(f"RolloutEngine: max_new_tokens must be >= 1, got {params.max_new_tokens}")
+        if params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise ValueError(f"RolloutEngine: need temperature >= 0 and 0 < top_p <= 1, got "
+                             f"temperature={params.temperature}, top_p={params.top_p}")
+        unknown = sorted(set(params.extra) - set(SUPPORTED_EXTRA))
+        if unknown:
+            raise ValueError(f"RolloutEngine: unsupported sampling params {unknown} (supported extra: "
+                             f"{list(SUPPORTED_EXTRA)}); use rollout_engine=hf for them")
+        return _Request(prompt, params)
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
+        req = self._request(prompt_ids, params)
+        loop = asyncio.get_running_loop()
+        req.future = loop.create_future()
+        self.waiting.append(req)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run())
+        return await req.future
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting or self.active:
+                if not self.active:  # let every runnable episode reach its request first
+                    size = -1
+                    while size != len(self.waiting):
+                        size = len(self.waiting)
+                        for _ in range(2):
+                            await asyncio.sleep(0)
+                self.step()
+                await asyncio.sleep(0)  # episodes submit their next turns while others decode
+        except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Fail every pending request and start clean (a half-written cache is not reused)."""
+        for req in list(self.active.values()) + list(self.waiting):
+            if req.future is not None and not req.future.done():
+                req.future.set_exception(exc)
+        self.active.clear()
+        self.waiting.clear()
+        self.forget()
+
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        """Blocking: all prompts through the engine (for callers without an event loop)."""
+        reqs = [self._request(p, params) for p in prompts]
+        self.waiting.extend(reqs)
+        try:
+            while any(r.result is None for r in reqs):
+                self.step()
+        except BaseException as exc:
+            self._fail(exc)
+            raise
+        return [r.result for r in reqs]
+
+    # ---- one engine step ---------------------------------------------------------------
+    def step(self) -> None:
+        start = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                free = self.max_slots - len(self.active)
+                if self.waiting and free and (not self.active or len(self.waiting) >= min(free, 8)
+                                              or self.waiting[0].waited >= 8):
+                    self._admit()
+                if self.active:
+                    self._decode_step()
+                for req in self.waiting:
+                    req.waited += 1
+        finally:
+            if was_training:
+                self.model.train()
+            self.stats["generate_seconds"] += time.perf_counter() - start
+
+    def _cache_dtype(self) -> torch.dtype:
+        kind = self.device.type
+        if torch.is_autocast_enabled(kind):
+            return torch.get_autocast_dtype(kind)
+        return self.net.inner.embed_tokens.weight.dtype
+
+    def _ensure(self, slots: int, need: int) -> None:
+        """Grow the cache to `slots` rows and > `need` positions (the last one is scratch)."""
+        dtype = self._cache_dtype()
+        cap = self.net.capacity
+        same = bool(self.net.k) and self.net.k[0].dtype == dtype
+        if same and slots <= self.n_slots and need < cap:
+            return
+        if not same:  # a new precision: the held KV is of no use
+            self.forget()
+        slots = max(slots, self.n_slots)
+        cap = min(max(round_up(need + 1, self.key_bucket), 2 * cap if need >= cap else cap),
+                  round_up(self.max_len + 1, self.key_bucket))
+        self.net.allocate(slots, cap, dtype, self.device)
+        tok = np.full((slots, cap), -1, dtype=np.int64)
+        tok[:self.tok.shape[0], :self.tok.shape[1]] = self.tok[:, :cap]
+        self.tok = tok
+        self.held += [0] * (slots - self.n_slots)
+        self.used += [0] * (slots - self.n_slots)
+        self.n_slots = slots
+
+    def _match(self, prompt: list[int], free: list[int]) -> tuple[int, int]:
+        """(slot, reused tokens): the free slot whose kept tokens share the longest prefix
+        with the prompt, least recently used among equals. At least one token is prefilled."""
+        n = min(len(prompt) - 1, self.tok.shape[1])
+        same = self.tok[free, :n] == np.asarray(prompt[:n])[None, :]  # -1 past what a slot holds
+        same = np.concatenate([same, np.zeros((len(free), 1), dtype=bool)], axis=1)
+        lengths = same.argmin(axis=1) if self.prefix_reuse else np.zeros(len(free), dtype=np.int64)
+        used = np.asarray([self.used[s] for s in free])
+        best = int(np.lexsort((used, -lengths))[0])  # longest, then least recently used
+        return free[best], int(lengths[best])
+
+    def _weights_version(self) -> int:
+        """Changes whenever any weight is written in place (optimizer step, weight sync, load)."""
+        return sum(p._version for p in self.model.parameters())
+
+    def _admit(self) -> None:
+        version = self._weights_version()
+        if version != self._version:  # held KV came from other weights: never reuse it
+            self.forget()
+            self._version = version
+        free = [s for s in range(self.n_slots) if s not in self.active]
+        want = min(len(self.waiting), self.max_slots - len(self.active))
+        if len(free) < want:
+            grow = row_bucket(len(self.active) + want, self.max_slots)
+            self._ensure(grow, self.net.capacity - 1 if self.net.k else 0)
+            free = [s for s in range(self.n_slots) if s not in self.active]
+        admitted = []
+        for _ in range(min(want, len(free))):
+            req = self.waiting.popleft()
+            slot, reuse = self._match(req.prompt, free)
+            free.remove(slot)
+            self.active[slot] = req
+            admitted.append((slot, reuse, req))
+        self._ensure(self.n_slots, max(len(r.prompt) for _, _, r in admitted))
+        admitted.sort(key=lambda a: len(a[2].prompt) - a[1])
+        chunk: list = []
+        for item in admitted:  # similar suffix lengths together: little padding
+            width = round_up(max(len(r.prompt) - u for _, u, r in chunk + [item]), 16)
+            if chunk and width * (len(chunk) + 1) > self.prefill_budget:
+                self._prefill(chunk)
+                chunk = []
+            chunk.append(item)
+        if chunk:
+            self._prefill(chunk)
+        self.stats["batches"] += 1
+
+    def _prefill(self, chunk: list) -> None:
+        dev, cap = self.device, self.net.capacity
+        width = round_up(max(len(r.prompt) - u for _, u, r in chunk), 16)
+        ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+        starts = torch.tensor([u for _, u, _ in chunk])
+        for i, (_, u, r) in enumerate(chunk):
+            ids[i, :len(r.prompt) - u] = torch.tensor(r.prompt[u:])
+            self.stats["prefill_tokens"] += len(r.prompt) - u
+            self.stats["reused_tokens"] += u
+        pos = starts[:, None] + torch.arange(width)[None, :]
+        keys = min(round_up(max(len(r.prompt) for _, _, r in chunk), self.key_bucket), cap)
+        rows = torch.tensor([s for s, _, _ in chunk])
+        last = torch.tensor([len(r.prompt) - u - 1 for _, u, r in chunk])
+        logits = self.net.forward(ids.to(dev), pos.to(dev), rows.to(dev), pos.clamp(max=cap - 1).to(dev),
+                                  keys, last.to(dev))
+        for s, _, r in chunk:
+            self.tok[s] = -1
+            self.tok[s, :len(r.prompt)] = r.prompt
+            self.held[s] = len(r.prompt)
+        self._take([s for s, _, _ in chunk], logits)
+
+    def _decode_step(self) -> None:
+        slots = sorted(self.active)
+        dev = self.device
+        need = max(self.held[s] for s in slots)  # the furthest position a slot writes now
+        self._ensure(self.n_slots, need + 1)
+        cap = self.net.capacity
+        b = row_bucket(len(slots), self.n_slots)
+        full = b == self.n_slots
+        rows = list(range(self.n_slots)) if full else slots + [next(s for s in range(self.n_slots)
+                                                                     if s not in self.active)] * (b - len(slots))
+        ids = [self.pad_id] * len(rows)
+        pos = [cap - 1] * len(rows)  # idle rows write to the scratch column
+        for i, s in enumerate(rows):
+            req = self.active.get(s)
+            if req is not None and (full or i < len(slots)):
+                ids[i], pos[i] = req.out[-1], self.held[s]
+        keys = min(round_up(need + 1, self.key_bucket), cap)
+        self._shapes.add((b, keys, cap))
+        self.stats["decode_shapes"] = len(self._shapes)
+        graphs = _graph_count()
+        if self.compile:
+            torch.compiler.cudagraph_mark_step_begin()
+        pos_t = torch.tensor(pos, device=dev)[:, None]
+        logits = self._decode(torch.tensor(ids, device=dev)[:, None], pos_t,
+                              None if full else torch.tensor(rows, device=dev), pos_t, keys,
+                              torch.zeros(len(rows), dtype=torch.long, device=dev))
+        if self.compile:
+            self.stats["recompiles"] += _graph_count() - graphs
+        for s in slots:
+            self.tok[s, self.held[s]] = self.active[s].out[-1]
+            self.held[s] += 1
+        index = slots if full else list(range(len(slots)))  # not full: active slots come first
+        self._take(slots, logits[torch.tensor(index, device=dev)])
+        self.stats["decode_steps"] += 1
+
+    # ---- sampling --------------------------------------------------------------------
+    def _take(self, slots: list[int], logits: torch.Tensor) -> None:
+        """Sample one token per slot from its logits [n, vocab]; finish sequences that end."""
+        reqs = [self.active[s] for s in slots]
+        tokens, logps = sample(logits, [r.params for r in reqs])
+        for s, req, t, lp in zip(slots, reqs, tokens.tolist(), logps.tolist()):
+            req.out.append(t)
+            req.logps.append(lp)
+            room = len(req.prompt) + len(req.out) >= self.max_len
+            if t in self._stops or len(req.out) >= req.params.max_new_tokens or room:
+                self._finish(s, req, "stop" if t in self._stops else "length")
+
+    def _finish(self, slot: int, req: _Request, reason: str) -> None:
+        del self.active[slot]
+        self.clock += 1
+        self.used[slot] = self.clock
+        text = self.tokenizer.decode(req.out, skip_special_tokens=True)
+        req.result = Generation(token_ids=req.out, logprobs=req.logps, text=text, finish_reason=reason)
+        self.stats["generated_tokens"] += len(req.out)
+        self.stats["sequences"] += 1
+        if req.future is not None and not req.future.done():
+            req.future.set_result(req.result)
+
+
+def _graph_count() -> int:
+    """Graphs torch.compile has built in this process (each compile or recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
+    top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
+    dev = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
+    greedy = temps == 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+    logp = torch.log_softmax(scaled, dim=-1)
+    tokens = logits.argmax(-1)
+    if not bool(greedy.all()):
+        cut = scaled.clone()
+        top_k = [int(p.extra.get("top_k") or 0) for p in params]
+        if any(top_k):
+            k = torch.tensor([t if t > 0 else cut.shape[-1] for t in top_k], device=dev)
+            kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
+            cut = cut.masked_fill(cut < kth, float("-inf"))
+        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
+        if bool((top_p < 1).any()):
+            probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
+            drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
+            cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        probs = torch.softmax(cut, dim=-1)
+        drawn = (probs / torch.empty_like(probs).exponential_()).argmax(-1)  # exponential race = multinomial
+        tokens = torch.where(greedy, tokens, drawn)
+    return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
+
+
+def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
+                 compile: bool | str = False) -> Any:
+    """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine for a
+    supported architecture on CUDA, else HFPolicy). auto keeps HFPolicy on CPU because the
+    engine has not been shown faster there (a 2-core CPU is bound by per-op overhead, where
+    HFPolicy's fewer, larger batches do as well); rollout_engine=engine uses it on CPU too."""
+    from erl.rollout.hf_policy import HFPolicy
+
+    if engine not in ("auto", "engine", "hf"):
+        raise ValueError(f"rollout_engine must be auto, engine or hf, got {engine!r}")
+    if engine == "hf":
+        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
+    reason = unsupported_reason(model)
+    if engine == "auto" and reason is None and next(model.parameters()).device.type != "cuda":
+        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
+    if reason is None:
+        return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
+    if engine == "engine":
+        raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
+    logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)
+    return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)

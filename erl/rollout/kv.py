@@ -1,0 +1,124 @@
+"""The forward pass of a Llama-family model over a slot-indexed KV cache.
+
+Runs the model's own submodules (embeddings, norms, q/k/v/o projections, MLP, rotary
+embedding, lm_head), so peft LoRA adapters and Qwen2's qkv bias or Qwen3's q/k norms work
+unchanged; only the cache layout and the attention call are ours. The cache is one
+[slots, kv_heads, capacity, head_dim] tensor per layer for keys and values: a row is a
+slot, a column a token position, so a sequence keeps its KV for as long as it owns its slot.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def unwrap(model: Any) -> Any:
+    """The *ForCausalLM under a peft wrapper (its layers still carry the adapters)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+def unsupported_reason(model: Any) -> str | None:
+    """Why the engine cannot run this model, or None when it can."""
+    base = unwrap(model)
+    cfg = getattr(base, "config", None)
+    kind = getattr(cfg, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"architecture {kind!r} is not one of {SUPPORTED}"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", kind == "mistral"):
+        return "sliding-window attention is not implemented"
+    inner = getattr(base, "model", None)
+    for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
+        if not hasattr(inner, name):
+            return f"model.model has no {name}"
+    if not hasattr(base, "lm_head"):
+        return "model has no lm_head"
+    return None
+
+
+class SlotModel:
+    """Forward passes that read and write the slot cache; no sampling, no bookkeeping."""
+
+    def __init__(self, model: Any):
+        base = unwrap(model)
+        self.base, self.inner = base, base.model
+        cfg = base.config
+        self.kv_heads = cfg.num_key_value_heads
+        self.heads = cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.layers = list(self.inner.layers)
+        attn = self.layers[0].self_attn
+        self.rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        self.scaling = getattr(attn, "scaling", self.head_dim ** -0.5)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+
+    @property
+    def capacity(self) -> int:
+        return self.k[0].shape[2] if self.k else 0
+
+    def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        """(Re)allocate the cache, keeping what the old one held (growth copies it over)."""
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        old_k, old_v = self.k, self.v
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
+        if old_k and old_k[0].shape[0] == slots and old_k[0].dtype == dtype:
+            n = min(old_k[0].shape[2], capacity)
+            for new, old in zip(self.k + self.v, old_k + old_v):
+                new[:, :, :n] = old[:, :, :n]
+        if device.type == "cuda":  # CUDA graphs may then write into them in place
+            for t in self.k + self.v:
+                torch._dynamo.mark_static_address(t)
+
+    def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
+                write: torch.Tensor, keys: int, mask: torch.Tensor, cos_sin) -> torch.Tensor:
+        """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then
+        attend to the row's first `keys` positions as `mask` allows."""
+        n, t, _ = h.shape
+        q = attn.q_proj(h).view(n, t, -1, self.head_dim)
+        k = attn.k_proj(h).view(n, t, -1, self.head_dim)
+        v = attn.v_proj(h).view(n, t, -1, self.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), *cos_sin)
+        kc, vc = self.k[idx], self.v[idx]
+        kc[slot[:, None], :, write] = k.transpose(1, 2).to(kc.dtype)
+        vc[slot[:, None], :, write] = v.to(vc.dtype)
+        if rows is None:  # every slot: a view, no copy
+            ks, vs = kc[:, :, :keys], vc[:, :, :keys]
+        else:
+            ks, vs = kc[rows, :, :keys], vc[rows, :, :keys]
+        # Grouped-query attention without repeating K/V: the query heads that share a KV head
+        # become extra query rows of that head.
+        g = self.heads // self.kv_heads
+        q = q.to(kc.dtype).reshape(n, self.kv_heads, g * t, self.head_dim)
+        out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
+        out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
+        return attn.o_proj(out)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
+                keys: int, last: torch.Tensor) -> torch.Tensor:
+        """ids, pos, write [n, T]; rows [n] slot ids (None: all slots, in order); last [n]:
+        the position in T whose logits are returned ([n, vocab], float32)."""
+        h = self.inner.embed_tokens(ids)
+        n, t = ids.shape
+        cos_sin = self.inner.rotary_emb(h, pos)
+        slot = rows if rows is not None else torch.arange(n, device=ids.device)
+        g = self.heads // self.kv_heads  # a query row per (query head of a KV head, position)
+        mask = torch.arange(keys, device=ids.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
+        mask = mask[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
+        for i, layer in enumerate(self.layers):
+            r = h
+            h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
+                                 cos_sin)
+            r = h
+            h = r + layer.mlp(layer.post_attention_layernorm(h))
+        h = h[torch.arange(h.shape[0], device=h.device), last]
+        return self.base.lm_head(self.inner.norm(h)).float()
