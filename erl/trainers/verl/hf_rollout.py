@@ -44,7 +44,7 @@ class HFRolloutEngine:
         # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
         opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
-        self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
+        self.policy = build_policy(self.model, tokenizer, opts.get("engine", "hf"), max_batch_size=gen_batch,
                                    compile=opts.get("compile", False))
         self.synced = 0
 
