@@ -128,7 +128,7 @@ def _trainer(folder, out, extra=()):
         "trainer.n_gpus_per_node=2", "data.train_batch_size=2", "erl.n_attempt=2", "erl.max_new_tokens=12",
         "erl.max_reflection_tokens=12", "erl.max_turns=2", "erl_trainer.eval_tasks=2", "env.n_train=8",
         "env.n_val=2", "trainer.total_training_steps=3", "trainer.save_freq=2", "trainer.test_freq=2",
-        f"trainer.default_local_dir={out}", "erl.tau=1.5", "erl.reflection_require_tag=false", *extra])
+        f"trainer.default_local_dir={out}", "erl.tau=1.0", "erl.reflection_require_tag=false", *extra])
     s = validate(cfg)
     from transformers import AutoTokenizer
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from erl.core.config import ConfigError
 from erl.core.reflection import GUIDANCE_HEADER, apply_guidance
+from erl.core.tags import tag_blocks
 from erl.core.types import Step, Trajectory
 from erl.models.chat import chat_ids
 from erl.rollout.chat import ChatTokenizer
@@ -33,9 +34,25 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 # A throw-away closed conversation: what a template adds after it is what new messages cost.
 _BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
 MAX_OBSERVATION_CHARS = 2000  # what one step keeps of the tool results it led to
+# An attempt's context when neither the runner nor the workflow sets one: never unbounded.
+DEFAULT_MAX_CONTEXT_TOKENS = 32768
+_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-# Hermes / Qwen style tool calls, the format of the ChatML templates this project uses.
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` stands for (its longest vocabulary
+    entry; a byte-level entry is one character per byte, never fewer than it decodes to).
+    A chat of C characters is at least C / this many tokens: a bound found without tokenising."""
+    try:
+        return _TOKEN_CHARS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    try:
+        _TOKEN_CHARS[tokenizer] = longest
+    except TypeError:  # not weak-referenceable: computed again next time
+        pass
+    return longest
 
 
 class StepLimitExceeded(RuntimeError):
@@ -57,7 +74,8 @@ class ParsedReply:
 
 
 def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
-    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks -> tool calls.
+    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks (Hermes / Qwen style,
+    the format of the ChatML templates this project uses) -> tool calls, in linear time.
 
     Untrusted text: a block that is not a JSON object with a string `name` and an object
     (or JSON-object string) `arguments` is not a call; it stays in the content, so the
@@ -65,13 +83,13 @@ def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
     """
     text = "" if text is None else str(text)
     calls, errors, kept, last = [], [], [], 0
-    for i, match in enumerate(_TOOL_CALL.finditer(text)):
-        call, error = _read_call(match.group(1))
+    for i, block in enumerate(tag_blocks(text, "<tool_call>", "</tool_call>")):
+        call, error = _read_call(block.body)
         if call is None:
             errors.append(f"tool call {i + 1}: {error}")
             continue
-        kept.append(text[last:match.start()])
-        last = match.end()
+        kept.append(text[last:block.start])
+        last = block.end
         calls.append({"id": f"{id_prefix}_{len(calls)}", **call})
     kept.append(text[last:])
     return ParsedReply(content="".join(kept).strip() if calls else text.strip(), tool_calls=calls, errors=errors)
@@ -223,7 +241,7 @@ class AttemptRecorder:
                  max_calls: int = 8, max_context_tokens: int | None = None):
         self.policy, self.chat, self.params = policy, chat, params
         self.guidance, self.placement = guidance, placement
-        self.max_calls, self.max_context_tokens = max_calls, max_context_tokens
+        self.max_calls, self.max_context_tokens = max_calls, max_context_tokens or DEFAULT_MAX_CONTEXT_TOKENS
         self.traj = Trajectory(name=name, task=task, info={"truncated": False})
         self.fatal: BaseException | None = None  # a policy failure: never hidden as a bad attempt
         self.stopped: str | None = None  # why the attempt was cut off (a limit), if it was
@@ -250,8 +268,14 @@ class AttemptRecorder:
             self.stopped = f"the agent made more than {self.max_calls} model calls"
             raise StepLimitExceeded(self.stopped)
         guided = place_guidance(msgs, self.guidance, self.placement)
+        chars = sum(len(m["content"]) for m in guided)
+        if chars > self.max_context_tokens * max_token_chars(self.chat.tokenizer):
+            # Refused before tokenising: a 10 MB chat would cost seconds to find too long.
+            self.traj.info["truncated"] = True
+            self.stopped = f"the chat holds {chars} characters, more than {self.max_context_tokens} tokens can hold"
+            raise ContextLimitExceeded(self.stopped)
         ids = self._prompt_ids(msgs, guided, tools)
-        if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
+        if len(ids) >= self.max_context_tokens:
             self.traj.info["truncated"] = True
             self.stopped = f"the chat reached {len(ids)} tokens (limit {self.max_context_tokens})"
             raise ContextLimitExceeded(self.stopped)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from erl.core.config import ConfigError, check_keys
+from erl.core.tags import tag_blocks
 from erl.envs.symbols import render_grid, resolve_symbols
 from erl.workflow.base import BaseEnv
 
@@ -65,8 +66,24 @@ def load_tasks(path: str | Path) -> list[dict]:
                 raise ConfigError(f"{where}: duplicate task_id {task['task_id']!r} "
                                   f"(first on line {first_line[task['task_id']]})")
             first_line[task["task_id"]] = lineno
+            check_playable(task, where)
             tasks.append(task)
     return tasks
+
+
+def check_playable(task: dict, where: str) -> None:
+    """Build the task's env once: a task without its layout (or with a broken one) is
+    reported with its file and line before a model is loaded, not mid-evaluation."""
+    from erl.envs.registry import make_env
+
+    try:
+        make_env(task)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        missing = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ConfigError(f"{where}: task {task['task_id']!r} is not a playable {task['env']} task "
+                          f"({missing})") from None
 
 
 # ---------------------------------------------------------------- params
@@ -128,9 +145,9 @@ def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS) -> str | None:
     if not isinstance(text, str):
         return None
     text = text[-MAX_ACTION_CHARS:]
-    tagged = re.findall(r"<action>(.*?)</action>", text, flags=re.IGNORECASE | re.DOTALL)
+    tagged = tag_blocks(text, "<action>", "</action>", ignore_case=True)
     if tagged:
-        word = tagged[-1].strip().strip(".!'\"`").lower()
+        word = tagged[-1].body.strip().strip(".!'\"`").lower()
         return word if word in actions else None
     words = re.findall(r"\b(" + "|".join(map(re.escape, actions)) + r")\b", text, flags=re.IGNORECASE)
     return words[-1].lower() if words else None

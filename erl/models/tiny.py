@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_KEYS = ("hidden", "layers", "heads", "max_positions")  # the `model.tiny:` settings
 
 # ChatML with Qwen-style tools: schemas in the system turn, calls as <tool_call> JSON,
 # results as <tool_response> inside a user turn.
@@ -62,8 +63,14 @@ def build_tiny_model(tokenizer: Any, seed: int = 0, hidden: int = 64, layers: in
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from erl.core.config import ConfigError
+
+    sizes = {"hidden": hidden, "layers": layers, "heads": heads, "max_positions": max_positions}
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model.tiny.{key} must be an integer >= 1, got {value!r}")
     if hidden % heads:
-        raise ValueError(f"tiny model: hidden ({hidden}) must be divisible by heads ({heads})")
+        raise ConfigError(f"model.tiny.hidden ({hidden}) must be divisible by model.tiny.heads ({heads})")
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,

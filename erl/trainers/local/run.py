@@ -28,6 +28,7 @@ from erl.trainers.local.checkpoint import (
 )
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.trainer import LocalTrainer
+from erl.trainers.paths import check_writable
 from erl.workflow.factories import chat_agent_for, load_runner
 
 
@@ -40,6 +41,17 @@ def pick_device(name: str) -> torch.device:
 
 
 LORA_KEYS = {"enabled", "r", "alpha", "dropout", "target_modules", "last_layers"}
+# What erl-train and erl-eval read: a `+typo=1` is an error, not a silently unused key.
+TOP_KEYS = {"erl", "trainer", "env", "model", "seed", "runner", "resume", "eval"}
+ENV_KEYS = {"name", "params", "n_train", "n_val"}
+MODEL_KEYS = {"path", "fetch", "lora", "tiny"}
+
+
+def check_int(value: Any, key: str, low: int) -> int:
+    """An integer >= low (Hydra passes `seed=abc` through as the string 'abc')."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def apply_lora(model, lora: dict):
@@ -65,10 +77,10 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     model the project builds, for tests and smoke runs)."""
     path = str(model_cfg.get("path", ""))
     if path == "tiny":
-        from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+        from erl.models.tiny import TINY_KEYS, build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
-        model = build_tiny_model(tok, seed=seed, **dict(model_cfg.get("tiny", {}) or {}))
+        model = build_tiny_model(tok, seed=seed, **check_keys("model.tiny", model_cfg.get("tiny"), TINY_KEYS))
     else:
         from erl.models.registry import load_model_and_tokenizer, resolve_model
 
@@ -83,11 +95,13 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
 def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     """Validate every section, then build. Returns the trainer and the validation tasks."""
     for section in ("erl", "trainer", "env", "model"):
-        if section not in cfg:
+        if not isinstance(cfg.get(section), dict):
             raise ConfigError(f"config has no `{section}:` section")
+    check_keys("config", cfg, TOP_KEYS)
+    check_keys("model", cfg["model"], MODEL_KEYS)
     erl = ErlConfig.from_dict(cfg["erl"])
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
-    env_cfg = dict(cfg["env"])
+    env_cfg = check_keys("env", cfg["env"], ENV_KEYS)
     env_name = env_cfg.get("name")
     params = dict(env_cfg.get("params", {}) or {})
     validate_env_params(env_name, params)
@@ -95,10 +109,9 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     if isinstance(env_turns, int) and erl.max_turns < env_turns:
         raise ConfigError(f"erl.max_turns ({erl.max_turns}) < env.params.max_turns ({env_turns}): attempts would "
                           "be cut before the environment ends them; make them equal")
-    seed = int(cfg.get("seed", 0))
-    n_train, n_val = int(env_cfg.get("n_train", 256)), int(env_cfg.get("n_val", 64))
-    if n_train < 1 or n_val < 1:
-        raise ConfigError(f"env.n_train and env.n_val must be >= 1, got {n_train}, {n_val}")
+    seed = check_int(cfg.get("seed", 0), "seed", 0)
+    n_train = check_int(env_cfg.get("n_train", 256), "env.n_train", 1)
+    n_val = check_int(env_cfg.get("n_val", 64), "env.n_val", 1)
     train = make_tasks(env_name, n_train, seed=seed, split="train", **params)
     val = make_tasks(env_name, n_val, seed=seed, split="val", **params)[: tcfg.eval_tasks]
     device = pick_device(tcfg.device)
@@ -138,6 +151,7 @@ def train(cfg: dict) -> dict[str, float]:
     """Run training from a plain dict config (the Hydra app passes its resolved config)."""
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
+    check_writable(out, "trainer.output_dir")
     resume_from = prepare_output(cfg, out, cfg.get("resume", False))
     trainer, extra = build(cfg)
     out.mkdir(parents=True, exist_ok=True)
