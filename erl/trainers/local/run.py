@@ -143,7 +143,7 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> Path | None:
     saved = load_checkpoint(path)["config"]
     diff = config_mismatch(saved, cfg)
     if diff:
-        raise ConfigError(f"checkpoint {path} was written with a different config:\n  " + "\n  ".join(diff))
+        raise ConfigError(f"checkpoint {path} was written with a different config: " + "; ".join(diff))
     return path
 
 
