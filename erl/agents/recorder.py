@@ -34,6 +34,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 # A throw-away closed conversation: what a template adds after it is what new messages cost.
 _BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
 MAX_OBSERVATION_CHARS = 2000  # what one step keeps of the tool results it led to
+MAX_TOOL_CALLS = 64  # tool call blocks read from one reply; the rest stay in its text
 # An attempt's context when neither the runner nor the workflow sets one: never unbounded.
 DEFAULT_MAX_CONTEXT_TOKENS = 32768
 _TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -84,12 +85,15 @@ def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
     text = "" if text is None else str(text)
     calls, errors, kept, last = [], [], [], 0
     for i, block in enumerate(tag_blocks(text, "<tool_call>", "</tool_call>")):
-        call, error = _read_call(block.body)
+        if i == MAX_TOOL_CALLS:  # a degenerate reply: reading every block costs more than it is worth
+            errors.append(f"tool call blocks past the first {MAX_TOOL_CALLS} were not read")
+            break
+        call, error = _read_call(block.group(1))
         if call is None:
             errors.append(f"tool call {i + 1}: {error}")
             continue
-        kept.append(text[last:block.start])
-        last = block.end
+        kept.append(text[last:block.start()])
+        last = block.end()
         calls.append({"id": f"{id_prefix}_{len(calls)}", **call})
     kept.append(text[last:])
     return ParsedReply(content="".join(kept).strip() if calls else text.strip(), tool_calls=calls, errors=errors)

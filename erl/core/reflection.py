@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from erl.core.tags import tag_blocks
+from erl.core.tags import last_tag_block
 from erl.core.types import Trajectory
 
 REFLECTION_SYSTEM = (
@@ -94,9 +94,9 @@ def parse_reflection(text: str, tag: str = "prompt", max_chars: int = 2000,
     is present (useful for tiny models that never learned the format).
     """
     text = "" if text is None else str(text)
-    blocks = tag_blocks(text, f"<{tag}>", f"</{tag}>", ignore_case=True)
-    if blocks:
-        body = blocks[-1].body.strip()
+    block = last_tag_block(text, f"<{tag}>", f"</{tag}>", ignore_case=True)
+    if block is not None:
+        body = block.strip()
     elif re.search(f"<{re.escape(tag)}>", text, flags=re.IGNORECASE) and require_tag:
         return ReflectionParse(False, error="unclosed_tag")
     elif require_tag:
