@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.memory import ReflectionMemory
+from erl.models.tiny import check_tiny_sizes
 from erl.tracking import Tracker, plot_run
 from erl.trainers.local.checkpoint import (
     CheckpointError,
@@ -77,10 +78,10 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     model the project builds, for tests and smoke runs)."""
     path = str(model_cfg.get("path", ""))
     if path == "tiny":
-        from erl.models.tiny import TINY_KEYS, build_tiny_model, build_tiny_tokenizer
+        from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
-        model = build_tiny_model(tok, seed=seed, **check_keys("model.tiny", model_cfg.get("tiny"), TINY_KEYS))
+        model = build_tiny_model(tok, seed=seed, **check_tiny_sizes(model_cfg.get("tiny")))
     else:
         from erl.models.registry import load_model_and_tokenizer, resolve_model
 
@@ -99,6 +100,8 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
             raise ConfigError(f"config has no `{section}:` section")
     check_keys("config", cfg, TOP_KEYS)
     check_keys("model", cfg["model"], MODEL_KEYS)
+    if cfg["model"].get("path") == "tiny":  # checked with the config, not after the tasks are made
+        check_tiny_sizes(cfg["model"].get("tiny"))
     erl = ErlConfig.from_dict(cfg["erl"])
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     env_cfg = check_keys("env", cfg["env"], ENV_KEYS)
