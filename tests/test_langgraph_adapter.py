@@ -266,10 +266,10 @@ def test_a_10mb_chat_is_refused_before_it_is_tokenised():
         rec = AttemptRecorder(ScriptedPolicy(TOK, lambda p, i: "y"), ChatTokenizer(TOK), SamplingParams(8),
                               name="attempt1", task={})
         assert rec.max_context_tokens == DEFAULT_MAX_CONTEXT_TOKENS
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: the test machine is shared
         with pytest.raises(ContextLimitExceeded, match="10000000 characters"):
             await rec.complete([{"role": "user", "content": "x" * 10_000_000}])
-        return time.perf_counter() - start, rec
+        return time.process_time() - start, rec
 
     seconds, rec = asyncio.run(go())
     assert seconds < 1.0 and not rec.traj.steps and rec.traj.info["truncated"]

@@ -115,14 +115,14 @@ MB = 2**20
 
 
 def _seconds(fn, small, large) -> tuple[float, float]:
-    """The least time of five for each input, measured in turns: a busy shared machine only
-    ever adds time, and in turns a slow spell hits both sizes alike."""
+    """The least CPU time of five for each input, measured in turns: a busy shared machine
+    only ever adds time, and in turns a slow spell hits both sizes alike."""
     best = [float("inf"), float("inf")]
     for _ in range(5):
         for i, arg in enumerate((small, large)):
-            start = time.perf_counter()
+            start = time.process_time()
             fn(arg)
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], time.process_time() - start)
     return best[0], best[1]
 
 
