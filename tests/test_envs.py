@@ -375,3 +375,18 @@ def test_frozenlake_corners_layout_and_its_turn_limit():
         validate_env_params("frozenlake", {"start_goal": "middle"})
     with pytest.raises(ConfigError, match="needs 8 moves"):
         validate_env_params("frozenlake", {"start_goal": "corners", "size_min": 5, "size_max": 5, "max_turns": 6})
+
+
+def test_load_tasks_refuses_a_task_its_env_cannot_play(tmp_path):
+    """A task without its layout used to load, and fail mid-evaluation with a KeyError."""
+    good = make_tasks("frozenlake", 1, seed=0, split="val")[0]
+    path = tmp_path / "t.jsonl"
+    lines = [json.dumps(good), json.dumps({"task_id": "b", "env": "frozenlake"})]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl:2: task 'b' is not a playable frozenlake task"):
+        load_tasks(path)
+    path.write_text(lines[0] + "\n" + json.dumps({"task_id": "c", "env": "chess"}) + "\n")
+    with pytest.raises(ConfigError, match=r"t\.jsonl:2: env.name: unknown environment 'chess'"):
+        load_tasks(path)
+    path.write_text(lines[0] + "\n")
+    assert load_tasks(path) == [good]

@@ -253,3 +253,32 @@ def test_recorder_rewritten_history_and_context_limit():
         assert rec.traj.info["truncated"] and len(rec.traj.steps) == 2
 
     asyncio.run(go())
+
+
+def test_a_10mb_chat_is_refused_before_it_is_tokenised():
+    """Without a limit a 10 MB chat reached the policy as 10.5M tokens; now the recorder has
+    one always (the workflow's, else DEFAULT_MAX_CONTEXT_TOKENS) and checks characters first."""
+    import time
+
+    from erl.agents.recorder import DEFAULT_MAX_CONTEXT_TOKENS, max_token_chars
+
+    async def go():
+        rec = AttemptRecorder(ScriptedPolicy(TOK, lambda p, i: "y"), ChatTokenizer(TOK), SamplingParams(8),
+                              name="attempt1", task={})
+        assert rec.max_context_tokens == DEFAULT_MAX_CONTEXT_TOKENS
+        start = time.process_time()  # CPU time: the test machine is shared
+        with pytest.raises(ContextLimitExceeded, match="10000000 characters"):
+            await rec.complete([{"role": "user", "content": "x" * 10_000_000}])
+        return time.process_time() - start, rec
+
+    seconds, rec = asyncio.run(go())
+    assert seconds < 1.0 and not rec.traj.steps and rec.traj.info["truncated"]
+    # the bound: no token of the byte-level tokenizer stands for more characters than its longest entry
+    assert max_token_chars(TOK) == len("<|endoftext|>")
+
+
+def test_the_graph_runner_takes_the_trainers_context_limit():
+    runner = LangGraphAttemptRunner(lambda model: None, lambda task, answer: 0.0)
+    assert runner.max_context_tokens is None
+    ErlWorkflow(policy=ScriptedPolicy(TOK, lambda p, i: "y"), runner=runner, max_context_tokens=300)
+    assert runner.max_context_tokens == 300

@@ -333,13 +333,13 @@ def test_two_ray_workers_share_one_memory(ray_session):
 async def test_actor_state_restores_exactly_into_a_fresh_actor(ray_session, tmp_path):
     from erl.memory.ray_memory import RayMemoryClient
 
-    old = RayMemoryClient.connect("old", max_size=3, top_k=1)
+    old = RayMemoryClient.connect("old", create=True, max_size=3, top_k=1)
     for i, reward in enumerate([1.0, 0.5, 0.8, 0.9]):  # 4 into 3: r1 (0.5) is evicted
         assert await old.add(f"r{i}", "lake", reward, i, f"q{i} grid") is True
     assert await old.add("r3", "lake", 0.2, 7) is False
     assert texts(await old.retrieve("lake", "q2 grid")) == ["r2"]
     path = old.save(tmp_path / "memory.json")
-    fresh = RayMemoryClient.connect("fresh")  # default shape 256/1; the state brings 3/1
+    fresh = RayMemoryClient.connect("fresh", create=True)  # default shape 256/1; the state brings 3/1
     fresh.load_state_dict(json.loads(Path(path).read_text()))
     assert fresh.state_dict() == old.state_dict()
     for client in (old, fresh):
@@ -353,7 +353,7 @@ async def test_dead_or_mismatched_actor_gives_clear_errors(ray_session):
     ray = ray_session
     from erl.memory.ray_memory import RayMemoryClient, get_or_create_memory_actor
 
-    client = RayMemoryClient.connect("doomed", max_size=5, timeout_s=10)
+    client = RayMemoryClient.connect("doomed", create=True, max_size=5, timeout_s=10)
     with pytest.raises(ValueError, match=r"exists with \(max_size, top_k\)=\(5, 1\)"):
         get_or_create_memory_actor("doomed", max_size=6)
     with pytest.raises(ValueError, match="reward"):  # the actor's own error comes through
@@ -372,3 +372,27 @@ async def test_dead_or_mismatched_actor_gives_clear_errors(ray_session):
         time.sleep(0.1)
     with pytest.raises(RuntimeError, match="'doomed' is dead or unreachable"):
         await client.retrieve("k", "q")
+
+
+async def test_connect_attaches_to_the_named_actor_or_fails_never_creates(ray_session):
+    """A second Ray job that leaves out the namespace used to get a new, empty actor of its
+    own (get_if_exists in its anonymous namespace) and trained against an empty memory."""
+    ray = ray_session
+    from erl.memory.ray_memory import RayMemoryClient
+
+    here = ray.get_runtime_context().namespace
+    owner = RayMemoryClient.connect("shared_mem", create=True, max_size=4)
+    assert await owner.add("keep left", "lake", 1.0) is True
+    attached = RayMemoryClient.connect("shared_mem")  # this job's namespace: the same actor
+    assert [e.text for e in attached.entries()] == ["keep left"]
+    assert [e.text for e in RayMemoryClient.connect("shared_mem", namespace=here).entries()] == ["keep left"]
+    # What another job sees without the namespace: its own, where no such actor lives.
+    with pytest.raises(LookupError, match=rf"'shared_mem' in Ray namespace 'job_b'.*namespace\(s\) \['{here}'\]"):
+        RayMemoryClient.connect("shared_mem", namespace="job_b")
+    with pytest.raises(LookupError, match="the driver creates it"):
+        RayMemoryClient.connect("never_made")
+    names = {(a["namespace"], a["name"]) for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert ("job_b", "shared_mem") not in names and not any(n == "never_made" for _, n in names)
+    with pytest.raises(TypeError, match="create=True"):
+        RayMemoryClient.connect("shared_mem", max_size=4)
+    ray.kill(owner.handle)

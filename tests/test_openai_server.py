@@ -176,3 +176,63 @@ def test_default_server_is_local_and_closed_by_the_runner():
     runner.close()
     with pytest.raises(httpx.TransportError):
         httpx.get(server.base_url() + "/models", timeout=2)
+
+
+def test_body_size_limit_is_a_413_declared_or_streamed():
+    with PolicyServer(max_body_bytes=1000) as small:
+        url = small.base_url() + "/chat/completions"
+        big = json.dumps({"messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+        r = httpx.post(url, content=big, headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+        def chunks():  # no Content-Length: the limit holds while the body streams in
+            for i in range(0, len(big), 100):
+                yield big[i:i + 100]
+
+        r = httpx.post(url, content=chunks(), headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 413
+        ok = json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode()
+        r = httpx.post(url, content=ok, headers={"content-type": "application/json"}, timeout=10)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "no_session"  # under the limit: read
+
+
+def test_lone_surrogate_is_a_400_not_a_500(server):
+    async def go():
+        rec = AttemptRecorder(ScriptedPolicy(TOK, lambda p, i: "hi"), ChatTokenizer(TOK), SamplingParams(8),
+                              name="attempt1", task={})
+        sid = server.open_session(rec)
+        async with httpx.AsyncClient() as http:
+            r = await http.post(server.base_url(sid) + "/chat/completions", timeout=10,
+                                content=b'{"messages": [{"role": "user", "content": "a\\ud800"}]}')
+        server.close_session(sid)
+        return r, rec
+
+    r, rec = asyncio.run(go())
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_unicode" and not rec.traj.steps
+
+
+def test_unknown_session_error_does_not_echo_a_long_id(server):
+    sid = "s" * 100_000
+    r = httpx.post(server.base_url() + "/chat/completions", headers={"X-Session-Id": sid},
+                   json={"messages": [{"role": "user", "content": "x"}]}, timeout=10)
+    message = r.json()["error"]["message"]
+    assert r.status_code == 404 and "'ssssssssssssssss...'" in message and len(message) < 100
+
+
+def test_the_runner_takes_the_trainers_context_limit_and_refuses_a_huge_chat_untokenised(server):
+    calls = []
+
+    async def huge(base_url, task):
+        client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
+        await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "x" * 2_000_000}])
+
+    runner = OpenAIAttemptRunner(huge, exact_reward, server=server)
+    wf = ErlWorkflow(policy=ScriptedPolicy(TOK, lambda p, i: calls.append(p) or "y"), runner=runner,
+                     max_context_tokens=512)
+    assert runner.max_context_tokens == 512  # None before: the chat reached the policy whole
+    traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+    assert calls == [] and traj.reward == 0.0 and traj.info["truncated"]
+    assert "2000000 characters, more than 512 tokens can hold" in traj.info["error"]
+    own = OpenAIAttemptRunner(huge, exact_reward, server=server, max_context_tokens=64)
+    ErlWorkflow(policy=ScriptedPolicy(TOK, lambda p, i: "y"), runner=own, max_context_tokens=512)
+    assert own.max_context_tokens == 64  # a runner's own limit is kept

@@ -131,7 +131,9 @@ class LangGraphAttemptRunner:
     placement: where the reflection goes: "append_system" / "replace_system" (default: the
         ErlConfig's reflection_placement), "first_user", or a callable(messages, guidance).
     max_model_calls (default ErlConfig.max_turns) and recursion_limit (LangGraph supersteps,
-        default 2 * max_model_calls + 1) bound an attempt; timeout_s bounds its wall time.
+        default 2 * max_model_calls + 1) bound an attempt; timeout_s bounds its wall time;
+        max_context_tokens bounds its chat (None: the workflow's, i.e. the trainer's
+        max_context_tokens, else recorder.DEFAULT_MAX_CONTEXT_TOKENS).
     """
 
     def __init__(self, graph_factory: Callable, reward_fn: Callable[[dict, str], Any], *,

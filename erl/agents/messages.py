@@ -4,15 +4,16 @@ model writes. Framework-free; erl.agents.recorder records the calls built from t
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from erl.core.tags import tag_blocks
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MAX_OBSERVATION_CHARS = 2000  # what one step keeps of the tool results it led to
+MAX_TOOL_CALLS = 64  # tool call blocks read from one reply; the rest stay in its text
 
 # Hermes / Qwen style tool calls, the format of the ChatML templates this project uses.
-_TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 @dataclass
@@ -26,7 +27,7 @@ class ParsedReply:
 
 
 def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
-    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks -> tool calls.
+    """`<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks -> tool calls, in linear time.
 
     Untrusted text: a block that is not a JSON object with a string `name` and an object
     (or JSON-object string) `arguments` is not a call; it stays in the content, so the
@@ -34,7 +35,10 @@ def parse_tool_calls(text: str, id_prefix: str = "call") -> ParsedReply:
     """
     text = "" if text is None else str(text)
     calls, errors, kept, last = [], [], [], 0
-    for i, match in enumerate(_TOOL_CALL.finditer(text)):
+    for i, match in enumerate(tag_blocks(text, "<tool_call>", "</tool_call>")):
+        if i == MAX_TOOL_CALLS:  # a degenerate reply: reading every block costs more than it is worth
+            errors.append(f"tool call blocks past the first {MAX_TOOL_CALLS} were not read")
+            break
         call, error = _read_call(match.group(1))
         if call is None:
             errors.append(f"tool call {i + 1}: {error}")

@@ -75,12 +75,59 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": code}}, status_code=status)
 
 
+MAX_BODY_BYTES = 8 * 2**20  # a chat past the trainer's context is megabytes short of this
+SHOWN_ID_CHARS = 16  # an error echoes this much of an unknown session id, not the whole input
+
+
+class BodyError(ValueError):
+    """A request the server refuses: the HTTP status, a message and an OpenAI error code."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def parse_chat_body(raw: bytes) -> tuple[ChatRequest, list[dict]]:
+    """The request body -> (request, canonical messages), or BodyError; never another
+    exception, in time linear in the body (it is untrusted: any bytes may arrive)."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser
+        raise BodyError(400, "the request body is not valid JSON", "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BodyError(400, "the request body must be a JSON object", "invalid_body")
+    try:  # "\ud800" is valid JSON but no text: the tokenizer would fail on it later
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise BodyError(400, "the request body is nested too deeply", "invalid_body") from None
+    except UnicodeEncodeError:
+        raise BodyError(400, "the request body holds a lone surrogate (\\ud800-\\udfff): not valid Unicode",
+                        "invalid_unicode") from None
+    try:
+        req = ChatRequest.model_validate(body)
+        messages = normalize_messages(req.messages)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise BodyError(400, f"{where}: {first.get('msg', 'invalid')}", "invalid_body") from None
+    except ValueError as e:
+        raise BodyError(400, str(e), "invalid_messages") from None
+    if req.stream:
+        raise BodyError(400, "stream=true is not supported by the erl policy server", "unsupported")
+    return req, messages
+
+
+def shown_id(sid: str) -> str:
+    return repr(sid if len(sid) <= SHOWN_ID_CHARS else sid[:SHOWN_ID_CHARS] + "...")
+
+
 class PolicyServer:
     """uvicorn + FastAPI in a daemon thread. `start()` returns once it accepts connections."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, model_name: str = "erl-policy",
-                 start_timeout_s: float = 30.0):
+                 start_timeout_s: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES):
         self.host, self.port, self.model_name = host, port, model_name
+        self.max_body_bytes = max_body_bytes  # larger bodies get a 413 before they are read whole
         self.start_timeout_s = start_timeout_s
         self.sessions: dict[str, AttemptRecorder] = {}  # session id -> its attempt
         self._lock = threading.Lock()
@@ -153,24 +200,25 @@ class PolicyServer:
 
         return app
 
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, at most max_body_bytes of it (a declared or streamed larger one: 413)."""
+        too_big = BodyError(413, f"the request body is larger than {self.max_body_bytes} bytes", "body_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise too_big
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     async def _complete(self, request: Request, sid: str | None):
         try:
-            body = await request.json()
-        except Exception:  # not JSON at all
-            return _error(400, "the request body is not valid JSON", "invalid_json")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object", "invalid_body")
-        try:
-            req = ChatRequest.model_validate(body)
-            messages = normalize_messages(req.messages)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-            return _error(400, f"{where}: {first.get('msg', 'invalid')}", "invalid_body")
-        except ValueError as e:
-            return _error(400, str(e), "invalid_messages")
-        if req.stream:
-            return _error(400, "stream=true is not supported by the erl policy server", "unsupported")
+            req, messages = parse_chat_body(await self._read_body(request))
+        except BodyError as e:
+            return _error(e.status, str(e), e.code)
         sid = sid or request.headers.get(SESSION_HEADER) or req.user
         if not sid:
             return _error(400, "no session: use the base_url of an attempt, an X-Session-Id header or `user`",
@@ -178,7 +226,7 @@ class PolicyServer:
         with self._lock:
             recorder = self.sessions.get(sid)
         if recorder is None:
-            return _error(404, f"unknown or closed session {sid!r}", "unknown_session")
+            return _error(404, f"unknown or closed session {shown_id(sid)}", "unknown_session")
         limit = req.max_completion_tokens or req.max_tokens
         # The policy's batching engine lives on the attempt's event loop: generate there.
         future = asyncio.run_coroutine_threadsafe(recorder.complete(messages, req.tools, limit), recorder.loop)
@@ -214,6 +262,8 @@ class OpenAIAttemptRunner:
     server: a started PolicyServer to share; by default one is started on first use on
         127.0.0.1 with a free port (`close()` stops it).
     The reflection is placed into the chat the agent sends (see LangGraphAttemptRunner).
+    max_context_tokens: a longer chat ends the attempt (a 400 to the agent); None takes the
+        workflow's (the trainer's max_context_tokens), else recorder.DEFAULT_MAX_CONTEXT_TOKENS.
     """
 
     def __init__(self, agent_fn: Callable, reward_fn: Callable[[dict, str], Any], *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,26 @@ from erl.workflow.base import Generation, Policy, SamplingParams
 
 __all__ = ["AttemptRecorder", "ContextLimitExceeded", "ParsedReply", "StepLimitExceeded", "close_attempt",
            "parse_tool_calls", "place_guidance"]
+
+# An attempt's context when neither the runner nor the workflow sets one: never unbounded.
+DEFAULT_MAX_CONTEXT_TOKENS = 32768
+_TOKEN_CHARS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The most characters one token of `tokenizer` stands for (its longest vocabulary
+    entry; a byte-level entry is one character per byte, never fewer than it decodes to).
+    A chat of C characters is at least C / this many tokens: a bound found without tokenising."""
+    try:
+        return _TOKEN_CHARS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+    try:
+        _TOKEN_CHARS[tokenizer] = longest
+    except TypeError:  # not weak-referenceable: computed again next time
+        pass
+    return longest
 
 
 class StepLimitExceeded(RuntimeError):
@@ -79,7 +100,7 @@ class AttemptRecorder:
                  max_calls: int = 8, max_context_tokens: int | None = None):
         self.policy, self.chat, self.params = policy, chat, params
         self.guidance, self.placement = guidance, placement
-        self.max_calls, self.max_context_tokens = max_calls, max_context_tokens
+        self.max_calls, self.max_context_tokens = max_calls, max_context_tokens or DEFAULT_MAX_CONTEXT_TOKENS
         self.traj = Trajectory(name=name, task=task, info={"truncated": False})
         self.fatal: BaseException | None = None  # a policy failure: never hidden as a bad attempt
         self.stopped: str | None = None  # why the attempt was cut off (a limit), if it was
@@ -114,11 +135,17 @@ class AttemptRecorder:
                 new = [m for m in tail if m not in self._prev_msgs]
             steps[-1].observation = render_messages(new)
         self._prev_msgs = msgs
+        chars = sum(len(m["content"]) for m in guided)
+        if chars > self.max_context_tokens * max_token_chars(self.chat.tokenizer):
+            # Refused before tokenising: a 10 MB chat would cost seconds to find too long.
+            self.traj.info["truncated"] = True
+            self.stopped = f"the chat holds {chars} characters, more than {self.max_context_tokens} tokens can hold"
+            raise ContextLimitExceeded(self.stopped)
         ids = self.turns.prompt_ids(guided, tools, plain=msgs if self.guidance else None)
         if not steps:
             self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
                                   plain_prompt_ids=list(self.turns.plain_ids) if self.guidance else list(ids))
-        if self.max_context_tokens is not None and len(ids) >= self.max_context_tokens:
+        if len(ids) >= self.max_context_tokens:
             self.traj.info["truncated"] = True
             self.stopped = f"the chat reached {len(ids)} tokens (limit {self.max_context_tokens})"
             raise ContextLimitExceeded(self.stopped)

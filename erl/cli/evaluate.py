@@ -16,37 +16,52 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+EVAL_KEYS = ("checkpoint", "tasks_file", "split", "n", "temperature", "with_reflection", "out")
+
 
 def evaluate(cfg: dict) -> dict[str, float]:
+    import math
+
+    from erl.core.config import ConfigError, check_keys
     from erl.envs.base import load_tasks
     from erl.envs.registry import make_tasks
     from erl.trainers.local.checkpoint import load_checkpoint
     from erl.trainers.local.run import build
+    from erl.trainers.paths import check_writable
 
-    ev = dict(cfg.get("eval") or {})
+    ev = check_keys("eval", cfg.get("eval"), EVAL_KEYS)
+    n = ev.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ConfigError(f"eval.n must be an integer >= 1 or null (all tasks), got {n!r}")
+    temperature = ev.get("temperature", 0.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ConfigError(f"eval.temperature must be a finite number >= 0, got {temperature!r}")
+    if ev.get("out"):
+        check_writable(Path(str(ev["out"])).parent, "eval.out")
     ckpt = None
     if ev.get("checkpoint"):
         path = Path(str(ev["checkpoint"]))
         ckpt = load_checkpoint(path, training=False)  # weights only: the optimizer file is never opened
         saved = ckpt["config"]
         cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
+    # Tasks before the model: a bad or empty task file costs no model load.
+    if ev.get("tasks_file"):
+        tasks = load_tasks(Path(str(ev["tasks_file"])))[:n]
+    else:
+        env = cfg["env"]
+        tasks = make_tasks(env["name"], n or 64, seed=cfg.get("seed", 0),
+                           split=str(ev.get("split", "val")), **dict(env.get("params") or {}))
+    if not tasks:  # a mean over no task would print 0.000 as if the model had failed them all
+        raise ConfigError(f"eval.tasks_file: {ev['tasks_file']} holds no tasks" if ev.get("tasks_file")
+                          else "eval: no tasks to evaluate")
     cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
     trainer, _ = build(cfg)
     if ckpt is not None:
         trainer.load_state(ckpt)
-    if ev.get("tasks_file"):
-        tasks = load_tasks(Path(str(ev["tasks_file"])))
-    else:
-        env = cfg["env"]
-        tasks = make_tasks(env["name"], int(ev.get("n", 64)), seed=int(cfg.get("seed", 0)),
-                           split=str(ev.get("split", "val")), **dict(env.get("params") or {}))
-    n = ev.get("n")
-    tasks = tasks[: int(n)] if n else tasks
-    temperature = float(ev.get("temperature", 0.0))
     if ev.get("with_reflection", False):
-        result = trainer.evaluate_with_reflection(tasks, temperature)
+        result = trainer.evaluate_with_reflection(tasks, float(temperature))
     else:
-        result = trainer.evaluate(tasks, temperature)
+        result = trainer.evaluate(tasks, float(temperature))
     result["eval/tasks"] = float(len(tasks))
     return result
 

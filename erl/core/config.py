@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -78,6 +79,8 @@ def _check_type(name: str, value: Any, kinds: tuple, label: str) -> None:
         raise ConfigError(f"erl.{name} must be {label}, got {value!r}")
     if not isinstance(value, kinds):
         raise ConfigError(f"erl.{name} must be {label}, got {type(value).__name__} {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every < / > check
+        raise ConfigError(f"erl.{name} must be a finite number, got {value!r}")
 
 
 def validate(cfg: ErlConfig) -> None:
@@ -93,6 +96,13 @@ def validate(cfg: ErlConfig) -> None:
         _check_type(name, getattr(cfg, name), (int, float), "a number")
     if cfg.memory_threshold is not None:
         _check_type("memory_threshold", cfg.memory_threshold, (int, float), "a number or null")
+    # Rewards are in [0, 1]: a gate outside it is constant (tau > 1 reflects on solved
+    # tasks too, tau <= 0 never reflects; a store threshold > 1 never stores), never what was meant.
+    if not 0 < cfg.tau <= 1:
+        raise ConfigError(f"erl.tau must be in (0, 1] (rewards are in [0, 1]), got {cfg.tau}")
+    if cfg.memory_threshold is not None and not 0 <= cfg.memory_threshold <= 1:
+        raise ConfigError(f"erl.memory_threshold must be in [0, 1] or null (rewards are in [0, 1]), "
+                          f"got {cfg.memory_threshold}")
     for name, low in (("n_attempt", 1), ("max_turns", 1), ("max_reflection_chars", 1),
                       ("memory_top_k", 0), ("memory_size", 1), ("max_new_tokens", 1),
                       ("max_reflection_tokens", 1)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from erl.core.tags import last_tag_block
 from erl.core.types import Trajectory
 
 REFLECTION_SYSTEM = (
@@ -93,15 +94,15 @@ def parse_reflection(text: str, tag: str = "prompt", max_chars: int = 2000,
     is present (useful for tiny models that never learned the format).
     """
     text = "" if text is None else str(text)
-    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", text, flags=re.DOTALL | re.IGNORECASE)
-    if blocks:
-        body = blocks[-1].strip()
-    elif re.search(rf"<{tag}>", text, flags=re.IGNORECASE) and require_tag:
+    block = last_tag_block(text, f"<{tag}>", f"</{tag}>", ignore_case=True)
+    if block is not None:
+        body = block.strip()
+    elif re.search(f"<{re.escape(tag)}>", text, flags=re.IGNORECASE) and require_tag:
         return ReflectionParse(False, error="unclosed_tag")
     elif require_tag:
         return ReflectionParse(False, error="missing_tag")
     else:
-        body = re.sub(rf"</?{tag}>", "", text, flags=re.IGNORECASE).strip()
+        body = re.sub(f"</?{re.escape(tag)}>", "", text, flags=re.IGNORECASE).strip()
     if not body:
         return ReflectionParse(False, error="empty")
     if len(body) > max_chars:

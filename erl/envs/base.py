@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from erl.core.config import ConfigError, check_keys
+from erl.core.tags import last_tag_block
 from erl.envs.symbols import render_grid, resolve_symbols
 from erl.workflow.base import BaseEnv
 
@@ -44,7 +45,8 @@ def write_tasks(path: str | Path, tasks: Iterable[dict]) -> int:
 
 
 def load_tasks(path: str | Path) -> list[dict]:
-    """Read a JSON Lines task file; every line must be an object with `task_id` and `env`."""
+    """Read a JSON Lines task file; every line must be an object with `task_id` and `env`
+    that its env can play (checked by building the env once)."""
     tasks: list[dict] = []
     first_line: dict[str, int] = {}
     with Path(path).open(encoding="utf-8") as f:
@@ -66,7 +68,24 @@ def load_tasks(path: str | Path) -> list[dict]:
                                   f"(first on line {first_line[task['task_id']]})")
             first_line[task["task_id"]] = lineno
             tasks.append(task)
+    for task in tasks:  # after the whole file is read: a malformed line is reported first
+        check_playable(task, f"{path}:{first_line[task['task_id']]}")
     return tasks
+
+
+def check_playable(task: dict, where: str) -> None:
+    """Build the task's env once: a task without its layout (or with a broken one) is
+    reported with its file and line before a model is loaded, not mid-evaluation."""
+    from erl.envs.registry import make_env
+
+    try:
+        make_env(task)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        missing = f"no {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise ConfigError(f"{where}: task {task['task_id']!r} is not a playable {task['env']} task "
+                          f"({missing})") from None
 
 
 # ---------------------------------------------------------------- params
@@ -128,9 +147,9 @@ def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS) -> str | None:
     if not isinstance(text, str):
         return None
     text = text[-MAX_ACTION_CHARS:]
-    tagged = re.findall(r"<action>(.*?)</action>", text, flags=re.IGNORECASE | re.DOTALL)
-    if tagged:
-        word = tagged[-1].strip().strip(".!'\"`").lower()
+    tagged = last_tag_block(text, "<action>", "</action>", ignore_case=True)
+    if tagged is not None:
+        word = tagged.strip().strip(".!'\"`").lower()
         return word if word in actions else None
     words = re.findall(r"\b(" + "|".join(map(re.escape, actions)) + r")\b", text, flags=re.IGNORECASE)
     return words[-1].lower() if words else None

@@ -111,6 +111,9 @@ def _record(row: dict) -> dict:
     rid = row.get("_id", row.get("id"))
     if not isinstance(row.get("question"), str) or rid is None or "answer" not in row:
         raise ConfigError(f"HotpotQA row {str(row)[:80]!r}: needs '_id' (or 'id'), 'question' and 'answer'")
+    if not isinstance(ctx, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2
+                                            and isinstance(c[1], (list, tuple)) for c in ctx):
+        raise ConfigError("'context' must be a list of [title, [sentences]]")
     return {"id": str(rid), "question": row["question"], "answer": str(row["answer"]),
             "type": row.get("type", ""), "level": row.get("level", ""),
             "supporting_facts": [[str(t), int(i)] for t, i in facts],
@@ -119,22 +122,52 @@ def _record(row: dict) -> dict:
 
 @lru_cache(maxsize=8)
 def load_records(path: str) -> tuple[dict, ...]:
-    """Rows of a .json (a list), .jsonl or .parquet file in HotpotQA's format."""
+    """Rows of a .json (a list), .jsonl or .parquet file in HotpotQA's format. A file that
+    cannot be read, or a row that is not a HotpotQA row, is a ConfigError naming both."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"env.params.data_path: no such file {path!r}")
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(p).to_pylist()
+        try:
+            rows = pq.read_table(p).to_pylist()
+        except Exception as exc:  # noqa: BLE001 (pyarrow raises many kinds; the user needs the file and cause)
+            raise ConfigError(f"{path}: not a readable parquet file ({type(exc).__name__}: {exc})") from None
     elif p.suffix == ".jsonl":
-        rows = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows, lines = [], p.read_text(encoding="utf-8", errors="replace").splitlines()
+        for lineno, line in enumerate(lines, 1):
+            if line.strip():
+                rows.append((lineno, _json(line, f"{path}:{lineno}")))
+        return tuple(_checked_record(r, f"{path}:{lineno}") for lineno, r in rows)
     else:
-        rows = json.loads(p.read_text(encoding="utf-8"))
+        rows = _json(p.read_text(encoding="utf-8", errors="replace"), path)
         rows = rows.get("data", rows) if isinstance(rows, dict) else rows
     if not isinstance(rows, list):
         raise ConfigError(f"env.params.data_path: {path!r} must hold a list of HotpotQA rows")
-    return tuple(_record(r) for r in rows)
+    return tuple(_checked_record(r, f"{path}: row {i}") for i, r in enumerate(rows))
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid JSON (nested too deeply)") from None
+
+
+def _checked_record(row: Any, where: str) -> dict:
+    """_record, with any malformed field reported as the file and row it is in."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: a HotpotQA row must be an object, got {type(row).__name__}")
+    try:
+        return _record(row)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"{where}: malformed 'context' or 'supporting_facts' "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 @lru_cache(maxsize=4)

@@ -1,8 +1,8 @@
 """One ReflectionMemory for every rollout worker: a named Ray actor and a picklable client.
 
 The driver calls `get_or_create_memory_actor(...)` once and passes `RayMemoryClient(handle, name)`
-to the workers (or each worker calls `get_or_create_memory_actor(name)` itself: Ray resolves the
-name to the same actor). The client has the ReflectionMemory interface; `add`/`retrieve` are async
+to the workers (or each worker calls `RayMemoryClient.connect(name)` itself: Ray resolves the
+name to the same actor; a name that resolves to nothing is an error, not a new empty memory). The client has the ReflectionMemory interface; `add`/`retrieve` are async
 so a rollout's event loop keeps running while the actor answers (ErlWorkflow awaits them).
 
 Lifetime: Ray kills a non-detached actor when its creator process exits or when no handle to it
@@ -86,6 +86,25 @@ def get_or_create_memory_actor(name: str = DEFAULT_ACTOR_NAME, namespace: str | 
     return handle
 
 
+def find_memory_actor(name: str = DEFAULT_ACTOR_NAME, namespace: str | None = None):
+    """The handle of an existing memory actor; LookupError naming where it is, if not here."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("find_memory_actor needs a running Ray: call ray.init() first")
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:  # Ray's "failed to look up actor"
+        pass
+    here = namespace or ray.get_runtime_context().namespace
+    elsewhere = sorted({a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)
+                        if a["name"] == name})
+    hint = (f"; one exists in namespace(s) {elsewhere}: pass namespace= (or ray.init(namespace=...))"
+            if elsewhere else "; the driver creates it (erl.trainers.verl.memory.create_memory, "
+            "get_or_create_memory_actor or connect(create=True))")
+    raise LookupError(f"no reflection memory actor {name!r} in Ray namespace {here!r}{hint}")
+
+
 class RayMemoryClient:
     """ReflectionMemory's interface over a memory actor handle; picklable into Ray workers.
 
@@ -100,9 +119,18 @@ class RayMemoryClient:
 
     @classmethod
     def connect(cls, name: str = DEFAULT_ACTOR_NAME, namespace: str | None = None,
-                timeout_s: float = 60.0, **kwargs: Any) -> RayMemoryClient:
-        """get_or_create_memory_actor(name, namespace, **kwargs) wrapped in a client."""
-        return cls(get_or_create_memory_actor(name, namespace, **kwargs), name, timeout_s)
+                timeout_s: float = 60.0, create: bool = False, **kwargs: Any) -> RayMemoryClient:
+        """A client of the named memory actor in `namespace` (default: this Ray job's).
+
+        Without `create` the actor must exist: a process of another Ray job that leaves out
+        the creator's namespace gets an error naming the namespaces where the actor lives,
+        never a new, empty memory of its own. `create=True`: get_or_create_memory_actor(name,
+        namespace, **kwargs) (max_size, top_k, detached)."""
+        if create:
+            return cls(get_or_create_memory_actor(name, namespace, **kwargs), name, timeout_s)
+        if kwargs:
+            raise TypeError(f"connect: {sorted(kwargs)} only apply with create=True")
+        return cls(find_memory_actor(name, namespace), name, timeout_s)
 
     def _failure(self, exc: BaseException) -> RuntimeError:
         return RuntimeError(f"reflection memory actor {self.name!r} is dead or unreachable "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_KEYS = ("hidden", "layers", "heads", "max_positions")  # the `model.tiny:` settings
 
 # ChatML with Qwen-style tools: schemas in the system turn, calls as <tool_call> JSON,
 # results as <tool_response> inside a user turn.
@@ -56,14 +57,27 @@ def build_tiny_tokenizer() -> Any:
     return tok
 
 
+def check_tiny_sizes(sizes: dict) -> dict:
+    """The `model.tiny:` section: known keys, integers >= 1, hidden divisible by heads."""
+    from erl.core.config import ConfigError, check_keys
+
+    sizes = check_keys("model.tiny", sizes, TINY_KEYS)
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"model.tiny.{key} must be an integer >= 1, got {value!r}")
+    hidden, heads = sizes.get("hidden", 64), sizes.get("heads", 4)
+    if hidden % heads:
+        raise ConfigError(f"model.tiny.hidden ({hidden}) must be divisible by model.tiny.heads ({heads})")
+    return sizes
+
+
 def build_tiny_model(tokenizer: Any, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                      max_positions: int = 4096) -> Any:
     """A randomly initialised Llama sized for the tokenizer (seeded: same seed, same weights)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if hidden % heads:
-        raise ValueError(f"tiny model: hidden ({hidden}) must be divisible by heads ({heads})")
+    check_tiny_sizes({"hidden": hidden, "layers": layers, "heads": heads, "max_positions": max_positions})
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,

@@ -47,6 +47,8 @@ class ErlWorkflow:
             if agent_factory is None or env_factory is None:
                 raise ValueError("ErlWorkflow needs agent_factory and env_factory, or a runner")
             runner = EnvAttemptRunner(agent_factory, env_factory, max_context_tokens)
+        elif getattr(runner, "max_context_tokens", 0) is None and max_context_tokens is not None:
+            runner.max_context_tokens = max_context_tokens  # the trainer's limit, unless the runner has its own
         self.runner = runner
         self.policy = policy
         self.config = config or ErlConfig()

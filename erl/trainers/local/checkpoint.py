@@ -181,4 +181,17 @@ def load_checkpoint(path: Path, training: bool = True) -> dict:
             out["memory"] = _json(mem) if mem.is_file() else None
     except Exception as exc:  # torch/json/safetensors raise many kinds; the user needs the file and cause
         raise CheckpointError(f"checkpoint {path} is corrupt: {type(exc).__name__}: {exc}") from exc
+    if out["memory"] is not None:
+        check_memory_state(out["memory"], path / "memory.json")
     return out
+
+
+def check_memory_state(state: Any, where: Path) -> None:
+    """A memory file that parses as JSON but is not a ReflectionMemory state is found when the
+    checkpoint is read, not when the trainer loads it after the model is built."""
+    from erl.memory import ReflectionMemory
+
+    try:
+        ReflectionMemory().load_state_dict(state)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: not a reflection memory state: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -61,8 +62,8 @@ class LocalTrainerConfig:
                 raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
         for name in ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s", "save_every_minutes"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"trainer.{name} must be a number >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
+                raise ConfigError(f"trainer.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         loss_errors = loss_setting_errors(

@@ -21,6 +21,7 @@ from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.fileio import atomic_write, move_aside
 from erl.memory import ReflectionMemory
+from erl.models.tiny import check_tiny_sizes
 from erl.tracking import Tracker, plot_run
 from erl.trainers.local.checkpoint import (
     checkpoint_step,
@@ -33,6 +34,7 @@ from erl.trainers.local.checkpoint import (
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.numerics import NonFiniteStepError
 from erl.trainers.local.trainer import LocalTrainer
+from erl.trainers.paths import check_writable
 from erl.workflow.factories import chat_agent_for, load_runner
 
 
@@ -45,6 +47,17 @@ def pick_device(name: str) -> torch.device:
 
 
 LORA_KEYS = {"enabled", "r", "alpha", "dropout", "target_modules", "last_layers"}
+# What erl-train and erl-eval read: a `+typo=1` is an error, not a silently unused key.
+TOP_KEYS = {"erl", "trainer", "env", "model", "seed", "runner", "resume", "eval"}
+ENV_KEYS = {"name", "params", "n_train", "n_val"}
+MODEL_KEYS = {"path", "fetch", "lora", "tiny", "init_from"}  # init_from: a warm start (erl-early)
+
+
+def check_int(value: Any, key: str, low: int) -> int:
+    """An integer >= low (Hydra passes `seed=abc` through as the string 'abc')."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
 
 
 def apply_lora(model, lora: dict):
@@ -73,7 +86,7 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
         from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
-        model = build_tiny_model(tok, seed=seed, **dict(model_cfg.get("tiny", {}) or {}))
+        model = build_tiny_model(tok, seed=seed, **check_tiny_sizes(model_cfg.get("tiny")))
     else:
         from erl.models.registry import load_model_and_tokenizer, resolve_model
 
@@ -92,11 +105,15 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
 def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     """Validate every section, then build. Returns the trainer and the validation tasks."""
     for section in ("erl", "trainer", "env", "model"):
-        if section not in cfg:
+        if not isinstance(cfg.get(section), dict):
             raise ConfigError(f"config has no `{section}:` section")
+    check_keys("config", cfg, TOP_KEYS)
+    check_keys("model", cfg["model"], MODEL_KEYS)
+    if cfg["model"].get("path") == "tiny":  # checked with the config, not after the tasks are made
+        check_tiny_sizes(cfg["model"].get("tiny"))
     erl = ErlConfig.from_dict(cfg["erl"])
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
-    env_cfg = dict(cfg["env"])
+    env_cfg = check_keys("env", cfg["env"], ENV_KEYS)
     env_name = env_cfg.get("name")
     params = dict(env_cfg.get("params", {}) or {})
     validate_env_params(env_name, params)
@@ -104,10 +121,9 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     if isinstance(env_turns, int) and erl.max_turns < env_turns:
         raise ConfigError(f"erl.max_turns ({erl.max_turns}) < env.params.max_turns ({env_turns}): attempts would "
                           "be cut before the environment ends them; make them equal")
-    seed = int(cfg.get("seed", 0))
-    n_train, n_val = int(env_cfg.get("n_train", 256)), int(env_cfg.get("n_val", 64))
-    if n_train < 1 or n_val < 1:
-        raise ConfigError(f"env.n_train and env.n_val must be >= 1, got {n_train}, {n_val}")
+    seed = check_int(cfg.get("seed", 0), "seed", 0)
+    n_train = check_int(env_cfg.get("n_train", 256), "env.n_train", 1)
+    n_val = check_int(env_cfg.get("n_val", 64), "env.n_val", 1)
     train = make_tasks(env_name, n_train, seed=seed, split="train", **params)
     val = make_tasks(env_name, n_val, seed=seed, split="val", **params)[: tcfg.eval_tasks]
     device = pick_device(tcfg.device)
@@ -140,7 +156,7 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
         started = out / "config.json"
         diff = config_mismatch(json.loads(started.read_text()), cfg) if started.is_file() else []
         if diff:
-            raise ConfigError(f"{out} holds a run started with a different config:\n  " + "\n  ".join(diff))
+            raise ConfigError(f"{out} holds a run started with a different config: " + "; ".join(diff))
         print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: starting from step 0",
               file=sys.stderr)
         return None
@@ -148,7 +164,7 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
     ckpt = load_checkpoint(path)
     diff = config_mismatch(ckpt["config"], cfg)
     if diff:
-        raise ConfigError(f"checkpoint {path} was written with a different config:\n  " + "\n  ".join(diff))
+        raise ConfigError(f"checkpoint {path} was written with a different config: " + "; ".join(diff))
     return ckpt
 
 
@@ -173,6 +189,7 @@ def train(cfg: dict) -> dict[str, float]:
     started = monotonic()  # the time budget counts model loading and evals too
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
+    check_writable(out, "trainer.output_dir")
     resuming = cfg.get("resume", False) not in (None, False, "false", "False", "")
     ckpt = prepare_output(cfg, out, cfg.get("resume", False))
     trainer, extra = build(cfg)

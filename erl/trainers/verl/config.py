@@ -15,6 +15,11 @@ from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.trainers.verl.loss import loss_settings
 
 ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
+# Top-level sections of verl 0.9.1's ppo_trainer config (pinned in pyproject) plus ERL's: a
+# `+typo=1` on the command line is an error, not a silently unused key.
+TOP_KEYS = ("actor_rollout_ref", "algorithm", "critic", "custom_reward_function", "data", "distillation", "env",
+            "erl", "erl_trainer", "global_profiler", "model_engine", "ray_kwargs", "reward", "reward_model",
+            "sandbox_fusion", "skip", "trainer", "transfer_queue")
 STATE_FILE = "erl_state.json"  # the data cursor of a verl checkpoint folder; its presence marks an ERL checkpoint
 
 
@@ -73,8 +78,13 @@ class ErlTrainerConfig:
                 raise ConfigError(f"erl_trainer.{name} must be an integer >= 1, got {v!r}")
         if not isinstance(out.progress, bool):
             raise ConfigError(f"erl_trainer.progress must be true or false, got {out.progress!r}")
-        if not out.memory_actor:
+        if not out.memory_actor or not isinstance(out.memory_actor, str):
             raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
+        if isinstance(out.seed, bool) or not isinstance(out.seed, int) or out.seed < 0:
+            raise ConfigError(f"erl_trainer.seed must be an integer >= 0, got {out.seed!r}")
+        t = out.eval_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t < float("inf"):
+            raise ConfigError(f"erl_trainer.eval_temperature must be a finite number >= 0, got {t!r}")
         return out
 
 
@@ -144,6 +154,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     for section in ("erl", "env", "erl_trainer", "data", "trainer", "actor_rollout_ref"):
         if not isinstance(plain.get(section), dict):
             raise ConfigError(f"config has no `{section}:` section")
+    check_keys("config", plain, TOP_KEYS)
     erl = ErlConfig.from_dict(plain["erl"])
     trainer = ErlTrainerConfig.from_dict(plain["erl_trainer"])
 
@@ -194,6 +205,14 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
         if not (ckpt / STATE_FILE).is_file():  # checked again by the trainer; here before Ray starts
             raise ConfigError(f"trainer.resume_from_path={tr.get('resume_from_path')!r} is not an ERL checkpoint "
                               f"folder (global_step_K/ with {STATE_FILE})")
+        from erl.trainers.verl.memory import MEMORY_FILE, read_memory_state
+
+        if (ckpt / MEMORY_FILE).is_file():
+            read_memory_state(ckpt / MEMORY_FILE)
+    if check_model_files:
+        from erl.trainers.paths import check_writable
+
+        check_writable(str(tr.get("default_local_dir")), "trainer.default_local_dir")
     model_path = str(arr["model"]["path"])
     if check_model_files:
         model_path = check_model(model_path)

@@ -71,6 +71,7 @@ def init_ray(cfg: dict) -> None:
 
 def build(config: Any):
     """Validated settings -> tasks -> Ray -> memory -> workers -> trainer."""
+    settings = validate(config)  # first: a bad config costs no verl / Ray import either
     from omegaconf import OmegaConf, open_dict
     from transformers import AutoTokenizer
 
@@ -80,7 +81,6 @@ def build(config: Any):
     from erl.trainers.verl.trainer import ErlVerlTrainer
     from erl.workflow.factories import chat_agent_for, load_runner
 
-    settings = validate(config)
     runner = load_runner(settings.trainer.runner)  # an import error surfaces before Ray starts
     with open_dict(config):
         config.actor_rollout_ref.model.path = settings.model_path  # the checked, expanded folder

@@ -71,5 +71,19 @@ def load_memory(memory: Any, step_dir: str | Path) -> bool:
     path = Path(step_dir) / MEMORY_FILE
     if memory is None or not path.is_file():
         return False
-    memory.load_state_dict(json.loads(path.read_text()))
+    memory.load_state_dict(read_memory_state(path))
     return True
+
+
+def read_memory_state(path: Path) -> dict:
+    """The state in a checkpoint's memory file, checked: ConfigError naming the file if it is
+    not JSON or not a ReflectionMemory state (the trainer's config check reads it before Ray)."""
+    from erl.core.config import ConfigError
+    from erl.memory import ReflectionMemory
+
+    try:
+        state = json.loads(Path(path).read_text())
+        ReflectionMemory().load_state_dict(state)
+    except (ValueError, OSError) as exc:  # JSONDecodeError and a bad state are both ValueErrors
+        raise ConfigError(f"{path}: not a reflection memory state: {exc}") from None
+    return state
