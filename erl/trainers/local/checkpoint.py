@@ -86,9 +86,18 @@ def save_checkpoint(root: Path, step: int, *, model_state: dict, optimizer: Any,
     return final
 
 
+def _checkpoints_in(root: Path) -> str:
+    if not root.is_dir():
+        return f"{root} does not exist either"
+    found = list_checkpoints(root)
+    return f"checkpoints in {root}: {', '.join(p.name for p in found)}" if found else f"{root} holds no checkpoint"
+
+
 def load_checkpoint(path: Path) -> dict:
     """Everything in a checkpoint directory; a clear error if any part is missing or corrupt."""
     path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist; {_checkpoints_in(path.parent)}")
     needed = ["model.pt", "optim.pt", "trainer_state.json", "config.json"]
     missing = [n for n in needed if not (path / n).is_file()]
     if missing:

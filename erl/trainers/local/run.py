@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from tqdm.auto import tqdm
 from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.memory import ReflectionMemory
+from erl.progress import RunLog, bar_postfix, log, run_log, step_summary
 from erl.tracking import Tracker, plot_run
 from erl.trainers.local.checkpoint import (
     CheckpointError,
@@ -73,6 +76,7 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
         from erl.models.registry import load_model_and_tokenizer, resolve_model
 
         folder = resolve_model(path, fetch=bool(model_cfg.get("fetch", True)))
+        log.info("model %s: loading %s", path, folder)
         model, tok = load_model_and_tokenizer(folder, dtype=torch.float32, device="cpu")
     lora = dict(model_cfg.get("lora", {}) or {})
     if lora.get("enabled", False):
@@ -135,12 +139,20 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> Path | None:
 
 
 def train(cfg: dict) -> dict[str, float]:
-    """Run training from a plain dict config (the Hydra app passes its resolved config)."""
+    """Run training from a plain dict config (the Hydra app passes its resolved config). What it
+    is doing goes to the `erl` logger, and into <output_dir>/train.log once the checks pass."""
+    with run_log() as runlog:
+        return _train(cfg, runlog)
+
+
+def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
+    started = time.perf_counter()
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
     resume_from = prepare_output(cfg, out, cfg.get("resume", False))
     trainer, extra = build(cfg)
     out.mkdir(parents=True, exist_ok=True)
+    runlog.open(out / "train.log")
     (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
     tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project)
     if resume_from is not None:
@@ -156,26 +168,33 @@ def train(cfg: dict) -> dict[str, float]:
                         memory_state=trainer.memory.state_dict() if trainer.memory is not None else None,
                         config=cfg, keep=tcfg.keep_checkpoints)
 
+    log.info("run %s: %s, %d steps of %d tasks x %d, eval on %d tasks%s", out, title, tcfg.total_steps,
+             tcfg.tasks_per_step, trainer.erl.first_attempts_per_task, len(extra["val"]),
+             f" (resumed at step {trainer.step_count})" if resume_from is not None else "")
     if trainer.step_count == 0:
+        log.info("step 0: eval before training on %d tasks", len(extra["val"]))
         last = trainer.evaluate(extra["val"])
         tracker.log(0, last)
-    bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl")
+        log.info(step_summary(0, tcfg.total_steps, last))
+    bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl",
+               unit="step", file=sys.stderr)
     while trainer.step_count < tcfg.total_steps:
         metrics = trainer.step()
         k = trainer.step_count
         if (tcfg.eval_every and k % tcfg.eval_every == 0) or k == tcfg.total_steps:
             metrics.update(trainer.evaluate(extra["val"]))
         tracker.log(k, metrics)
+        log.info(step_summary(k, tcfg.total_steps, metrics))
         last = metrics
         if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps:
             checkpoint()
         plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
         bar.update(1)
-        bar.set_postfix({"succ1": f"{metrics.get('attempt1/success', 0):.2f}",
-                         "succ2": f"{metrics.get('attempt2/success', 0):.2f}",
-                         "eval": f"{metrics.get('eval/success', float('nan')):.2f}",
-                         "s/step": f"{metrics['time/step']:.1f}"})
+        bar.set_postfix(bar_postfix(metrics))
     bar.close()
     tracker.close()
     plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
+    ckpts = list_checkpoints(out / "checkpoints")
+    log.info("done in %.1f min: metrics, curves.png and train.log in %s; last checkpoint %s",
+             (time.perf_counter() - started) / 60, out, ckpts[-1] if ckpts else "none")
     return last
