@@ -94,7 +94,10 @@ def test_readme_commands_as_a_user_runs_them(tmp_path):
     assert again.returncode == 2 and "already holds a run" in again.stderr
     typo = _cli("train", [*TINY, "trainer.stepz=3"], tmp_path)
     assert typo.returncode == 2 and "did you mean trainer.total_steps?" in typo.stderr
+    bad = _cli("train", [*TINY, "trainer.output_dir=outputs/new", "trainer.lr=-1"], tmp_path)
+    assert bad.returncode == 2 and "trainer.lr must be a number >= 0" in bad.stderr
     assert _snapshot(out) == before
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["frozenlake-erl"]  # no outputs/new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
 
 
