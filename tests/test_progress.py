@@ -1,5 +1,5 @@
-"""Progress lines: the per-step summary, the bar's postfix, and the run log that keeps the lines
-from before its folder may be written (model fetch, loading) and writes them first."""
+"""What the CLIs tell a user: the per-step summary, the bar's postfix, the run log that keeps the lines
+from before its folder may be written (model fetch, loading), and the one-run unknown-key message."""
 
 from __future__ import annotations
 
@@ -62,3 +62,17 @@ def test_gather_with_bar_ticks_once_per_finished_coroutine_and_keeps_order():
     bar = Bar()
     assert asyncio.run(gather_with_bar([job(0, 0.02), job(1, 0.0), job(2, 0.01)], bar)) == [0, 1, 2]
     assert bar.n == 3
+
+
+def test_unknown_override_is_answered_before_hydra_with_the_closest_keys():
+    from erl.cli.app import unknown_override_error
+
+    assert unknown_override_error("train", ["trainer.lr=1e-4", "env=sokoban", "env.params.max_moves=2"]) is None
+    # max_moves is a Sokoban key: with FrozenLake (the default env) it is unknown
+    assert unknown_override_error("train", ["env.params.max_moves=2"]).startswith(
+        "unknown config key 'env.params.max_moves'")
+    assert unknown_override_error("train", ["trainer.stepz=3"]).endswith("did you mean trainer.total_steps?")
+    assert unknown_override_error("eval", ["eval.checkpoin=x"]).endswith("did you mean eval.checkpoint?")
+    assert "erl-verl" in unknown_override_error("train", ["verl=frozenlake_erl"])
+    assert unknown_override_error("train", ["+trainer.stepz=3"]) is None  # an explicit addition: our check_keys
+    assert unknown_override_error("train", ["trainer.lr=("]) is None  # a syntax error: Hydra's own message
