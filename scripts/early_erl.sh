@@ -7,7 +7,7 @@
 #   MODE=rlvr bash scripts/early_erl.sh sr trainer.total_steps=50 trainer.device=cuda   # SR -> RLVR
 # Extra arguments go to erl-train. The dataset is built once per DATA and every stage once per
 # output folder (a finished one is reused), so the arms share them.
-# Environment: ENV=frozenlake, MODEL=smollm2-135m-instruct (configs/model), MODEL_PATH (model.path),
+# Environment: ENV=frozenlake, MODEL=smollm2-135m-instruct (configs/local/model), MODEL_PATH (model.path),
 #   DATA=data/early/$ENV, OUT=outputs/early/$ENV, MODE=erl, MAX_NEW_TOKENS=128 (erl.max_new_tokens in
 #   every arm: an SR policy writes its reasoning before the action), BUILD_ARGS / STAGE_ARGS (extra
 #   overrides for erl-early build / train, space-separated), PYTHON=python3, DRY_RUN=1 (print only).

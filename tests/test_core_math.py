@@ -297,3 +297,17 @@ def test_every_config_section_refuses_a_misspelt_key_by_name():
         check_keys("model.lora", {"rank": 8}, ("r", "alpha"))
     with pytest.raises(ConfigError, match=r"erl: unknown key\(s\) \['n_atempt'\]"):  # the dataclass's fields
         ErlConfig.from_dict({"n_atempt": 2})
+    with pytest.raises(ConfigError, match=r"\['n_atempt'\] \(did you mean: n_atempt -> n_attempt\?\); known keys"):
+        ErlConfig.from_dict({"n_atempt": 2})
+
+
+def test_closest_keys_by_whole_name_then_by_last_part():
+    from erl.core.config import closest_keys
+
+    keys = ["trainer.total_steps", "trainer.lr", "trainer.save_every", "model.lora.r", "env.name", "seed"]
+    # siblings by last part: "step" shared by stepz/total_steps: 2*4/(5+11) = 0.5 >= 0.5;
+    # save_every: 2*2/15 < 0.5 (s, e)
+    assert closest_keys("trainer.stepz", keys) == ["trainer.total_steps"]
+    # no top-level key near "lr" ("seed": 0); the same last part elsewhere
+    assert closest_keys("lr", keys) == ["trainer.lr"]
+    assert closest_keys("trainer.zzz", keys) == []

@@ -21,7 +21,7 @@ def test_the_main_command_picks_the_gpu_preset_only_on_cuda_without_a_choice(mon
 
 def test_gpu_preset_composes_to_the_documented_scale():
     root = Path(__file__).resolve().parents[1]
-    with initialize_config_dir(config_dir=str(root / "configs"), version_base=None):
+    with initialize_config_dir(config_dir=str(root / "configs" / "local"), version_base=None):
         cfg = compose("train", overrides=["preset=gpu", "erl.mode=rlvr"])
     t = cfg.trainer
     assert (t.device, t.precision, t.tasks_per_step, t.lr) == ("cuda", "bf16", 64, 3e-4)

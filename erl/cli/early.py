@@ -22,13 +22,14 @@ USAGE = __doc__
 
 
 def compose(name: str, overrides: list[str]):
-    """configs/early/<name>.yaml, with configs/ on the search path for the env/model/erl groups."""
+    """configs/early/<name>.yaml, with configs/local/ (erl-train's groups) on the search path for
+    the env/model/erl groups."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    root = config_dir()
-    with initialize_config_dir(config_dir=str(root / "early"), version_base=None):
-        return hydra_compose(config_name=name, overrides=[f"hydra.searchpath=[file://{root}]", *overrides])
+    local = config_dir()
+    with initialize_config_dir(config_dir=str(local.parent / "early"), version_base=None):
+        return hydra_compose(config_name=name, overrides=[f"hydra.searchpath=[file://{local}]", *overrides])
 
 
 def as_config_error(fn):

@@ -1,10 +1,11 @@
 """`erl-eval`: first-attempt success of a checkpoint or a model folder on a task set.
 
-    erl-eval eval.checkpoint=outputs/frozenlake-erl/checkpoints/step_12
+    erl-eval eval.checkpoint=outputs/frozenlake-erl/checkpoints/step_6
     erl-eval model.path=/models/Qwen3-4B-Instruct-2507 env=sokoban eval.with_reflection=true
     erl-eval eval.checkpoint=... eval.tasks_file=data/frozenlake/val.jsonl eval.out=results.json
 
-First attempt only, no reflection, no memory: what the deployed model does. With
+First attempt only, no reflection, no memory: what the deployed model does, on `eval.n` tasks
+(default: as many as the run evaluated on, trainer.eval_tasks, 16 in the default config). With
 `eval.with_reflection=true` it also runs one reflection + second attempt where the first
 failed (still no memory), which measures how much reflection still helps.
 A checkpoint brings its own model, erl and env settings (the run's config.json);
@@ -14,9 +15,11 @@ A checkpoint brings its own model, erl and env settings (the run's config.json);
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 EVAL_KEYS = ("checkpoint", "tasks_file", "split", "n", "temperature", "with_reflection", "out")
+log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: dict) -> dict[str, float]:
@@ -39,21 +42,26 @@ def evaluate(cfg: dict) -> dict[str, float]:
     if ev.get("out"):
         check_writable(Path(str(ev["out"])).parent, "eval.out")
     ckpt = None
+    n_default = cfg["trainer"].get("eval_tasks", 16)
     if ev.get("checkpoint"):
         path = Path(str(ev["checkpoint"]))
         ckpt = load_checkpoint(path, training=False)  # weights only: the optimizer file is never opened
         saved = ckpt["config"]
         cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
+        n_default = saved.get("trainer", {}).get("eval_tasks", n_default)  # the run's own eval set
     # Tasks before the model: a bad or empty task file costs no model load.
     if ev.get("tasks_file"):
         tasks = load_tasks(Path(str(ev["tasks_file"])))[:n]
     else:
         env = cfg["env"]
-        tasks = make_tasks(env["name"], n or 64, seed=cfg.get("seed", 0),
+        tasks = make_tasks(env["name"], int(n or n_default), seed=int(cfg.get("seed", 0)),
                            split=str(ev.get("split", "val")), **dict(env.get("params") or {}))
     if not tasks:  # a mean over no task would print 0.000 as if the model had failed them all
         raise ConfigError(f"eval.tasks_file: {ev['tasks_file']} holds no tasks" if ev.get("tasks_file")
                           else "eval: no tasks to evaluate")
+    log.info("erl-eval: %d %s tasks (eval.n to change), %s", len(tasks), cfg["env"].get("name"),
+             "first attempt, then one reflection where it failed" if ev.get("with_reflection") else
+             "first attempt only")
     cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
     trainer, _ = build(cfg)
     if ckpt is not None:
@@ -87,11 +95,9 @@ def _run(cfg) -> None:
 
 
 def main() -> None:
-    import hydra
+    from erl.cli.app import hydra_app
 
-    from erl.cli.train import config_dir
-
-    hydra.main(config_path=str(config_dir()), config_name="eval", version_base=None)(_run)()
+    hydra_app("erl-eval", "eval", _run)
 
 
 if __name__ == "__main__":

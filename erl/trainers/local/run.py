@@ -22,6 +22,7 @@ from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.fileio import atomic_write, move_aside
 from erl.memory import ReflectionMemory
 from erl.models.tiny import check_tiny_sizes
+from erl.progress import RunLog, bar_postfix, log, run_log, step_summary
 from erl.tracking import Tracker, plot_run
 from erl.trainers.local.checkpoint import (
     checkpoint_step,
@@ -91,6 +92,7 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
         from erl.models.registry import load_model_and_tokenizer, resolve_model
 
         folder = resolve_model(path, fetch=bool(model_cfg.get("fetch", True)))
+        log.info("model %s: loading %s", path, folder)
         model, tok = load_model_and_tokenizer(folder, dtype=torch.float32, device="cpu")
     if model_cfg.get("init_from"):  # warm start from an Early Experience stage (erl/early/warmstart.py)
         from erl.early.warmstart import load_init
@@ -185,7 +187,13 @@ def start_timeline(out: Path, step: int) -> Path | None:
 
 
 def train(cfg: dict) -> dict[str, float]:
-    """Run training from a plain dict config (the Hydra app passes its resolved config)."""
+    """Run training from a plain dict config (the Hydra app passes its resolved config). What it
+    is doing goes to the `erl` logger, and into <output_dir>/train.log once the checks pass."""
+    with run_log() as runlog:
+        return _train(cfg, runlog)
+
+
+def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
     started = monotonic()  # the time budget counts model loading and evals too
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
     out = Path(tcfg.output_dir)
@@ -199,6 +207,7 @@ def train(cfg: dict) -> dict[str, float]:
         start = trainer.step_count
         del ckpt
     out.mkdir(parents=True, exist_ok=True)
+    runlog.open(out / "train.log")
     start_timeline(out, start)
     atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
     tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project, purge_step=start + 1 if resuming else None)
@@ -214,17 +223,24 @@ def train(cfg: dict) -> dict[str, float]:
                         memory_state=trainer.memory.state_dict() if trainer.memory is not None else None,
                         config=cfg, keep=tcfg.keep_checkpoints)
 
+    log.info("run %s: %s, %d steps of %d tasks x %d, eval on %d tasks%s", out, title, tcfg.total_steps,
+             tcfg.tasks_per_step, trainer.erl.first_attempts_per_task, len(extra["val"]),
+             f" (resumed at step {trainer.step_count})" if start >= 0 else "")
     if trainer.step_count == 0:
+        log.info("step 0: eval before training on %d tasks", len(extra["val"]))
         last = trainer.evaluate(extra["val"])
         tracker.log(0, last)
+        log.info(step_summary(0, tcfg.total_steps, last))
     saved_at = monotonic()
-    bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl")
+    bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl",
+               unit="step", file=sys.stderr)
     while trainer.step_count < tcfg.total_steps:
         metrics = trainer.step()
         k = trainer.step_count
         if (tcfg.eval_every and k % tcfg.eval_every == 0) or k == tcfg.total_steps:
             metrics.update(trainer.evaluate(extra["val"]))
         tracker.log(k, metrics)
+        log.info(step_summary(k, tcfg.total_steps, metrics))
         last = metrics
         out_of_time = bool(tcfg.time_budget_s) and monotonic() - started > tcfg.time_budget_s
         stop = trainer.too_many_skips()
@@ -239,15 +255,14 @@ def train(cfg: dict) -> dict[str, float]:
                 f"the batches' facts: {out / 'nonfinite.jsonl'}")
         plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
         bar.update(1)
-        bar.set_postfix({"succ1": f"{metrics.get('attempt1/success', 0):.2f}",
-                         "succ2": f"{metrics.get('attempt2/success', 0):.2f}",
-                         "eval": f"{metrics.get('eval/success', float('nan')):.2f}",
-                         "s/step": f"{metrics['time/step']:.1f}"})
+        bar.set_postfix(bar_postfix(metrics))
         if out_of_time and k < tcfg.total_steps:  # a chained run: the next call resumes from here
-            print(f"erl-train: time budget {tcfg.time_budget_s:.0f} s reached after step {k}; "
-                  f"continue with resume=true", flush=True)
+            log.info("time budget %.0f s reached after step %d; continue with resume=true", tcfg.time_budget_s, k)
             break
     bar.close()
     tracker.close()
     plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
+    ckpts = list_checkpoints(out / "checkpoints")
+    log.info("done in %.1f min: metrics, curves.png and train.log in %s; last checkpoint %s",
+             (monotonic() - started) / 60, out, ckpts[-1] if ckpts else "none")
     return last

@@ -26,6 +26,7 @@ from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_stor
 from erl.core.samples import episode_to_samples
 from erl.core.stream import next_tasks
 from erl.core.types import Episode, TokenSample
+from erl.progress import gather_with_bar, task_bar
 from erl.rollout.engine import build_policy
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import CheckpointError, set_rng_state
@@ -110,14 +111,12 @@ class LocalTrainer:
         with self.autocast():
             return asyncio.run(self._collect(tasks, self.erl.first_attempts_per_task))
 
-    async def _first_attempts(self, tasks: list[dict], temperature: float):
-        return await asyncio.gather(*[self.workflow.attempt(t, "attempt1", temperature=temperature) for t in tasks])
-
     def evaluate(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
         """First attempt only: no reflection, no memory: what the deployed model does."""
         t = self.cfg.eval_temperature if temperature is None else temperature
-        with self.autocast():
-            trajs = asyncio.run(self._first_attempts(tasks, t))
+        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
+        with self.autocast(), task_bar(len(tasks), "eval", self.cfg.progress) as bar:
+            trajs = asyncio.run(gather_with_bar(attempts, bar))
         return first_attempt_metrics(trajs)
 
     def evaluate_with_reflection(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
@@ -127,11 +126,9 @@ class LocalTrainer:
         cfg = replace(self.erl, mode="no_memory", temperature=t)
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
 
-        async def run_all():
-            return await asyncio.gather(*[wf.run(task, f"{task['task_id']}:eval") for task in tasks])
-
-        with self.autocast():
-            episodes = asyncio.run(run_all())
+        runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
+        with self.autocast(), task_bar(len(tasks), "eval (with reflection)", self.cfg.progress) as bar:
+            episodes = asyncio.run(gather_with_bar(runs, bar))
         m = episode_metrics(episodes)
         return {"eval/success": m["attempt1/success"], "eval/success_after_reflection": m["episode/success"],
                 "eval/reflection_rate": m["reflection/rate"],
