@@ -111,3 +111,24 @@ def check_torch_file(path: str | os.PathLike) -> None:
     if unsafe:
         raise CheckpointError(f"{path} would call {unsafe[:5]} when loaded: a checkpoint holds only tensors "
                               "and plain data, so this file was crafted or comes from another program; not loaded")
+
+
+def read_jsonl_objects(path: str | os.PathLike, what: str = "record"):
+    """Yield (line number, object) for each non-blank line of a JSON Lines file a user wrote; a line
+    that is not a JSON object ends the read with a ConfigError naming the file and line."""
+    import json
+
+    from erl.core.config import ConfigError
+
+    with Path(path).open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ConfigError(f"{where}: a {what} must be a JSON object, got {type(obj).__name__}")
+            yield lineno, obj

@@ -95,7 +95,7 @@ def test_readme_commands_as_a_user_runs_them(tmp_path):
     typo = _cli("train", [*TINY, "trainer.stepz=3"], tmp_path)
     assert typo.returncode == 2 and "did you mean trainer.total_steps?" in typo.stderr
     bad = _cli("train", [*TINY, "trainer.output_dir=outputs/new", "trainer.lr=-1"], tmp_path)
-    assert bad.returncode == 2 and "trainer.lr must be a number >= 0" in bad.stderr
+    assert bad.returncode == 2 and "trainer.lr must be a finite number >= 0" in bad.stderr
     assert _snapshot(out) == before
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["frozenlake-erl"]  # no outputs/new
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
@@ -106,6 +106,6 @@ def test_help_lists_only_what_the_program_accepts(tmp_path, prog):
     shown = _cli(prog, ["--help"], tmp_path)
     assert shown.returncode == 0
     groups = shown.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
-    assert sorted(re.findall(r"^(\w+):", groups, flags=re.MULTILINE)) == ["env", "erl", "model", "trainer"]
+    assert sorted(re.findall(r"^(\w+):", groups, flags=re.MULTILINE)) == ["env", "erl", "model", "preset", "trainer"]
     wrong = _cli("train", ["verl=frozenlake_erl"], tmp_path)
     assert wrong.returncode == 2 and "erl-verl" in wrong.stderr

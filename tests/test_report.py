@@ -119,7 +119,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     lines[1] = lines[1][:10]  # a damaged line in the middle is corruption, not a torn write
     (tmp_path / "bad" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "r.md")]) == 2
-    assert "metrics.jsonl:2: not a JSON line" in capsys.readouterr().err
+    assert "metrics.jsonl:2 is not a metrics line" in capsys.readouterr().err
     (tmp_path / "bad" / "config.json").write_text(json.dumps({"env": {"name": "frozenlake"}, "seed": 0}))
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"step": 0, "eval/success": 0.5}\n')
     assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "r.md")]) == 2

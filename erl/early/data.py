@@ -20,6 +20,7 @@ from pathlib import Path
 
 from erl.core.config import ConfigError
 from erl.core.types import TokenSample
+from erl.fileio import read_jsonl_objects
 from erl.models.chat import chat_ids
 from erl.rollout.chat import ChatTokenizer
 
@@ -63,22 +64,11 @@ def _check_messages(messages, where: str) -> None:
 
 
 def read_records(path: str | Path) -> list[dict]:
-    path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{where}: a record must be a JSON object")
-            if "messages" in row:
-                _check_messages(row["messages"], where)
-            rows.append(row)
+    for lineno, row in read_jsonl_objects(path, "record"):
+        if "messages" in row:
+            _check_messages(row["messages"], f"{path}:{lineno}")
+        rows.append(row)
     return rows
 
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from erl.core.config import ConfigError, check_keys
 from erl.core.tags import last_tag_block
 from erl.envs.symbols import render_grid, resolve_symbols
+from erl.fileio import read_jsonl_objects
 from erl.workflow.base import BaseEnv
 
 ACTIONS = ("up", "down", "left", "right")
@@ -49,25 +50,16 @@ def load_tasks(path: str | Path) -> list[dict]:
     that its env can play (checked by building the env once)."""
     tasks: list[dict] = []
     first_line: dict[str, int] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                task = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(task, dict):
-                raise ConfigError(f"{where}: a task must be a JSON object, got {type(task).__name__}")
-            for key in ("task_id", "env"):
-                if not isinstance(task.get(key), str) or not task[key]:
-                    raise ConfigError(f"{where}: task has no {key!r} (a non-empty string is required)")
-            if task["task_id"] in first_line:
-                raise ConfigError(f"{where}: duplicate task_id {task['task_id']!r} "
-                                  f"(first on line {first_line[task['task_id']]})")
-            first_line[task["task_id"]] = lineno
-            tasks.append(task)
+    for lineno, task in read_jsonl_objects(path, "task"):
+        where = f"{path}:{lineno}"
+        for key in ("task_id", "env"):
+            if not isinstance(task.get(key), str) or not task[key]:
+                raise ConfigError(f"{where}: task has no {key!r} (a non-empty string is required)")
+        if task["task_id"] in first_line:
+            raise ConfigError(f"{where}: duplicate task_id {task['task_id']!r} "
+                              f"(first on line {first_line[task['task_id']]})")
+        first_line[task["task_id"]] = lineno
+        tasks.append(task)
     for task in tasks:  # after the whole file is read: a malformed line is reported first
         check_playable(task, f"{path}:{first_line[task['task_id']]}")
     return tasks
