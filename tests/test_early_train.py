@@ -247,3 +247,14 @@ def test_one_command_per_arm():
     assert verl_lines[1][:3] == ["env", "OUT=outputs/early_verl/sokoban-sr", "MODEL_PATH=/m"]
     assert verl_lines[-1][:2] == ["env", "MODEL_PATH=outputs/early_verl/sokoban-sr/final"]
     assert verl_lines[-1][3].endswith("scripts/sokoban_rlvr.sh")
+
+
+def test_stage_config_refuses_non_finite_numbers():
+    """nan compares false with everything, so `lr < 0` alone let `trainer.lr=nan` through; the
+    stage config now shares the local trainer's finite-number check."""
+    from erl.core.config import ConfigError
+    from erl.early.train import EarlyTrainConfig
+
+    for key in ("lr", "grad_clip", "weight_decay"):
+        with pytest.raises(ConfigError, match=f"trainer.{key} must be a finite number >= 0"):
+            EarlyTrainConfig.from_dict({key: float("nan")})

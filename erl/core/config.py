@@ -16,6 +16,23 @@ class ConfigError(ValueError):
     """A bad configuration value; the message names the field."""
 
 
+def check_ints(section: str, obj: Any, names: tuple, minimum: int) -> None:
+    """Each named attribute of `obj` is an integer >= minimum (a bool is not an integer here)."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ConfigError(f"{section}.{name} must be an integer >= {minimum}, got {v!r}")
+
+
+def check_numbers(section: str, obj: Any, names: tuple) -> None:
+    """Each named attribute of `obj` is a finite number >= 0 (nan and inf compare false, so a
+    plain `v < 0` lets them through)."""
+    for name in names:
+        v = getattr(obj, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
+            raise ConfigError(f"{section}.{name} must be a finite number >= 0, got {v!r}")
+
+
 def check_keys(section: str, data: Any, known: Any) -> dict:
     """`data` as a plain dict, or a ConfigError naming `section`, the keys it does not know and
     the ones it does. `known`: key names, or a dataclass whose fields are the keys. A misspelt

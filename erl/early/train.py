@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from erl.core.config import ConfigError, check_keys
+from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
 from erl.core.losses import distill_nll_loss
 from erl.core.types import TokenSample
 from erl.early.data import files_digest, record_sample, stage_files, stage_records
@@ -32,7 +32,7 @@ from erl.rollout.chat import ChatTokenizer
 from erl.tracking import Tracker
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import save_checkpoint
-from erl.trainers.local.config import LOGGERS
+from erl.trainers.local.config import check_runtime
 from erl.trainers.local.run import load_policy_model, pick_device, prepare_output, start_timeline
 from erl.trainers.local.trainer import LocalTrainer, resolve_precision
 
@@ -61,30 +61,15 @@ class EarlyTrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "micro_batch_size", "max_length"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"trainer.{name} must be an integer >= 1, got {v!r}")
-        for name in ("warmup_steps", "save_every", "keep_checkpoints"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
+        check_ints("trainer", self, ("epochs", "batch_size", "micro_batch_size", "max_length"), 1)
+        check_ints("trainer", self, ("warmup_steps", "save_every", "keep_checkpoints"), 0)
         steps = self.total_steps
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
             raise ConfigError(f"trainer.total_steps must be null or an integer >= 1, got {steps!r}")
-        for name in ("lr", "weight_decay", "grad_clip"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ConfigError(f"trainer.{name} must be a number >= 0, got {v!r}")
+        check_numbers("trainer", self, ("lr", "weight_decay", "grad_clip"))
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        bad = [x for x in self.loggers if x not in LOGGERS]
-        if bad:
-            raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
+        check_runtime(self)
 
     @classmethod
     def from_dict(cls, data: Any) -> EarlyTrainConfig:

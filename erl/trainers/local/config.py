@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from erl.core.config import ConfigError, check_keys
+from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
 from erl.core.losses import CLIP_RATIO_C, loss_setting_errors
 
 LOGGERS = ("console", "tensorboard", "wandb")
@@ -50,20 +49,12 @@ class LocalTrainerConfig:
     time_budget_s: float = 0.0  # > 0: save and stop cleanly once a step ends past this (chained GPU calls)
 
     def __post_init__(self) -> None:
-        ints = ("total_steps", "tasks_per_step", "micro_batch_size", "ppo_epochs", "gen_batch_size",
-                "max_context_tokens", "eval_tasks")
-        for name in ints:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"trainer.{name} must be an integer >= 1, got {v!r}")
-        for name in ("warmup_steps", "eval_every", "save_every", "keep_checkpoints", "max_consecutive_skips"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"trainer.{name} must be an integer >= 0, got {v!r}")
-        for name in ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s", "save_every_minutes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
-                raise ConfigError(f"trainer.{name} must be a finite number >= 0, got {v!r}")
+        check_ints("trainer", self, ("total_steps", "tasks_per_step", "micro_batch_size", "ppo_epochs",
+                                     "gen_batch_size", "max_context_tokens", "eval_tasks"), 1)
+        check_ints("trainer", self, ("warmup_steps", "eval_every", "save_every", "keep_checkpoints",
+                                     "max_consecutive_skips"), 0)
+        check_numbers("trainer", self, ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s",
+                                        "save_every_minutes"))
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         loss_errors = loss_setting_errors(
@@ -71,17 +62,11 @@ class LocalTrainerConfig:
             kl_kind=self.kl_kind, loss_agg_mode=self.loss_agg_mode, entropy_coeff=self.entropy_coeff)
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        check_runtime(self)
         if not isinstance(self.rollout_compile, bool):
             raise ConfigError(f"trainer.rollout_compile must be true or false, got {self.rollout_compile!r}")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
-        bad = [x for x in self.loggers if x not in LOGGERS]
-        if bad:
-            raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
-        if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
-            raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     @classmethod
     def from_dict(cls, data: Any) -> LocalTrainerConfig:
@@ -92,3 +77,14 @@ class LocalTrainerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def check_runtime(cfg: Any) -> None:
+    """precision, device and loggers: the same choices for every trainer built on this one."""
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"trainer.precision must be auto, fp32 or bf16, got {cfg.precision!r}")
+    bad = [x for x in cfg.loggers if x not in LOGGERS]
+    if bad:
+        raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
