@@ -20,8 +20,8 @@ import time
 
 import torch
 
+from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
-from erl.workflow.base import SamplingParams
 
 SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                 "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,

@@ -311,3 +311,15 @@ def test_closest_keys_by_whole_name_then_by_last_part():
     # no top-level key near "lr" ("seed": 0); the same last part elsewhere
     assert closest_keys("lr", keys) == ["trainer.lr"]
     assert closest_keys("trainer.zzz", keys) == []
+
+
+def test_loss_settings_checked_once():
+    from erl.core.losses import LossSettings
+
+    s = LossSettings(kl_coef=0.001, distill_mode="raft")
+    assert s.uses_kl and not LossSettings().uses_kl
+    assert s.kwargs()["distill_mode"] == "raft" and s.kwargs()["kl_coef"] == 0.001
+    with pytest.raises(ValueError, match=r"clip_low must be a number in \[0, 1\).*distill_coef must be a finite"):
+        LossSettings(clip_low=1.5, distill_coef=float("nan"))
+    with pytest.raises(ValueError, match=r"distill_mode must be one of \['sft', 'raft', 'none'\]"):
+        LossSettings(distill_mode="sfT")

@@ -16,8 +16,8 @@ from erl.early.build import BuildConfig, build_records
 from erl.early.data import read_records, record_sample, stage_records, write_dataset
 from erl.early.experts import SOLVERS, expert_trajectory
 from erl.envs.base import ACTIONS
+from erl.models.chat import ChatTokenizer
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
 
 TASK = {"task_id": "hand", "env": "frozenlake", "grid": ["SF", "HG"], "max_turns": 4}

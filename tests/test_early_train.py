@@ -19,8 +19,8 @@ from erl.early.build import BuildConfig, build_records
 from erl.early.data import record_sample, write_dataset
 from erl.early.train import EarlyTrainConfig, StageTrainer, train
 from erl.envs.base import ACTIONS
+from erl.models.chat import ChatTokenizer
 from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
-from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
 from erl.trainers.local.checkpoint import CheckpointError
 from erl.trainers.local.run import build as build_rl

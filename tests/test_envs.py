@@ -12,12 +12,12 @@ import pytest
 
 from erl.cli.tasks import main as tasks_main
 from erl.core.config import ConfigError
+from erl.core.interfaces import Action
 from erl.envs.base import ACTION_PROMPT, load_tasks, parse_action
 from erl.envs.frozenlake import FrozenLakeEnv, shortest_path
 from erl.envs.registry import make_env, make_tasks, validate_env_params
 from erl.envs.sokoban import SokobanEnv
 from erl.envs.sokoban_solver import parse_room, solve
-from erl.workflow.base import Action
 
 # Start top-left; holes at (0,2) and (1,1); the only safe way is down, down, right, right.
 LAKE = {"task_id": "fl-hand", "env": "frozenlake", "memory_key": "frozenlake",

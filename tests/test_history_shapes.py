@@ -20,13 +20,13 @@ from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.agents.openai_server import OpenAIAttemptRunner, PolicyServer
 from erl.agents.recorder import AttemptRecorder
 from erl.core.config import ErlConfig
+from erl.core.interfaces import Action, SamplingParams
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.core.samples import rebase_steps, trajectory_to_sequences
 from erl.core.types import Trajectory
+from erl.models.chat import ChatTokenizer
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import Action, SamplingParams
 from erl.workflow.erl_workflow import ErlWorkflow
 
 TOK = build_tiny_tokenizer()

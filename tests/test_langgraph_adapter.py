@@ -25,13 +25,13 @@ from langgraph.prebuilt import ToolNode, tools_condition
 from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.agents.recorder import AttemptRecorder, ContextLimitExceeded, parse_tool_calls
 from erl.core.config import ConfigError, ErlConfig
+from erl.core.interfaces import SamplingParams
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.core.samples import episode_to_samples, trajectory_to_sequences
 from erl.memory import ReflectionMemory
+from erl.models.chat import ChatTokenizer
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import SamplingParams
 from erl.workflow.erl_workflow import ErlWorkflow
 
 TOK = build_tiny_tokenizer()

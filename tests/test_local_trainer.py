@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from erl.core.config import ConfigError
+from erl.core.interfaces import SamplingParams
 from erl.core.types import Segment, TokenSample
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
@@ -18,7 +19,6 @@ from erl.tracking import read_metrics
 from erl.trainers.local.batch import pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import CheckpointError, load_checkpoint
 from erl.trainers.local.run import build, train
-from erl.workflow.base import SamplingParams
 
 
 def base_cfg(tmp_path: Path, mode: str = "erl", steps: int = 2, **trainer) -> dict:

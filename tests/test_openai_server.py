@@ -24,11 +24,11 @@ from agent_scripts import (
 from erl.agents.openai_server import OpenAIAttemptRunner, PolicyServer
 from erl.agents.recorder import AttemptRecorder
 from erl.core.config import ErlConfig
+from erl.core.interfaces import SamplingParams
 from erl.core.samples import trajectory_to_sequences
+from erl.models.chat import ChatTokenizer
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.chat import ChatTokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import SamplingParams
 from erl.workflow.erl_workflow import ErlWorkflow
 
 pytestmark = pytest.mark.timeout(60)

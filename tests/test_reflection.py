@@ -59,3 +59,22 @@ def test_guidance_placement():
     no_system = apply_guidance(msgs[1:], "Avoid Q.")
     assert no_system[0] == {"role": "system", "content": f"{GUIDANCE_HEADER}\nAvoid Q."}
     assert apply_guidance(msgs, None) == msgs
+
+
+def test_first_user_placement_is_one_of_the_shared_placements():
+    from erl.core.config import ConfigError, ErlConfig, check_placement
+    from erl.core.reflection import GUIDANCE_HEADER, PLACEMENTS, place_guidance
+
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}]
+    out = apply_guidance(msgs, "Avoid Q.", "first_user")
+    assert out == [msgs[0], {"role": "user", "content": f"{GUIDANCE_HEADER}\nAvoid Q.\n\nU"}]
+    assert msgs[1]["content"] == "U"  # the caller's messages are untouched
+    # no user message: falls back to the system prompt
+    assert apply_guidance(msgs[:1], "G", "first_user") == [{"role": "system", "content": f"S\n\n{GUIDANCE_HEADER}\nG"}]
+    assert place_guidance(msgs, "G", lambda m, g: [*m, {"role": "user", "content": g}])[-1] == {
+        "role": "user", "content": "G"}
+    assert place_guidance(msgs, None, lambda m, g: 1 / 0) == msgs  # no reflection: the callable is not asked
+    assert ErlConfig(reflection_placement="first_user").reflection_placement == "first_user"
+    assert set(PLACEMENTS) == {"append_system", "replace_system", "first_user"}
+    with pytest.raises(ConfigError, match="placement must be one of"):
+        check_placement("last_user")

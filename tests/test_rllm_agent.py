@@ -17,10 +17,10 @@ from erl.agents.rllm import (
     unwrap_action,
 )
 from erl.core.config import ErlConfig
+from erl.core.interfaces import Action
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import Action
 from erl.workflow.erl_workflow import ErlWorkflow
 
 TOK = build_tiny_tokenizer()

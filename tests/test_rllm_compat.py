@@ -16,10 +16,10 @@ import pytest
 
 from erl.agents.rllm import install_rllm_shim, remove_rllm_shim, rllm_factories, rllm_installed
 from erl.core.config import ErlConfig
+from erl.core.interfaces import Action
 from erl.core.samples import trajectory_to_sequences
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.scripted import ScriptedPolicy
-from erl.workflow.base import Action
 from erl.workflow.erl_workflow import ErlWorkflow
 
 TOK = build_tiny_tokenizer()

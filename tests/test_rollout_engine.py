@@ -6,11 +6,11 @@ import asyncio
 import pytest
 import torch
 
+from erl.core.interfaces import SamplingParams
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.engine import RolloutEngine, build_policy
 from erl.rollout.hf_policy import HFPolicy
-from erl.workflow.base import SamplingParams
 
 TOK = build_tiny_tokenizer()
 

@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("verl")
 
 from erl.core.config import ConfigError
-from erl.trainers.verl.config import compose, experiments, validate
+from erl.trainers.verl.config import compose, config_dir, experiments, validate
 
 EXPECTED = {"frozenlake_erl", "frozenlake_rlvr", "sokoban_erl", "sokoban_rlvr", "hotpotqa_erl", "hotpotqa_rlvr",
             "frozenlake_no_reflection", "frozenlake_no_memory"}
@@ -185,18 +185,41 @@ def test_a_loss_setting_erl_would_ignore_stops_the_run(override, message):
 
 
 def test_honoured_loss_settings_reach_the_loss():
-    from erl.trainers.verl.loss import loss_settings
+    from erl.core.losses import LossSettings
 
-    s = loss_settings(validate(compose("frozenlake_erl"), check_model_files=False).cfg)
+    s = validate(compose("frozenlake_erl"), check_model_files=False).loss
     # the composed config: clip .2 / .28, verl's dual-clip default 3, KL .001 low_var_kl, no entropy bonus
-    assert s == {"clip_low": 0.2, "clip_high": 0.28, "clip_ratio_c": 3.0, "loss_agg_mode": "token-mean",
-                 "kl_coef": 0.001, "kl_kind": "low_var_kl", "entropy_coeff": 0.0, "distill_mode": "sft",
-                 "distill_coef": 1.0}
+    assert s == LossSettings(clip_low=0.2, clip_high=0.28, clip_ratio_c=3.0, loss_agg_mode="token-mean",
+                             kl_coef=0.001, kl_kind="low_var_kl", entropy_coeff=0.0, distill_mode="sft",
+                             distill_coef=1.0)
     cfg = validate(compose("frozenlake_erl", [
         f"{A}.clip_ratio_low=null", f"{A}.clip_ratio=0.1", f"{A}.clip_ratio_c=5", f"{A}.entropy_coeff=0.01",
         f"{A}.loss_agg_mode=seq-mean-token-sum", f"{A}.kl_loss_type=k3+", f"{A}.use_kl_loss=false"]),
-        check_model_files=False).cfg
-    s = loss_settings(cfg)
-    assert (s["clip_low"], s["clip_high"], s["clip_ratio_c"]) == (0.1, 0.28, 5.0)  # null low: clip_ratio, as verl
-    assert (s["entropy_coeff"], s["loss_agg_mode"], s["kl_kind"]) == (0.01, "seq-mean-token-sum", "k3+")
-    assert s["kl_coef"] == 0.0  # use_kl_loss false: no KL term whatever kl_loss_coef says
+        check_model_files=False)
+    s = cfg.loss
+    assert (s.clip_low, s.clip_high, s.clip_ratio_c) == (0.1, 0.28, 5.0)  # null low: clip_ratio, as verl
+    assert (s.entropy_coeff, s.loss_agg_mode, s.kl_kind) == (0.01, "seq-mean-token-sum", "k3+")
+    assert s.kl_coef == 0.0  # use_kl_loss false: no KL term whatever kl_loss_coef says
+
+
+def test_erl_settings_are_declared_once_for_both_trainers():
+    """erl_base.yaml composes configs/local/erl/default.yaml: every key the paper's scale does not
+    change has erl-train's value, and the file lists only the four it changes."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    local = yaml.safe_load((config_dir().parent / "local" / "erl" / "default.yaml").read_text())
+    verl = OmegaConf.to_container(compose("frozenlake_erl").erl)
+    changed = {k for k in verl if verl[k] != local[k]}
+    assert set(verl) == set(local)
+    assert changed == {"max_turns", "reflection_require_tag", "max_new_tokens", "max_reflection_tokens"}
+    assert yaml.safe_load((config_dir() / "erl_base.yaml").read_text())["erl"].keys() == changed
+
+
+def test_env_section_checked_like_the_local_trainer():
+    # attempts shorter than the env's episodes: refused by both trainers with the same message
+    cfg = compose("frozenlake_erl", ["erl.max_turns=3", "+env.params.max_turns=5"])
+    with pytest.raises(ConfigError, match=r"erl.max_turns \(3\) < env.params.max_turns \(5\)"):
+        validate(cfg, check_model_files=False)
+    with pytest.raises(ConfigError, match=r"env.n_val must be an integer >= 1, got 0"):
+        validate(compose("frozenlake_erl", ["env.n_val=0"]), check_model_files=False)

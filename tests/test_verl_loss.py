@@ -8,6 +8,7 @@ import torch
 
 pytest.importorskip("verl")
 
+from erl.core.config import ErlConfig
 from erl.core.types import Segment, TokenSample
 from erl.trainers.verl.dataproto import samples_to_dataproto, to_engine_tensordict
 from erl.trainers.verl.loss import erl_verl_loss, loss_settings, make_loss_fn
@@ -18,6 +19,11 @@ def _cfg(kl: bool = False, kl_coef: float = 0.1, mode: str = "sft", **actor):
                                             "kl_loss_coef": kl_coef, "kl_loss_type": "low_var_kl",
                                             "loss_agg_mode": "token-mean", **actor}},
             "erl": {"distill_mode": mode, "distill_coef": 1.0}}
+
+
+def _settings(**kw):
+    cfg = _cfg(**kw)
+    return loss_settings(cfg, ErlConfig.from_dict(cfg["erl"]))
 
 
 def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False, global_batch_size: int | None = None):
@@ -52,7 +58,7 @@ def _micro_batch(batch_num_tokens: int, dp_size: int, ref: bool = False, global_
 
 def test_loss_equals_hand_computed_value():
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
-    loss, metrics = erl_verl_loss(out, td, settings=loss_settings(_cfg()))
+    loss, metrics = erl_verl_loss(out, td, settings=_settings())
     # ratios 0.6/0.5 = 1.2 and 0.4/0.5 = 0.8, both inside [0.8, 1.28]: pg terms -1.2, -0.8,
     # token mean over the attempt row's 2 tokens = -1.0 (the distill row is out of the PG mean).
     # consolidation NLL on the distill token: -ln 0.5 = 0.693147; total = -1 + 0.693147.
@@ -64,14 +70,14 @@ def test_loss_equals_hand_computed_value():
 def test_loss_scaled_to_the_global_token_mean():
     # 3 tokens here, 12 in the mini-batch over 2 ranks: weight 3 / 12 * 2 = 0.5
     out, td = _micro_batch(batch_num_tokens=12, dp_size=2)
-    loss, metrics = erl_verl_loss(out, td, settings=loss_settings(_cfg()))
+    loss, metrics = erl_verl_loss(out, td, settings=_settings())
     assert metrics["erl/loss_scale"] == pytest.approx(0.5)
     assert loss.item() == pytest.approx(0.5 * (-1.0 + math.log(2)), abs=1e-6)
 
 
 def test_kl_to_reference_and_raft_mode():
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1, ref=True)
-    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(kl=True, kl_coef=0.1)))
+    loss, m = erl_verl_loss(out, td, settings=_settings(kl=True, kl_coef=0.1))
     # k3 = exp(ref - new) - (ref - new) - 1 per token, ref = old:
     #   0.5/0.6 - ln(0.5/0.6) - 1 = 0.015655 ; 0.5/0.4 - ln(0.5/0.4) - 1 = 0.026856 ; 0 (distill)
     # mean over the 3 model tokens = 0.014170 ; + 0.1 * that
@@ -79,31 +85,31 @@ def test_kl_to_reference_and_raft_mode():
     assert m["erl/kl"] == pytest.approx(k3, abs=1e-6)
     assert loss.item() == pytest.approx(-1.0 + math.log(2) + 0.1 * k3, abs=1e-6)
     # use_kl_loss false -> the reference term is off even with ref log-probs present
-    loss_nokl, m2 = erl_verl_loss(out, td, settings=loss_settings(_cfg(kl=False)))
+    loss_nokl, m2 = erl_verl_loss(out, td, settings=_settings(kl=False))
     assert "erl/kl" not in m2 and loss_nokl.item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
     # raft: the distill row joins the PG mean with its own advantage (0 here): (-1.2 - 0.8 + 0) / 3
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
-    loss_raft, m3 = erl_verl_loss(out, td, settings=loss_settings(_cfg(mode="raft")))
+    loss_raft, m3 = erl_verl_loss(out, td, settings=_settings(mode="raft"))
     assert loss_raft.item() == pytest.approx(-2.0 / 3, abs=1e-6) and "erl/distill_nll" not in m3
 
 
 def test_loss_fn_is_picklable_for_ray():
     import pickle
 
-    fn = pickle.loads(pickle.dumps(make_loss_fn(_cfg())))
+    fn = pickle.loads(pickle.dumps(make_loss_fn(_settings())))
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
     assert fn(model_output=out, data=td, dp_group=None)[0].item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
 
 
 def test_entropy_bonus_and_seq_mean_scaling():
     out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
-    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(entropy_coeff=0.1)))
+    loss, m = erl_verl_loss(out, td, settings=_settings(entropy_coeff=0.1))
     # token-mean entropy over all 3 model tokens = (1 + 2 + 0.5) / 3; the bonus is subtracted
     assert m["erl/entropy"] == pytest.approx(3.5 / 3)
     assert loss.item() == pytest.approx(-1.0 + math.log(2) - 0.1 * 3.5 / 3, abs=1e-6)
     # seq-mean modes: weighted by rows with tokens, 2 here of 8 in the mini-batch over 2 ranks: 2 / 8 * 2
     out, td = _micro_batch(batch_num_tokens=12, dp_size=2, global_batch_size=8)
-    loss, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(loss_agg_mode="seq-mean-token-sum")))
+    loss, m = erl_verl_loss(out, td, settings=_settings(loss_agg_mode="seq-mean-token-sum"))
     # PG: row A's token sum -1.2 - 0.8 = -2 (the only PG row); NLL ln 2; then x 0.5
     assert m["erl/loss_scale"] == pytest.approx(0.5)
     assert loss.item() == pytest.approx(0.5 * (-2.0 + math.log(2)), abs=1e-6)
@@ -116,5 +122,5 @@ def test_dual_clip_reaches_the_verl_loss():
     # A = -1 on row A, ratios 1.2 and 0.8: max(1.2, 1.2) = 1.2 and max(0.8, 0.8) = 0.8; mean 1.0.
     # With clip_ratio_c = 1.1 the 1.2 token is capped at 1.1: mean 0.95
     for c, pg in ((3.0, 1.0), (1.1, 0.95)):
-        _, m = erl_verl_loss(out, td, settings=loss_settings(_cfg(clip_ratio_c=c)))
+        _, m = erl_verl_loss(out, td, settings=_settings(clip_ratio_c=c))
         assert m["erl/pg_loss"] == pytest.approx(pg, abs=1e-6), c

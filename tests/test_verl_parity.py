@@ -3,6 +3,7 @@ run (ERL replaces it with `set_loss_fn`). Seeded random inputs with padding, mas
 extreme log-ratios, groups of one and zero-variance groups; verl's ActorConfig is built from
 the project's composed frozenlake_erl config. Differences by design are asserted as such."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -16,7 +17,7 @@ from erl.core.advantages import grpo_advantages
 from erl.core.losses import KL_KINDS, LOSS_AGG_MODES, aggregate, kl_penalty, ppo_clip_loss
 from erl.core.types import Segment, TokenSample
 from erl.trainers.verl.config import compose, validate
-from erl.trainers.verl.loss import erl_verl_loss, loss_settings
+from erl.trainers.verl.loss import erl_verl_loss
 
 TOL = 1e-5
 A = "actor_rollout_ref.actor"
@@ -28,7 +29,7 @@ def configs(*overrides: str):
     from verl.utils.config import omega_conf_to_dataclass
 
     cfg = compose("frozenlake_erl", list(overrides))
-    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor), loss_settings(validate(cfg, False).cfg)
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor), validate(cfg, False).loss
 
 
 def _inputs(seed: int, B: int = 12, T: int = 9):
@@ -58,14 +59,14 @@ def _grad(fn, x):
 @pytest.mark.parametrize("mode", LOSS_AGG_MODES)
 def test_policy_loss_value_gradient_and_metrics(mode):
     cfg, s = configs()
-    assert (s["clip_low"], s["clip_high"], s["clip_ratio_c"]) == (cfg.clip_ratio_low, cfg.clip_ratio_high,
+    assert (s.clip_low, s.clip_high, s.clip_ratio_c) == (cfg.clip_ratio_low, cfg.clip_ratio_high,
                                                                   cfg.clip_ratio_c)
     lower_hits = 0.0
     for seed in range(4):
         logp, old, adv, mask = _inputs(seed)
         ours_fn = functools.partial(ppo_clip_loss, old_logprobs=old, advantages=adv, mask=mask,
-                                    clip_low=s["clip_low"], clip_high=s["clip_high"], loss_agg_mode=mode,
-                                    clip_ratio_c=s["clip_ratio_c"])
+                                    clip_low=s.clip_low, clip_high=s.clip_high, loss_agg_mode=mode,
+                                    clip_ratio_c=s.clip_ratio_c)
         verl_fn = functools.partial(core_algos.compute_policy_loss_vanilla, old, advantages=adv, response_mask=mask,
                                     loss_agg_mode=mode, config=cfg)
         (ours, m), g_ours = _grad(ours_fn, logp)
@@ -81,7 +82,7 @@ def test_policy_loss_value_gradient_and_metrics(mode):
 def test_the_issue_example_dual_clip():
     cfg, s = configs()
     x, zero, adv, one = torch.log(torch.tensor([[4.0]])), torch.zeros(1, 1), torch.tensor([[-1.0]]), torch.ones(1, 1)
-    (ours, _), g = _grad(lambda t: ppo_clip_loss(t, zero, adv, one, 0.2, 0.28, clip_ratio_c=s["clip_ratio_c"]), x)
+    (ours, _), g = _grad(lambda t: ppo_clip_loss(t, zero, adv, one, 0.2, 0.28, clip_ratio_c=s.clip_ratio_c), x)
     (theirs, _), gv = _grad(lambda t: core_algos.compute_policy_loss_vanilla(zero, t, adv, one, config=cfg), x)
     assert (float(ours), float(g)) == (float(theirs), float(gv)) == (pytest.approx(3.0), 0.0)
 
@@ -189,7 +190,7 @@ def test_whole_actor_loss_matches_verls_ppo_loss(overrides):
     from verl.workers.utils.losses import ppo_loss
 
     cfg, s = configs(*overrides)
-    s = {**s, "distill_mode": "none"}  # no distill rows here; verl has no consolidation term
+    s = dataclasses.replace(s, distill_mode="none")  # no distill rows here; verl has no consolidation term
     for seed in range(3):
         out, td = _engine_batch(seed)
         ours, _ = erl_verl_loss(out, td, settings=s)

@@ -48,13 +48,13 @@ def _response_logprobs(model, data, temperature):
 class CpuWorkers:
     """The worker group's calls, on one CPU process (dp_size 2 to exercise the padding)."""
 
-    def __init__(self, folder, cfg, temperature):
+    def __init__(self, folder, loss, temperature):
         from transformers import AutoModelForCausalLM
 
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         self.ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
-        self.loss_fn = make_loss_fn(cfg)  # exactly what set_loss_fn installs on the GPU workers
+        self.loss_fn = make_loss_fn(loss)  # exactly what set_loss_fn installs on the GPU workers
         self.t = temperature
         self.dp_size = 2
         self.engine = None
@@ -133,7 +133,7 @@ def _trainer(folder, out, extra=()):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(s.model_path)
-    workers = CpuWorkers(folder, s.cfg, s.erl.temperature)
+    workers = CpuWorkers(folder, s.loss, s.erl.temperature)
     workers.engine = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=64),
                                      types.SimpleNamespace(local_path=str(folder), path=str(folder), tokenizer=tok))
 
@@ -302,9 +302,9 @@ def test_server_policy_talks_to_verl_rollout_servers():
     """vLLM / SGLang path: one request per call through verl's LLMServerClient.generate."""
     import asyncio
 
+    from erl.core.interfaces import SamplingParams
     from erl.models.tiny import build_tiny_tokenizer
     from erl.trainers.verl.rollout import ServerPolicy
-    from erl.workflow.base import SamplingParams
 
     tok = build_tiny_tokenizer()
     hi = tok.encode("hi", add_special_tokens=False)

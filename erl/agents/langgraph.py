@@ -33,9 +33,10 @@ from langgraph.errors import GraphRecursionError
 from pydantic import ConfigDict
 
 from erl.agents.messages import ParsedReply, message_text
-from erl.agents.recorder import AttemptRecorder, agent_error, check_placement, close_attempt
+from erl.agents.recorder import AttemptRecorder, agent_error, close_attempt
+from erl.core.config import check_placement
+from erl.core.interfaces import Generation, Policy, SamplingParams
 from erl.core.types import Trajectory
-from erl.workflow.base import Generation, Policy, SamplingParams
 
 
 class PolicyChatModel(BaseChatModel):

@@ -44,11 +44,11 @@ from erl.agents.recorder import (
     ContextLimitExceeded,
     StepLimitExceeded,
     agent_error,
-    check_placement,
     close_attempt,
 )
+from erl.core.config import check_placement
+from erl.core.interfaces import Policy, SamplingParams
 from erl.core.types import Trajectory
-from erl.workflow.base import Policy, SamplingParams
 
 SESSION_HEADER = "x-session-id"
 

@@ -21,15 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from erl.agents.messages import ParsedReply, assistant_message, normalize_messages, parse_tool_calls, render_messages
-from erl.core.config import ConfigError
-from erl.core.reflection import GUIDANCE_HEADER, apply_guidance
+from erl.core.interfaces import Generation, Policy, SamplingParams
+from erl.core.reflection import place_guidance
 from erl.core.types import Step, Trajectory
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer
 from erl.rollout.turns import TurnPrompts
-from erl.workflow.base import Generation, Policy, SamplingParams
 
 __all__ = ["AttemptRecorder", "ContextLimitExceeded", "ParsedReply", "StepLimitExceeded", "close_attempt",
-           "parse_tool_calls", "place_guidance"]
+           "parse_tool_calls"]
 
 # An attempt's context when neither the runner nor the workflow sets one: never unbounded.
 DEFAULT_MAX_CONTEXT_TOKENS = 32768
@@ -58,34 +57,6 @@ class StepLimitExceeded(RuntimeError):
 
 class ContextLimitExceeded(RuntimeError):
     """The chat no longer fits the context the trainer allows."""
-
-
-PLACEMENTS = ("append_system", "replace_system", "first_user")
-
-
-def check_placement(placement: Any) -> Any:
-    """None (the ErlConfig's reflection_placement), a name from PLACEMENTS, or a callable."""
-    if placement is None or callable(placement) or placement in PLACEMENTS:
-        return placement
-    raise ConfigError(f"placement must be one of {PLACEMENTS} or a callable(messages, guidance), got {placement!r}")
-
-
-def place_guidance(messages: list[dict], guidance: str | None, placement: str | Callable) -> list[dict]:
-    """Put the reflection where the attempt's agent will read it: in the system prompt
-    (erl.core.reflection.apply_guidance), at the top of the first user message
-    ("first_user"), or wherever a callable `placement(messages, guidance)` puts it."""
-    if not guidance:
-        return [dict(m) for m in messages]
-    if callable(placement):
-        return [dict(m) for m in placement([dict(m) for m in messages], guidance)]
-    if placement == "first_user":
-        out = [dict(m) for m in messages]
-        for m in out:
-            if m["role"] == "user":
-                m["content"] = f"{GUIDANCE_HEADER}\n{guidance}\n\n{m['content']}"
-                return out
-        return apply_guidance(out, guidance)
-    return apply_guidance(messages, guidance, placement)
 
 
 class AttemptRecorder:

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from erl.agents.rllm_compat import install_rllm_shim, remove_rllm_shim, rllm_installed
-from erl.workflow.base import Action, unwrap_action
+from erl.core.interfaces import Action, unwrap_action
 
 __all__ = ["RllmAgentAdapter", "RllmEnvAdapter", "install_rllm_shim", "remove_rllm_shim", "rllm_factories",
            "rllm_installed", "unwrap_action"]

@@ -28,7 +28,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from erl.workflow.base import Action, BaseEnv
+from erl.core.interfaces import Action, BaseEnv
 
 # ---------------------------------------------------------------- rLLM-compatible classes
 # Field and method names as in rLLM (v0.2 to the `rllm.types` era), so code written against

@@ -7,9 +7,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
+from erl.core.reflection import PLACEMENTS
+
 MODES = ("erl", "rlvr", "no_reflection", "no_memory")
 DISTILL_MODES = ("sft", "raft", "none")
-PLACEMENTS = ("append_system", "replace_system")
 
 
 class ConfigError(ValueError):
@@ -153,3 +154,11 @@ def validate(cfg: ErlConfig) -> None:
         raise ConfigError(f"erl.reflection_require_tag must be true/false, got {cfg.reflection_require_tag!r}")
     if not isinstance(cfg.reflection_tag, str) or not cfg.reflection_tag.isidentifier():
         raise ConfigError(f"erl.reflection_tag must be a plain tag name like 'prompt', got {cfg.reflection_tag!r}")
+
+
+def check_placement(placement: Any) -> Any:
+    """A runner's reflection placement: None (the ErlConfig's), a name from PLACEMENTS, or a
+    callable(messages, guidance) -> messages."""
+    if placement is None or callable(placement) or placement in PLACEMENTS:
+        return placement
+    raise ConfigError(f"placement must be one of {PLACEMENTS} or a callable(messages, guidance), got {placement!r}")

@@ -11,10 +11,12 @@ one list both trainer configs check against (`loss_setting_errors`).
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 
 from erl.core.advantages import DISTILL_ID
+from erl.core.config import DISTILL_MODES
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
 # verl's names for the same three estimators, accepted as aliases; a trailing "+" (e.g.
@@ -153,6 +155,43 @@ def loss_setting_errors(*, clip_low: float, clip_high: float, clip_ratio_c: floa
     if policy_loss_mode not in POLICY_LOSS_MODES:
         errors["policy_loss_mode"] = f"one of {list(POLICY_LOSS_MODES)}, got {policy_loss_mode!r}"
     return errors
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """Every setting of `erl_actor_loss`, checked once. Each trainer builds one from its own
+    config keys (local: `trainer.*` + `erl.*`; verl: `actor_rollout_ref.actor.*` + `erl.*`,
+    before Ray starts) and hands this object to whatever computes the loss."""
+
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    clip_ratio_c: float = CLIP_RATIO_C
+    loss_agg_mode: str = "token-mean"
+    kl_coef: float = 0.0  # 0: no KL term, and no reference log-probs are computed
+    kl_kind: str = "low_var_kl"
+    entropy_coeff: float = 0.0
+    distill_mode: str = "sft"
+    distill_coef: float = 1.0
+
+    def __post_init__(self) -> None:
+        errors = loss_setting_errors(clip_low=self.clip_low, clip_high=self.clip_high,
+                                     clip_ratio_c=self.clip_ratio_c, kl_coef=self.kl_coef, kl_kind=self.kl_kind,
+                                     loss_agg_mode=self.loss_agg_mode, entropy_coeff=self.entropy_coeff)
+        if self.distill_mode not in DISTILL_MODES:
+            errors["distill_mode"] = f"one of {list(DISTILL_MODES)}, got {self.distill_mode!r}"
+        d = self.distill_coef
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
+            errors["distill_coef"] = f"a finite number >= 0, got {d!r}"
+        if errors:
+            raise ValueError("; ".join(f"{k} must be {v}" for k, v in errors.items()))
+
+    @property
+    def uses_kl(self) -> bool:
+        """The one answer to "is there a KL term?" (and so "is a reference pass needed?")."""
+        return self.kl_coef > 0
+
+    def kwargs(self) -> dict:
+        return asdict(self)
 
 
 def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,

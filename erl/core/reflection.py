@@ -110,15 +110,28 @@ def parse_reflection(text: str, tag: str = "prompt", max_chars: int = 2000,
     return ReflectionParse(True, text=body)
 
 
+# Where attempt 2's agent reads the reflection. A runner may also pass a callable
+# placement(messages, guidance) -> messages (erl.agents); configs name one of these.
+PLACEMENTS = ("append_system", "replace_system", "first_user")
+
+
 def apply_guidance(messages: list[dict], guidance: str | None, placement: str = "append_system") -> list[dict]:
-    """Return a copy of `messages` whose system prompt carries the guidance for attempt 2.
+    """Return a copy of `messages` that carries the guidance for attempt 2.
 
     `append_system` keeps the original system prompt (it holds the action interface) and
-    adds the guidance under a header; `replace_system` is the reference code's choice.
+    adds the guidance under a header; `replace_system` is the reference code's choice;
+    `first_user` puts it, under the header, at the top of the first user message (for agents
+    whose system prompt is not theirs to extend; without a user message: append_system).
     """
     out = [dict(m) for m in messages]
     if not guidance:
         return out
+    if placement == "first_user":
+        for m in out:
+            if m.get("role") == "user":
+                m["content"] = f"{GUIDANCE_HEADER}\n{guidance}\n\n{m['content']}"
+                return out
+        placement = "append_system"
     if out and out[0].get("role") == "system":
         if placement == "replace_system":
             out[0]["content"] = guidance
@@ -128,3 +141,10 @@ def apply_guidance(messages: list[dict], guidance: str | None, placement: str = 
         content = guidance if placement == "replace_system" else f"{GUIDANCE_HEADER}\n{guidance}"
         out.insert(0, {"role": "system", "content": content})
     return out
+
+
+def place_guidance(messages: list[dict], guidance: str | None, placement) -> list[dict]:
+    """apply_guidance, or a callable `placement(messages, guidance)` (a copy goes in and out)."""
+    if guidance and callable(placement):
+        return [dict(m) for m in placement([dict(m) for m in messages], guidance)]
+    return apply_guidance(messages, guidance, placement)

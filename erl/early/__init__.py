@@ -12,5 +12,5 @@ starting policy of an ERL or RLVR run (`model.init_from`).
     build.py      D_expert, D_rollout, IWM and SR records, written as inspectable JSONL
     data.py       reading and checking the files; records -> token rows; parquet for verl
     train.py      the local SFT stages (IL, IWM, SR) with erl.core's masked NLL; resume
-    warmstart.py  loading a stage's weights into a fresh model (model.init_from)
+    (erl/models/warmstart.py: loading a stage's weights into a fresh model, model.init_from)
 """

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from erl.core.config import ConfigError, check_keys
+from erl.core.interfaces import SamplingParams
 from erl.early import prompts
 from erl.early.experts import ExpertStep, action_space, expert_trajectory, step_from
 from erl.envs.base import parse_action
-from erl.rollout.chat import ChatTokenizer
-from erl.workflow.base import SamplingParams
+from erl.models.chat import ChatTokenizer
 
 STAT_KEYS = ("tasks", "expert_states", "policy_replies", "replies_invalid", "replies_expert_action",
              "replies_duplicate", "alternatives_policy", "alternatives_random", "rationales_empty")

@@ -21,8 +21,7 @@ from pathlib import Path
 from erl.core.config import ConfigError
 from erl.core.types import TokenSample
 from erl.fileio import read_jsonl_objects
-from erl.models.chat import chat_ids
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer, chat_ids
 
 KIND_FILES = {"expert": "expert.jsonl", "rollout": "rollout.jsonl", "iwm": "iwm.jsonl", "sr": "sr.jsonl"}
 MANIFEST = "manifest.json"

@@ -26,9 +26,9 @@ from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
 from erl.core.losses import distill_nll_loss
 from erl.core.types import TokenSample
 from erl.early.data import files_digest, record_sample, stage_files, stage_records
-from erl.early.warmstart import save_final
 from erl.fileio import atomic_write
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer
+from erl.models.warmstart import save_final
 from erl.tracking import Tracker
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import save_checkpoint

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from erl.core.config import ConfigError, check_keys
+from erl.core.interfaces import BaseEnv
 from erl.core.tags import last_tag_block
 from erl.envs.symbols import render_grid, resolve_symbols
 from erl.fileio import read_jsonl_objects
-from erl.workflow.base import BaseEnv
 
 ACTIONS = ("up", "down", "left", "right")
 MOVES = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}

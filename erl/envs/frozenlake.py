@@ -46,6 +46,18 @@ def find(grid: list[str], char: str) -> tuple[int, int]:
 
 
 class FrozenLakeEnv(GridEnv):
+    """## Action
+    One of up, down, left, right per turn, parsed from the reply (`<action>up</action>` wins
+    if present); anything else is an invalid action: the turn is spent, the grid unchanged.
+    ## Observation
+    The grid as text with the task's symbols (player, floor, hole, goal; not explained), then
+    a one-line feedback of what the last action did.
+    ## Reward
+    1 on reaching the goal, else 0 (sparse; success means reward 1).
+    ## Episode end
+    The goal (1) or a hole (0) is reached, or `max_turns` turns have passed (0).
+    """
+
     name = "frozenlake"
     SYMBOLS = SYMBOLS
     PARAMS: ClassVar[dict] = {"size_min": 2, "size_max": 4, "hole_prob": 0.2, "max_turns": 8, "symbols": {},

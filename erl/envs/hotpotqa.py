@@ -230,6 +230,18 @@ def _check(cond: bool, field: str, want: str, value: Any) -> None:
 
 
 class HotpotQAEnv(TaskEnv):
+    """## Action
+    `search[query]` or `answer[text]` per turn; anything else is an invalid action (the turn
+    is spent, the feedback names the two forms).
+    ## Observation
+    First the question; after a search, the top `top_k` passages; after an answer, its score.
+    ## Reward
+    The answer's: 1 for an exact match, else its token F1 when >= 0.3, else 0 (an empty
+    answer 0); success means exact match. Searches earn nothing.
+    ## Episode end
+    An answer, or `max_turns` turns without one (0).
+    """
+
     name = "hotpotqa"
     PARAMS: ClassVar[dict[str, Any]] = {
         "source": "file", "data_path": None, "val_data_path": None, "val_percent": 20,

@@ -11,9 +11,10 @@ An environment class provides (see erl/envs/base.py's `TaskEnv`):
 from __future__ import annotations
 
 import importlib
+from types import SimpleNamespace
 from typing import Any
 
-from erl.core.config import ConfigError
+from erl.core.config import ConfigError, check_ints, check_keys
 
 ENVS: dict[str, str] = {
     "frozenlake": "erl.envs.frozenlake:FrozenLakeEnv",
@@ -48,3 +49,26 @@ def make_tasks(name: str, n: int, seed: int = 0, split: str = "train", **params)
 
 def validate_env_params(name: str, params: dict) -> None:
     env_class(name).validate_params(dict(params))
+
+
+ENV_KEYS = ("name", "params", "n_train", "n_val")
+
+
+def check_env_section(env: Any, max_turns: int) -> tuple[str, dict]:
+    """The `env:` section of either trainer's config, checked in one place: known keys, a
+    known env, its params, task counts, and attempts (erl.max_turns) at least as long as the
+    env's own episodes. Returns (name, params); raises ConfigError naming the field."""
+    if not isinstance(env, dict):
+        raise ConfigError("config has no `env:` section")
+    check_keys("env", env, ENV_KEYS)
+    name = env.get("name")
+    params = dict(env.get("params") or {})
+    validate_env_params(name, params)  # an unknown name first: ConfigError listing the known ones
+    check_ints("env", SimpleNamespace(n_train=env.get("n_train", 256), n_val=env.get("n_val", 64)),
+               ("n_train", "n_val"), 1)
+    env_turns = params.get("max_turns")
+    if isinstance(env_turns, int) and max_turns < env_turns:
+        raise ConfigError(f"erl.max_turns ({max_turns}) < env.params.max_turns ({env_turns}): attempts would "
+                          "be cut before the environment ends them; make them equal")
+    return name, params
+

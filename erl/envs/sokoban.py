@@ -23,6 +23,19 @@ SYMBOLS = {"player": "K", "floor": "-", "wall": "Z", "box": "R", "target": "J",
 
 
 class SokobanEnv(GridEnv):
+    """## Action
+    One of up, down, left, right per turn (the player walks, or pushes the box it walks
+    into); anything else is an invalid action: the turn is spent, the room unchanged.
+    ## Observation
+    The room as text with the task's symbols (player, floor, wall, box, target and their
+    combinations; not explained), then a one-line feedback of what the last action did.
+    ## Reward
+    1 when the box is on the target, else 0.
+    ## Episode end
+    The box reaches the target (1), a push leaves the room unsolvable (0), or `max_turns`
+    turns have passed (0).
+    """
+
     name = "sokoban"
     SYMBOLS = SYMBOLS
     PARAMS: ClassVar[dict] = {"size_min": 5, "size_max": 6, "wall_prob": 0.1, "min_moves": 1, "max_moves": 8,

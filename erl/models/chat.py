@@ -1,7 +1,16 @@
-"""Chat rendering to token ids through the tokenizer's own chat template."""
+"""Chats to token ids through the tokenizer's own chat template, token-exact across turns.
+
+Re-rendering the whole chat at every turn can change earlier tokens (templates strip
+thinking, re-format tool calls, drop schemas). So, like verl's agent loop, when a chat
+only grew, a turn's prompt is the previous prompt + the generated ids + the template's
+turn-closing glue (`glue_ids`) + the rendered new messages (`continuation_ids`). Which
+turns may be extended is decided in one place, erl.rollout.turns.
+"""
 
 from __future__ import annotations
 
+import json
+from functools import cached_property
 from typing import Any
 
 
@@ -19,3 +28,66 @@ def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool =
     across transformers versions.)"""
     text = chat_text(tokenizer, messages, add_generation_prompt, tools)
     return list(tokenizer.encode(text, add_special_tokens=False))
+
+# A throw-away conversation: the tokens a template puts after it are what new messages cost.
+_BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+
+
+class ChatTokenizer:
+    """Renders chats to ids with a Hugging Face tokenizer's chat template."""
+
+    def __init__(self, tokenizer: Any):
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template; "
+                "ERL renders multi-turn chats and needs one"
+            )
+        self.tokenizer = tokenizer
+        self._base_cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        return chat_ids(self.tokenizer, messages, add_generation_prompt=True, tools=tools)
+
+    def _base_ids(self, tools: list[dict] | None = None) -> list[int]:
+        key = json.dumps(tools, sort_keys=True, default=str) if tools else ""
+        if key not in self._base_cache:
+            self._base_cache[key] = chat_ids(self.tokenizer, _BASE, add_generation_prompt=False, tools=tools)
+        return self._base_cache[key]
+
+    @cached_property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an assistant turn (the template's end-of-turn and eos)."""
+        ids = {self.tokenizer.eos_token_id}
+        for name in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
+            tid = self.tokenizer.convert_tokens_to_ids(name)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id and tid >= 0:
+                ids.add(tid)
+        return sorted(i for i in ids if i is not None)
+
+    @cached_property
+    def turn_close_ids(self) -> list[int]:
+        """What the template writes after an assistant message's text, from its stop token on."""
+        base = self._base_ids()
+        stops = set(self.stop_ids)
+        for i in range(len(base) - 1, -1, -1):
+            if base[i] in stops:
+                return base[i:]
+        return []
+
+    def glue_ids(self, response_ids: list[int]) -> list[int]:
+        """Template tokens that follow a generated turn: the rest of the turn-closing glue if
+        the model stopped on its end token, all of it if it ran out of length."""
+        close = self.turn_close_ids
+        if response_ids and close and response_ids[-1] in set(self.stop_ids):
+            return close[1:]
+        return close
+
+    def continuation_ids(self, new_messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """Ids of new (non-assistant) messages after a closed assistant turn, plus the
+        generation prompt for the next assistant turn. Rendered with the tool schemas, as
+        some templates render tool turns differently when tools are given."""
+        full = chat_ids(self.tokenizer, _BASE + list(new_messages), add_generation_prompt=True, tools=tools)
+        base = self._base_ids(tools)
+        if full[: len(base)] != base:
+            raise ValueError("chat template renders earlier turns differently when messages are appended")
+        return full[len(base):]

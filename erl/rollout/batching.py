@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from erl.workflow.base import Generation, SamplingParams
+from erl.core.interfaces import Generation, SamplingParams
 
 
 class BatchingPolicy:

@@ -4,7 +4,7 @@ Requests wait in a queue; every engine step admits waiting requests into free sl
 prefill of only the tokens whose KV the slot does not already hold), then decodes one token
 for every active slot. A finished sequence frees its slot at once, so the batch never waits
 for its longest row, and the slot keeps the sequence's KV: the next turn of the same attempt
-(whose prompt extends it, token for token: erl.rollout.chat) prefills only its new tokens.
+(whose prompt extends it, token for token: erl.models.chat) prefills only its new tokens.
 The sampled token's log-prob comes from that step's logits (under logits / temperature, as
 HFPolicy), so no full-vocabulary logits are kept. Shapes are bucketed (rows to powers of
 two, key length to `key_bucket`) so that a compiled decode step (CUDA only) is reused.
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from erl.rollout.chat import ChatTokenizer
+from erl.core.interfaces import Generation, SamplingParams
+from erl.models.chat import ChatTokenizer
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.workflow.base import Generation, SamplingParams
 
 logger = logging.getLogger(__name__)
 SUPPORTED_EXTRA = ("top_k",)

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from erl.core.interfaces import Generation, SamplingParams
+from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import BatchingPolicy
-from erl.rollout.chat import ChatTokenizer
-from erl.workflow.base import Generation, SamplingParams
 
 
 class HFPolicy(BatchingPolicy):

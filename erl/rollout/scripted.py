@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from erl.workflow.base import Generation, SamplingParams
+from erl.core.interfaces import Generation, SamplingParams
 
 
 class ScriptedPolicy:

@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from erl.core.types import Step
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer
 
 
 def _text(content: Any) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from erl.core.interfaces import Policy, SamplingParams, unwrap_action
 from erl.core.reflection import apply_guidance
 from erl.core.types import Step, Trajectory
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer
 from erl.rollout.turns import TurnPrompts
-from erl.workflow.base import Policy, SamplingParams, unwrap_action
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from erl.core.interfaces import Action, BaseAgent
 from erl.core.types import Step, Trajectory
-from erl.workflow.base import Action, BaseAgent
 
 
 class ChatAgent(BaseAgent):

@@ -14,12 +14,12 @@ from typing import Any
 
 from erl.core.config import ErlConfig
 from erl.core.gating import segment_reward, should_distill, should_reflect, should_store
+from erl.core.interfaces import AttemptRunner, Policy, SamplingParams
 from erl.core.reflection import parse_reflection, render_feedback_guidance, render_reflection_request
 from erl.core.samples import rebase_steps
 from erl.core.types import Episode, Segment, Step, Trajectory
-from erl.rollout.chat import ChatTokenizer
+from erl.models.chat import ChatTokenizer
 from erl.workflow.attempt import EnvAttemptRunner
-from erl.workflow.base import AttemptRunner, Policy, SamplingParams
 
 
 def _task_query(attempt: Trajectory) -> str:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
-from erl.core.losses import CLIP_RATIO_C, loss_setting_errors
+from erl.core.losses import CLIP_RATIO_C, LossSettings, loss_setting_errors
 
 LOGGERS = ("console", "tensorboard", "wandb")
 
@@ -77,6 +77,13 @@ class LocalTrainerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def loss(self, erl: Any) -> LossSettings:
+        """The loss's settings: this section's loss keys + the validated `erl:` section's distillation."""
+        return LossSettings(clip_low=self.clip_low, clip_high=self.clip_high, clip_ratio_c=self.clip_ratio_c,
+                            loss_agg_mode=self.loss_agg_mode, kl_coef=self.kl_coef, kl_kind=self.kl_kind,
+                            entropy_coeff=self.entropy_coeff, distill_mode=erl.distill_mode,
+                            distill_coef=erl.distill_coef)
 
 
 def check_runtime(cfg: Any) -> None:

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erl.core.config import ConfigError, ErlConfig, check_keys
-from erl.envs.registry import make_env, make_tasks, validate_env_params
+from erl.envs.registry import check_env_section, make_env, make_tasks
 from erl.fileio import atomic_write, move_aside
 from erl.memory import ReflectionMemory
 from erl.models.tiny import check_tiny_sizes
@@ -50,7 +50,6 @@ def pick_device(name: str) -> torch.device:
 LORA_KEYS = {"enabled", "r", "alpha", "dropout", "target_modules", "last_layers"}
 # What erl-train and erl-eval read: a `+typo=1` is an error, not a silently unused key.
 TOP_KEYS = {"erl", "trainer", "env", "model", "seed", "runner", "resume", "eval"}
-ENV_KEYS = {"name", "params", "n_train", "n_val"}
 MODEL_KEYS = {"path", "fetch", "lora", "tiny", "init_from"}  # init_from: a warm start (erl-early)
 
 
@@ -94,8 +93,8 @@ def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
         folder = resolve_model(path, fetch=bool(model_cfg.get("fetch", True)))
         log.info("model %s: loading %s", path, folder)
         model, tok = load_model_and_tokenizer(folder, dtype=torch.float32, device="cpu")
-    if model_cfg.get("init_from"):  # warm start from an Early Experience stage (erl/early/warmstart.py)
-        from erl.early.warmstart import load_init
+    if model_cfg.get("init_from"):  # warm start from an Early Experience stage (erl/models/warmstart.py)
+        from erl.models.warmstart import load_init
 
         load_init(model, model_cfg["init_from"])
     lora = dict(model_cfg.get("lora", {}) or {})
@@ -115,24 +114,16 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
         check_tiny_sizes(cfg["model"].get("tiny"))
     erl = ErlConfig.from_dict(cfg["erl"])
     tcfg = LocalTrainerConfig.from_dict(cfg["trainer"])
-    env_cfg = check_keys("env", cfg["env"], ENV_KEYS)
-    env_name = env_cfg.get("name")
-    params = dict(env_cfg.get("params", {}) or {})
-    validate_env_params(env_name, params)
-    env_turns = params.get("max_turns")
-    if isinstance(env_turns, int) and erl.max_turns < env_turns:
-        raise ConfigError(f"erl.max_turns ({erl.max_turns}) < env.params.max_turns ({env_turns}): attempts would "
-                          "be cut before the environment ends them; make them equal")
+    env_name, params = check_env_section(cfg["env"], erl.max_turns)
     seed = check_int(cfg.get("seed", 0), "seed", 0)
-    n_train = check_int(env_cfg.get("n_train", 256), "env.n_train", 1)
-    n_val = check_int(env_cfg.get("n_val", 64), "env.n_val", 1)
+    n_train, n_val = int(cfg["env"].get("n_train", 256)), int(cfg["env"].get("n_val", 64))  # checked above
     train = make_tasks(env_name, n_train, seed=seed, split="train", **params)
     val = make_tasks(env_name, n_val, seed=seed, split="val", **params)[: tcfg.eval_tasks]
     device = pick_device(tcfg.device)
     torch.manual_seed(seed)
     model, tok = load_policy_model(dict(cfg["model"]), device, seed)
     ref = None
-    if tcfg.kl_coef > 0:
+    if tcfg.loss(erl).uses_kl:
         ref = copy.deepcopy(model).eval()
         for p in ref.parameters():
             p.requires_grad_(False)

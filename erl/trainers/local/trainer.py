@@ -76,6 +76,7 @@ class LocalTrainer:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(trainer.precision, self.device)
         self.memory = memory if erl.uses_memory else None
+        self.loss = trainer.loss(erl)
         self.policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
                                    compile=trainer.rollout_compile)
         self.workflow = ErlWorkflow(agent_factory, env_factory, self.policy, erl, self.memory,
@@ -153,12 +154,12 @@ class LocalTrainer:
                 rows = [samples[i] for i in idx]
                 if need_old:
                     old[c] = self._logprobs(self.model, rows)[1].float()
-                if cfg.kl_coef > 0 and self.ref_model is not None:
+                if self.loss.uses_kl and self.ref_model is not None:
                     ref[c] = self._logprobs(self.ref_model, rows)[1].float()
         # Gradient accumulation: token-mean weighs each micro-batch by its share of the trained
         # tokens (the summed gradient is then the step's token mean, as in the verl trainer);
         # the seq-mean modes by its share of the rows.
-        if cfg.loss_agg_mode == "token-mean":
+        if self.loss.loss_agg_mode == "token-mean":
             sizes = [sum(sum(samples[i].response_mask) for i in idx) for idx in chunks]
         else:
             sizes = [len(idx) for idx in chunks]
@@ -170,16 +171,13 @@ class LocalTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
-                batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=cfg.entropy_coeff != 0)
+                batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=self.loss.entropy_coeff != 0)
                 logp = logp.float()
                 # One epoch: the rollout policy is the current one, so old = current (ratio 1).
                 old_logp = old[c] if need_old else logp.detach()
                 loss, metrics = erl_actor_loss(
                     logp, old_logp, adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
-                    distill_mode=erl.distill_mode, distill_coef=erl.distill_coef,
-                    clip_low=cfg.clip_low, clip_high=cfg.clip_high, clip_ratio_c=cfg.clip_ratio_c,
-                    ref_logprobs=ref.get(c), kl_coef=cfg.kl_coef, kl_kind=cfg.kl_kind,
-                    loss_agg_mode=cfg.loss_agg_mode, entropy=entropy, entropy_coeff=cfg.entropy_coeff)
+                    ref_logprobs=ref.get(c), entropy=entropy, **self.loss.kwargs())
                 if not torch.isfinite(loss):  # backward of a NaN would poison every gradient
                     if bad is None:
                         bad = nonfinite_facts("loss", rows, batch, logp, adv[idx], loss, self.precision)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from erl.core.config import ConfigError, ErlConfig, check_keys
+from erl.core.losses import LossSettings
 from erl.trainers.verl.loss import loss_settings
 
 ROLLOUT_BACKENDS = ("hf", "vllm", "sglang")
@@ -30,6 +31,13 @@ def config_dir() -> Path:
         if (cand / "erl_base.yaml").is_file():
             return cand
     raise FileNotFoundError("cannot find configs/verl/erl_base.yaml")
+
+
+def searchpath() -> str:
+    """The Hydra override every verl experiment is composed with: verl's own config folder
+    (ppo_trainer and its groups) and configs/local, whose `erl` group erl_base.yaml composes, so
+    ERL's settings are declared once for both trainers."""
+    return f"hydra.searchpath=[pkg://verl.trainer.config,file://{config_dir().parent / 'local'}]"
 
 
 def experiments() -> list[str]:
@@ -51,7 +59,7 @@ def compose(name: str, overrides: list[str] | tuple = ()) -> Any:
         raise ConfigError(f"unknown experiment config {name!r}; shipped: {experiments()}")
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            return hydra_compose(config_name=name, overrides=list(overrides))
+            return hydra_compose(config_name=name, overrides=[searchpath(), *overrides])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config {name}: {exc}") from exc
 
@@ -100,6 +108,7 @@ class Settings:
     model_path: str
     world_size: int
     backend: str
+    loss: LossSettings  # what the workers' loss reads (erl.trainers.verl.loss)
 
     @property
     def tasks_per_step(self) -> int:
@@ -141,7 +150,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     """All pre-Ray checks; returns the settings or raises ConfigError naming the field."""
     from omegaconf import DictConfig, OmegaConf
 
-    from erl.envs.registry import env_class, validate_env_params
+    from erl.envs.registry import check_env_section
 
     if isinstance(cfg, DictConfig):
         try:
@@ -159,12 +168,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     trainer = ErlTrainerConfig.from_dict(plain["erl_trainer"])
 
     env = plain["env"]
-    check_keys("env", env, ("name", "params", "n_train", "n_val"))
-    env_class(env.get("name"))  # unknown name -> ConfigError listing the known ones
-    params = dict(env.get("params") or {})
-    validate_env_params(env["name"], params)
-    _int(env, "n_train", "env")
-    _int(env, "n_val", "env")
+    _, params = check_env_section(env, erl.max_turns)
 
     arr = plain["actor_rollout_ref"]
     rollout, actor = arr["rollout"], arr["actor"]
@@ -196,7 +200,7 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
         raise ConfigError(f"actor_rollout_ref.rollout.tensor_model_parallel_size ({tp}) must divide the "
                           f"number of GPUs ({world})")
     _int(actor, "ppo_epochs", "actor_rollout_ref.actor")
-    loss_settings(plain)  # every loss-deciding key (the HONOURED / NEUTRAL tables) or ConfigError
+    loss = loss_settings(plain, erl)  # every loss-deciding key (the HONOURED / NEUTRAL tables) or ConfigError
     tr = plain["trainer"]
     if tr.get("resume_mode", "auto") not in ("auto", "disable", "resume_path"):
         raise ConfigError(f"trainer.resume_mode must be auto, disable or resume_path, got {tr.get('resume_mode')!r}")
@@ -217,4 +221,4 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     if check_model_files:
         model_path = check_model(model_path)
     return Settings(cfg=plain, erl=erl, trainer=trainer, env_name=env["name"], env_params=params,
-                    model_path=model_path, world_size=world, backend=backend)
+                    model_path=model_path, world_size=world, backend=backend, loss=loss)

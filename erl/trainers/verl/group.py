@@ -37,7 +37,7 @@ class VerlWorkers:
                                device_name=config.trainer.device)
         self.wg = group.spawn(prefix_set=[str(role)])[str(role)]
         self.wg.init_model()
-        install_loss(self.wg, settings.cfg)
+        install_loss(self.wg, settings.loss)
         self.dp_size = max(self.wg._query_dispatch_info("actor")) + 1
         self.server_manager = self.checkpoint_manager = None
         if self.backend != "hf":

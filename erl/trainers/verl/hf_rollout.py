@@ -86,7 +86,7 @@ class HFRolloutEngine:
 
     # ---- generation ------------------------------------------------------------------
     def generate(self, prompts: list[list[int]], temperature: float, top_p: float, max_new_tokens: int):
-        from erl.workflow.base import SamplingParams
+        from erl.core.interfaces import SamplingParams
 
         params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         if hasattr(self.policy, "forget"):  # the engine queues them all and fills its own slots

@@ -19,8 +19,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from erl.core.config import ConfigError
-from erl.core.losses import CLIP_RATIO_C, erl_actor_loss, loss_setting_errors
+from erl.core.config import ConfigError, ErlConfig
+from erl.core.losses import CLIP_RATIO_C, LossSettings, erl_actor_loss, loss_setting_errors
 
 ACTOR = "actor_rollout_ref.actor"
 # verl's settings that decide the actor loss, mapped to erl_actor_loss's arguments. verl's own
@@ -57,10 +57,11 @@ def _get(cfg: dict, dotted: str, default: Any) -> Any:
     return node
 
 
-def loss_settings(cfg: dict) -> dict:
-    """erl_actor_loss's keyword arguments from the plain (resolved) config: verl's actor section
-    + `erl:`. Any value the ERL loss would not honour raises ConfigError naming the key (the
-    driver calls this before Ray starts). Missing keys take verl's defaults."""
+def loss_settings(cfg: dict, erl: ErlConfig) -> LossSettings:
+    """The loss's settings from the plain (resolved) config's actor section and the validated
+    `erl:` section. Any value the ERL loss would not honour raises ConfigError naming the key
+    (erl.trainers.verl.config.validate calls this before Ray starts and keeps the result in
+    Settings.loss, the object the workers get). Missing keys take verl's defaults."""
     actor = cfg["actor_rollout_ref"]["actor"]
     clip = actor.get("clip_ratio", 0.2)
     values = {
@@ -83,11 +84,11 @@ def loss_settings(cfg: dict) -> dict:
     if errors:
         raise ConfigError("; ".join(errors))
     del values["policy_loss_mode"]  # only vanilla exists: erl_actor_loss has no switch for it
-    erl = cfg["erl"]
-    return {**values, "clip_low": float(values["clip_low"]), "clip_high": float(values["clip_high"]),
-            "clip_ratio_c": float(values["clip_ratio_c"]), "entropy_coeff": float(values["entropy_coeff"]),
-            "kl_coef": float(values["kl_coef"]) if use_kl else 0.0,
-            "distill_mode": erl["distill_mode"], "distill_coef": float(erl["distill_coef"])}
+    return LossSettings(clip_low=float(values["clip_low"]), clip_high=float(values["clip_high"]),
+                        clip_ratio_c=float(values["clip_ratio_c"]), loss_agg_mode=values["loss_agg_mode"],
+                        kl_coef=float(values["kl_coef"]) if use_kl else 0.0, kl_kind=values["kl_kind"],
+                        entropy_coeff=float(values["entropy_coeff"]),
+                        distill_mode=erl.distill_mode, distill_coef=float(erl.distill_coef))
 
 
 def _non_tensor(data: Any, key: str, default: Any) -> Any:
@@ -98,7 +99,7 @@ def _non_tensor(data: Any, key: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settings: dict):
+def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settings: LossSettings):
     """One micro-batch: ERL actor loss on verl's tensors. Returns (loss, metrics)."""
     from verl.workers.utils.padding import no_padding_2_padding
 
@@ -112,12 +113,12 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     sel = data.select(*keys).to_padded_tensor()
     mask = sel["response_mask"].to(logprobs.dtype)
     adv = sel["advantages"].to(logprobs.dtype)
-    ref = sel["ref_log_prob"].float() if "ref_log_prob" in keys and settings["kl_coef"] > 0 else None
+    ref = sel["ref_log_prob"].float() if "ref_log_prob" in keys and settings.uses_kl else None
     loss, metrics = erl_actor_loss(logprobs, sel["old_log_probs"].float(), adv, mask, sel["segment_ids"],
-                                   ref_logprobs=ref, entropy=entropy, **settings)
+                                   ref_logprobs=ref, entropy=entropy, **settings.kwargs())
     # token-mean: this micro-batch's share of the mini-batch's tokens; seq-mean modes: its
     # share of the rows that have tokens (global_batch_size counts those rows, see trainer.update)
-    if settings["loss_agg_mode"] == "token-mean":
+    if settings.loss_agg_mode == "token-mean":
         local, total = float(mask.sum()), float(_non_tensor(data, "batch_num_tokens", 0) or 0)
     else:
         local, total = float((mask.sum(-1) > 0).sum()), float(_non_tensor(data, "global_batch_size", 0) or 0)
@@ -128,12 +129,12 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     return loss * scale, metrics
 
 
-def make_loss_fn(cfg: dict):
+def make_loss_fn(settings: LossSettings):
     """A picklable loss function for `actor_rollout_wg.set_loss_fn` (a module-level function
-    with its settings bound, so Ray ships it to every worker)."""
-    return partial(erl_verl_loss, settings=loss_settings(cfg))
+    with the validated settings bound, so Ray ships it to every worker)."""
+    return partial(erl_verl_loss, settings=settings)
 
 
-def install_loss(actor_rollout_wg: Any, cfg: dict) -> None:
+def install_loss(actor_rollout_wg: Any, settings: LossSettings) -> None:
     """Replace verl's PPO loss on every actor worker with ERL's."""
-    actor_rollout_wg.set_loss_fn(make_loss_fn(cfg))
+    actor_rollout_wg.set_loss_fn(make_loss_fn(settings))

@@ -18,7 +18,7 @@ from typing import Any
 
 from erl.core.config import ConfigError
 from erl.fileio import CheckpointError, atomic_write
-from erl.trainers.verl.config import Settings, config_dir, validate
+from erl.trainers.verl.config import Settings, config_dir, searchpath, validate
 
 
 class Tracker:
@@ -126,6 +126,7 @@ def _main(config: Any) -> None:
 def main() -> None:
     import hydra
 
+    sys.argv.insert(1, searchpath())  # before the user's overrides: theirs win
     hydra.main(config_path=str(config_dir()), config_name="frozenlake_erl", version_base=None)(_main)()
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from erl.core.interfaces import Generation, SamplingParams
+from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import BatchingPolicy
-from erl.rollout.chat import ChatTokenizer
-from erl.workflow.base import Generation, SamplingParams
 
 
 def _objects(items: list) -> np.ndarray:

@@ -78,7 +78,7 @@ class TimedWorkflow(ErlWorkflow):
 
 
 class ErlVerlTrainer:
-    """`workers` is the actor/rollout/ref side (erl.trainers.verl.workers_api.VerlWorkers, or
+    """`workers` is the actor/rollout/ref side (erl.trainers.verl.group.VerlWorkers, or
     a stand-in with the same methods in CPU tests); `policy` the rollout adapter over it."""
 
     def __init__(self, settings: Settings, tokenizer: Any, workers: Any, policy: Any, memory: Any,
@@ -139,7 +139,7 @@ class ErlVerlTrainer:
         data.batch["old_log_probs"] = self.workers.compute_log_prob(
             to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False), data)
         t1 = time.perf_counter()
-        if actor.get("use_kl_loss") and float(actor.get("kl_loss_coef", 0)) > 0:
+        if self.s.loss.uses_kl:
             data.batch["ref_log_prob"] = self.workers.compute_ref_log_prob(
                 to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False),
                 data)
@@ -148,7 +148,7 @@ class ErlVerlTrainer:
         # the seq-mean loss modes divide by global_batch_size: count only rows that train a token
         # (pad_to_multiple's fillers train none); entropy only when the loss or the user needs it
         trained_rows = max(int((data.batch["response_mask"].sum(-1) > 0).sum()), 1)
-        entropy = bool(actor.get("calculate_entropy")) or float(actor.get("entropy_coeff", 0)) != 0
+        entropy = bool(actor.get("calculate_entropy")) or self.s.loss.entropy_coeff != 0
         td = to_engine_tensordict(
             data, temperature=temperature, calculate_entropy=entropy, distillation_use_topk=False,
             distillation_only=False, global_batch_size=trained_rows, mini_batch_size=rows,

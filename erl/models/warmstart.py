@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from erl.trainers.local.checkpoint import CheckpointError
+from erl.fileio import CheckpointError
 
 FINAL = "final"
 WEIGHTS = "model.safetensors"
