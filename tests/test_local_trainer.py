@@ -2,6 +2,7 @@
 
 import asyncio
 import copy
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_entropy_bonus_enters_the_loss(tmp_path):
     trainer, _ = build(base_cfg(tmp_path, entropy_coeff=0.1))
     rows = [r for ep in trainer.collect(trainer.next_tasks()) for r in episode_to_samples(ep)]
     for mode in ("token-mean", "seq-mean-token-sum"):
-        trainer.cfg.loss_agg_mode = mode
+        trainer.loss = dataclasses.replace(trainer.loss, loss_agg_mode=mode)  # the validated settings the loss reads
         m = trainer.update(rows)
         # every term is a weighted mean over micro-batches, so the sum holds for the step's metrics too
         expected = m["loss/pg_loss"] + m.get("loss/distill_nll", 0.0) - 0.1 * m["loss/entropy"]
@@ -238,7 +239,7 @@ def test_entropy_bonus_enters_the_loss(tmp_path):
             token_mean = m["loss/entropy"]
             assert 0.1 < token_mean <= math.log(trainer.model.config.vocab_size)
     assert m["loss/entropy"] > token_mean  # seq-mean-token-sum: a row's entropies add up
-    trainer.cfg.entropy_coeff = 0.0
+    trainer.loss = dataclasses.replace(trainer.loss, entropy_coeff=0.0)
     assert "loss/entropy" not in trainer.update(rows)  # not computed when it is not used
 
 
