@@ -14,8 +14,8 @@ from test_local_trainer import base_cfg
 
 from erl.core.types import Segment, TokenSample
 from erl.tracking import read_metrics
+from erl.trainers.driver import NonFiniteStepError
 from erl.trainers.local.checkpoint import load_checkpoint
-from erl.trainers.local.numerics import NonFiniteStepError
 from erl.trainers.local.run import build, train
 
 
