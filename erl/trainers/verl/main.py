@@ -32,8 +32,6 @@ class Tracker:
         out = Path(tr["default_local_dir"])
         self.jsonl = JsonlTracker(out, loggers=[])
         self.jsonl.path = out / settings.trainer.metrics_file
-        self.curves = out / "curves.png"
-        self.title = f"verl | {settings.env_name} | {settings.erl.mode} | {Path(settings.model_path).name}"
         self.verl = None
         backends = [b for b in (tr.get("logger") or []) if b]
         if backends:
@@ -43,12 +41,9 @@ class Tracker:
                                  default_backend=backends, config=settings.cfg)
 
     def log(self, step: int, metrics: dict) -> None:
-        from erl.tracking import plot_run
-
         self.jsonl.log(step, metrics)
         if self.verl is not None:
-            self.verl.log(data=metrics, step=step)
-        plot_run(self.jsonl.path, self.curves, title=self.title)  # a look at the run while it trains
+            self.verl.log(data={**metrics, "training/global_step": float(step)}, step=step)
 
 
 def init_ray(cfg: dict) -> None:
