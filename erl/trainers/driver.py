@@ -54,7 +54,6 @@ from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
 from erl.core.types import Episode, TokenSample
 from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
-from erl.tracking import plot_run
 from erl.workflow.erl_workflow import ErlWorkflow
 
 
@@ -115,7 +114,7 @@ class ErlDriver:
                  agent_factory: Any, env_factory: Any, seed: int, tasks_per_step: int, schedule: Schedule,
                  out: Path, metrics_file: str = "metrics.jsonl", norm_adv_by_std: bool = True,
                  eval_temperature: float = 0.0, max_context_tokens: int = 2048, runner: Any = None,
-                 progress: bool = True, title: str = "", tracker: Any = None):
+                 progress: bool = True, tracker: Any = None):
         self.policy, self.erl = policy, erl
         self.memory = memory if erl.uses_memory else None
         self.train_tasks, self.val_tasks = train_tasks, list(val_tasks)
@@ -124,7 +123,7 @@ class ErlDriver:
         self.seed, self.tasks_per_step, self.schedule = seed, tasks_per_step, schedule
         self.out, self.metrics_path = Path(out), Path(out) / metrics_file
         self.norm_adv_by_std, self.eval_temperature = norm_adv_by_std, eval_temperature
-        self.progress, self.title, self.tracker = progress, title, tracker
+        self.progress, self.tracker = progress, tracker  # tracker: erl.tracking.Tracker or the like
         self.step_count = 0
         self.cursor = 0  # position in the endless, epoch-shuffled task stream
         self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
@@ -230,8 +229,6 @@ class ErlDriver:
         if self.tracker is not None:
             self.tracker.log(step, metrics)
         log.info(step_summary(step, self.schedule.total_steps, metrics))
-        if self.title and self.metrics_path.is_file():  # a look at the run while it trains
-            plot_run(self.metrics_path, self.out / "curves.png", title=self.title)
 
     def too_many_skips(self) -> bool:
         limit = self.schedule.max_consecutive_skips

@@ -136,9 +136,8 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
             p.requires_grad_(False)
     memory = ReflectionMemory(max_size=erl.memory_size, top_k=erl.memory_top_k)
     runner = load_runner(cfg.get("runner"))
-    title = f"{env_name} | {erl.mode} | {cfg['model'].get('path')}"
     trainer = LocalTrainer(model, tok, train, erl, tcfg, chat_agent_for, make_env, memory=memory,
-                           seed=seed, ref_model=ref, runner=runner, val_tasks=val, title=title)
+                           seed=seed, ref_model=ref, runner=runner, val_tasks=val)
     trainer.checkpoint_config = cfg
     return trainer, {"val": val}
 
@@ -202,11 +201,12 @@ def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
     runlog.open(out / "train.log")
     start_timeline(out, start)
     atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
+    title = f"{cfg['env'].get('name')} | {trainer.erl.mode} | {cfg['model'].get('path')}"
     trainer.tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project,
-                              purge_step=start + 1 if resuming else None)
+                              purge_step=start + 1 if resuming else None, title=title)
     if resuming:
         trainer.tracker.truncate_after(start)
-    log.info("run %s: %s, %d steps of %d tasks x %d, eval on %d tasks%s", out, trainer.title, tcfg.total_steps,
+    log.info("run %s: %s, %d steps of %d tasks x %d, eval on %d tasks%s", out, title, tcfg.total_steps,
              tcfg.tasks_per_step, trainer.erl.first_attempts_per_task, len(trainer.val_tasks),
              f" (resumed at step {trainer.step_count})" if start >= 0 else "")
     last = trainer.fit(started)

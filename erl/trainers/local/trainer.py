@@ -62,8 +62,7 @@ class LocalTrainer(ErlDriver):
 
     def __init__(self, model: Any, tokenizer: Any, train_tasks: list[dict], erl: ErlConfig,
                  trainer: LocalTrainerConfig, agent_factory, env_factory, memory: Any = None,
-                 seed: int = 0, ref_model: Any = None, runner: Any = None, val_tasks: list[dict] = (),
-                 title: str = ""):
+                 seed: int = 0, ref_model: Any = None, runner: Any = None, val_tasks: list[dict] = ()):
         if not train_tasks:
             raise ValueError("LocalTrainer: no training tasks")
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
@@ -79,8 +78,7 @@ class LocalTrainer(ErlDriver):
                          agent_factory=agent_factory, env_factory=env_factory, seed=seed,
                          tasks_per_step=trainer.tasks_per_step, schedule=schedule, out=Path(trainer.output_dir),
                          norm_adv_by_std=trainer.norm_adv_by_std, eval_temperature=trainer.eval_temperature,
-                         max_context_tokens=trainer.max_context_tokens, runner=runner, progress=trainer.progress,
-                         title=title)
+                         max_context_tokens=trainer.max_context_tokens, runner=runner, progress=trainer.progress)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
         warm = max(trainer.warmup_steps, 0)

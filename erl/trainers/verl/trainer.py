@@ -69,8 +69,7 @@ class ErlVerlTrainer(ErlDriver):
                          norm_adv_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
                          eval_temperature=settings.trainer.eval_temperature,
                          max_context_tokens=settings.trainer.max_context_tokens, runner=runner,
-                         progress=settings.trainer.progress, tracker=tracker,
-                         title=f"verl | {settings.env_name} | {settings.erl.mode} | {Path(settings.model_path).name}")
+                         progress=settings.trainer.progress, tracker=tracker)
         self.memory = memory  # checkpoints save and restore it in every mode (None in a bare benchmark)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
