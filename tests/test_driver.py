@@ -110,3 +110,11 @@ def test_both_trainers_report_the_same_step_metrics_on_the_same_episodes(tmp_pat
     assert all(k.startswith(VERL_ONLY) for k in set(m_verl) - shared), set(m_verl) - shared
     assert "loss/pg_loss" in m_local and "actor/erl/pg_loss" in m_verl
     assert local.step_count == verl.step_count == 1 and local.cursor == verl.cursor == 2
+
+
+def test_loss_units_weigh_micro_batches_as_both_trainers_accumulate():
+    from erl.core.losses import loss_units
+
+    # a micro-batch of rows with 3, 0 and 2 trained tokens: 5 tokens; 2 rows that train anything
+    assert loss_units([3, 0, 2], "token-mean") == 5
+    assert loss_units([3, 0, 2], "seq-mean-token-mean") == loss_units([3.0, 0.0, 2.0], "seq-mean-token-sum") == 2

@@ -56,6 +56,8 @@ from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
 from erl.workflow.erl_workflow import ErlWorkflow
 
+GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
+
 
 class NonFiniteStepError(RuntimeError):
     """Too many updates in a row were refused for a non-finite loss or gradient."""
@@ -191,11 +193,11 @@ class ErlDriver:
     def step(self) -> dict[str, float]:
         """One training step; returns its metrics."""
         self.seed_sampling(step_seed(self.seed, self.step_count))  # sampling depends only on (seed, step)
-        self.policy.reset_stats()
+        before = dict(self.policy.stats)  # the policy's counters run on over the steps
         t0 = time.perf_counter()
         episodes = self.collect(self.next_tasks())
         t1 = time.perf_counter()
-        gen = self.policy.reset_stats()
+        gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         reflection_time = self.workflow.take_reflection_time()
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
@@ -213,7 +215,7 @@ class ErlDriver:
             "rollout/sequences": float(gen["sequences"]),
             # generate calls a step: with short turns each costs ~max_new_tokens decode steps
             # whatever its size, so this count, not tokens, sets the rollout time
-            "rollout/batches": float(gen.get("batches", 0)),
+            "rollout/batches": float(gen["batches"]),
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / gen["generate_seconds"]
             if gen["generate_seconds"] > 0 else 0.0,
             "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),

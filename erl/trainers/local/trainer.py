@@ -17,7 +17,7 @@ import torch
 
 from erl.core.advantages import segment_advantages
 from erl.core.config import ErlConfig
-from erl.core.losses import erl_actor_loss
+from erl.core.losses import erl_actor_loss, loss_units
 from erl.core.metrics import episode_metrics
 from erl.core.types import TokenSample
 from erl.progress import gather_with_bar, task_bar
@@ -133,13 +133,9 @@ class LocalTrainer(ErlDriver):
                     old[c] = self._logprobs(self.model, rows)[1].float()
                 if cfg.kl_coef > 0 and self.ref_model is not None:
                     ref[c] = self._logprobs(self.ref_model, rows)[1].float()
-        # Gradient accumulation: token-mean weighs each micro-batch by its share of the trained
-        # tokens (the summed gradient is then the step's token mean, as in the verl trainer);
-        # the seq-mean modes by its share of the rows.
-        if cfg.loss_agg_mode == "token-mean":
-            sizes = [sum(sum(samples[i].response_mask) for i in idx) for idx in chunks]
-        else:
-            sizes = [len(idx) for idx in chunks]
+        # Gradient accumulation: each micro-batch weighs by its share of the step's loss units
+        # (trained tokens, or rows), so the summed gradient is the step's aggregate, as in verl.
+        sizes = [loss_units([sum(samples[i].response_mask) for i in idx], cfg.loss_agg_mode) for idx in chunks]
         weights = [n / max(sum(sizes), 1) for n in sizes]
         totals: dict[str, float] = {}
         self.model.train()

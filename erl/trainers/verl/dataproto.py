@@ -47,13 +47,15 @@ def episodes_to_dataproto(episodes: Sequence[Episode], pad_id: int):
     return samples_to_dataproto(samples, pad_id), samples
 
 
-def add_advantages(data, norm_by_std: bool = True, distill_mode: str = "sft"):
-    """Write ERL's advantages (erl.core.advantages) into `advantages` [B, R] and the
-    verl-compatible `token_level_scores` / `token_level_rewards` (the reward on each row's
-    last response token), so verl's data metrics read the batch as they read their own."""
+def add_advantages(data, norm_by_std: bool = True, distill_mode: str = "sft", advantages=None):
+    """Write ERL's advantages (erl.core.advantages; `advantages`: one per row, already
+    computed by the driver) into `advantages` [B, R] and the verl-compatible
+    `token_level_scores` / `token_level_rewards` (the reward on each row's last response
+    token), so verl's data metrics read the batch as they read their own."""
     b = data.batch
-    adv = advantages_from_arrays(b["rewards"], list(data.non_tensor_batch["task_id"]), b["segment_ids"],
-                                 norm_by_std=norm_by_std, distill_mode=distill_mode)
+    adv = advantages if advantages is not None else advantages_from_arrays(
+        b["rewards"], list(data.non_tensor_batch["task_id"]), b["segment_ids"], norm_by_std=norm_by_std,
+        distill_mode=distill_mode)
     mask = b["response_mask"].float()
     b["advantages"] = adv.unsqueeze(-1) * mask
     b["returns"] = b["advantages"].clone()

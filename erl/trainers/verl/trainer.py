@@ -75,10 +75,11 @@ class ErlVerlTrainer(ErlDriver):
 
     # ---- update -----------------------------------------------------------------------
     def update(self, samples: list[TokenSample], advantages: Any = None) -> dict[str, float]:
-        """The step's rows as verl's DataProto with ERL's advantages (erl.core.advantages, the
-        same the driver computed), then the workers' update."""
+        """The step's rows as verl's DataProto with their advantages (the driver's; computed
+        from the rows when called alone), then the workers' update."""
         data = samples_to_dataproto(samples, self.pad_id)
-        add_advantages(data, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode)
+        add_advantages(data, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode,
+                       advantages=advantages)
         return self.update_data(data)
 
     def after_update(self, step: int) -> dict[str, float]:
@@ -120,8 +121,6 @@ class ErlVerlTrainer(ErlDriver):
     def checkpoint_path(self, step: int) -> Path:
         return self.out / f"global_step_{step}"
 
-    step_dir = checkpoint_path
-
     def checkpoints_after(self, step: int) -> list[Path]:
         return [p for p in self.out.glob("global_step_*") if p.is_dir() and p.name.rpartition("_")[2].isdigit()
                 and int(p.name.rpartition("_")[2]) > step]
@@ -131,7 +130,7 @@ class ErlVerlTrainer(ErlDriver):
         it), plus erl_state.json (cursor) and erl_memory.json; everything is fsynced before the
         tracker file latest_checkpointed_iteration.txt is replaced (atomically, last), so an
         interrupted save leaves the previous checkpoint as the one a resume picks."""
-        folder = self.step_dir(self.step_count)
+        folder = self.checkpoint_path(self.step_count)
         keep = self.cfg["trainer"].get("max_actor_ckpt_to_keep")
         self.workers.save_checkpoint(str(folder / "actor"), self.step_count, keep)
         atomic_write(folder / STATE_FILE, json.dumps({"step": self.step_count, "cursor": self.cursor,
@@ -154,7 +153,7 @@ class ErlVerlTrainer(ErlDriver):
         tracker = self.out / "latest_checkpointed_iteration.txt"
         if not tracker.is_file():
             return None
-        path = self.step_dir(int(tracker.read_text().strip()))
+        path = self.checkpoint_path(int(tracker.read_text().strip()))
         return path if (path / STATE_FILE).is_file() else None
 
     def start_timeline(self, resume: Path | None) -> int:
