@@ -18,7 +18,8 @@ A backend subclasses ErlDriver, calls `ErlDriver.__init__`, and writes only what
     checkpoints_after(step) -> [Path]     the complete checkpoints later than step
 and loads its checkpoint (setting step_count and cursor) before `fit`. Optional hooks:
 rollout_context() (local: bf16 autocast), after_update(step) -> metrics (verl: weight sync
-to the rollout workers), system_metrics().
+to the rollout workers), system_metrics(). The policy counts GEN_STATS in `policy.stats`;
+one with a `seed` attribute (a remote sampler) gets each step's seed there too.
 
 Backends: erl.trainers.local.trainer.LocalTrainer (one process, autograd) and
 erl.trainers.verl.trainer.ErlVerlTrainer (verl's Ray workers).
