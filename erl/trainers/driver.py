@@ -246,6 +246,7 @@ class ErlDriver:
         started = monotonic() if started is None else started
         last: dict[str, float] = {}
         if self.step_count == 0 and sch.eval_before_train:
+            log.info("step 0: eval before training on %d tasks", len(self.val_tasks))
             last = self.evaluate()
             self.log(0, last)
         saved_at = monotonic()
