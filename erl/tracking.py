@@ -16,14 +16,20 @@ SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attem
 
 
 class Tracker:
-    """`purge_step`: the first step a resumed run logs; TensorBoard hides the interrupted run's
-    points from there on (it would otherwise draw both timelines over each other)."""
+    """A run's metrics: appended to `<out_dir>/<filename>` (what plots and resumes read), sent to
+    TensorBoard / wandb when `loggers` names them and to each of `sinks` (objects with
+    `log(data=, step=)`, such as verl's Tracking), and drawn into `<out_dir>/curves.png` after
+    every step when `title` is given. `purge_step`: the first step a resumed run logs;
+    TensorBoard hides the interrupted run's points from there on (it would otherwise draw both
+    timelines over each other)."""
 
     def __init__(self, out_dir: Path, loggers: list[str], config: dict | None = None, project: str = "erl",
-                 purge_step: int | None = None):
+                 purge_step: int | None = None, filename: str = "metrics.jsonl", title: str | None = None,
+                 sinks: tuple | list = ()):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.out_dir / "metrics.jsonl"
+        self.path = self.out_dir / filename
+        self.title, self.sinks = title, list(sinks)
         self.loggers = list(loggers)
         self._tb = self._wandb = None
         if "tensorboard" in self.loggers:
@@ -52,6 +58,10 @@ class Tracker:
             self._tb.flush()
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
+        for sink in self.sinks:
+            sink.log(data=clean, step=step)
+        if self.title is not None:  # a look at the run while it trains
+            plot_run(self.path, self.out_dir / "curves.png", title=self.title)
 
     def close(self) -> None:
         if self._tb is not None:

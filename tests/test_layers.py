@@ -41,12 +41,19 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def erl_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every absolute import of an erl module in the file."""
+def is_module(name: str, root: Path) -> bool:
+    path = root.parent.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def erl_imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import of an erl module in the file; `from erl.x import y`
+    counts as erl.x.y when y is a module."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.split(".")[0] == "erl":
-            mods = [f"{node.module}.{a.name}" for a in node.names] if node.module == "erl" else [node.module]
+            mods = [f"{node.module}.{a.name}" if is_module(f"{node.module}.{a.name}", root) else node.module
+                    for a in node.names]
             found += [(node.lineno, m) for m in mods]
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "erl"]
@@ -57,7 +64,7 @@ def violations(root: Path = ROOT) -> list[str]:
     bad = []
     for path in sorted(root.rglob("*.py")):
         src = package_of(module_name(path, root))
-        for line, mod in erl_imports(path):
+        for line, mod in erl_imports(path, root):
             dst = package_of(mod)
             if dst in (src, "erl"):
                 continue

@@ -14,8 +14,8 @@ from test_local_trainer import base_cfg
 
 from erl.core.types import Segment, TokenSample
 from erl.tracking import read_metrics
+from erl.trainers.driver import NonFiniteStepError
 from erl.trainers.local.checkpoint import load_checkpoint
-from erl.trainers.local.numerics import NonFiniteStepError
 from erl.trainers.local.run import build, train
 
 
@@ -90,14 +90,14 @@ def test_consecutive_skips_stop_the_run_with_its_last_good_checkpoint(tmp_path, 
 
     real_update = trainer_mod.LocalTrainer.update
 
-    def update(self, samples):
+    def update(self, samples, *advantages):  # the driver passes the step's advantages
         if self.step_count >= 1:  # from step 2 on, every loss is NaN
             h = poison_forward(self, set(range(1, 100)))
             try:
-                return real_update(self, samples)
+                return real_update(self, samples, *advantages)
             finally:
                 h.remove()
-        return real_update(self, samples)
+        return real_update(self, samples, *advantages)
 
     monkeypatch.setattr(trainer_mod.LocalTrainer, "update", update)
     with pytest.raises(NonFiniteStepError, match=r"2 consecutive steps.*step_3"):

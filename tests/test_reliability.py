@@ -188,10 +188,12 @@ def test_crash_before_the_first_checkpoint_restarts_with_resume_true(tmp_path, m
 
 
 def test_save_every_minutes_saves_without_save_every(tmp_path, monkeypatch):
+    from erl.trainers import driver
     from erl.trainers.local import run
 
     clock = iter(range(0, 10_000, 200))  # 200 s pass between two reads of the clock
-    monkeypatch.setattr(run, "monotonic", lambda: float(next(clock)))
+    for module in (run, driver):  # run starts the time budget, the driver's loop reads it
+        monkeypatch.setattr(module, "monotonic", lambda: float(next(clock)))
     out = tmp_path / "run"
     train(fast_cfg(out, steps=2, save_every=0, save_every_minutes=3, keep_checkpoints=0))
     # start 0 s; after step 1: 200 s >= 180 s -> save (clock reset at 400 s); step 2 is the last step

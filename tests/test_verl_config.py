@@ -142,11 +142,11 @@ def test_resume_path_must_be_an_erl_checkpoint(model_folder, tmp_path):
 def test_tracker_writes_metrics_and_redraws_the_curves_every_step(tmp_path):
     import json
 
-    from erl.trainers.verl.main import Tracker
+    from erl.trainers.verl.main import make_tracker
 
     s = validate(compose("frozenlake_erl", [f"trainer.default_local_dir={tmp_path}", "trainer.logger=[]"]),
                  check_model_files=False)
-    tracker = Tracker(s)
+    tracker = make_tracker(s)
     tracker.log(0, {"eval/success": 0.25})
     png = tmp_path / "curves.png"
     assert png.is_file()  # there after the first line, not only when the run ends

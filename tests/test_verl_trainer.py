@@ -289,7 +289,7 @@ def test_resume_from_an_older_checkpoint_moves_the_later_ones_aside(tiny_folder,
 
 
 def test_reflection_time_is_the_union_of_overlapping_spans():
-    from erl.trainers.verl.trainer import TimedWorkflow
+    from erl.trainers.driver import TimedWorkflow
 
     wf = TimedWorkflow.__new__(TimedWorkflow)
     wf.reflect_spans = [(1.0, 3.0), (0.0, 2.0), (5.0, 6.0), (5.5, 5.8)]

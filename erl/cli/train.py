@@ -21,8 +21,8 @@ def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
     path ends the program with its message and exit code 2, not a traceback."""
     from omegaconf import OmegaConf
 
+    from erl.trainers.driver import NonFiniteStepError
     from erl.trainers.local.checkpoint import CheckpointError
-    from erl.trainers.local.numerics import NonFiniteStepError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)

@@ -11,6 +11,7 @@ one list both trainer configs check against (`loss_setting_errors`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -239,3 +240,13 @@ def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
         metrics["distill_nll"] = float(nll.detach())
     metrics["total"] = float(total.detach())
     return total, metrics
+
+
+def loss_units(row_tokens: Sequence[int], loss_agg_mode: str) -> int:
+    """How much a micro-batch counts in its step's loss, given its rows' trained-token counts:
+    its tokens under token-mean, its rows that have a trained token under the seq-mean modes.
+    Weighing each micro-batch's loss by units / all units of the step makes the summed
+    gradient the whole step's aggregate (what both trainers do when they accumulate)."""
+    if loss_agg_mode == "token-mean":
+        return int(sum(row_tokens))
+    return sum(1 for n in row_tokens if n > 0)

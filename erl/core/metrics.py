@@ -74,3 +74,13 @@ def memory_store_metrics(stats: dict[str, float], step_metrics: dict[str, float]
         key = f"memory/{k}"
         out[key if key not in step_metrics else f"memory/total_{k}"] = float(v)
     return out
+
+
+def advantage_mean_abs(advantages, samples: list[TokenSample]) -> float:
+    """Mean |advantage| over the trained (mask-1) response tokens: the average the token-mean
+    loss sees, so a long row weighs by its length. `advantages`: one scalar per row."""
+    tokens = [sum(s.response_mask) for s in samples]
+    if len(tokens) != len(advantages):
+        raise ValueError(f"advantage_mean_abs: {len(advantages)} advantages for {len(tokens)} rows")
+    total = sum(tokens)
+    return sum(abs(float(a)) * n for a, n in zip(advantages, tokens)) / total if total else 0.0

@@ -18,3 +18,13 @@ def task_index(n_tasks: int, seed: int, position: int) -> int:
 def next_tasks(tasks: list, seed: int, cursor: int, count: int) -> tuple[list, int]:
     """The `count` tasks from `cursor` on, and the cursor after them."""
     return [tasks[task_index(len(tasks), seed, cursor + k)] for k in range(count)], cursor + count
+
+
+EVAL_SEED_OFFSET = 10**6  # evaluation after step k samples under step_seed(seed, EVAL_SEED_OFFSET + k)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of `step` of a run seeded `seed`: what a step samples depends only on
+    (seed, step), so a resumed run samples what the uninterrupted one did. The multiplier is a
+    prime larger than any step count, so two (seed, step) pairs of a sweep never collide."""
+    return seed * 1_000_003 + step

@@ -1,4 +1,4 @@
-"""Padding TokenSamples into tensors and scoring them with a causal LM."""
+"""Padded rows (erl.core.padding) as a batch, and scoring them with a causal LM."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from erl.core.losses import token_entropy
-from erl.core.types import SEGMENT_IDS, TokenSample
+from erl.core.padding import pad_rows
+from erl.core.types import TokenSample
 
 
 @dataclass
@@ -30,28 +31,11 @@ class PaddedBatch:
 
 
 def pad_samples(samples: list[TokenSample], pad_id: int) -> PaddedBatch:
-    if not samples:
-        raise ValueError("pad_samples: no samples")
-    P = max(len(s.prompt_ids) for s in samples)
-    R = max(len(s.response_ids) for s in samples)
-    B = len(samples)
-    ids = torch.full((B, P + R), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + R), dtype=torch.long)
-    rmask = torch.zeros((B, R), dtype=torch.float32)
-    for i, s in enumerate(samples):
-        p, r = len(s.prompt_ids), len(s.response_ids)
-        ids[i, P - p:P] = torch.tensor(s.prompt_ids, dtype=torch.long)
-        ids[i, P:P + r] = torch.tensor(s.response_ids, dtype=torch.long)
-        attn[i, P - p:P + r] = 1
-        rmask[i, :r] = torch.tensor(s.response_mask, dtype=torch.float32)
-    # Positions count real tokens only, as `generate` does under left padding.
-    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    t = pad_rows(samples, pad_id)
     return PaddedBatch(
-        input_ids=ids, attention_mask=attn, position_ids=pos, response_mask=rmask,
-        responses=ids[:, P:], prompt_width=P,
-        segment_ids=torch.tensor([SEGMENT_IDS[s.segment] for s in samples], dtype=torch.long),
-        rewards=torch.tensor([s.reward for s in samples], dtype=torch.float32),
-    )
+        input_ids=t["input_ids"], attention_mask=t["attention_mask"], position_ids=t["position_ids"],
+        response_mask=t["response_mask"].float(), responses=t["responses"], prompt_width=t["prompts"].shape[1],
+        segment_ids=t["segment_ids"], rewards=t["rewards"])
 
 
 def causal_mask_without_empty_rows(attention_mask: torch.Tensor, kernel: str) -> torch.Tensor:

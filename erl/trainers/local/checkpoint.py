@@ -88,6 +88,10 @@ def list_checkpoints(root: Path) -> list[Path]:
     return sorted(done, key=checkpoint_step)
 
 
+def checkpoints_after(root: Path, step: int) -> list[Path]:
+    return [p for p in list_checkpoints(root) if checkpoint_step(p) > step]
+
+
 def remove_leftovers(root: Path) -> list[Path]:
     """Half-written (`.tmp`) and half-deleted (`.del`) folders a crash left behind."""
     gone = [p for p in root.glob("step_*") if p.is_dir() and p.suffix in (".tmp", ".del")] if root.is_dir() else []

@@ -16,10 +16,6 @@ from typing import Any
 import torch
 
 
-class NonFiniteStepError(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
-
-
 def grads_finite(model: torch.nn.Module) -> bool:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:

@@ -15,25 +15,23 @@ from time import monotonic
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from erl.core.config import ConfigError, ErlConfig, check_keys
 from erl.envs.registry import check_env_section, make_env, make_tasks
-from erl.fileio import atomic_write, move_aside
+from erl.fileio import atomic_write
 from erl.memory import ReflectionMemory
 from erl.models.tiny import check_tiny_sizes
-from erl.progress import RunLog, bar_postfix, log, run_log, step_summary
-from erl.tracking import Tracker, plot_run
+from erl.progress import RunLog, log, run_log
+from erl.tracking import Tracker
+from erl.trainers import driver
 from erl.trainers.local.checkpoint import (
-    checkpoint_step,
+    checkpoints_after,
     config_mismatch,
     list_checkpoints,
     load_checkpoint,
     remove_leftovers,
-    save_checkpoint,
 )
 from erl.trainers.local.config import LocalTrainerConfig
-from erl.trainers.local.numerics import NonFiniteStepError
 from erl.trainers.local.trainer import LocalTrainer
 from erl.trainers.paths import check_writable
 from erl.workflow.factories import chat_agent_for, load_runner
@@ -130,7 +128,8 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     memory = ReflectionMemory(max_size=erl.memory_size, top_k=erl.memory_top_k)
     runner = load_runner(cfg.get("runner"))
     trainer = LocalTrainer(model, tok, train, erl, tcfg, chat_agent_for, make_env, memory=memory,
-                           seed=seed, ref_model=ref, runner=runner)
+                           seed=seed, ref_model=ref, runner=runner, val_tasks=val)
+    trainer.checkpoint_config = cfg
     return trainer, {"val": val}
 
 
@@ -162,19 +161,11 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
 
 
 def start_timeline(out: Path, step: int) -> Path | None:
-    """Make `out` hold one timeline that continues from `step` (-1: from scratch). Checkpoints
-    after `step` belong to the run this one replaces (a resume from an older checkpoint): they
-    move to out/superseded/ with a copy of the metrics, so they can neither be picked by a
-    later resume=true nor be lost. Folders a crash left half-written or half-deleted go."""
+    """The resume protocol (erl.trainers.driver.start_timeline) on `out/checkpoints/step_K`,
+    after removing the folders a crash left half-written or half-deleted."""
     root = out / "checkpoints"
     remove_leftovers(root)
-    later = [p for p in list_checkpoints(root) if checkpoint_step(p) > step]
-    if not later:
-        return None
-    dest = move_aside(later, out, f"after_step_{step}", copies=[out / "metrics.jsonl"])
-    print(f"erl-train: resuming from step {step}: the later checkpoints {[p.name for p in later]} belong to "
-          f"the run this one replaces; moved with its metrics.jsonl to {dest}", file=sys.stderr)
-    return dest
+    return driver.start_timeline(out, step, checkpoints_after(root, step), out / "metrics.jsonl")
 
 
 def train(cfg: dict) -> dict[str, float]:
@@ -191,7 +182,7 @@ def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
     check_writable(out, "trainer.output_dir")
     resuming = cfg.get("resume", False) not in (None, False, "false", "False", "")
     ckpt = prepare_output(cfg, out, cfg.get("resume", False))
-    trainer, extra = build(cfg)
+    trainer, _ = build(cfg)
     start = -1  # the last step already done: none, or the checkpoint's
     if ckpt is not None:
         trainer.load_state(ckpt)
@@ -201,58 +192,16 @@ def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
     runlog.open(out / "train.log")
     start_timeline(out, start)
     atomic_write(out / "config.json", json.dumps(cfg, indent=1, default=str))
-    tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project, purge_step=start + 1 if resuming else None)
-    if resuming:
-        tracker.truncate_after(start)
     title = f"{cfg['env'].get('name')} | {trainer.erl.mode} | {cfg['model'].get('path')}"
-    last: dict[str, float] = {}
-
-    def checkpoint() -> None:
-        save_checkpoint(out / "checkpoints", trainer.step_count, model_state=trainer.trainable_state(),
-                        optimizer=trainer.optimizer, scheduler=trainer.scheduler,
-                        trainer_state=trainer.trainer_state(),
-                        memory_state=trainer.memory.state_dict() if trainer.memory is not None else None,
-                        config=cfg, keep=tcfg.keep_checkpoints)
-
+    trainer.tracker = Tracker(out, tcfg.loggers, config=cfg, project=tcfg.project,
+                              purge_step=start + 1 if resuming else None, title=title)
+    if resuming:
+        trainer.tracker.truncate_after(start)
     log.info("run %s: %s, %d steps of %d tasks x %d, eval on %d tasks%s", out, title, tcfg.total_steps,
-             tcfg.tasks_per_step, trainer.erl.first_attempts_per_task, len(extra["val"]),
+             tcfg.tasks_per_step, trainer.erl.first_attempts_per_task, len(trainer.val_tasks),
              f" (resumed at step {trainer.step_count})" if start >= 0 else "")
-    if trainer.step_count == 0:
-        log.info("step 0: eval before training on %d tasks", len(extra["val"]))
-        last = trainer.evaluate(extra["val"])
-        tracker.log(0, last)
-        log.info(step_summary(0, tcfg.total_steps, last))
-    saved_at = monotonic()
-    bar = tqdm(total=tcfg.total_steps, initial=trainer.step_count, disable=not tcfg.progress, desc="erl",
-               unit="step", file=sys.stderr)
-    while trainer.step_count < tcfg.total_steps:
-        metrics = trainer.step()
-        k = trainer.step_count
-        if (tcfg.eval_every and k % tcfg.eval_every == 0) or k == tcfg.total_steps:
-            metrics.update(trainer.evaluate(extra["val"]))
-        tracker.log(k, metrics)
-        log.info(step_summary(k, tcfg.total_steps, metrics))
-        last = metrics
-        out_of_time = bool(tcfg.time_budget_s) and monotonic() - started > tcfg.time_budget_s
-        stop = trainer.too_many_skips()
-        overdue = tcfg.save_every_minutes and monotonic() - saved_at >= 60 * tcfg.save_every_minutes
-        if (tcfg.save_every and k % tcfg.save_every == 0) or k == tcfg.total_steps or overdue or out_of_time or stop:
-            checkpoint()
-            saved_at = monotonic()
-        if stop:
-            raise NonFiniteStepError(
-                f"{trainer.consecutive_skips} consecutive steps had a non-finite loss or gradient (up to step {k}); "
-                f"none of them reached the weights. Last good checkpoint: {out / 'checkpoints' / f'step_{k}'}; "
-                f"the batches' facts: {out / 'nonfinite.jsonl'}")
-        plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
-        bar.update(1)
-        bar.set_postfix(bar_postfix(metrics))
-        if out_of_time and k < tcfg.total_steps:  # a chained run: the next call resumes from here
-            log.info("time budget %.0f s reached after step %d; continue with resume=true", tcfg.time_budget_s, k)
-            break
-    bar.close()
-    tracker.close()
-    plot_run(out / "metrics.jsonl", out / "curves.png", title=title)
+    last = trainer.fit(started)
+    trainer.tracker.close()
     ckpts = list_checkpoints(out / "checkpoints")
     log.info("done in %.1f min: metrics, curves.png and train.log in %s; last checkpoint %s",
              (monotonic() - started) / 60, out, ckpts[-1] if ckpts else "none")

@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import resource
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from erl.core.advantages import segment_advantages
 from erl.core.config import ErlConfig
-from erl.core.losses import erl_actor_loss
-from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
-from erl.core.samples import episode_to_samples
-from erl.core.stream import next_tasks
-from erl.core.types import Episode, TokenSample
+from erl.core.losses import erl_actor_loss, loss_units
+from erl.core.metrics import episode_metrics
+from erl.core.types import TokenSample
 from erl.progress import gather_with_bar, task_bar
 from erl.rollout.engine import build_policy
+from erl.trainers.driver import ErlDriver, Schedule
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
-from erl.trainers.local.checkpoint import CheckpointError, set_rng_state
+from erl.trainers.local.checkpoint import (
+    CheckpointError,
+    checkpoints_after,
+    save_checkpoint,
+    set_rng_state,
+)
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.numerics import (
     grads_finite,
@@ -37,12 +37,6 @@ from erl.trainers.local.numerics import (
     nonfinite_facts,
 )
 from erl.workflow.erl_workflow import ErlWorkflow
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def cpu_has_amx() -> bool:
@@ -62,34 +56,36 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_amx() and torch.backends.mkldnn.is_available() else "fp32"
 
 
-class LocalTrainer:
-    """Holds the model, optimizer, memory and task stream; `step()` runs one ERL update."""
+class LocalTrainer(ErlDriver):
+    """The local backend of the ERL driver (erl.trainers.driver): holds the model, optimizer
+    and reference model, and updates the policy with autograd; the driver runs the steps."""
 
     def __init__(self, model: Any, tokenizer: Any, train_tasks: list[dict], erl: ErlConfig,
                  trainer: LocalTrainerConfig, agent_factory, env_factory, memory: Any = None,
-                 seed: int = 0, ref_model: Any = None, runner: Any = None):
+                 seed: int = 0, ref_model: Any = None, runner: Any = None, val_tasks: list[dict] = ()):
         if not train_tasks:
             raise ValueError("LocalTrainer: no training tasks")
         self.model, self.tokenizer, self.ref_model = model, tokenizer, ref_model
-        self.erl, self.cfg, self.seed = erl, trainer, seed
-        self.train_tasks = train_tasks
+        self.cfg = trainer
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(trainer.precision, self.device)
-        self.memory = memory if erl.uses_memory else None
         self.loss = trainer.loss(erl)
-        self.policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
-                                   compile=trainer.rollout_compile)
-        self.workflow = ErlWorkflow(agent_factory, env_factory, self.policy, erl, self.memory,
-                                    max_context_tokens=trainer.max_context_tokens, runner=runner)
+        policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
+                              compile=trainer.rollout_compile)
+        schedule = Schedule(total_steps=trainer.total_steps, eval_every=trainer.eval_every,
+                            save_every=trainer.save_every, save_every_minutes=trainer.save_every_minutes,
+                            time_budget_s=trainer.time_budget_s, max_consecutive_skips=trainer.max_consecutive_skips)
+        super().__init__(policy=policy, erl=erl, memory=memory, train_tasks=train_tasks, val_tasks=val_tasks,
+                         agent_factory=agent_factory, env_factory=env_factory, seed=seed,
+                         tasks_per_step=trainer.tasks_per_step, schedule=schedule, out=Path(trainer.output_dir),
+                         norm_adv_by_std=trainer.norm_adv_by_std, eval_temperature=trainer.eval_temperature,
+                         max_context_tokens=trainer.max_context_tokens, runner=runner, progress=trainer.progress)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
         warm = max(trainer.warmup_steps, 0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.step_count = 0
-        self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
-        self.consecutive_skips = 0
-        self.cursor = 0  # position in the endless, epoch-shuffled task stream
+        self.checkpoint_config: dict = {}  # the run's config, written into every checkpoint
 
     def autocast(self):
         """bf16 autocast keeps fp32 master weights (lr 1e-6 updates vanish in bf16 weights)."""
@@ -97,29 +93,10 @@ class LocalTrainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # ---- data -------------------------------------------------------------------------
-    def next_tasks(self) -> list[dict]:
-        tasks, self.cursor = next_tasks(self.train_tasks, self.seed, self.cursor, self.cfg.tasks_per_step)
-        return tasks
+    def rollout_context(self):
+        return self.autocast()
 
-    # ---- rollouts ---------------------------------------------------------------------
-    async def _collect(self, tasks: list[dict], n: int) -> list[Episode]:
-        runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
-        return list(await asyncio.gather(*runs))
-
-    def collect(self, tasks: list[dict]) -> list[Episode]:
-        self.workflow.step = self.step_count
-        with self.autocast():
-            return asyncio.run(self._collect(tasks, self.erl.first_attempts_per_task))
-
-    def evaluate(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
-        """First attempt only: no reflection, no memory: what the deployed model does."""
-        t = self.cfg.eval_temperature if temperature is None else temperature
-        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
-        with self.autocast(), task_bar(len(tasks), "eval", self.cfg.progress) as bar:
-            trajs = asyncio.run(gather_with_bar(attempts, bar))
-        return first_attempt_metrics(trajs)
-
+    # ---- evaluation with reflection ---------------------------------------------------
     def evaluate_with_reflection(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
         """Attempt 1, then one reflection and attempt 2 where it failed (no memory): how much
         a reflection still helps the model, the gap consolidation is meant to close."""
@@ -142,9 +119,10 @@ class LocalTrainer:
             logp, entropy = response_logprobs(model, batch, self.erl.temperature, with_entropy)
         return batch, logp, entropy
 
-    def update(self, samples: list[TokenSample]) -> dict[str, float]:
+    def update(self, samples: list[TokenSample], adv: torch.Tensor | None = None) -> dict[str, float]:
         cfg, erl = self.cfg, self.erl
-        adv = segment_advantages(samples, norm_by_std=cfg.norm_adv_by_std, distill_mode=erl.distill_mode)
+        if adv is None:
+            adv = segment_advantages(samples, norm_by_std=cfg.norm_adv_by_std, distill_mode=erl.distill_mode)
         chunks = micro_batch_indices(samples, cfg.micro_batch_size)
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
@@ -156,13 +134,9 @@ class LocalTrainer:
                     old[c] = self._logprobs(self.model, rows)[1].float()
                 if self.loss.uses_kl and self.ref_model is not None:
                     ref[c] = self._logprobs(self.ref_model, rows)[1].float()
-        # Gradient accumulation: token-mean weighs each micro-batch by its share of the trained
-        # tokens (the summed gradient is then the step's token mean, as in the verl trainer);
-        # the seq-mean modes by its share of the rows.
-        if self.loss.loss_agg_mode == "token-mean":
-            sizes = [sum(sum(samples[i].response_mask) for i in idx) for idx in chunks]
-        else:
-            sizes = [len(idx) for idx in chunks]
+        # Gradient accumulation: each micro-batch weighs by its share of the step's loss units
+        # (trained tokens, or rows), so the summed gradient is the step's aggregate, as in verl.
+        sizes = [loss_units([sum(samples[i].response_mask) for i in idx], self.loss.loss_agg_mode) for idx in chunks]
         weights = [n / max(sum(sizes), 1) for n in sizes]
         totals: dict[str, float] = {}
         self.model.train()
@@ -208,7 +182,6 @@ class LocalTrainer:
         totals = {f"loss/{k}": v / cfg.ppo_epochs for k, v in totals.items()}
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
-        totals["advantage/mean_abs"] = float(adv.abs().mean()) if len(adv) else 0.0
         totals["train/skipped"] = 0.0
         return totals
 
@@ -221,10 +194,6 @@ class LocalTrainer:
             facts["replay"] = self.replay_numerics([samples[i] for i in chunks[facts["chunk"]]])
         log_nonfinite(Path(self.cfg.output_dir), facts)
         return {"train/skipped": 1.0, "lr": self.scheduler.get_last_lr()[0]}
-
-    def too_many_skips(self) -> bool:
-        limit = self.cfg.max_consecutive_skips
-        return bool(limit) and self.consecutive_skips >= limit
 
     def replay_numerics(self, rows: list[TokenSample]) -> dict[str, bool]:
         """Forward + backward of one micro-batch under each precision / attention kernel, to
@@ -252,36 +221,11 @@ class LocalTrainer:
         self.model.zero_grad(set_to_none=True)
         return results
 
-    def step(self) -> dict[str, float]:
-        """One training step; returns its metrics."""
-        seed_all(self.seed * 1_000_003 + self.step_count)  # sampling depends only on (seed, step)
-        gen0 = dict(self.policy.stats)
-        t0 = time.perf_counter()
-        episodes = self.collect(self.next_tasks())
-        t1 = time.perf_counter()
-        samples = [row for ep in episodes for row in episode_to_samples(ep)]
-        metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
-        if samples:
-            metrics.update(self.update(samples))
-        t2 = time.perf_counter()
-        self.step_count += 1
-        gen_tokens = self.policy.stats["generated_tokens"] - gen0["generated_tokens"]
-        gen_secs = self.policy.stats["generate_seconds"] - gen0["generate_seconds"]
-        metrics.update({
-            "time/rollout": t1 - t0, "time/update": t2 - t1, "time/step": t2 - t0,
-            "tokens/generated": float(gen_tokens),
-            "rollout/sequences": float(self.policy.stats["sequences"] - gen0["sequences"]),
-            "rollout/batches": float(self.policy.stats["batches"] - gen0["batches"]),  # generate calls
-            "throughput/gen_tokens_per_s": gen_tokens / gen_secs if gen_secs > 0 else 0.0,
-            "throughput/update_tokens_per_s": metrics.get("tokens/total", 0.0) / max(t2 - t1, 1e-9),
-        })
-        metrics["train/skipped_steps"] = float(self.skipped_steps)
-        metrics["system/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    def system_metrics(self) -> dict[str, float]:
+        m = super().system_metrics()
         if self.device.type == "cuda":
-            metrics["system/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-        if self.memory is not None:
-            metrics.update(memory_store_metrics(self.memory.stats(), metrics))
-        return metrics
+            m["system/gpu_peak_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return m
 
     # ---- state ------------------------------------------------------------------------
     def trainable_state(self) -> dict:
@@ -316,5 +260,15 @@ class LocalTrainer:
         if ckpt.get("rng") is not None:
             set_rng_state(ckpt["rng"])
 
-    def save_path_hint(self) -> Path:
-        return Path(self.cfg.output_dir) / "checkpoints"
+    # ---- checkpoints (the driver's adapter; the format: erl.trainers.local.checkpoint) ---
+    def checkpoint_path(self, step: int) -> Path:
+        return self.out / "checkpoints" / f"step_{step}"
+
+    def checkpoints_after(self, step: int) -> list[Path]:
+        return checkpoints_after(self.out / "checkpoints", step)
+
+    def save_checkpoint(self) -> Path:
+        return save_checkpoint(self.out / "checkpoints", self.step_count, model_state=self.trainable_state(),
+                               optimizer=self.optimizer, scheduler=self.scheduler, trainer_state=self.trainer_state(),
+                               memory_state=self.memory.state_dict() if self.memory is not None else None,
+                               config=self.checkpoint_config, keep=self.cfg.keep_checkpoints)

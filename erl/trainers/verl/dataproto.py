@@ -21,42 +21,16 @@ import numpy as np
 import torch
 
 from erl.core.advantages import advantages_from_arrays
+from erl.core.padding import pad_rows
 from erl.core.samples import episode_to_samples
-from erl.core.types import SEGMENT_IDS, Episode, TokenSample
+from erl.core.types import Episode, TokenSample
 
 
 def samples_to_dataproto(samples: Sequence[TokenSample], pad_id: int):
     """Pad TokenSamples into a DataProto (prompts left-padded, responses right-padded)."""
     from verl import DataProto
 
-    if not samples:
-        raise ValueError("samples_to_dataproto: no samples (every episode produced nothing to train on)")
-    P = max(len(s.prompt_ids) for s in samples)
-    R = max(len(s.response_ids) for s in samples)
-    B = len(samples)
-    prompts = torch.full((B, P), pad_id, dtype=torch.long)
-    responses = torch.full((B, R), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, P + R), dtype=torch.long)
-    rmask = torch.zeros((B, R), dtype=torch.long)
-    logp = torch.zeros((B, R), dtype=torch.float32)
-    for i, s in enumerate(samples):
-        p, r = len(s.prompt_ids), len(s.response_ids)
-        if p == 0:
-            raise ValueError(f"sample {i} ({s.episode_id}, {s.segment.value}) has an empty prompt")
-        prompts[i, P - p:] = torch.tensor(s.prompt_ids, dtype=torch.long)
-        responses[i, :r] = torch.tensor(s.response_ids, dtype=torch.long)
-        attn[i, P - p:P + r] = 1
-        rmask[i, :r] = torch.tensor(s.response_mask, dtype=torch.long)
-        logp[i, :r] = torch.tensor(s.logprobs, dtype=torch.float32)
-    # Positions count real tokens only, as generation under left padding does.
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    tensors = {
-        "prompts": prompts, "responses": responses, "input_ids": torch.cat([prompts, responses], dim=1),
-        "attention_mask": attn, "position_ids": position_ids, "response_mask": rmask,
-        "rollout_log_probs": logp,
-        "segment_ids": torch.tensor([SEGMENT_IDS[s.segment] for s in samples], dtype=torch.long),
-        "rewards": torch.tensor([s.reward for s in samples], dtype=torch.float32),
-    }
+    tensors = pad_rows(samples, pad_id)
     non_tensors = {
         "uid": np.array([s.group_key for s in samples], dtype=object),
         "task_id": np.array([s.task_id for s in samples], dtype=object),
@@ -73,13 +47,15 @@ def episodes_to_dataproto(episodes: Sequence[Episode], pad_id: int):
     return samples_to_dataproto(samples, pad_id), samples
 
 
-def add_advantages(data, norm_by_std: bool = True, distill_mode: str = "sft"):
-    """Write ERL's advantages (erl.core.advantages) into `advantages` [B, R] and the
-    verl-compatible `token_level_scores` / `token_level_rewards` (the reward on each row's
-    last response token), so verl's data metrics read the batch as they read their own."""
+def add_advantages(data, norm_by_std: bool = True, distill_mode: str = "sft", advantages=None):
+    """Write ERL's advantages (erl.core.advantages; `advantages`: one per row, already
+    computed by the driver) into `advantages` [B, R] and the verl-compatible
+    `token_level_scores` / `token_level_rewards` (the reward on each row's last response
+    token), so verl's data metrics read the batch as they read their own."""
     b = data.batch
-    adv = advantages_from_arrays(b["rewards"], list(data.non_tensor_batch["task_id"]), b["segment_ids"],
-                                 norm_by_std=norm_by_std, distill_mode=distill_mode)
+    adv = advantages if advantages is not None else advantages_from_arrays(
+        b["rewards"], list(data.non_tensor_batch["task_id"]), b["segment_ids"], norm_by_std=norm_by_std,
+        distill_mode=distill_mode)
     mask = b["response_mask"].float()
     b["advantages"] = adv.unsqueeze(-1) * mask
     b["returns"] = b["advantages"].clone()

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any
 
 from erl.core.config import ConfigError, ErlConfig
-from erl.core.losses import CLIP_RATIO_C, LossSettings, erl_actor_loss, loss_setting_errors
+from erl.core.losses import CLIP_RATIO_C, LossSettings, erl_actor_loss, loss_setting_errors, loss_units
 
 ACTOR = "actor_rollout_ref.actor"
 # verl's settings that decide the actor loss, mapped to erl_actor_loss's arguments. verl's own
@@ -118,10 +118,9 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
                                    ref_logprobs=ref, entropy=entropy, **settings.kwargs())
     # token-mean: this micro-batch's share of the mini-batch's tokens; seq-mean modes: its
     # share of the rows that have tokens (global_batch_size counts those rows, see trainer.update)
-    if settings.loss_agg_mode == "token-mean":
-        local, total = float(mask.sum()), float(_non_tensor(data, "batch_num_tokens", 0) or 0)
-    else:
-        local, total = float((mask.sum(-1) > 0).sum()), float(_non_tensor(data, "global_batch_size", 0) or 0)
+    local = float(loss_units(mask.sum(-1).tolist(), settings.loss_agg_mode))
+    total_key = "batch_num_tokens" if settings.loss_agg_mode == "token-mean" else "global_batch_size"
+    total = float(_non_tensor(data, total_key, 0) or 0)
     dp_size = int(_non_tensor(data, "dp_size", 1) or 1)
     scale = local / total * dp_size if total > 0 else 1.0
     metrics = {f"erl/{k}": v for k, v in metrics.items()}

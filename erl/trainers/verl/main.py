@@ -21,34 +21,21 @@ from erl.fileio import CheckpointError, atomic_write
 from erl.trainers.verl.config import Settings, config_dir, searchpath, validate
 
 
-class Tracker:
-    """verl's trackers (trainer.logger: console, tensorboard, wandb) + our metrics.jsonl,
-    the file plots and resumes read (lines past the resumed step are dropped)."""
+def make_tracker(settings: Settings):
+    """erl's Tracker: metrics file (the one plots and resumes read), curves.png redrawn every
+    step, and verl's trackers (trainer.logger: console, tensorboard, wandb, ...) as a sink."""
+    from erl.tracking import Tracker
 
-    def __init__(self, settings: Settings):
-        from erl.tracking import Tracker as JsonlTracker
+    tr = settings.cfg["trainer"]
+    sinks = []
+    backends = [b for b in (tr.get("logger") or []) if b]
+    if backends:
+        from verl.utils.tracking import Tracking
 
-        tr = settings.cfg["trainer"]
-        out = Path(tr["default_local_dir"])
-        self.jsonl = JsonlTracker(out, loggers=[])
-        self.jsonl.path = out / settings.trainer.metrics_file
-        self.curves = out / "curves.png"
-        self.title = f"verl | {settings.env_name} | {settings.erl.mode} | {Path(settings.model_path).name}"
-        self.verl = None
-        backends = [b for b in (tr.get("logger") or []) if b]
-        if backends:
-            from verl.utils.tracking import Tracking
-
-            self.verl = Tracking(project_name=tr["project_name"], experiment_name=tr["experiment_name"],
-                                 default_backend=backends, config=settings.cfg)
-
-    def log(self, step: int, metrics: dict) -> None:
-        from erl.tracking import plot_run
-
-        self.jsonl.log(step, metrics)
-        if self.verl is not None:
-            self.verl.log(data=metrics, step=step)
-        plot_run(self.jsonl.path, self.curves, title=self.title)  # a look at the run while it trains
+        sinks.append(Tracking(project_name=tr["project_name"], experiment_name=tr["experiment_name"],
+                              default_backend=backends, config=settings.cfg))
+    return Tracker(Path(tr["default_local_dir"]), loggers=[], filename=settings.trainer.metrics_file, sinks=sinks,
+                   title=f"verl | {settings.env_name} | {settings.erl.mode} | {Path(settings.model_path).name}")
 
 
 def init_ray(cfg: dict) -> None:
@@ -94,7 +81,7 @@ def build(config: Any):
     workers = VerlWorkers(config, settings)
     policy = workers.make_policy(tokenizer)
     trainer = ErlVerlTrainer(settings, tokenizer, workers, policy, memory, train, val, chat_agent_for, make_env,
-                             tracker=Tracker(settings), runner=runner)
+                             tracker=make_tracker(settings), runner=runner)
     out = Path(settings.cfg["trainer"]["default_local_dir"])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", OmegaConf.to_yaml(config, resolve=True))
@@ -106,7 +93,7 @@ def run(config: Any) -> dict:
     resume = trainer.find_resume()
     step = trainer.start_timeline(resume)
     if resume is not None:
-        trainer.tracker.jsonl.truncate_after(step)
+        trainer.tracker.truncate_after(step)
     last = trainer.fit()
     last["perf/max_memory_gb"] = trainer.workers.max_memory_gb()
     return last

@@ -53,7 +53,16 @@ class WorkerGroupPolicy(BatchingPolicy):
         self.generate_fn = generate_fn
         self.dp_size = max(int(dp_size), 1)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids
-        self.seed: int | None = None  # set per step by the trainer: resumed runs sample alike
+        self.seed = None  # set per step by the trainer: resumed runs sample alike
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        # the n-th batch after a new seed samples under (seed, n), however many batches ran before
+        self._seed, self._seeded_batches = value, 0
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         from verl import DataProto
@@ -64,8 +73,9 @@ class WorkerGroupPolicy(BatchingPolicy):
         padded = prompts + [prompts[0]] * ((-n) % self.dp_size)
         meta = {"temperature": float(params.temperature), "top_p": float(params.top_p),
                 "max_new_tokens": int(params.max_new_tokens)}
-        if self.seed is not None:
-            meta["seed"] = int(self.seed) * 1000 + self.stats["batches"]
+        if self._seed is not None:
+            meta["seed"] = int(self._seed) * 1000 + self._seeded_batches
+            self._seeded_batches += 1
         data = DataProto.from_dict(non_tensors={"prompt_ids": _objects(padded)}, meta_info=meta)
         out = self.generate_fn(data)
         nt = out.non_tensor_batch

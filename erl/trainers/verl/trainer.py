@@ -2,8 +2,9 @@
 
 verl's RayPPOTrainer.fit assumes one prompt -> n responses -> one reward per response,
 drawn from a parquet dataloader. An ERL step has 3-4 training rows per episode with
-different rewards (r1, r2) and its rollouts are multi-turn agent episodes, so this driver
-keeps verl's workers and plumbing and replaces only the loop:
+different rewards (r1, r2) and its rollouts are multi-turn agent episodes, so ERL keeps verl's
+workers and plumbing and runs its own loop (erl.trainers.driver, shared with the local
+trainer); this backend adds the update on verl's workers and verl's checkpoint layout:
 
     tasks --ErlWorkflow (policy adapter -> verl rollout)--> Episodes
           --episode_to_samples--> DataProto (uid task|segment, segment_ids, rewards, masks)
@@ -14,30 +15,24 @@ keeps verl's workers and plumbing and replaces only the loop:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from erl.core.metrics import episode_metrics, first_attempt_metrics, memory_store_metrics, sample_metrics
-from erl.core.stream import next_tasks
-from erl.fileio import atomic_write, check_torch_file, fsync_tree, move_aside
+from erl.core.types import TokenSample
+from erl.fileio import atomic_write, check_torch_file, fsync_tree
+from erl.trainers.driver import ErlDriver, Schedule, start_timeline
 from erl.trainers.verl.config import STATE_FILE, Settings
 from erl.trainers.verl.dataproto import (
     add_advantages,
-    episodes_to_dataproto,
     pad_to_multiple,
+    samples_to_dataproto,
     to_engine_tensordict,
 )
 from erl.trainers.verl.memory import load_memory, save_memory
-from erl.workflow.erl_workflow import ErlWorkflow
-
-# what the progress bar shows after each step (the rest goes to the trackers)
-PROGRESS_KEYS = ("attempt1/success", "episode/success", "eval/success", "memory/size", "time/step")
 
 
 def reduce_metrics(metrics: dict) -> dict[str, float]:
@@ -51,85 +46,48 @@ def reduce_metrics(metrics: dict) -> dict[str, float]:
     return out
 
 
-class TimedWorkflow(ErlWorkflow):
-    """ErlWorkflow that records when reflections were being written, so a step's time can be
-    split into attempts and reflection although episodes interleave."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.reflect_spans: list[tuple[float, float]] = []
-
-    async def reflect(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return await super().reflect(*args, **kwargs)
-        finally:
-            self.reflect_spans.append((start, time.perf_counter()))
-
-    def take_reflection_time(self) -> float:
-        """Wall time during which at least one reflection was in flight (union of spans)."""
-        total, end = 0.0, float("-inf")
-        for a, b in sorted(self.reflect_spans):
-            if b > end:
-                total += b - max(a, end)
-                end = b
-        self.reflect_spans = []
-        return total
-
-
-class ErlVerlTrainer:
-    """`workers` is the actor/rollout/ref side (erl.trainers.verl.group.VerlWorkers, or
-    a stand-in with the same methods in CPU tests); `policy` the rollout adapter over it."""
+class ErlVerlTrainer(ErlDriver):
+    """The verl backend of the ERL driver (erl.trainers.driver). `workers` is the
+    actor/rollout/ref side (erl.trainers.verl.group.VerlWorkers, or a stand-in with the same
+    methods in CPU tests); `policy` the rollout adapter over it."""
 
     def __init__(self, settings: Settings, tokenizer: Any, workers: Any, policy: Any, memory: Any,
                  train_tasks: list[dict], val_tasks: list[dict], agent_factory, env_factory, tracker: Any = None,
                  runner: Any = None):
         self.s, self.cfg = settings, settings.cfg
-        self.tokenizer, self.workers, self.policy, self.memory = tokenizer, workers, policy, memory
-        self.train_tasks, self.val_tasks = train_tasks, val_tasks
-        self.workflow = TimedWorkflow(agent_factory, env_factory, policy, settings.erl,
-                                    memory if settings.erl.uses_memory else None,
-                                    max_context_tokens=settings.trainer.max_context_tokens, runner=runner)
+        self.tokenizer, self.workers = tokenizer, workers
+        tr = self.cfg["trainer"]
+        save_freq, test_freq = int(tr.get("save_freq", -1)), int(tr.get("test_freq", -1))
+        schedule = Schedule(total_steps=settings.total_steps, eval_every=max(test_freq, 0),
+                            eval_before_train=bool(tr.get("val_before_train", True)),
+                            save_every=max(save_freq, 0), save_last=save_freq > 0)
+        super().__init__(policy=policy, erl=settings.erl, memory=memory, train_tasks=train_tasks,
+                         val_tasks=val_tasks[: settings.trainer.eval_tasks], agent_factory=agent_factory,
+                         env_factory=env_factory, seed=settings.trainer.seed, tasks_per_step=settings.tasks_per_step,
+                         schedule=schedule, out=Path(tr["default_local_dir"]),
+                         metrics_file=settings.trainer.metrics_file,
+                         norm_adv_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
+                         eval_temperature=settings.trainer.eval_temperature,
+                         max_context_tokens=settings.trainer.max_context_tokens, runner=runner,
+                         progress=settings.trainer.progress, tracker=tracker)
+        self.memory = memory  # checkpoints save and restore it in every mode (None in a bare benchmark)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.out = Path(self.cfg["trainer"]["default_local_dir"])
-        self.tracker = tracker
-        self.step_count = 0
-        self.cursor = 0
-
-    # ---- data -------------------------------------------------------------------------
-    def next_tasks(self) -> list[dict]:
-        tasks, self.cursor = next_tasks(self.train_tasks, self.s.trainer.seed, self.cursor, self.s.tasks_per_step)
-        return tasks
-
-    # ---- rollouts ---------------------------------------------------------------------
-    async def _collect(self, tasks: list[dict], n: int):
-        return list(await asyncio.gather(*[self.workflow.run(t, f"{t['task_id']}:{k}") for t in tasks
-                                           for k in range(n)]))
-
-    def collect(self, tasks: list[dict]):
-        self.workflow.step = self.step_count
-        self.policy_seed(self.step_count)
-        return asyncio.run(self._collect(tasks, self.s.erl.first_attempts_per_task))
-
-    def policy_seed(self, step: int) -> None:
-        if hasattr(self.policy, "seed"):
-            self.policy.seed = self.s.trainer.seed * 1_000_003 + step
-
-    async def _first_attempts(self, tasks: list[dict], temperature: float):
-        return await asyncio.gather(*[self.workflow.attempt(t, "attempt1", temperature=temperature) for t in tasks])
-
-    def evaluate(self) -> dict[str, float]:
-        """First attempt only: no reflection, no memory (what the deployed model does)."""
-        tasks = self.val_tasks[: self.s.trainer.eval_tasks]
-        if not tasks:
-            return {}
-        self.policy_seed(10**6 + self.step_count)
-        t0 = time.perf_counter()
-        trajs = asyncio.run(self._first_attempts(tasks, self.s.trainer.eval_temperature))
-        return {**first_attempt_metrics(list(trajs)), "time/eval": time.perf_counter() - t0}
 
     # ---- update -----------------------------------------------------------------------
-    def update(self, data) -> dict[str, float]:
+    def update(self, samples: list[TokenSample], advantages: Any = None) -> dict[str, float]:
+        """The step's rows as verl's DataProto with their advantages (the driver's; computed
+        from the rows when called alone), then the workers' update."""
+        data = samples_to_dataproto(samples, self.pad_id)
+        add_advantages(data, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode,
+                       advantages=advantages)
+        return self.update_data(data)
+
+    def after_update(self, step: int) -> dict[str, float]:
+        t = time.perf_counter()
+        self.workers.sync_weights(step)  # the rollout samples the next step from the new weights
+        return {"time/sync_weights": time.perf_counter() - t}
+
+    def update_data(self, data) -> dict[str, float]:
         """old log-probs -> ref log-probs -> one ERL update per ppo epoch; returns metrics."""
         actor = self.cfg["actor_rollout_ref"]["actor"]
         temperature = self.s.erl.temperature
@@ -159,49 +117,20 @@ class ErlVerlTrainer:
         m.update({"time/old_log_prob": t1 - t0, "time/ref_log_prob": t2 - t1, "time/update_actor": t3 - t2})
         return m
 
-    def step(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        self.policy.reset_stats()
-        episodes = self.collect(self.next_tasks())
-        t1 = time.perf_counter()
-        gen = self.policy.reset_stats()
-        reflection_time = self.workflow.take_reflection_time()
-        data, samples = episodes_to_dataproto(episodes, self.pad_id)
-        add_advantages(data, norm_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
-                       distill_mode=self.s.erl.distill_mode)
-        metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
-        adv = data.batch["advantages"]
-        metrics["advantage/mean_abs"] = float(adv.abs().sum() / data.batch["response_mask"].sum().clamp(min=1))
-        metrics.update(self.update(data))
-        t2 = time.perf_counter()
-        self.workers.sync_weights(self.step_count + 1)
-        t3 = time.perf_counter()
-        self.step_count += 1
-        metrics.update({
-            "time/rollout": t1 - t0, "time/reflection": reflection_time, "time/update": t2 - t1,
-            "time/sync_weights": t3 - t2, "time/step": t3 - t0,
-            "tokens/generated": float(gen["generated_tokens"]),
-            "rollout/sequences": float(gen["sequences"]),
-            # hf backend: generate calls a step; with short turns each costs ~max_new_tokens decode
-            # steps whatever its size, so this count, not tokens, sets the rollout time
-            "rollout/batches": float(gen.get("batches", 0)),
-            "throughput/gen_tokens_per_s": gen["generated_tokens"] / max(t1 - t0, 1e-9),
-            "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
-        })
-        if self.memory is not None:
-            metrics.update(memory_store_metrics(self.memory.stats(), metrics))
-        return metrics
-
     # ---- checkpoints ------------------------------------------------------------------
-    def step_dir(self, step: int) -> Path:
+    def checkpoint_path(self, step: int) -> Path:
         return self.out / f"global_step_{step}"
+
+    def checkpoints_after(self, step: int) -> list[Path]:
+        return [p for p in self.out.glob("global_step_*") if p.is_dir() and p.name.rpartition("_")[2].isdigit()
+                and int(p.name.rpartition("_")[2]) > step]
 
     def save_checkpoint(self) -> Path:
         """verl's layout: global_step_K/actor (model, optimizer, scheduler: the workers write
         it), plus erl_state.json (cursor) and erl_memory.json; everything is fsynced before the
         tracker file latest_checkpointed_iteration.txt is replaced (atomically, last), so an
         interrupted save leaves the previous checkpoint as the one a resume picks."""
-        folder = self.step_dir(self.step_count)
+        folder = self.checkpoint_path(self.step_count)
         keep = self.cfg["trainer"].get("max_actor_ckpt_to_keep")
         self.workers.save_checkpoint(str(folder / "actor"), self.step_count, keep)
         atomic_write(folder / STATE_FILE, json.dumps({"step": self.step_count, "cursor": self.cursor,
@@ -224,26 +153,22 @@ class ErlVerlTrainer:
         tracker = self.out / "latest_checkpointed_iteration.txt"
         if not tracker.is_file():
             return None
-        path = self.step_dir(int(tracker.read_text().strip()))
+        path = self.checkpoint_path(int(tracker.read_text().strip()))
         return path if (path / STATE_FILE).is_file() else None
 
     def start_timeline(self, resume: Path | None) -> int:
-        """Make the output folder hold one timeline continuing from `resume` (None: from
-        scratch). Checkpoints after it belong to the run this one replaces: they move to
-        superseded/ (with a copy of metrics.jsonl; from scratch, the metrics move too), and the
-        tracker file names the resumed step (or moves too, when the resumed checkpoint lies
-        elsewhere), so a later resume_mode=auto cannot pick them. Returns the resumed step (-1: none)."""
+        """The driver's resume protocol on verl's layout, from `resume` (None: from scratch).
+        Besides the later global_step_K folders, the tracker file moves aside when the resumed
+        checkpoint lies elsewhere, and from scratch the metrics move too; the tracker file then
+        names the resumed step, so a later resume_mode=auto cannot pick a replaced checkpoint.
+        Returns the resumed step (-1: none)."""
         k = int(json.loads((resume / STATE_FILE).read_text())["step"]) if resume is not None else -1
         inside = resume is not None and resume.resolve().parent == self.out.resolve()
-        later = [p for p in self.out.glob("global_step_*") if p.is_dir() and p.name.rpartition("_")[2].isdigit()
-                 and int(p.name.rpartition("_")[2]) > k]
-        metrics = self.out / self.s.trainer.metrics_file
         tracker = self.out / "latest_checkpointed_iteration.txt"
-        later += [tracker] if tracker.is_file() and not inside else []
-        later += [metrics] if metrics.is_file() and resume is None else []
-        if later:
-            dest = move_aside(later, self.out, f"after_step_{k}", copies=[metrics] if resume is not None else [])
-            print(f"erl-verl: {[p.name for p in later]} belong to the run this one replaces; moved to {dest}")
+        also = [tracker] if tracker.is_file() and not inside else []
+        also += [self.metrics_path] if self.metrics_path.is_file() and resume is None else []
+        start_timeline(self.out, k, [*self.checkpoints_after(k), *also],
+                       self.metrics_path if resume is not None else None)
         if inside and tracker.is_file() and tracker.read_text().strip() != str(k):
             atomic_write(tracker, str(k))
         return k
@@ -258,37 +183,11 @@ class ErlVerlTrainer:
         self.step_count, self.cursor = int(state["step"]), int(state["cursor"])
         load_memory(self.memory, folder)
 
-    # ---- loop -------------------------------------------------------------------------
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.tracker is not None:
-            self.tracker.log(step, metrics)
-
-    def fit(self) -> dict[str, float]:
-        tr = self.cfg["trainer"]
+    # ---- loop ------------------------------------------------------------------------
+    def fit(self, started: float | None = None) -> dict[str, float]:
         resume = self.find_resume()
         if resume is not None:
             self.load_checkpoint(resume)
             print(f"erl-verl: resumed from {resume} (step {self.step_count}, cursor {self.cursor})")
         self.workers.sync_weights(self.step_count)
-        last: dict[str, float] = {}
-        if self.step_count == 0 and tr.get("val_before_train", True):
-            last = self.evaluate()
-            self.log(0, last)
-        total, save_freq, test_freq = self.s.total_steps, int(tr.get("save_freq", -1)), int(tr.get("test_freq", -1))
-        bar = tqdm(total=total, initial=self.step_count, desc="erl-verl", disable=not self.s.trainer.progress)
-        while self.step_count < total:
-            metrics = self.step()
-            k = self.step_count
-            if (test_freq > 0 and k % test_freq == 0) or k == total:
-                metrics.update(self.evaluate())
-            if (save_freq > 0 and k % save_freq == 0) or (save_freq > 0 and k == total):
-                t = time.perf_counter()
-                self.save_checkpoint()
-                metrics["time/save_checkpoint"] = time.perf_counter() - t
-            metrics["training/global_step"] = float(k)
-            self.log(k, metrics)
-            last = metrics
-            bar.update(1)
-            bar.set_postfix({k: f"{metrics[k]:.3f}" for k in PROGRESS_KEYS if k in metrics}, refresh=False)
-        bar.close()
-        return last
+        return super().fit(started)

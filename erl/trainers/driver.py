@@ -1,0 +1,299 @@
+"""The ERL driver: the loop around erl.core, written once and shared by every trainer backend.
+
+A step: tasks from the endless task stream -> ErlWorkflow episodes (n first attempts per
+task) -> training rows (erl.core.samples) -> advantages (erl.core.advantages) -> the
+backend's update -> the step's metrics (erl.core.metrics). `fit` runs steps with the eval
+and save cadence, a time budget and a stop after too many skipped updates; `start_timeline`
+is the resume protocol's last part (later checkpoints move to superseded/, never deleted).
+
+A backend subclasses ErlDriver, calls `ErlDriver.__init__`, and writes only what is its own:
+
+    update(samples, advantages) -> dict   one policy update on the step's rows (advantages:
+                                          one scalar per row, computed here). A backend that
+                                          refuses a non-finite update returns "train/skipped": 1.0
+                                          and counts self.skipped_steps / self.consecutive_skips
+    save_checkpoint() -> Path             weights, optimizer and self.step_count / self.cursor
+                                          (the task stream's position) / memory, atomically
+    checkpoint_path(step) -> Path         the folder of step's checkpoint
+    checkpoints_after(step) -> [Path]     the complete checkpoints later than step
+and loads its checkpoint (setting step_count and cursor) before `fit`. Optional hooks:
+rollout_context() (local: bf16 autocast), after_update(step) -> metrics (verl: weight sync
+to the rollout workers), system_metrics(). The policy counts GEN_STATS in `policy.stats`;
+one with a `seed` attribute (a remote sampler) gets each step's seed there too.
+
+Backends: erl.trainers.local.trainer.LocalTrainer (one process, autograd) and
+erl.trainers.verl.trainer.ErlVerlTrainer (verl's Ray workers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from time import monotonic
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from erl.core.advantages import segment_advantages
+from erl.core.metrics import (
+    advantage_mean_abs,
+    episode_metrics,
+    first_attempt_metrics,
+    memory_store_metrics,
+    sample_metrics,
+)
+from erl.core.samples import episode_to_samples
+from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
+from erl.core.types import Episode, TokenSample
+from erl.fileio import move_aside
+from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
+from erl.workflow.erl_workflow import ErlWorkflow
+
+GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
+
+
+class NonFiniteStepError(RuntimeError):
+    """Too many updates in a row were refused for a non-finite loss or gradient."""
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Schedule:
+    """When `fit` evaluates, saves and stops. Evaluation also runs after the last step."""
+
+    total_steps: int
+    eval_every: int = 0  # 0: only after the last step
+    eval_before_train: bool = True  # step 0: the model before any update
+    save_every: int = 0  # 0: none by count
+    save_last: bool = True  # also after the last step (and on a time-budget or skip stop)
+    save_every_minutes: float = 0.0  # also when this long has passed since the last save; 0: off
+    time_budget_s: float = 0.0  # > 0: save and stop once a step ends past this (chained runs)
+    max_consecutive_skips: int = 0  # refused updates in a row before the run stops; 0: never
+
+
+class TimedWorkflow(ErlWorkflow):
+    """ErlWorkflow that records when reflections were being written, so a step's time can be
+    split into attempts and reflection although episodes interleave."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reflect_spans: list[tuple[float, float]] = []
+
+    async def reflect(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return await super().reflect(*args, **kwargs)
+        finally:
+            self.reflect_spans.append((start, time.perf_counter()))
+
+    def take_reflection_time(self) -> float:
+        """Wall time during which at least one reflection was in flight (union of spans)."""
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(self.reflect_spans):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        self.reflect_spans = []
+        return total
+
+
+class ErlDriver:
+    """Collection, evaluation, step metrics, seeding and the training loop of an ERL run."""
+
+    def __init__(self, *, policy: Any, erl: Any, memory: Any, train_tasks: list[dict], val_tasks: list[dict],
+                 agent_factory: Any, env_factory: Any, seed: int, tasks_per_step: int, schedule: Schedule,
+                 out: Path, metrics_file: str = "metrics.jsonl", norm_adv_by_std: bool = True,
+                 eval_temperature: float = 0.0, max_context_tokens: int = 2048, runner: Any = None,
+                 progress: bool = True, tracker: Any = None):
+        self.policy, self.erl = policy, erl
+        self.memory = memory if erl.uses_memory else None
+        self.train_tasks, self.val_tasks = train_tasks, list(val_tasks)
+        self.workflow = TimedWorkflow(agent_factory, env_factory, policy, erl, self.memory,
+                                      max_context_tokens=max_context_tokens, runner=runner)
+        self.seed, self.tasks_per_step, self.schedule = seed, tasks_per_step, schedule
+        self.out, self.metrics_path = Path(out), Path(out) / metrics_file
+        self.norm_adv_by_std, self.eval_temperature = norm_adv_by_std, eval_temperature
+        self.progress, self.tracker = progress, tracker  # tracker: erl.tracking.Tracker or the like
+        self.step_count = 0
+        self.cursor = 0  # position in the endless, epoch-shuffled task stream
+        self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
+        self.consecutive_skips = 0
+
+    # ---- backend hooks (see the module docstring) ---------------------------------------
+    def update(self, samples: list[TokenSample], advantages: torch.Tensor) -> dict[str, float]:
+        raise NotImplementedError
+
+    def save_checkpoint(self) -> Path:
+        raise NotImplementedError
+
+    def checkpoint_path(self, step: int) -> Path:
+        raise NotImplementedError
+
+    def checkpoints_after(self, step: int) -> list[Path]:
+        raise NotImplementedError
+
+    def rollout_context(self):
+        return contextlib.nullcontext()
+
+    def after_update(self, step: int) -> dict[str, float]:
+        return {}
+
+    def system_metrics(self) -> dict[str, float]:
+        return {"system/peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # KiB on Linux
+
+    # ---- sampling ----------------------------------------------------------------------
+    def seed_sampling(self, seed: int) -> None:
+        """Every generator the rollout may draw from: this process's, and a remote policy's."""
+        seed_all(seed)
+        if hasattr(self.policy, "seed"):
+            self.policy.seed = seed
+
+    def next_tasks(self) -> list[dict]:
+        tasks, self.cursor = next_tasks(self.train_tasks, self.seed, self.cursor, self.tasks_per_step)
+        return tasks
+
+    def collect(self, tasks: list[dict]) -> list[Episode]:
+        """n episodes per task (2n first attempts in rlvr mode: the workflow's config says)."""
+        self.workflow.step = self.step_count
+        n = self.erl.first_attempts_per_task
+        runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
+
+        async def gather():
+            return list(await asyncio.gather(*runs))
+
+        with self.rollout_context():
+            return asyncio.run(gather())
+
+    def evaluate(self, tasks: list[dict] | None = None, temperature: float | None = None) -> dict[str, float]:
+        """First attempt only: no reflection, no memory: what the deployed model does."""
+        tasks = self.val_tasks if tasks is None else tasks
+        if not tasks:
+            return {}
+        t = self.eval_temperature if temperature is None else temperature
+        self.seed_sampling(step_seed(self.seed, EVAL_SEED_OFFSET + self.step_count))
+        t0 = time.perf_counter()
+        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
+        with self.rollout_context(), task_bar(len(tasks), "eval", self.progress) as bar:
+            trajs = asyncio.run(gather_with_bar(attempts, bar))
+        return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}
+
+    # ---- one step ----------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        """One training step; returns its metrics."""
+        self.seed_sampling(step_seed(self.seed, self.step_count))  # sampling depends only on (seed, step)
+        before = dict(self.policy.stats)  # the policy's counters run on over the steps
+        t0 = time.perf_counter()
+        episodes = self.collect(self.next_tasks())
+        t1 = time.perf_counter()
+        gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
+        reflection_time = self.workflow.take_reflection_time()
+        samples = [row for ep in episodes for row in episode_to_samples(ep)]
+        metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
+        if samples:
+            adv = segment_advantages(samples, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode)
+            metrics["advantage/mean_abs"] = advantage_mean_abs(adv.tolist(), samples)
+            metrics.update(self.update(samples, adv))
+        t2 = time.perf_counter()
+        metrics.update(self.after_update(self.step_count + 1))
+        t3 = time.perf_counter()
+        self.step_count += 1
+        metrics.update({
+            "time/rollout": t1 - t0, "time/reflection": reflection_time, "time/update": t2 - t1, "time/step": t3 - t0,
+            "tokens/generated": float(gen["generated_tokens"]),
+            "rollout/sequences": float(gen["sequences"]),
+            # generate calls a step: with short turns each costs ~max_new_tokens decode steps
+            # whatever its size, so this count, not tokens, sets the rollout time
+            "rollout/batches": float(gen["batches"]),
+            "throughput/gen_tokens_per_s": gen["generated_tokens"] / gen["generate_seconds"]
+            if gen["generate_seconds"] > 0 else 0.0,
+            "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
+            "train/skipped_steps": float(self.skipped_steps),
+            **self.system_metrics(),
+        })
+        if self.memory is not None:
+            metrics.update(memory_store_metrics(self.memory.stats(), metrics))
+        return metrics
+
+    # ---- the loop ----------------------------------------------------------------------
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.tracker is not None:
+            self.tracker.log(step, metrics)
+        log.info(step_summary(step, self.schedule.total_steps, metrics))
+
+    def too_many_skips(self) -> bool:
+        limit = self.schedule.max_consecutive_skips
+        return bool(limit) and self.consecutive_skips >= limit
+
+    def fit(self, started: float | None = None) -> dict[str, float]:
+        """Train from self.step_count to the schedule's total. `started`: the monotonic() time
+        the time budget counts from (model loading and evals count too). Each step's metrics
+        are logged before its checkpoint is saved: a crash in between loses the checkpoint, and
+        the resumed run's tracker drops the line and recomputes it, so no step goes unlogged."""
+        sch = self.schedule
+        started = monotonic() if started is None else started
+        last: dict[str, float] = {}
+        if self.step_count == 0 and sch.eval_before_train:
+            log.info("step 0: eval before training on %d tasks", len(self.val_tasks))
+            last = self.evaluate()
+            self.log(0, last)
+        saved_at = monotonic()
+        bar = tqdm(total=sch.total_steps, initial=self.step_count, disable=not self.progress, desc="erl",
+                   unit="step", file=sys.stderr)
+        while self.step_count < sch.total_steps:
+            metrics = self.step()
+            k, final = self.step_count, self.step_count == sch.total_steps
+            if (sch.eval_every and k % sch.eval_every == 0) or final:
+                metrics.update(self.evaluate())
+            self.log(k, metrics)
+            last = metrics
+            out_of_time = bool(sch.time_budget_s) and monotonic() - started > sch.time_budget_s
+            stop = self.too_many_skips()
+            overdue = bool(sch.save_every_minutes) and monotonic() - saved_at >= 60 * sch.save_every_minutes
+            if (sch.save_every and k % sch.save_every == 0) or (sch.save_last and (final or out_of_time or stop)) \
+                    or overdue:
+                self.save_checkpoint()
+                saved_at = monotonic()
+            if stop:
+                raise NonFiniteStepError(
+                    f"{self.consecutive_skips} consecutive steps had a non-finite loss or gradient (up to step {k}); "
+                    f"none of them reached the weights. Last good checkpoint: {self.checkpoint_path(k)}; "
+                    f"the batches' facts: {self.out / 'nonfinite.jsonl'}")
+            bar.update(1)
+            bar.set_postfix(bar_postfix(metrics))
+            if out_of_time and not final:  # a chained run: the next call resumes from here
+                log.info("time budget %.0f s reached after step %d; continue with resume", sch.time_budget_s, k)
+                break
+        bar.close()
+        return last
+
+    # ---- resume ------------------------------------------------------------------------
+    def start_timeline(self, step: int, also: list[Path] = (), copy_metrics: bool = True) -> Path | None:
+        """The resume protocol's last part for this backend's checkpoints (start_timeline below)."""
+        return start_timeline(self.out, step, [*self.checkpoints_after(step), *also],
+                              self.metrics_path if copy_metrics else None)
+
+
+def start_timeline(out: Path, step: int, later: list[Path], metrics: Path | None) -> Path | None:
+    """Make `out` hold one timeline that continues from `step` (-1: from scratch). `later`, the
+    checkpoints after `step`, belong to the run this one replaces (a resume from an older
+    checkpoint): they move to out/superseded/ with a copy of `metrics`, so that a later resume
+    can neither pick them nor lose them. Returns the archive folder (None: nothing moved)."""
+    if not later:
+        return None
+    dest = move_aside(later, out, f"after_step_{step}", copies=[metrics] if metrics is not None else [])
+    print(f"erl: resuming from step {step}: {[p.name for p in later]} belong to the run this one replaces; "
+          f"moved to {dest}", file=sys.stderr)
+    return dest
