@@ -156,9 +156,15 @@ def test_build_policy_falls_back_for_other_architectures():
     assert isinstance(build_policy(gpt2, TOK, "auto"), HFPolicy)
     with pytest.raises(ValueError, match="architecture 'gpt2'"):
         build_policy(gpt2, TOK, "engine")
-    assert isinstance(build_policy(model_of(), TOK, "auto"), HFPolicy)  # auto: the engine on CUDA only
+    assert isinstance(build_policy(model_of(), TOK, "auto"), RolloutEngine)  # auto on CPU: the engine
     assert isinstance(build_policy(model_of(), TOK, "engine"), RolloutEngine)
     assert isinstance(build_policy(model_of(), TOK, "hf"), HFPolicy)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_build_policy_auto_keeps_generate_on_cuda():
+    assert isinstance(build_policy(model_of().cuda(), TOK, "auto"), HFPolicy)  # faster there: docs/gpu/rollout_engine
 
 
 def test_a_failing_forward_fails_every_waiting_request_and_the_engine_recovers():

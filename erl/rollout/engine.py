@@ -388,10 +388,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
-    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine for a
-    supported architecture on CUDA, else HFPolicy). auto keeps HFPolicy on CPU because the
-    engine has not been shown faster there (a 2-core CPU is bound by per-op overhead, where
-    HFPolicy's fewer, larger batches do as well); rollout_engine=engine uses it on CPU too."""
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: whichever was measured
+    faster on the model's device. On CPU that is the engine, for a supported architecture:
+    a multi-turn FrozenLake episode re-prefills its whole context every turn under `generate`,
+    and prefill is what a CPU pays for (`python benchmarks/rollout.py --workload erl`). On CUDA
+    it is HFPolicy: plain `generate` decoded faster than the engine on the H200
+    (docs/gpu/rollout_engine), so the GPU runs keep it."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -399,7 +401,7 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     if engine == "hf":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
-    if engine == "auto" and reason is None and next(model.parameters()).device.type != "cuda":
+    if engine == "auto" and next(model.parameters()).device.type == "cuda":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     if reason is None:
         return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
