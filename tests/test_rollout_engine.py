@@ -8,7 +8,7 @@ import torch
 
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.engine import RolloutEngine, build_policy
+from erl.rollout.engine import RolloutEngine, build_policy, draw
 from erl.rollout.hf_policy import HFPolicy
 from erl.workflow.base import SamplingParams
 
@@ -134,6 +134,19 @@ def test_stop_ids_end_a_sequence():
     torch.manual_seed(3)  # the same draws: the same tokens up to the stop
     g = RolloutEngine(model, TOK, stop_ids=[free[k]]).generate_batch(p, params)[0]
     assert g.token_ids == free[:k + 1] and g.finish_reason == "stop"
+
+
+def test_draw_takes_the_first_token_whose_cumulative_mass_reaches_u(monkeypatch):
+    # u = (1 - r) * total mass; row 0's cumulative masses are 0, .25, .25, 1 and row 1's all 1
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75], [1.0, 0.0, 0.0, 0.0]])
+    for r, row0 in ((1 - 2**-30, 1), (0.8, 1), (0.75, 1), (0.5, 3), (0.0, 3)):  # never a zero-mass token
+        monkeypatch.setattr(torch, "rand", lambda *a, r=r, **k: torch.full(a[:2], r, dtype=k["dtype"]))
+        assert draw(probs).tolist() == [row0, 0], r
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    drawn = draw(torch.tensor([[0.1, 0.2, 0.7]]).expand(40_000, 3))
+    freq = torch.bincount(drawn, minlength=3).double() / 40_000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7], dtype=torch.double), atol=0.01)
 
 
 def test_bad_input_is_refused_clearly():
