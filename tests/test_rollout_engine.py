@@ -149,6 +149,19 @@ def test_draw_takes_the_first_token_whose_cumulative_mass_reaches_u(monkeypatch)
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7], dtype=torch.double), atol=0.01)
 
 
+def test_a_reset_engine_samples_what_a_new_engine_samples():
+    model, params = model_of(), SamplingParams(max_new_tokens=6, temperature=1.0)
+    used = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    used.generate_batch(prompts(7)[4:], params)  # a history: slots grown, KV held, a slot clock
+    used.reset()
+    assert used.n_slots == 0 and used.net.capacity == 0
+    torch.manual_seed(5)
+    again = used.generate_batch(prompts(6)[::-1], params)
+    torch.manual_seed(5)
+    new = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(prompts(6)[::-1], params)
+    assert [g.token_ids for g in again] == [g.token_ids for g in new]
+
+
 def test_bad_input_is_refused_clearly():
     engine = RolloutEngine(model_of(), TOK, max_len=64, stop_ids=[])
     with pytest.raises(ValueError, match="context limit of 64"):

@@ -111,6 +111,17 @@ class RolloutEngine:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
         return old
 
+    def reset(self) -> None:
+        """Back to a new engine's state: no cache, no slot history. Slot choice (and so which
+        row of a decode step, and which random draw, a request gets) depends on that history,
+        so a trainer resets before each phase: a step then samples the same tokens whether
+        the process ran the earlier steps or resumed from their checkpoint."""
+        if self.active or self.waiting:
+            raise RuntimeError("RolloutEngine.reset with requests in flight")
+        self.net.k, self.net.v = [], []
+        self.tok = np.full((0, 0), -1, dtype=np.int64)
+        self.n_slots, self.held, self.used, self.clock, self._version = 0, [], [], 0, -1
+
     def forget(self) -> None:
         """Drop every slot's held KV (after a weight update it no longer matches the model)."""
         self.tok[:] = -1

@@ -106,8 +106,16 @@ class LocalTrainer:
         runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
         return list(await asyncio.gather(*runs))
 
+    def fresh_policy(self) -> None:
+        """A rollout engine starts each phase as a new one would (RolloutEngine.reset): resume
+        must reproduce the next step, and a resumed process has no cache from earlier phases."""
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):
+            reset()
+
     def collect(self, tasks: list[dict]) -> list[Episode]:
         self.workflow.step = self.step_count
+        self.fresh_policy()
         with self.autocast():
             return asyncio.run(self._collect(tasks, self.erl.first_attempts_per_task))
 
@@ -115,6 +123,7 @@ class LocalTrainer:
         """First attempt only: no reflection, no memory: what the deployed model does."""
         t = self.cfg.eval_temperature if temperature is None else temperature
         attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
+        self.fresh_policy()
         with self.autocast(), task_bar(len(tasks), "eval", self.cfg.progress) as bar:
             trajs = asyncio.run(gather_with_bar(attempts, bar))
         return first_attempt_metrics(trajs)
@@ -127,6 +136,7 @@ class LocalTrainer:
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
 
         runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
+        self.fresh_policy()
         with self.autocast(), task_bar(len(tasks), "eval (with reflection)", self.cfg.progress) as bar:
             episodes = asyncio.run(gather_with_bar(runs, bar))
         m = episode_metrics(episodes)
