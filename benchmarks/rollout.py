@@ -4,7 +4,14 @@ static-cache compiled `generate` ceiling, on the same FrozenLake-sized prompts.
     PYTHONPATH=. python benchmarks/rollout.py --device cuda --batch 512 --new-tokens 256 --dtype bf16
     PYTHONPATH=. python benchmarks/rollout.py --device cuda --batch 512 --turns 3   # multi-turn: KV reuse
     PYTHONPATH=. python benchmarks/rollout.py                                       # small CPU run
+    PYTHONPATH=. python benchmarks/rollout.py --workload erl                        # the default run's step, CPU
+    PYTHONPATH=. python benchmarks/rollout.py --wait-policies ACTIVE,PASSIVE        # OpenMP spin vs sleep, CPU
 
+--workload erl runs what the local trainer runs, with its defaults (configs/local: the real
+SmolLM2-135M-Instruct, FrozenLake, LoRA; override with --set key=value, e.g. --set
+trainer.precision=fp32 to run as a CPU without AMX does): a greedy eval of trainer.eval_tasks
+tasks and one ERL collect (attempt 1, reflection, attempt 2) of the same tasks under the same
+seed, once per rollout policy (HFPolicy = batched `generate`, and the engine), side by side.
 Without --model the model is SmolLM2-135M's architecture with random weights (nothing to
 download); every engine generates exactly --new-tokens tokens (no stop token) so runs compare.
 Prints generated tokens/s, ratios, prefill tokens, recompiles and the engine's log-prob error
@@ -15,9 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
+import subprocess
+import sys
 import time
 
+import erl.cli  # noqa: F401 -- erl-train's OpenMP wait policy, set before torch loads OpenMP
+
+# isort: split
 import torch
 
 from erl.core.interfaces import SamplingParams
@@ -132,6 +145,64 @@ def multi_turn(model, tok, args, device, reuse: bool):
     return engine.stats, dt
 
 
+def erl_workload(args) -> None:
+    """Eval + one collect of the trainer's own workload under each rollout policy."""
+    import copy
+
+    from erl.rollout.chat import ChatTokenizer
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from erl.cli.app import config_dir
+    from erl.rollout.engine import build_policy
+    from erl.trainers.local.run import build
+    from erl.trainers.local.trainer import seed_all
+
+    sets = ["trainer.progress=false", *args.set]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = OmegaConf.to_container(compose("train", overrides=sets), resolve=True)
+    trainer, data = build(cfg)
+    tc = trainer.cfg
+    print(f"ERL workload ({' '.join(sets)}): precision {trainer.precision}, {torch.get_num_threads()} threads; "
+          f"eval {len(data['val'])} tasks, collect {tc.tasks_per_step} tasks x {trainer.erl.n_attempt}, "
+          f"gen_batch_size {tc.gen_batch_size}", flush=True)
+    memory = copy.deepcopy(trainer.memory)
+    rates = {}
+    for name in args.engines.split(","):
+        policy = build_policy(trainer.model, trainer.tokenizer, name, max_batch_size=tc.gen_batch_size)
+        trainer.policy = trainer.workflow.policy = policy
+        trainer.workflow.chat = ChatTokenizer(trainer.tokenizer)
+        trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
+        seed_all(trainer.seed)
+        for part in ("eval", "collect"):
+            policy.reset_stats()
+            t = time.perf_counter()
+            if part == "eval":
+                trainer.evaluate(data["val"])
+            else:
+                trainer.collect(trainer.next_tasks())
+                trainer.cursor = 0  # the next policy collects the same tasks
+            wall = time.perf_counter() - t
+            st = policy.stats
+            rates[(name, part)] = wall
+            print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
+                  f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
+                  f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,})",
+                  flush=True)
+    names = args.engines.split(",")
+    for part in ("eval", "collect"):
+        for a in names[1:]:
+            print(f"ratio {part} wall {names[0]} / {a}: {rates[(names[0], part)] / rates[(a, part)]:.2f}")
+
+
+def wait_policies(values: list[str], rest: list[str]) -> None:
+    """Each OMP_WAIT_POLICY in its own process, printed one after the other."""
+    for value in values:
+        env = {**os.environ, "OMP_WAIT_POLICY": value}
+        print(f"== OMP_WAIT_POLICY={value}, {os.getloadavg()[0]:.1f} load before", flush=True)
+        subprocess.run([sys.executable, __file__, *rest], env=env, check=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="a model folder, 'tiny', or nothing: random SmolLM2-135M")
@@ -144,7 +215,23 @@ def main(argv=None):
                     help="also time the engine with torch.compile in this mode (default on CUDA: "
                          "reduce-overhead; 'none' to skip)")
     ap.add_argument("--skip", default="", help="comma list of: eager,compiled,hf_policy,dynamic,static")
+    ap.add_argument("--workload", default="synthetic", choices=["synthetic", "erl"],
+                    help="erl: the local trainer's eval + collect with its config (see above)")
+    ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
+    ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order")
+    ap.add_argument("--wait-policies", default=None,
+                    help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
+                         "each (OpenMP reads it at load), side by side")
     args = ap.parse_args(argv)
+    if args.wait_policies:
+        rest = list(argv if argv is not None else sys.argv[1:])
+        at = next(i for i, a in enumerate(rest) if a.startswith("--wait-policies"))
+        del rest[at:at + (1 if "=" in rest[at] else 2)]
+        wait_policies(args.wait_policies.split(","), rest)
+        return
+    if args.workload == "erl":
+        erl_workload(args)
+        return
     cuda = args.device.startswith("cuda")
     args.batch = args.batch or (512 if cuda else 16)
     args.new_tokens = args.new_tokens or (256 if cuda else 32)

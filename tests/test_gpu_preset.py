@@ -41,3 +41,22 @@ def test_chain_script_stops_inside_its_budget_and_the_next_call_resumes(tmp_path
         lines = (tmp_path / "runs" / "frozenlake-rlvr-s0" / "metrics.jsonl").read_text().splitlines()
         assert [__import__("json").loads(x)["step"] for x in lines] == expected
     assert (tmp_path / "runs.tgz").stat().st_size > 0
+
+
+def test_the_default_run_rolls_out_with_the_engine_on_cpu():
+    """rollout_engine=auto (the default, kept by preset=gpu): the engine on CPU, where a
+    multi-turn episode otherwise re-prefills every turn; on CUDA generate (test_rollout_engine)."""
+    from omegaconf import OmegaConf
+
+    from erl.rollout.engine import RolloutEngine
+    from erl.trainers.local.run import build
+
+    root = Path(__file__).resolve().parents[1]
+    with initialize_config_dir(config_dir=str(root / "configs" / "local"), version_base=None):
+        gpu = compose("train", overrides=["preset=gpu"])
+        cfg = compose("train", overrides=["model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1",
+                                          "env.n_train=2", "env.n_val=2", "trainer.progress=false"])
+    assert gpu.trainer.rollout_engine == cfg.trainer.rollout_engine == "auto"
+    trainer, _ = build(OmegaConf.to_container(cfg, resolve=True))
+    assert trainer.device.type == "cpu" and isinstance(trainer.policy, RolloutEngine)
+    assert trainer.policy.max_slots == cfg.trainer.gen_batch_size

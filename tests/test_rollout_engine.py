@@ -9,7 +9,7 @@ import torch
 from erl.core.interfaces import SamplingParams
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.engine import RolloutEngine, build_policy
+from erl.rollout.engine import RolloutEngine, build_policy, draw
 from erl.rollout.hf_policy import HFPolicy
 
 TOK = build_tiny_tokenizer()
@@ -136,6 +136,32 @@ def test_stop_ids_end_a_sequence():
     assert g.token_ids == free[:k + 1] and g.finish_reason == "stop"
 
 
+def test_draw_takes_the_first_token_whose_cumulative_mass_reaches_u(monkeypatch):
+    # u = (1 - r) * total mass; row 0's cumulative masses are 0, .25, .25, 1 and row 1's all 1
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75], [1.0, 0.0, 0.0, 0.0]])
+    for r, row0 in ((1 - 2**-30, 1), (0.8, 1), (0.75, 1), (0.5, 3), (0.0, 3)):  # never a zero-mass token
+        monkeypatch.setattr(torch, "rand", lambda *a, r=r, **k: torch.full(a[:2], r, dtype=k["dtype"]))
+        assert draw(probs).tolist() == [row0, 0], r
+    monkeypatch.undo()
+    torch.manual_seed(0)
+    drawn = draw(torch.tensor([[0.1, 0.2, 0.7]]).expand(40_000, 3))
+    freq = torch.bincount(drawn, minlength=3).double() / 40_000
+    assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7], dtype=torch.double), atol=0.01)
+
+
+def test_a_reset_engine_samples_what_a_new_engine_samples():
+    model, params = model_of(), SamplingParams(max_new_tokens=6, temperature=1.0)
+    used = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    used.generate_batch(prompts(7)[4:], params)  # a history: slots grown, KV held, a slot clock
+    used.reset()
+    assert used.n_slots == 0 and used.net.capacity == 0
+    torch.manual_seed(5)
+    again = used.generate_batch(prompts(6)[::-1], params)
+    torch.manual_seed(5)
+    new = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(prompts(6)[::-1], params)
+    assert [g.token_ids for g in again] == [g.token_ids for g in new]
+
+
 def test_bad_input_is_refused_clearly():
     engine = RolloutEngine(model_of(), TOK, max_len=64, stop_ids=[])
     with pytest.raises(ValueError, match="context limit of 64"):
@@ -156,9 +182,15 @@ def test_build_policy_falls_back_for_other_architectures():
     assert isinstance(build_policy(gpt2, TOK, "auto"), HFPolicy)
     with pytest.raises(ValueError, match="architecture 'gpt2'"):
         build_policy(gpt2, TOK, "engine")
-    assert isinstance(build_policy(model_of(), TOK, "auto"), HFPolicy)  # auto: the engine on CUDA only
+    assert isinstance(build_policy(model_of(), TOK, "auto"), RolloutEngine)  # auto on CPU: the engine
     assert isinstance(build_policy(model_of(), TOK, "engine"), RolloutEngine)
     assert isinstance(build_policy(model_of(), TOK, "hf"), HFPolicy)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_build_policy_auto_keeps_generate_on_cuda():
+    assert isinstance(build_policy(model_of().cuda(), TOK, "auto"), HFPolicy)  # faster there: docs/gpu/rollout_engine
 
 
 def test_a_failing_forward_fails_every_waiting_request_and_the_engine_recovers():

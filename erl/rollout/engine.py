@@ -111,6 +111,17 @@ class RolloutEngine:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
         return old
 
+    def reset(self) -> None:
+        """Back to a new engine's state: no cache, no slot history. Slot choice (and so which
+        row of a decode step, and which random draw, a request gets) depends on that history,
+        so a trainer resets before each phase: a step then samples the same tokens whether
+        the process ran the earlier steps or resumed from their checkpoint."""
+        if self.active or self.waiting:
+            raise RuntimeError("RolloutEngine.reset with requests in flight")
+        self.net.k, self.net.v = [], []
+        self.tok = np.full((0, 0), -1, dtype=np.int64)
+        self.n_slots, self.held, self.used, self.clock, self._version = 0, [], [], 0, -1
+
     def forget(self) -> None:
         """Drop every slot's held KV (after a weight update it no longer matches the model)."""
         self.tok[:] = -1
@@ -358,6 +369,16 @@ def _graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs [n, vocab] by inverse CDF: the first token whose cumulative
+    mass reaches u ~ U(0, total]; a zero-probability token is never drawn (its cumulative mass
+    equals its predecessor's, found first). One cumsum, where an exponential race (or
+    torch.multinomial) costs ~30 ms a decode step for 16 rows of a 49k vocabulary on a CPU core."""
+    cdf = probs.double().cumsum(-1)
+    u = (1 - torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
     top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
@@ -379,8 +400,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
             probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
             drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
             cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        probs = torch.softmax(cut, dim=-1)
-        drawn = (probs / torch.empty_like(probs).exponential_()).argmax(-1)  # exponential race = multinomial
+        drawn = draw(torch.softmax(cut, dim=-1))
         tokens = torch.where(greedy, tokens, drawn)
     return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
 
@@ -388,10 +408,12 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
-    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto` (the engine for a
-    supported architecture on CUDA, else HFPolicy). auto keeps HFPolicy on CPU because the
-    engine has not been shown faster there (a 2-core CPU is bound by per-op overhead, where
-    HFPolicy's fewer, larger batches do as well); rollout_engine=engine uses it on CPU too."""
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: whichever was measured
+    faster on the model's device. On CPU that is the engine, for a supported architecture:
+    a multi-turn FrozenLake episode re-prefills its whole context every turn under `generate`,
+    and prefill is what a CPU pays for (`python benchmarks/rollout.py --workload erl`). On CUDA
+    it is HFPolicy: plain `generate` decoded faster than the engine on the H200
+    (docs/gpu/rollout_engine), so the GPU runs keep it."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -399,7 +421,7 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     if engine == "hf":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
-    if engine == "auto" and reason is None and next(model.parameters()).device.type != "cuda":
+    if engine == "auto" and next(model.parameters()).device.type == "cuda":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     if reason is None:
         return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)

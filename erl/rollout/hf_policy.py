@@ -20,6 +20,7 @@ class HFPolicy(BatchingPolicy):
         self.model = model
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        self.stats["prefill_tokens"] = 0  # padded prompt tokens: every call prefills its whole prompts
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -65,4 +66,5 @@ class HFPolicy(BatchingPolicy):
         self.stats["generate_seconds"] += time.perf_counter() - start
         self.stats["batches"] += 1
         self.stats["sequences"] += len(prompts)
+        self.stats["prefill_tokens"] += width * len(prompts)
         return results

@@ -165,9 +165,18 @@ class ErlDriver:
         tasks, self.cursor = next_tasks(self.train_tasks, self.seed, self.cursor, self.tasks_per_step)
         return tasks
 
+    def fresh_policy(self) -> None:
+        """A policy with a cache (the rollout engine) starts each phase as a new one would
+        (`reset`): a resumed process has no cache from earlier phases, and resume must
+        reproduce the next step exactly."""
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):
+            reset()
+
     def collect(self, tasks: list[dict]) -> list[Episode]:
         """n episodes per task (2n first attempts in rlvr mode: the workflow's config says)."""
         self.workflow.step = self.step_count
+        self.fresh_policy()
         n = self.erl.first_attempts_per_task
         runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
 
@@ -186,6 +195,7 @@ class ErlDriver:
         self.seed_sampling(step_seed(self.seed, EVAL_SEED_OFFSET + self.step_count))
         t0 = time.perf_counter()
         attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
+        self.fresh_policy()
         with self.rollout_context(), task_bar(len(tasks), "eval", self.progress) as bar:
             trajs = asyncio.run(gather_with_bar(attempts, bar))
         return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}

@@ -105,6 +105,7 @@ class LocalTrainer(ErlDriver):
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
 
         runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
+        self.fresh_policy()
         with self.autocast(), task_bar(len(tasks), "eval (with reflection)", self.cfg.progress) as bar:
             episodes = asyncio.run(gather_with_bar(runs, bar))
         m = episode_metrics(episodes)
