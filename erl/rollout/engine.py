@@ -82,22 +82,15 @@ class RolloutEngine:
         self.compile = bool(compile)
         self.key_bucket = key_bucket
         self.prefill_budget = prefill_budget or (16384 if self.device.type == "cuda" else 2048)
-        self.n_slots = 0
-        # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
-        # last finished (least recently used slots are reused first).
-        self.tok = np.full((0, 0), -1, dtype=np.int64)
-        self.held: list[int] = []
-        self.used: list[int] = []
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
-        self.clock = 0
+        self.reset()  # no slots yet
         self._worker: asyncio.Task | None = None
         mode = compile if isinstance(compile, str) else None
         # dynamic=None: the first key length compiles a static graph, the next one a graph with a
         # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
         self._decode = torch.compile(self.net.forward, mode=mode) if self.compile else self.net.forward
         self._shapes: set[tuple] = set()
-        self._version = -1
         if self.compile:  # one graph per (rows, key length, capacity) bucket
             dyn = torch._dynamo.config
             for name in ("recompile_limit", "cache_size_limit"):
@@ -119,8 +112,12 @@ class RolloutEngine:
         if self.active or self.waiting:
             raise RuntimeError("RolloutEngine.reset with requests in flight")
         self.net.k, self.net.v = [], []
+        # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
+        # last finished (least recently used slots are reused first).
         self.tok = np.full((0, 0), -1, dtype=np.int64)
-        self.n_slots, self.held, self.used, self.clock, self._version = 0, [], [], 0, -1
+        self.held: list[int] = []
+        self.used: list[int] = []
+        self.n_slots, self.clock, self._version = 0, 0, -1
 
     def forget(self) -> None:
         """Drop every slot's held KV (after a weight update it no longer matches the model)."""

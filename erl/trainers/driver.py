@@ -3,8 +3,9 @@
 A step: tasks from the endless task stream -> ErlWorkflow episodes (n first attempts per
 task) -> training rows (erl.core.samples) -> advantages (erl.core.advantages) -> the
 backend's update -> the step's metrics (erl.core.metrics). `fit` runs steps with the eval
-and save cadence, a time budget and a stop after too many skipped updates; `start_timeline`
-is the resume protocol's last part (later checkpoints move to superseded/, never deleted).
+and save cadence, a time budget and a stop after too many skipped updates; the function
+`start_timeline` (given a backend's later checkpoints) is the resume protocol's last part
+(later checkpoints move to superseded/, never deleted).
 
 A backend subclasses ErlDriver, calls `ErlDriver.__init__`, and writes only what is its own:
 
@@ -14,8 +15,7 @@ A backend subclasses ErlDriver, calls `ErlDriver.__init__`, and writes only what
                                           and counts self.skipped_steps / self.consecutive_skips
     save_checkpoint() -> Path             weights, optimizer and self.step_count / self.cursor
                                           (the task stream's position) / memory, atomically
-    checkpoint_path(step) -> Path         the folder of step's checkpoint
-    checkpoints_after(step) -> [Path]     the complete checkpoints later than step
+    checkpoint_path(step) -> Path         the folder of step's checkpoint (named in errors)
 and loads its checkpoint (setting step_count and cursor) before `fit`. Optional hooks:
 rollout_context() (local: bf16 autocast), after_update(step) -> metrics (verl: weight sync
 to the rollout workers), system_metrics(). The policy counts GEN_STATS in `policy.stats`;
@@ -142,9 +142,6 @@ class ErlDriver:
     def checkpoint_path(self, step: int) -> Path:
         raise NotImplementedError
 
-    def checkpoints_after(self, step: int) -> list[Path]:
-        raise NotImplementedError
-
     def rollout_context(self):
         return contextlib.nullcontext()
 
@@ -164,6 +161,10 @@ class ErlDriver:
     def next_tasks(self) -> list[dict]:
         tasks, self.cursor = next_tasks(self.train_tasks, self.seed, self.cursor, self.tasks_per_step)
         return tasks
+
+    def advantages(self, samples: list[TokenSample]) -> torch.Tensor:
+        """One ERL advantage per row (GRPO per task and segment; RAFT or none for distill rows)."""
+        return segment_advantages(samples, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode)
 
     def fresh_policy(self) -> None:
         """A policy with a cache (the rollout engine) starts each phase as a new one would
@@ -194,8 +195,8 @@ class ErlDriver:
         t = self.eval_temperature if temperature is None else temperature
         self.seed_sampling(step_seed(self.seed, EVAL_SEED_OFFSET + self.step_count))
         t0 = time.perf_counter()
-        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
         self.fresh_policy()
+        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
         with self.rollout_context(), task_bar(len(tasks), "eval", self.progress) as bar:
             trajs = asyncio.run(gather_with_bar(attempts, bar))
         return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}
@@ -213,7 +214,7 @@ class ErlDriver:
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
         if samples:
-            adv = segment_advantages(samples, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode)
+            adv = self.advantages(samples)
             metrics["advantage/mean_abs"] = advantage_mean_abs(adv.tolist(), samples)
             metrics.update(self.update(samples, adv))
         t2 = time.perf_counter()
@@ -288,12 +289,6 @@ class ErlDriver:
                 break
         bar.close()
         return last
-
-    # ---- resume ------------------------------------------------------------------------
-    def start_timeline(self, step: int, also: list[Path] = (), copy_metrics: bool = True) -> Path | None:
-        """The resume protocol's last part for this backend's checkpoints (start_timeline below)."""
-        return start_timeline(self.out, step, [*self.checkpoints_after(step), *also],
-                              self.metrics_path if copy_metrics else None)
 
 
 def start_timeline(out: Path, step: int, later: list[Path], metrics: Path | None) -> Path | None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from erl.core.advantages import segment_advantages
 from erl.core.config import ErlConfig
 from erl.core.losses import erl_actor_loss, loss_units
 from erl.core.metrics import episode_metrics
@@ -26,7 +25,6 @@ from erl.trainers.driver import ErlDriver, Schedule
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import (
     CheckpointError,
-    checkpoints_after,
     save_checkpoint,
     set_rng_state,
 )
@@ -100,13 +98,12 @@ class LocalTrainer(ErlDriver):
     def evaluate_with_reflection(self, tasks: list[dict], temperature: float | None = None) -> dict[str, float]:
         """Attempt 1, then one reflection and attempt 2 where it failed (no memory): how much
         a reflection still helps the model, the gap consolidation is meant to close."""
-        t = self.cfg.eval_temperature if temperature is None else temperature
+        t = self.eval_temperature if temperature is None else temperature
         cfg = replace(self.erl, mode="no_memory", temperature=t)
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
-
-        runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
         self.fresh_policy()
-        with self.autocast(), task_bar(len(tasks), "eval (with reflection)", self.cfg.progress) as bar:
+        runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
+        with self.rollout_context(), task_bar(len(tasks), "eval (with reflection)", self.progress) as bar:
             episodes = asyncio.run(gather_with_bar(runs, bar))
         m = episode_metrics(episodes)
         return {"eval/success": m["attempt1/success"], "eval/success_after_reflection": m["episode/success"],
@@ -121,9 +118,9 @@ class LocalTrainer(ErlDriver):
         return batch, logp, entropy
 
     def update(self, samples: list[TokenSample], adv: torch.Tensor | None = None) -> dict[str, float]:
-        cfg, erl = self.cfg, self.erl
-        if adv is None:
-            adv = segment_advantages(samples, norm_by_std=cfg.norm_adv_by_std, distill_mode=erl.distill_mode)
+        cfg = self.cfg
+        if adv is None:  # called alone (tests, benchmarks): the driver's advantages
+            adv = self.advantages(samples)
         chunks = micro_batch_indices(samples, cfg.micro_batch_size)
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
@@ -264,9 +261,6 @@ class LocalTrainer(ErlDriver):
     # ---- checkpoints (the driver's adapter; the format: erl.trainers.local.checkpoint) ---
     def checkpoint_path(self, step: int) -> Path:
         return self.out / "checkpoints" / f"step_{step}"
-
-    def checkpoints_after(self, step: int) -> list[Path]:
-        return checkpoints_after(self.out / "checkpoints", step)
 
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.out / "checkpoints", self.step_count, model_state=self.trainable_state(),

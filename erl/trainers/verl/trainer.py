@@ -78,8 +78,7 @@ class ErlVerlTrainer(ErlDriver):
         """The step's rows as verl's DataProto with their advantages (the driver's; computed
         from the rows when called alone), then the workers' update."""
         data = samples_to_dataproto(samples, self.pad_id)
-        add_advantages(data, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode,
-                       advantages=advantages)
+        add_advantages(data, advantages=self.advantages(samples) if advantages is None else advantages)
         return self.update_data(data)
 
     def after_update(self, step: int) -> dict[str, float]:
