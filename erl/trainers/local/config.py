@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
-from erl.core.losses import CLIP_RATIO_C, LossSettings, loss_setting_errors
+from erl.core.losses import LossSettings, loss_setting_errors
 
 LOGGERS = ("console", "tensorboard", "wandb")
 
@@ -21,14 +21,15 @@ class LocalTrainerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 8
     ppo_epochs: int = 1
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    clip_ratio_c: float = CLIP_RATIO_C  # dual-clip: a token with A < 0 loses at most -A * clip_ratio_c
-    kl_coef: float = 0.0
-    kl_kind: str = "low_var_kl"
-    entropy_coeff: float = 0.0  # loss -= entropy_coeff * entropy (an exploration bonus when > 0)
+    # the loss's keys, under LossSettings' names and with its defaults (declared there)
+    clip_low: float = LossSettings.clip_low
+    clip_high: float = LossSettings.clip_high
+    clip_ratio_c: float = LossSettings.clip_ratio_c  # dual-clip: a token with A < 0 loses at most -A * this
+    kl_coef: float = LossSettings.kl_coef
+    kl_kind: str = LossSettings.kl_kind
+    entropy_coeff: float = LossSettings.entropy_coeff  # loss -= entropy_coeff * entropy (exploration when > 0)
     norm_adv_by_std: bool = True
-    loss_agg_mode: str = "token-mean"
+    loss_agg_mode: str = LossSettings.loss_agg_mode
     eval_every: int = 5  # 0: only at the end
     eval_tasks: int = 32
     eval_temperature: float = 0.0
