@@ -149,14 +149,14 @@ def erl_workload(args) -> None:
     """Eval + one collect of the trainer's own workload under each rollout policy."""
     import copy
 
-    from erl.rollout.chat import ChatTokenizer
+    from erl.models.chat import ChatTokenizer
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from erl.cli.app import config_dir
     from erl.rollout.engine import build_policy
     from erl.trainers.local.run import build
-    from erl.trainers.local.trainer import seed_all
+    from erl.trainers.driver import seed_all
 
     sets = ["trainer.progress=false", *args.set]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
@@ -169,7 +169,9 @@ def erl_workload(args) -> None:
     memory = copy.deepcopy(trainer.memory)
     rates = {}
     for name in args.engines.split(","):
-        policy = build_policy(trainer.model, trainer.tokenizer, name, max_batch_size=tc.gen_batch_size)
+        kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
+        policy = build_policy(trainer.model, trainer.tokenizer, kind, max_batch_size=tc.gen_batch_size,
+                              compile=mode or False)
         trainer.policy = trainer.workflow.policy = policy
         trainer.workflow.chat = ChatTokenizer(trainer.tokenizer)
         trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
@@ -218,7 +220,8 @@ def main(argv=None):
     ap.add_argument("--workload", default="synthetic", choices=["synthetic", "erl"],
                     help="erl: the local trainer's eval + collect with its config (see above)")
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
-    ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order")
+    ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
+                         "engine:<torch.compile mode>)")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

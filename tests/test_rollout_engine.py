@@ -72,6 +72,19 @@ def test_greedy_tokens_equal_hf_generate():
         assert torch.allclose(forced_logprobs(model, p, a, 0.0), torch.tensor(a.logprobs), atol=1e-4)
 
 
+def test_hf_policy_sampled_logprobs_match_a_teacher_forced_pass():
+    """Log-probs are taken one generated position at a time (no batch x steps x vocab stack):
+    each must equal the forward pass over prompt + completion under logits / temperature."""
+    model = model_of()
+    ps = prompts(6)
+    torch.manual_seed(3)
+    gens = HFPolicy(model, TOK, max_batch_size=4).generate_batch(ps, SamplingParams(max_new_tokens=9, temperature=0.7))
+    assert sum(len(g.token_ids) for g in gens) > len(ps)  # more than one position each, on average
+    for p, g in zip(ps, gens):
+        assert len(g.logprobs) == len(g.token_ids)
+        assert torch.allclose(forced_logprobs(model, p, g, 0.7), torch.tensor(g.logprobs), atol=1e-4)
+
+
 def test_a_finished_slot_is_refilled_while_others_decode():
     engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
     lengths = [12, 2, 2, 2]

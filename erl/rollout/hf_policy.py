@@ -45,11 +45,14 @@ class HFPolicy(BatchingPolicy):
                                   generation_config=gen_cfg)
         if was_training:
             self.model.train()
-        new = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float()
-        if sample:
-            logits = logits / params.temperature
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.to(logits.device).unsqueeze(-1)).squeeze(-1).cpu()
+        new = out.sequences[:, width:]
+        # One step's logits at a time: stacking batch x steps x vocab floats (and their softmax)
+        # held ~4x the logits at once, the peak that ran a 1,024-row reflection wave out of memory.
+        scale = params.temperature if sample else 1.0
+        logp = torch.stack([torch.log_softmax(step.float() / scale, dim=-1).gather(-1, new[:, j, None]).squeeze(-1)
+                            for j, step in enumerate(out.logits)], dim=1).cpu()
+        del out
+        new = new.cpu()
         stops = set(self.stop_ids)
         results = []
         for i in range(len(prompts)):
