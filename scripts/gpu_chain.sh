@@ -25,7 +25,9 @@ for run in $RUNS; do
   mode=${run%%:*}; seed=${run##*:}
   out="$RUN_ROOT/$ENV-$mode-s$seed"
   resume=false
-  compgen -G "$out/checkpoints/step_*" > /dev/null && resume=true
+  # A folder that holds a run resumes it: from its last checkpoint, or from step 0 when it crashed
+  # before the first one (erl-train refuses resume=false there, to protect finished runs).
+  [ -f "$out/config.json" ] && resume=true
   echo "[chain] $out resume=$resume budget=${BUDGET}s"
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m erl.cli.train preset=gpu env="$ENV" erl.mode="$mode" \
     seed="$seed" trainer.output_dir="$out" trainer.time_budget_s="$BUDGET" trainer.progress=false \

@@ -60,3 +60,29 @@ def test_the_default_run_rolls_out_with_the_engine_on_cpu():
     trainer, _ = build(OmegaConf.to_container(cfg, resolve=True))
     assert trainer.device.type == "cpu" and isinstance(trainer.policy, RolloutEngine)
     assert trainer.policy.max_slots == cfg.trainer.gen_batch_size
+
+
+def test_chain_script_restarts_a_run_that_crashed_before_its_first_checkpoint(tmp_path):
+    """A run killed (out of memory, say) before it saved anything leaves a folder with its config:
+    the next call must restart it from step 0, not stop at erl-train's 'already holds a run'."""
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    tiny = ["model=tiny", "trainer.device=cpu", "trainer.precision=fp32", "trainer.tasks_per_step=2",
+            "trainer.total_steps=1", "trainer.micro_batch_size=4", "trainer.eval_tasks=2", "erl.n_attempt=2",
+            "erl.max_new_tokens=4", "env.n_train=4", "env.n_val=2", "model.tiny.hidden=32", "model.tiny.layers=1"]
+    env = {"RUNS": "rlvr:0", "BUDGET": "600", "RUN_ROOT": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin",
+           "PY": sys.executable}
+    run = tmp_path / "runs" / "frozenlake-rlvr-s0"
+    subprocess.run(["bash", str(root / "scripts" / "gpu_chain.sh"), *tiny], env=env, check=True,
+                   capture_output=True, timeout=600)
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")  # as if the process died before its first save
+    done = subprocess.run(["bash", str(root / "scripts" / "gpu_chain.sh"), *tiny], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + (tmp_path / "runs" / "frozenlake-rlvr-s0.log").read_text()[-2000:]
+    assert "resume=true" in done.stdout
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    assert (run / "checkpoints").is_dir()
