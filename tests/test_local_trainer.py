@@ -313,3 +313,49 @@ def test_auto_precision_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
     assert local.resolve_precision("auto", cpu) == "fp32"
     monkeypatch.setattr(local, "cpu_has_amx", lambda: True)
     assert local.resolve_precision("auto", cpu) == ("bf16" if torch.backends.mkldnn.is_available() else "fp32")
+
+
+@pytest.mark.parametrize("distill_mode", ["sft", "raft"])
+def test_rows_without_gradient_skip_their_passes_with_the_same_update(tmp_path, monkeypatch, distill_mode):
+    """A tied GRPO group has advantage exactly 0: its rows' loss and gradient are exactly 0, so
+    the update skips their forward and backward passes. Weights, Adam state and metrics must equal
+    an update that runs them, also on a step where every row is idle (Adam's momentum still acts)."""
+    from erl.core.losses import LossSettings
+    from erl.core.samples import episode_to_samples
+    from erl.core.types import SEGMENT_IDS
+
+    def trainer():
+        t = build(base_cfg(tmp_path / f"{distill_mode}{len(list(tmp_path.iterdir()))}"))[0]
+        t.loss = dataclasses.replace(t.loss, distill_mode=distill_mode)
+        return t
+
+    fast, slow = trainer(), trainer()
+    rows = [r for ep in fast.collect(fast.next_tasks()) for r in episode_to_samples(ep)]
+    rows += [dataclasses.replace(rows[0], segment=Segment.DISTILL, reward=1.0)]
+    for i, r in enumerate(rows):  # task 0's groups tie (idle), task 1's alternate (a gradient)
+        r.reward = 0.0 if r.task_id == rows[0].task_id and r.segment != Segment.DISTILL else float(i % 2)
+    tied = [dataclasses.replace(r, reward=0.0) for r in rows if r.segment != Segment.DISTILL]
+    adv = fast.advantages(rows)
+    idle = fast.loss.idle_rows(adv, torch.tensor([SEGMENT_IDS[s.segment] for s in rows]))
+    assert 0 < int(idle.sum()) < len(rows) and not bool(idle[-1] and distill_mode == "sft")
+
+    forwards = {"fast": 0}
+    real = fast._logprobs
+
+    def counted(*a, **k):
+        forwards["fast"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(fast, "_logprobs", counted)
+    metrics = [fast.update(rows), fast.update(tied)]
+    monkeypatch.setattr(LossSettings, "idle_rows", lambda self, a, s: torch.zeros(len(a), dtype=torch.bool))
+    expected = [slow.update(rows), slow.update(tied)]
+    for got, want in zip(metrics, expected):
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], abs=1e-6), k
+    for a, b in zip(fast.model.parameters(), slow.model.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()  # lr 1e-3; float noise of the sums' order
+    assert any(not torch.equal(a, b) for a, b in zip(fast.model.parameters(), build(base_cfg(tmp_path / "init"))[0].model.parameters()))
+    busy = math.ceil((len(rows) - int(idle.sum())) / fast.cfg.micro_batch_size)
+    assert forwards["fast"] <= busy + 1  # + 1: distillation rows keep a micro-batch of their own

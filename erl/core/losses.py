@@ -194,6 +194,18 @@ class LossSettings:
     def kwargs(self) -> dict:
         return asdict(self)
 
+    def idle_rows(self, advantages: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
+        """[B] bool: rows whose share of `erl_actor_loss` is exactly 0 in value and gradient
+        whatever the model outputs: advantage exactly 0 (a GRPO group whose rewards all tie:
+        most groups while success is rare), not an sft distillation row (those carry the NLL),
+        and no KL or entropy term (those act on every token). A trainer may skip their forward
+        and backward passes; the step's gradient is unchanged as long as its normalisation
+        still counts them (`loss_units` over all rows)."""
+        if self.uses_kl or self.entropy_coeff != 0:
+            return torch.zeros(advantages.shape[0], dtype=torch.bool)
+        distill = segment_ids == DISTILL_ID if self.distill_mode == "sft" else torch.zeros_like(segment_ids, dtype=torch.bool)
+        return (advantages == 0) & ~distill
+
 
 def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                    response_mask: torch.Tensor, segment_ids: torch.Tensor, *, distill_mode: str = "sft",

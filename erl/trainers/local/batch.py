@@ -79,7 +79,14 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
     return chosen, (token_entropy(logp) if with_entropy else None)
 
 
-def micro_batch_indices(samples: list[TokenSample], size: int) -> list[list[int]]:
-    """Row indices sorted by length so each micro-batch pads little; deterministic order."""
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
-    return [order[k:k + size] for k in range(0, len(order), size)]
+def micro_batch_indices(samples: list[TokenSample], size: int, kinds: list[int] | None = None) -> list[list[int]]:
+    """Row indices sorted by length so each micro-batch pads little; deterministic order.
+    `kinds`: rows of different kinds never share a micro-batch (the trainer keeps distillation
+    rows, policy-gradient rows and rows with no gradient apart, so it can skip the last)."""
+    kinds = kinds or [0] * len(samples)
+    chunks = []
+    for kind in sorted(set(kinds)):
+        rows = [i for i in range(len(samples)) if kinds[i] == kind]
+        order = sorted(rows, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
+        chunks += [order[k:k + size] for k in range(0, len(order), size)]
+    return chunks

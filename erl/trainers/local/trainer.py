@@ -18,7 +18,7 @@ import torch
 from erl.core.config import ErlConfig
 from erl.core.losses import erl_actor_loss, loss_units
 from erl.core.metrics import episode_metrics
-from erl.core.types import TokenSample
+from erl.core.types import SEGMENT_IDS, Segment, TokenSample
 from erl.progress import gather_with_bar, task_bar
 from erl.rollout.engine import build_policy
 from erl.trainers.driver import ErlDriver, Schedule
@@ -121,7 +121,14 @@ class LocalTrainer(ErlDriver):
         cfg = self.cfg
         if adv is None:  # called alone (tests, benchmarks): the driver's advantages
             adv = self.advantages(samples)
-        chunks = micro_batch_indices(samples, cfg.micro_batch_size)
+        # One epoch: rows with no gradient (a tied GRPO group) go into micro-batches of their own
+        # that skip the forward and backward passes, with the same gradient and metrics (test).
+        segments = torch.tensor([SEGMENT_IDS[s.segment] for s in samples])
+        idle = (self.loss.idle_rows(adv.cpu(), segments) if cfg.ppo_epochs == 1
+                else torch.zeros(len(samples), dtype=torch.bool))
+        distill = SEGMENT_IDS[Segment.DISTILL]
+        kinds = [2 if idle[i] else int(segments[i] == distill) for i in range(len(samples))]
+        chunks = micro_batch_indices(samples, cfg.micro_batch_size, kinds)
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
         need_old = cfg.ppo_epochs > 1
@@ -143,6 +150,14 @@ class LocalTrainer(ErlDriver):
             self.optimizer.zero_grad(set_to_none=True)
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
+                if bool(idle[idx].all()):  # loss and gradient exactly 0: only its metrics' zeros
+                    batch = pad_samples(rows, self.policy.pad_id)
+                    zeros = torch.zeros(batch.responses.shape)
+                    _, metrics = erl_actor_loss(zeros, zeros, adv[idx].cpu().float(), batch.response_mask,
+                                                batch.segment_ids, **self.loss.kwargs())
+                    for k, v in metrics.items():
+                        totals[k] = totals.get(k, 0.0) + float(v) * weights[c]
+                    continue
                 batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=self.loss.entropy_coeff != 0)
                 logp = logp.float()
                 # One epoch: the rollout policy is the current one, so old = current (ratio 1).
@@ -165,6 +180,9 @@ class LocalTrainer(ErlDriver):
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * weight
             trainable = [p for p in self.model.parameters() if p.requires_grad]
+            if all(bool(idle[idx].all()) for idx in chunks):  # AdamW must still see zero, not absent, gradients
+                for p in trainable:
+                    p.grad = torch.zeros_like(p)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
             if bad is None and not torch.isfinite(grad_norm):  # finite per micro-batch, overflow in the sum
                 bad = {"where": "grad_norm", "grad_norm": float(grad_norm), "precision": self.precision}
