@@ -85,6 +85,28 @@ def test_hf_policy_sampled_logprobs_match_a_teacher_forced_pass():
         assert torch.allclose(forced_logprobs(model, p, g, 0.7), torch.tensor(g.logprobs), atol=1e-4)
 
 
+def test_the_engine_switches_to_eval_mode_once_per_run_not_per_step(monkeypatch):
+    """Module.train() walks every submodule: one switch per burst of requests, and the model is
+    back in training mode afterwards (the trainer's update expects it)."""
+    model = model_of()
+    model.train()
+    engine = RolloutEngine(model, TOK, slots=4)
+    calls = []
+    real = type(model).train
+
+    def counted(self, mode=True):
+        calls.append(mode)
+        return real(self, mode)
+
+    monkeypatch.setattr(type(model), "train", counted)
+    run_all(engine, prompts(6), [SamplingParams(max_new_tokens=8, temperature=0.7)] * 6)
+    assert engine.stats["decode_steps"] > 4
+    assert calls == [False, True] and model.training
+    calls.clear()
+    engine.generate_batch(prompts(3), SamplingParams(max_new_tokens=5, temperature=0.0))
+    assert calls == [False, True] and model.training
+
+
 def test_a_finished_slot_is_refilled_while_others_decode():
     engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
     lengths = [12, 2, 2, 2]
