@@ -425,8 +425,9 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     faster on the model's device. On CPU that is the engine, for a supported architecture:
     a multi-turn FrozenLake episode re-prefills its whole context every turn under `generate`,
     and prefill is what a CPU pays for (`python benchmarks/rollout.py --workload erl`). On CUDA
-    it is HFPolicy: plain `generate` decoded faster than the engine on the H200
-    (docs/gpu/rollout_engine), so the GPU runs keep it."""
+    it is HFPolicy for now: plain `generate` decoded faster in the synthetic benchmark, the engine
+    1.1-1.9x faster in the trainer's own workload (docs/gpu/rollout_engine), and the engine has
+    not yet run a GPU training step (its KV cache next to other runs' memory is unmeasured)."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
