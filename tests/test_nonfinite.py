@@ -85,7 +85,9 @@ def test_nan_gradient_with_a_finite_loss_is_skipped(tmp_path):
 
 
 def test_consecutive_skips_stop_the_run_with_its_last_good_checkpoint(tmp_path, monkeypatch):
-    cfg = base_cfg(tmp_path, "rlvr", steps=6, max_consecutive_skips=2, save_every=0)
+    # entropy_coeff > 0: every row carries a gradient, so no step's forward pass is skipped as
+    # idle (a tied GRPO group with no other term has no gradient and is never run, NaN or not)
+    cfg = base_cfg(tmp_path, "rlvr", steps=6, max_consecutive_skips=2, save_every=0, entropy_coeff=0.01)
     from erl.trainers.local import trainer as trainer_mod
 
     real_update = trainer_mod.LocalTrainer.update
