@@ -230,7 +230,9 @@ class ErlDriver:
             "rollout/batches": float(gen["batches"]),
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / gen["generate_seconds"]
             if gen["generate_seconds"] > 0 else 0.0,
-            "throughput/update_tokens_per_s": metrics["tokens/total"] / max(t2 - t1, 1e-9),
+            # tokens the update's passes ran over: a backend may skip rows without gradient
+            "throughput/update_tokens_per_s": (metrics["tokens/total"] - metrics.get("train/idle_tokens", 0.0))
+            / max(t2 - t1, 1e-9),
             "train/skipped_steps": float(self.skipped_steps),
             **self.system_metrics(),
         })

@@ -199,6 +199,10 @@ class LocalTrainer(ErlDriver):
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["train/skipped"] = 0.0
+        # rows that carried no gradient and were not run (their tokens leave the update's throughput)
+        totals["train/idle_rows"] = float(idle.sum())
+        totals["train/idle_tokens"] = float(sum(len(samples[i].prompt_ids) + len(samples[i].response_ids)
+                                                for i in range(len(samples)) if idle[i]))
         return totals
 
     def _skip(self, facts: dict, samples: list[TokenSample], chunks: list[list[int]]) -> dict[str, float]:
