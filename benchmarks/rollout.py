@@ -149,14 +149,14 @@ def erl_workload(args) -> None:
     """Eval + one collect of the trainer's own workload under each rollout policy."""
     import copy
 
-    from erl.models.chat import ChatTokenizer
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from erl.cli.app import config_dir
+    from erl.models.chat import ChatTokenizer
     from erl.rollout.engine import build_policy
-    from erl.trainers.local.run import build
     from erl.trainers.driver import seed_all
+    from erl.trainers.local.run import build
 
     sets = ["trainer.progress=false", *args.set]
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
