@@ -11,6 +11,7 @@ from pathlib import Path
 
 from erl.fileio import atomic_write, write_file
 
+SAMPLES_FILE = "samples.jsonl"
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
 
@@ -29,6 +30,7 @@ class Tracker:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / filename
+        self.samples_path = self.out_dir / SAMPLES_FILE  # a few episodes a step, as text (log_samples)
         self.title, self.sinks = title, list(sinks)
         self.loggers = list(loggers)
         self._tb = self._wandb = None
@@ -44,9 +46,16 @@ class Tracker:
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines the interrupted run wrote after its last checkpoint (and a line
         torn by the kill). Written new, then renamed over: a crash here loses nothing."""
-        if self.path.is_file():
-            keep = [r for r in read_metrics(self.path) if r["step"] <= step]
-            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep))
+        for path in (self.path, self.samples_path):
+            if path.is_file():
+                keep = [r for r in read_metrics(path) if r["step"] <= step]
+                atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+    def log_samples(self, step: int, records: list[dict]) -> None:
+        """Episodes as text, one JSON line each with its step: one append + fsync per step."""
+        if records:
+            lines = "".join(json.dumps({"step": step, **r}) + "\n" for r in records)
+            write_file(self.samples_path, lines.encode(), append=True)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}

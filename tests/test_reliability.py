@@ -122,8 +122,12 @@ def test_resume_from_an_older_checkpoint_keeps_the_new_timeline(tmp_path):
     archive, = (out / "superseded").iterdir()  # the old timeline is kept, not deleted
     assert sorted(p.name for p in (archive / "checkpoints").iterdir()) == ["step_2", "step_3"]
     assert [r["step"] for r in read_metrics(archive / "metrics.jsonl")] == [0, 1, 2, 3]
+    old_samples = read_metrics(archive / "samples.jsonl")  # the episodes as text go along
+    assert [r["step"] for r in old_samples] == [1, 1, 2, 2, 3, 3]
+    assert [r["step"] for r in read_metrics(out / "samples.jsonl")] == [1, 1, 2, 2]
     train(resumed(cfg, True, keep_checkpoints=1))  # continues the new timeline to step 3
     assert steps_of(out) == [0, 1, 2, 3]
+    assert read_metrics(out / "samples.jsonl") == old_samples  # same seed: the same text, step for step
     new3 = read_metrics(out / "metrics.jsonl")[3]
     assert {k: v for k, v in new3.items() if not k.startswith(SKIP)} == \
         {k: v for k, v in old3.items() if not k.startswith(SKIP)}  # same seed: the branch recomputed it

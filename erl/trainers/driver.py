@@ -46,6 +46,7 @@ from erl.core.advantages import segment_advantages
 from erl.core.metrics import (
     advantage_mean_abs,
     episode_metrics,
+    episode_record,
     first_attempt_metrics,
     memory_store_metrics,
     sample_metrics,
@@ -55,6 +56,7 @@ from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
 from erl.core.types import Episode, TokenSample
 from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
+from erl.tracking import SAMPLES_FILE
 from erl.workflow.erl_workflow import ErlWorkflow
 
 GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
@@ -117,7 +119,7 @@ class ErlDriver:
                  agent_factory: Any, env_factory: Any, seed: int, tasks_per_step: int, schedule: Schedule,
                  out: Path, metrics_file: str = "metrics.jsonl", norm_adv_by_std: bool = True,
                  eval_temperature: float = 0.0, max_context_tokens: int = 2048, runner: Any = None,
-                 progress: bool = True, tracker: Any = None):
+                 progress: bool = True, tracker: Any = None, log_episodes: int = 0):
         self.policy, self.erl = policy, erl
         self.memory = memory if erl.uses_memory else None
         self.train_tasks, self.val_tasks = train_tasks, list(val_tasks)
@@ -127,6 +129,8 @@ class ErlDriver:
         self.out, self.metrics_path = Path(out), Path(out) / metrics_file
         self.norm_adv_by_std, self.eval_temperature = norm_adv_by_std, eval_temperature
         self.progress, self.tracker = progress, tracker  # tracker: erl.tracking.Tracker or the like
+        self.log_episodes = log_episodes  # episodes a step written as text (tracker.log_samples)
+        self.last_episodes: list[Episode] = []
         self.step_count = 0
         self.cursor = 0  # position in the endless, epoch-shuffled task stream
         self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
@@ -208,6 +212,7 @@ class ErlDriver:
         before = dict(self.policy.stats)  # the policy's counters run on over the steps
         t0 = time.perf_counter()
         episodes = self.collect(self.next_tasks())
+        self.last_episodes = episodes
         t1 = time.perf_counter()
         gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         reflection_time = self.workflow.take_reflection_time()
@@ -244,6 +249,8 @@ class ErlDriver:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.tracker is not None:
             self.tracker.log(step, metrics)
+            if self.log_episodes and step > 0 and hasattr(self.tracker, "log_samples"):
+                self.tracker.log_samples(step, [episode_record(e) for e in self.last_episodes[:self.log_episodes]])
         log.info(step_summary(step, self.schedule.total_steps, metrics))
 
     def too_many_skips(self) -> bool:
@@ -300,7 +307,8 @@ def start_timeline(out: Path, step: int, later: list[Path], metrics: Path | None
     can neither pick them nor lose them. Returns the archive folder (None: nothing moved)."""
     if not later:
         return None
-    dest = move_aside(later, out, f"after_step_{step}", copies=[metrics] if metrics is not None else [])
+    copies = [metrics, metrics.with_name(SAMPLES_FILE)] if metrics is not None else []
+    dest = move_aside(later, out, f"after_step_{step}", copies=copies)
     print(f"erl: resuming from step {step}: {[p.name for p in later]} belong to the run this one replaces; "
           f"moved to {dest}", file=sys.stderr)
     return dest

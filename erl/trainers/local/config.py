@@ -48,12 +48,13 @@ class LocalTrainerConfig:
     progress: bool = True
     max_consecutive_skips: int = 3  # non-finite steps in a row before the run stops (0: never)
     time_budget_s: float = 0.0  # > 0: save and stop cleanly once a step ends past this (chained GPU calls)
+    log_episodes: int = 2  # episodes a step written as text to <output_dir>/samples.jsonl (0: none)
 
     def __post_init__(self) -> None:
         check_ints("trainer", self, ("total_steps", "tasks_per_step", "micro_batch_size", "ppo_epochs",
                                      "gen_batch_size", "max_context_tokens", "eval_tasks"), 1)
         check_ints("trainer", self, ("warmup_steps", "eval_every", "save_every", "keep_checkpoints",
-                                     "max_consecutive_skips"), 0)
+                                     "max_consecutive_skips", "log_episodes"), 0)
         check_numbers("trainer", self, ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s",
                                         "save_every_minutes"))
         if self.lr <= 0:

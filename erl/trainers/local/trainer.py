@@ -77,7 +77,8 @@ class LocalTrainer(ErlDriver):
                          agent_factory=agent_factory, env_factory=env_factory, seed=seed,
                          tasks_per_step=trainer.tasks_per_step, schedule=schedule, out=Path(trainer.output_dir),
                          norm_adv_by_std=trainer.norm_adv_by_std, eval_temperature=trainer.eval_temperature,
-                         max_context_tokens=trainer.max_context_tokens, runner=runner, progress=trainer.progress)
+                         max_context_tokens=trainer.max_context_tokens, runner=runner, progress=trainer.progress,
+                         log_episodes=trainer.log_episodes)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=trainer.lr, weight_decay=trainer.weight_decay)
         warm = max(trainer.warmup_steps, 0)
