@@ -116,10 +116,13 @@ class CpuWorkers:
 
 class ListTracker:
     def __init__(self):
-        self.rows = {}
+        self.rows, self.samples = {}, {}
 
     def log(self, step, metrics):
         self.rows[step] = dict(metrics)
+
+    def log_samples(self, step, records):
+        self.samples[step] = list(records)
 
 
 def _trainer(folder, out, extra=()):
@@ -166,6 +169,9 @@ def test_fit_checkpoint_and_exact_resume(tiny_folder, tmp_path):
     # this step's mean memory hits per episode stays, the store's running total is kept apart
     assert "memory/hits" in m1 and "memory/total_hits" in m1 and "memory/size" in m1
     assert "eval/success" in rows[2] and "eval/success" not in rows[1]
+    # erl_trainer.log_episodes (2): each step's first episodes as text, all three segments
+    assert sorted(a.tracker.samples) == [1, 2, 3] and all(len(v) == 2 for v in a.tracker.samples.values())
+    assert [t["name"] for t in a.tracker.samples[1][0]["trajectories"]] == ["attempt1", "reflection", "attempt2"]
     assert a.workers.synced == [0, 1, 2, 3]  # initial sync + one after every update
     # verl's checkpoint layout + ERL's cursor and memory
     ck = tmp_path / "run" / "global_step_2"
@@ -275,16 +281,18 @@ def test_resume_from_an_older_checkpoint_moves_the_later_ones_aside(tiny_folder,
     t.step_count = 2
     t.save_checkpoint()
     (out / "metrics.jsonl").write_text("".join(json.dumps({"step": k}) + "\n" for k in range(3)))
+    (out / "samples.jsonl").write_text("".join(json.dumps({"step": k, "episode": "e"}) + "\n" for k in (1, 2)))
     b = _trainer(tiny_folder, out, ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={out}/global_step_0"])
     assert b.start_timeline(b.find_resume()) == 0
     archive, = (out / "superseded").iterdir()
-    assert sorted(p.name for p in archive.iterdir()) == ["global_step_2", "metrics.jsonl"]
+    assert sorted(p.name for p in archive.iterdir()) == ["global_step_2", "metrics.jsonl", "samples.jsonl"]
     # a later resume_mode=auto continues the new timeline, not the replaced one
     assert (out / "latest_checkpointed_iteration.txt").read_text() == "0"
     assert sorted(p.name for p in out.glob("global_step_*")) == ["global_step_0"]
     c = _trainer(tiny_folder, out, ["trainer.resume_mode=disable"])
     assert c.start_timeline(c.find_resume()) == -1  # from scratch: the whole earlier run moves aside
     assert not list(out.glob("global_step_*")) and not (out / "metrics.jsonl").exists()
+    assert not (out / "samples.jsonl").exists()  # moved aside with the metrics, not appended to
     assert not (out / "latest_checkpointed_iteration.txt").exists()
 
 

@@ -76,6 +76,7 @@ class ErlTrainerConfig:
     metrics_file: str = "metrics.jsonl"
     runner: str | None = None  # "package.module:factory" -> an AttemptRunner (e.g. a LangGraph agent)
     progress: bool = True  # a tqdm bar over the steps (off for logs that should hold only metrics)
+    log_episodes: int = 2  # episodes a step written as text to samples.jsonl beside the metrics (0: none)
 
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:
@@ -84,6 +85,8 @@ class ErlTrainerConfig:
             v = getattr(out, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"erl_trainer.{name} must be an integer >= 1, got {v!r}")
+        if isinstance(out.log_episodes, bool) or not isinstance(out.log_episodes, int) or out.log_episodes < 0:
+            raise ConfigError(f"erl_trainer.log_episodes must be an integer >= 0, got {out.log_episodes!r}")
         if not isinstance(out.progress, bool):
             raise ConfigError(f"erl_trainer.progress must be true or false, got {out.progress!r}")
         if not out.memory_actor or not isinstance(out.memory_actor, str):

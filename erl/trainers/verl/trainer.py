@@ -24,6 +24,7 @@ import numpy as np
 
 from erl.core.types import TokenSample
 from erl.fileio import atomic_write, check_torch_file, fsync_tree
+from erl.tracking import SAMPLES_FILE
 from erl.trainers.driver import ErlDriver, Schedule, start_timeline
 from erl.trainers.verl.config import STATE_FILE, Settings
 from erl.trainers.verl.dataproto import (
@@ -69,7 +70,8 @@ class ErlVerlTrainer(ErlDriver):
                          norm_adv_by_std=bool(self.cfg["algorithm"].get("norm_adv_by_std_in_grpo", True)),
                          eval_temperature=settings.trainer.eval_temperature,
                          max_context_tokens=settings.trainer.max_context_tokens, runner=runner,
-                         progress=settings.trainer.progress, tracker=tracker)
+                         progress=settings.trainer.progress, tracker=tracker,
+                         log_episodes=settings.trainer.log_episodes)
         self.memory = memory  # checkpoints save and restore it in every mode (None in a bare benchmark)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -165,7 +167,8 @@ class ErlVerlTrainer(ErlDriver):
         inside = resume is not None and resume.resolve().parent == self.out.resolve()
         tracker = self.out / "latest_checkpointed_iteration.txt"
         also = [tracker] if tracker.is_file() and not inside else []
-        also += [self.metrics_path] if self.metrics_path.is_file() and resume is None else []
+        samples = self.metrics_path.with_name(SAMPLES_FILE)
+        also += [p for p in (self.metrics_path, samples) if p.is_file() and resume is None]
         start_timeline(self.out, k, [*self.checkpoints_after(k), *also],
                        self.metrics_path if resume is not None else None)
         if inside and tracker.is_file() and tracker.read_text().strip() != str(k):
