@@ -107,6 +107,43 @@ def test_the_engine_switches_to_eval_mode_once_per_run_not_per_step(monkeypatch)
     assert calls == [False, True] and model.training
 
 
+def test_hf_policy_out_of_gpu_memory_halves_the_batch_and_logs_it(monkeypatch, caplog):
+    """A batch that does not fit (a shared GPU, a wave of long reflection prompts: two Sokoban
+    seeds died so, docs/gpu/sokoban_seeds/crashed) is generated in halves instead, with the
+    same greedy tokens; later batches start at the size that fitted; one prompt that does not
+    fit alone is an error that says so; the model is back in training mode either way."""
+    model = model_of()
+    model.train()
+    ps = prompts(5)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    alone = [HFPolicy(model, TOK).generate_batch([p], params)[0] for p in ps]
+    real = model.generate
+    sizes = []
+
+    def tight(*args, **kwargs):  # "memory" for two rows at a time
+        sizes.append(kwargs["input_ids"].shape[0])
+        if sizes[-1] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", tight)
+    policy = HFPolicy(model, TOK, max_batch_size=64)
+    with caplog.at_level("WARNING", logger="erl.rollout.hf_policy"):
+        got = policy.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in alone]
+    assert sizes == [5, 3, 2, 1, 2] and policy.max_batch_size == 2 and model.training
+    assert "out of GPU memory generating 5 sequences; retrying in batches of 3" in caplog.text
+    assert policy.stats["sequences"] == 5  # only what was generated counts
+
+    def none_fits(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model, "generate", none_fits)
+    with pytest.raises(torch.OutOfMemoryError, match="does not fit in GPU memory even alone"):
+        policy.generate_batch(ps[:1], params)
+    assert model.training
+
+
 def test_a_finished_slot_is_refilled_while_others_decode():
     engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
     lengths = [12, 2, 2, 2]

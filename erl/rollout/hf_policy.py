@@ -3,6 +3,7 @@ left-padded batches, a KV cache, token ids and their log-probs under the sampler
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import BatchingPolicy
 
+logger = logging.getLogger(__name__)
+
 
 class HFPolicy(BatchingPolicy):
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 64):
@@ -22,9 +25,30 @@ class HFPolicy(BatchingPolicy):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
         self.stats["prefill_tokens"] = 0  # padded prompt tokens: every call prefills its whole prompts
 
-    @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        """Sample one completion per prompt; log-probs are under logits / temperature."""
+        """Sample one completion per prompt; log-probs are under logits / temperature.
+
+        Out of GPU memory, the batch is generated in halves instead (logged), and later
+        batches start at the size that fitted: a GPU shared with other runs, or a reflection
+        wave of long prompts, then slows the step down rather than ending the run. A single
+        prompt that does not fit is an error that says so."""
+        try:
+            return self._generate(prompts, params)
+        except torch.OutOfMemoryError as exc:
+            if len(prompts) == 1:
+                raise torch.OutOfMemoryError(
+                    f"HFPolicy: one prompt of {len(prompts[0])} tokens with max_new_tokens={params.max_new_tokens} "
+                    f"does not fit in GPU memory even alone ({exc})") from exc
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = (len(prompts) + 1) // 2
+        logger.warning("HFPolicy: out of GPU memory generating %d sequences; retrying in batches of %d "
+                       "(and later batches at most %d)", len(prompts), half, half)
+        self.max_batch_size = min(self.max_batch_size or half, half)
+        return self.generate_batch(prompts[:half], params) + self.generate_batch(prompts[half:], params)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         start = time.perf_counter()
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
@@ -41,10 +65,12 @@ class HFPolicy(BatchingPolicy):
             return_dict_in_generate=True, output_logits=True)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                  generation_config=gen_cfg)
-        if was_training:
-            self.model.train()
+        try:
+            out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                      generation_config=gen_cfg)
+        finally:  # also when generate fails (out of memory): the trainer's update expects train mode
+            if was_training:
+                self.model.train()
         new = out.sequences[:, width:]
         # One step's logits at a time: stacking batch x steps x vocab floats (and their softmax)
         # held ~4x the logits at once, the peak that ran a 1,024-row reflection wave out of memory.
