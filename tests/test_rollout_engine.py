@@ -107,7 +107,7 @@ def test_the_engine_switches_to_eval_mode_once_per_run_not_per_step(monkeypatch)
     assert calls == [False, True] and model.training
 
 
-def test_hf_policy_out_of_gpu_memory_halves_the_batch_and_logs_it(monkeypatch, caplog):
+def test_hf_policy_out_of_gpu_memory_halves_the_batch_and_logs_it(monkeypatch):
     """A batch that does not fit (a shared GPU, a wave of long reflection prompts: two Sokoban
     seeds died so, docs/gpu/sokoban_seeds/crashed) is generated in halves instead, with the
     same greedy tokens; later batches start at the size that fitted; one prompt that does not
@@ -128,11 +128,19 @@ def test_hf_policy_out_of_gpu_memory_halves_the_batch_and_logs_it(monkeypatch, c
 
     monkeypatch.setattr(model, "generate", tight)
     policy = HFPolicy(model, TOK, max_batch_size=64)
-    with caplog.at_level("WARNING", logger="erl.rollout.hf_policy"):
+    import logging
+
+    seen = []  # a handler of its own: erl-train's run log may stop "erl" records short of the root
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("erl.rollout.hf_policy").addHandler(handler)
+    try:
         got = policy.generate_batch(ps, params)
+    finally:
+        logging.getLogger("erl.rollout.hf_policy").removeHandler(handler)
     assert [g.token_ids for g in got] == [g.token_ids for g in alone]
     assert sizes == [5, 3, 2, 1, 2] and policy.max_batch_size == 2 and model.training
-    assert "out of GPU memory generating 5 sequences; retrying in batches of 3" in caplog.text
+    assert any("out of GPU memory generating 5 sequences; retrying in batches of 3" in m for m in seen)
     assert policy.stats["sequences"] == 5  # only what was generated counts
 
     def none_fits(*args, **kwargs):
@@ -278,6 +286,18 @@ def test_a_failing_forward_fails_every_waiting_request_and_the_engine_recovers()
     assert not engine.active and not engine.waiting
     engine.net.forward = engine._decode = real
     assert len(engine.generate_batch(prompts(3), SamplingParams(max_new_tokens=4))[2].token_ids) == 4
+
+
+def test_engine_out_of_gpu_memory_names_what_to_lower():
+    engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
+
+    def no_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    engine.net.forward = engine._decode = no_memory
+    with pytest.raises(torch.OutOfMemoryError, match=r"KV cache of 2 slots .*trainer.gen_batch_size, now 2"):
+        run_all(engine, prompts(3), [SamplingParams(max_new_tokens=4)] * 3)
+    assert not engine.active and not engine.waiting  # every request failed, none left hanging
 
 
 @pytest.mark.gpu

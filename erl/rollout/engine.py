@@ -211,17 +211,26 @@ class RolloutEngine:
     def step(self) -> None:
         start = time.perf_counter()
         try:
-            with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
-                free = self.max_slots - len(self.active)
-                if self.waiting and free and (not self.active or len(self.waiting) >= min(free, 8)
-                                              or self.waiting[0].waited >= 8):
-                    self._admit()
-                if self.active:
-                    self._decode_step()
-                for req in self.waiting:
-                    req.waited += 1
+            self._step()
+        except torch.OutOfMemoryError as exc:  # say what to change; _run / generate_batch fail the requests
+            raise torch.OutOfMemoryError(
+                f"RolloutEngine: out of GPU memory with a KV cache of {self.n_slots} slots x {self.net.capacity} "
+                f"positions ({len(self.active)} sequences decoding, {len(self.waiting)} waiting); lower the "
+                f"slots (trainer.gen_batch_size, now {self.max_slots}) or use rollout_engine=hf, whose batches "
+                f"shrink when memory runs out ({exc})") from exc
         finally:
             self.stats["generate_seconds"] += time.perf_counter() - start
+
+    def _step(self) -> None:
+        with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
+            free = self.max_slots - len(self.active)
+            if self.waiting and free and (not self.active or len(self.waiting) >= min(free, 8)
+                                          or self.waiting[0].waited >= 8):
+                self._admit()
+            if self.active:
+                self._decode_step()
+            for req in self.waiting:
+                req.waited += 1
 
     def _cache_dtype(self) -> torch.dtype:
         kind = self.device.type
