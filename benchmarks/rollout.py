@@ -154,7 +154,7 @@ def erl_workload(args) -> None:
 
     from erl.cli.app import config_dir
     from erl.models.chat import ChatTokenizer
-    from erl.rollout.engine import build_policy
+    from erl.rollout.build import build_policy
     from erl.trainers.driver import seed_all
     from erl.trainers.local.run import build
 

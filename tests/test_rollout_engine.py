@@ -9,8 +9,10 @@ import torch
 from erl.core.interfaces import SamplingParams
 from erl.models.chat import chat_ids
 from erl.models.tiny import build_tiny_tokenizer
-from erl.rollout.engine import RolloutEngine, build_policy, draw
+from erl.rollout.build import build_policy
+from erl.rollout.engine import RolloutEngine
 from erl.rollout.hf_policy import HFPolicy
+from erl.rollout.sampling import draw
 
 TOK = build_tiny_tokenizer()
 

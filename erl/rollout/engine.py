@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,8 +25,8 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
+from erl.rollout.sampling import sample
 
-logger = logging.getLogger(__name__)
 SUPPORTED_EXTRA = ("top_k",)
 
 
@@ -389,66 +388,3 @@ def _graph_count() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
-
-
-def draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of probs [n, vocab] by inverse CDF: the first token whose cumulative
-    mass reaches u ~ U(0, total]; a zero-probability token is never drawn (its cumulative mass
-    equals its predecessor's, found first). One cumsum, where an exponential race (or
-    torch.multinomial) costs ~30 ms a decode step for 16 rows of a 49k vocabulary on a CPU core."""
-    cdf = probs.double().cumsum(-1)
-    u = (1 - torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
-
-
-def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
-    top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
-    dev = logits.device
-    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
-    greedy = temps == 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
-    logp = torch.log_softmax(scaled, dim=-1)
-    tokens = logits.argmax(-1)
-    if not bool(greedy.all()):
-        cut = scaled.clone()
-        top_k = [int(p.extra.get("top_k") or 0) for p in params]
-        if any(top_k):
-            k = torch.tensor([t if t > 0 else cut.shape[-1] for t in top_k], device=dev)
-            kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
-            cut = cut.masked_fill(cut < kth, float("-inf"))
-        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
-        if bool((top_p < 1).any()):
-            probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
-            drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
-            cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        drawn = draw(torch.softmax(cut, dim=-1))
-        tokens = torch.where(greedy, tokens, drawn)
-    return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
-
-
-def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
-                 compile: bool | str = False) -> Any:
-    """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
-    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: whichever was measured
-    faster on the model's device. On CPU that is the engine, for a supported architecture:
-    a multi-turn FrozenLake episode re-prefills its whole context every turn under `generate`,
-    and prefill is what a CPU pays for (`python benchmarks/rollout.py --workload erl`). On CUDA
-    it is HFPolicy for now: plain `generate` decoded faster in the synthetic benchmark, the engine
-    1.1-1.9x faster in the trainer's own workload (docs/gpu/rollout_engine), and the engine has
-    not yet run a GPU training step (its KV cache next to other runs' memory is unmeasured)."""
-    from erl.rollout.hf_policy import HFPolicy
-
-    if engine not in ("auto", "engine", "hf"):
-        raise ValueError(f"rollout_engine must be auto, engine or hf, got {engine!r}")
-    if engine == "hf":
-        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
-    reason = unsupported_reason(model)
-    if engine == "auto" and next(model.parameters()).device.type == "cuda":
-        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
-    if reason is None:
-        return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
-    if engine == "engine":
-        raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
-    logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)
-    return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)

@@ -20,7 +20,7 @@ from erl.core.losses import erl_actor_loss, loss_units
 from erl.core.metrics import episode_metrics
 from erl.core.types import SEGMENT_IDS, Segment, TokenSample
 from erl.progress import gather_with_bar, task_bar
-from erl.rollout.engine import build_policy
+from erl.rollout.build import build_policy
 from erl.trainers.driver import ErlDriver, Schedule
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import (

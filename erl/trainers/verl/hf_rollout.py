@@ -31,7 +31,7 @@ class HFRolloutEngine:
         from transformers import AutoModelForCausalLM
         from verl.utils.config import omega_conf_to_dataclass
 
-        from erl.rollout.engine import build_policy
+        from erl.rollout.build import build_policy
 
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)

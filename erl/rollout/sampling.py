@@ -1,0 +1,44 @@
+"""Token sampling for the rollout engine: greedy or temperature / top-k / top-p per row, with
+the sampled token's log-prob under logits / temperature (as HFPolicy reports it)."""
+
+from __future__ import annotations
+
+import torch
+
+from erl.core.interfaces import SamplingParams
+
+
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs [n, vocab] by inverse CDF: the first token whose cumulative
+    mass reaches u ~ U(0, total]; a zero-probability token is never drawn (its cumulative mass
+    equals its predecessor's, found first). One cumsum, where an exponential race (or
+    torch.multinomial) costs ~30 ms a decode step for 16 rows of a 49k vocabulary on a CPU core."""
+    cdf = probs.double().cumsum(-1)
+    u = (1 - torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
+    top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
+    dev = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
+    greedy = temps == 0
+    scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+    logp = torch.log_softmax(scaled, dim=-1)
+    tokens = logits.argmax(-1)
+    if not bool(greedy.all()):
+        cut = scaled.clone()
+        top_k = [int(p.extra.get("top_k") or 0) for p in params]
+        if any(top_k):
+            k = torch.tensor([t if t > 0 else cut.shape[-1] for t in top_k], device=dev)
+            kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
+            cut = cut.masked_fill(cut < kth, float("-inf"))
+        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
+        if bool((top_p < 1).any()):
+            probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
+            drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
+            cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        drawn = draw(torch.softmax(cut, dim=-1))
+        tokens = torch.where(greedy, tokens, drawn)
+    return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
