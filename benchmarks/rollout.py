@@ -153,7 +153,6 @@ def erl_workload(args) -> None:
     from omegaconf import OmegaConf
 
     from erl.cli.app import config_dir
-    from erl.models.chat import ChatTokenizer
     from erl.rollout.build import build_policy
     from erl.trainers.driver import seed_all
     from erl.trainers.local.run import build
@@ -172,8 +171,7 @@ def erl_workload(args) -> None:
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
         policy = build_policy(trainer.model, trainer.tokenizer, kind, max_batch_size=tc.gen_batch_size,
                               compile=mode or False)
-        trainer.policy = trainer.workflow.policy = policy
-        trainer.workflow.chat = ChatTokenizer(trainer.tokenizer)
+        trainer.policy = trainer.workflow.policy = policy  # the workflow's chat tokenizer stays: same tokenizer
         trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
         seed_all(trainer.seed)
         for part in ("eval", "collect"):

@@ -12,6 +12,13 @@ from pathlib import Path
 from erl.fileio import atomic_write, write_file
 
 SAMPLES_FILE = "samples.jsonl"
+
+
+def samples_path(metrics_path: Path) -> Path:
+    """Where a run's episodes as text go: beside its metrics file (resume truncates and archives both)."""
+    return Path(metrics_path).with_name(SAMPLES_FILE)
+
+
 SEGMENT_CURVES = [("attempt1/success", "attempt 1"), ("attempt2/success", "attempt 2 (after reflection)"),
                   ("reflection/reward", "reflection reward"), ("eval/success", "eval: first attempt only")]
 
@@ -30,7 +37,7 @@ class Tracker:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.out_dir / filename
-        self.samples_path = self.out_dir / SAMPLES_FILE  # a few episodes a step, as text (log_samples)
+        self.samples_path = samples_path(self.path)  # a few episodes a step, as text (log_samples)
         self.title, self.sinks = title, list(sinks)
         self.loggers = list(loggers)
         self._tb = self._wandb = None

@@ -56,7 +56,7 @@ from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
 from erl.core.types import Episode, TokenSample
 from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
-from erl.tracking import SAMPLES_FILE
+from erl.tracking import samples_path
 from erl.workflow.erl_workflow import ErlWorkflow
 
 GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
@@ -130,7 +130,6 @@ class ErlDriver:
         self.norm_adv_by_std, self.eval_temperature = norm_adv_by_std, eval_temperature
         self.progress, self.tracker = progress, tracker  # tracker: erl.tracking.Tracker or the like
         self.log_episodes = log_episodes  # episodes a step written as text (tracker.log_samples)
-        self.last_episodes: list[Episode] = []
         self.step_count = 0
         self.cursor = 0  # position in the endless, epoch-shuffled task stream
         self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
@@ -212,7 +211,6 @@ class ErlDriver:
         before = dict(self.policy.stats)  # the policy's counters run on over the steps
         t0 = time.perf_counter()
         episodes = self.collect(self.next_tasks())
-        self.last_episodes = episodes
         t1 = time.perf_counter()
         gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         reflection_time = self.workflow.take_reflection_time()
@@ -226,6 +224,8 @@ class ErlDriver:
         metrics.update(self.after_update(self.step_count + 1))
         t3 = time.perf_counter()
         self.step_count += 1
+        if self.log_episodes and self.tracker is not None:  # resume truncates these with the metrics
+            self.tracker.log_samples(self.step_count, [episode_record(e) for e in episodes[:self.log_episodes]])
         metrics.update({
             "time/rollout": t1 - t0, "time/reflection": reflection_time, "time/update": t2 - t1, "time/step": t3 - t0,
             "tokens/generated": float(gen["generated_tokens"]),
@@ -249,8 +249,6 @@ class ErlDriver:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.tracker is not None:
             self.tracker.log(step, metrics)
-            if self.log_episodes and step > 0 and hasattr(self.tracker, "log_samples"):
-                self.tracker.log_samples(step, [episode_record(e) for e in self.last_episodes[:self.log_episodes]])
         log.info(step_summary(step, self.schedule.total_steps, metrics))
 
     def too_many_skips(self) -> bool:
@@ -307,7 +305,7 @@ def start_timeline(out: Path, step: int, later: list[Path], metrics: Path | None
     can neither pick them nor lose them. Returns the archive folder (None: nothing moved)."""
     if not later:
         return None
-    copies = [metrics, metrics.with_name(SAMPLES_FILE)] if metrics is not None else []
+    copies = [metrics, samples_path(metrics)] if metrics is not None else []
     dest = move_aside(later, out, f"after_step_{step}", copies=copies)
     print(f"erl: resuming from step {step}: {[p.name for p in later]} belong to the run this one replaces; "
           f"moved to {dest}", file=sys.stderr)

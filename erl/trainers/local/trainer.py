@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from erl.core.advantages import DISTILL_ID
 from erl.core.config import ErlConfig
 from erl.core.losses import erl_actor_loss, loss_units
-from erl.core.metrics import episode_metrics
-from erl.core.types import SEGMENT_IDS, Segment, TokenSample
+from erl.core.metrics import episode_metrics, sample_metrics
+from erl.core.types import SEGMENT_IDS, TokenSample
 from erl.progress import gather_with_bar, task_bar
 from erl.rollout.build import build_policy
 from erl.trainers.driver import ErlDriver, Schedule
@@ -127,9 +128,9 @@ class LocalTrainer(ErlDriver):
         segments = torch.tensor([SEGMENT_IDS[s.segment] for s in samples])
         idle = (self.loss.idle_rows(adv.cpu(), segments) if cfg.ppo_epochs == 1
                 else torch.zeros(len(samples), dtype=torch.bool))
-        distill = SEGMENT_IDS[Segment.DISTILL]
-        kinds = [2 if idle[i] else int(segments[i] == distill) for i in range(len(samples))]
+        kinds = [2 if idle[i] else int(segments[i] == DISTILL_ID) for i in range(len(samples))]
         chunks = micro_batch_indices(samples, cfg.micro_batch_size, kinds)
+        skip = [bool(idle[idx].all()) for idx in chunks]
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
         need_old = cfg.ppo_epochs > 1
@@ -151,7 +152,7 @@ class LocalTrainer(ErlDriver):
             self.optimizer.zero_grad(set_to_none=True)
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
-                if bool(idle[idx].all()):  # loss and gradient exactly 0: only its metrics' zeros
+                if skip[c]:  # loss and gradient exactly 0: only its metrics' zeros
                     batch = pad_samples(rows, self.policy.pad_id)
                     zeros = torch.zeros(batch.responses.shape)
                     _, metrics = erl_actor_loss(zeros, zeros, adv[idx].cpu().float(), batch.response_mask,
@@ -181,7 +182,7 @@ class LocalTrainer(ErlDriver):
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + float(v) * weight
             trainable = [p for p in self.model.parameters() if p.requires_grad]
-            if all(bool(idle[idx].all()) for idx in chunks):  # AdamW must still see zero, not absent, gradients
+            if all(skip):  # AdamW must still see zero, not absent, gradients
                 for p in trainable:
                     p.grad = torch.zeros_like(p)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf"))
@@ -202,8 +203,7 @@ class LocalTrainer(ErlDriver):
         totals["train/skipped"] = 0.0
         # rows that carried no gradient and were not run (their tokens leave the update's throughput)
         totals["train/idle_rows"] = float(idle.sum())
-        totals["train/idle_tokens"] = float(sum(len(samples[i].prompt_ids) + len(samples[i].response_ids)
-                                                for i in range(len(samples)) if idle[i]))
+        totals["train/idle_tokens"] = sample_metrics([s for s, i in zip(samples, idle) if i]).get("tokens/total", 0.0)
         return totals
 
     def _skip(self, facts: dict, samples: list[TokenSample], chunks: list[list[int]]) -> dict[str, float]:

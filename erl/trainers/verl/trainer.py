@@ -24,7 +24,7 @@ import numpy as np
 
 from erl.core.types import TokenSample
 from erl.fileio import atomic_write, check_torch_file, fsync_tree
-from erl.tracking import SAMPLES_FILE
+from erl.tracking import samples_path
 from erl.trainers.driver import ErlDriver, Schedule, start_timeline
 from erl.trainers.verl.config import STATE_FILE, Settings
 from erl.trainers.verl.dataproto import (
@@ -167,8 +167,7 @@ class ErlVerlTrainer(ErlDriver):
         inside = resume is not None and resume.resolve().parent == self.out.resolve()
         tracker = self.out / "latest_checkpointed_iteration.txt"
         also = [tracker] if tracker.is_file() and not inside else []
-        samples = self.metrics_path.with_name(SAMPLES_FILE)
-        also += [p for p in (self.metrics_path, samples) if p.is_file() and resume is None]
+        also += [p for p in (self.metrics_path, samples_path(self.metrics_path)) if p.is_file() and resume is None]
         start_timeline(self.out, k, [*self.checkpoints_after(k), *also],
                        self.metrics_path if resume is not None else None)
         if inside and tracker.is_file() and tracker.read_text().strip() != str(k):
