@@ -45,7 +45,7 @@ def test_chain_script_stops_inside_its_budget_and_the_next_call_resumes(tmp_path
 
 def test_the_default_run_rolls_out_with_the_engine_on_cpu():
     """rollout_engine=auto (the default, kept by preset=gpu): the engine on CPU, where a
-    multi-turn episode otherwise re-prefills every turn; on CUDA generate (test_rollout_engine)."""
+    multi-turn episode otherwise re-prefills every turn (on CUDA too: test_rollout_engine)."""
     from omegaconf import OmegaConf
 
     from erl.rollout.engine import RolloutEngine

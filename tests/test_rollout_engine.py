@@ -271,8 +271,8 @@ def test_build_policy_falls_back_for_other_architectures():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_build_policy_auto_keeps_generate_on_cuda():
-    assert isinstance(build_policy(model_of().cuda(), TOK, "auto"), HFPolicy)  # faster there: docs/gpu/rollout_engine
+def test_build_policy_auto_is_the_engine_on_cuda_too():
+    assert isinstance(build_policy(model_of().cuda(), TOK, "auto"), RolloutEngine)  # docs/gpu/rollout_engine
 
 
 def test_a_failing_forward_fails_every_waiting_request_and_the_engine_recovers():
@@ -297,9 +297,48 @@ def test_engine_out_of_gpu_memory_names_what_to_lower():
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     engine.net.forward = engine._decode = no_memory
-    with pytest.raises(torch.OutOfMemoryError, match=r"KV cache of 2 slots .*trainer.gen_batch_size, now 2"):
+    # 2 slots are halved to 1 first; one slot that does not fit is the error
+    with pytest.raises(torch.OutOfMemoryError, match=r"KV cache of 1 slots .*trainer.gen_batch_size, now 1"):
         run_all(engine, prompts(3), [SamplingParams(max_new_tokens=4)] * 3)
     assert not engine.active and not engine.waiting  # every request failed, none left hanging
+
+
+def test_engine_out_of_gpu_memory_halves_its_slots_and_restarts_what_was_in_flight():
+    """As HFPolicy halves its batch: the slots are halved (8 -> 4 -> 2 here) and the sequences
+    that were decoding start again from their prompts, so each result is one uninterrupted draw:
+    the same greedy tokens and log-probs as an engine with memory to spare, logged."""
+    import logging
+
+    model = model_of()
+    ps = prompts(5)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    roomy = RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params)
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
+    real, rows = engine._decode, []
+
+    def tight(ids, *args):  # two rows fit; wider steps fail from the third decode step on
+        rows.append(ids.shape[0])
+        if ids.shape[0] > 2 and len(rows) >= 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ids, *args)
+
+    engine._decode = tight
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("erl.rollout.engine").addHandler(handler)
+    try:
+        got = run_all(engine, ps, [params] * 5)
+    finally:
+        logging.getLogger("erl.rollout.engine").removeHandler(handler)
+    assert [g.token_ids for g in got] == [g.token_ids for g in roomy]
+    for g, r in zip(got, roomy):
+        assert len(g.logprobs) == 6 and g.logprobs == pytest.approx(r.logprobs, abs=1e-5)
+    assert rows[:4] == [8, 8, 8, 4] and set(rows[4:]) == {2} and engine.max_slots == 2
+    said = "RolloutEngine: out of GPU memory with {} slots x 128 positions; continuing with {} slots, " \
+        "the {} sequences in flight restart from their prompts"
+    assert [m.split(" (")[0] for m in seen] == [said.format(8, 4, 5), said.format(4, 2, 4)]
+    assert engine.stats["sequences"] == 5 and engine.stats["generated_tokens"] == 30  # discarded work not counted
 
 
 @pytest.mark.gpu

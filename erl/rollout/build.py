@@ -15,13 +15,13 @@ logger = logging.getLogger(__name__)
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
-    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: whichever was measured
-    faster on the model's device. On CPU that is the engine, for a supported architecture:
-    a multi-turn FrozenLake episode re-prefills its whole context every turn under `generate`,
-    and prefill is what a CPU pays for (`python benchmarks/rollout.py --workload erl`). On CUDA
-    it is HFPolicy for now: plain `generate` decoded faster in the synthetic benchmark, the engine
-    1.1-1.9x faster in the trainer's own workload (docs/gpu/rollout_engine), and the engine has
-    not yet run a GPU training step (its KV cache next to other runs' memory is unmeasured)."""
+    model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: the engine for a
+    supported architecture, else HFPolicy. Measured on both devices in the trainer's own
+    workload (`python benchmarks/rollout.py --workload erl`): on CPU a multi-turn episode
+    re-prefills its whole context every turn under `generate`; on an H200 the engine's ERL
+    collect was 1.13x and its eval 1.9x faster (docs/gpu/rollout_engine/rollout_erl_workload_gpu.txt),
+    and it trained FrozenLake ERL for 40 steps there (docs/gpu/rollout_engine/training). Out of
+    GPU memory both halve their batch and go on (logged)."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -29,8 +29,6 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     if engine == "hf":
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
-    if engine == "auto" and next(model.parameters()).device.type == "cuda":
-        return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     if reason is None:
         return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
     if engine == "engine":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from erl.models.chat import ChatTokenizer
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.sampling import sample
 
+logger = logging.getLogger(__name__)
 SUPPORTED_EXTRA = ("top_k",)
 
 
@@ -111,13 +113,17 @@ class RolloutEngine:
         the process ran the earlier steps or resumed from their checkpoint."""
         if self.active or self.waiting:
             raise RuntimeError("RolloutEngine.reset with requests in flight")
+        self._drop_cache()
+        self.clock, self._version = 0, -1
+
+    def _drop_cache(self) -> None:
         self.net.k, self.net.v = [], []
         # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
         # last finished (least recently used slots are reused first).
         self.tok = np.full((0, 0), -1, dtype=np.int64)
         self.held: list[int] = []
         self.used: list[int] = []
-        self.n_slots, self.clock, self._version = 0, 0, -1
+        self.n_slots = 0
 
     def forget(self) -> None:
         """Drop every slot's held KV (after a weight update it no longer matches the model)."""
@@ -211,7 +217,10 @@ class RolloutEngine:
         start = time.perf_counter()
         try:
             self._step()
-        except torch.OutOfMemoryError as exc:  # say what to change; _run / generate_batch fail the requests
+        except torch.OutOfMemoryError as exc:
+            if self._shrink(exc):
+                return
+            # one slot does not fit: say what to change; _run / generate_batch fail the requests
             raise torch.OutOfMemoryError(
                 f"RolloutEngine: out of GPU memory with a KV cache of {self.n_slots} slots x {self.net.capacity} "
                 f"positions ({len(self.active)} sequences decoding, {len(self.waiting)} waiting); lower the "
@@ -230,6 +239,26 @@ class RolloutEngine:
                 self._decode_step()
             for req in self.waiting:
                 req.waited += 1
+
+    def _shrink(self, exc: BaseException) -> bool:
+        """Out of GPU memory: halve the slots (as HFPolicy halves its batch), free the cache and
+        decode the sequences in flight again from their prompts (tokens so far discarded: each
+        result is one uninterrupted draw). False at one slot (the caller raises)."""
+        if self.max_slots <= 1:
+            return False
+        again = [self.active[s] for s in sorted(self.active)]
+        logger.warning("RolloutEngine: out of GPU memory with %d slots x %d positions; continuing with %d slots, "
+                       "the %d sequences in flight restart from their prompts (%s)", self.n_slots,
+                       self.net.capacity, self.max_slots // 2, len(again), str(exc).split("\n")[0])
+        self.max_slots = self.max_batch_size = self.max_slots // 2
+        for req in again:
+            req.out, req.logps = [], []
+        self.active.clear()
+        self.waiting.extendleft(reversed(again))
+        self._drop_cache()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return True
 
     def _cache_dtype(self) -> torch.dtype:
         kind = self.device.type

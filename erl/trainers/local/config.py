@@ -40,7 +40,7 @@ class LocalTrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights stay fp32)
     gen_batch_size: int = 64
-    rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = engine on CPU, hf on CUDA)
+    rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
     rollout_compile: bool = False  # torch.compile the engine's decode step (CUDA)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
