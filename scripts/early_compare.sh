@@ -41,6 +41,7 @@ stage il "$OUT/iwm-il" "$OUT/iwm"
 stage sr "$OUT/sr"
 
 for arm in base il iwm-il sr; do
+  if [ -f "$OUT/eval_$arm.json" ]; then echo "early_compare: $OUT/eval_$arm.json exists, reused"; continue; fi
   init=()
   if [ "$arm" != base ]; then init=("model.init_from=$OUT/$arm"); fi
   "$PYTHON" -m erl.cli.evaluate "env=$ENV" "${MODEL_ARGS[@]}" "${init[@]}" \
