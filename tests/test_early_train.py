@@ -166,13 +166,23 @@ def test_empty_stage_fails_before_the_model_is_built(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path, capsys):
+def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path, capsys, monkeypatch):
+    import erl.rollout.build
     from erl.cli.early import main
+    from erl.rollout.engine import RolloutEngine
 
+    real, policies = erl.rollout.build.build_policy, []
+    monkeypatch.setattr(erl.rollout.build, "build_policy", lambda *a, **kw: policies.append(real(*a, **kw))
+                        or policies[-1])
     d = tmp_path / "d"
     tiny = ["model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2"]
     assert main(["build", *tiny, "env.n_train=2", "env.params.size_max=2", f"out={d}", "early.k=2",
                  "early.max_rounds=1", "early.rationale_max_tokens=8", "device=cpu"]) == 0
+    # the alternatives come through the RL rollout's own engine (rollout_engine=auto)
+    assert len(policies) == 1 and isinstance(policies[0], RolloutEngine) and policies[0].max_slots == 64
+    with pytest.raises(SystemExit) as exc:
+        main(["build", *tiny, f"out={tmp_path / 'f'}", "rollout_engine=vllm", "device=cpu"])
+    assert exc.value.code == 2 and "rollout_engine must be auto, engine or hf" in capsys.readouterr().err
     manifest = json.loads((d / "manifest.json").read_text())
     assert manifest["counts"]["rows_iwm"] == 2 * manifest["counts"]["expert_states"]
     assert main(["show", str(d), "--kind", "rollout", "--n", "1"]) == 0

@@ -1,8 +1,8 @@
 """Build the Early Experience data: D_expert, D_rollout, and the IWM and SR records.
 
 Alternatives are sampled from the current policy through the same async Policy interface as
-RL rollouts (HFPolicy in the CLI, any Policy in code, ScriptedPolicy in tests), so requests
-from all states are batched together. A sampled reply counts only when it parses to an action
+RL rollouts (in the CLI the RL trainer's own rollout policy, erl.rollout.build.build_policy; any
+Policy in code; ScriptedPolicy in tests), so requests from all states are batched together. A sampled reply counts only when it parses to an action
 that is neither the expert's nor one already chosen for that state; after `max_rounds`
 rounds the missing ones are drawn uniformly from the unused actions and marked
 source="random" in rollout.jsonl (the manifest counts them), so K is always met.
@@ -148,18 +148,18 @@ async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tup
 
 
 BUILD_KEYS = ("env", "model", "erl", "early", "seed", "out", "overwrite", "tasks", "split", "n_tasks", "device",
-              "gen_batch_size")
+              "gen_batch_size", "rollout_engine")
 
 
 def build(cfg: dict) -> dict:
     """`erl-early build`: tasks (generated like the RL run's, or a task file), the model from
-    `model:` as the policy (HFPolicy), records written to `out`. Returns the manifest."""
+    `model:` as the policy (the RL trainer's rollout engine: build_policy), records written to `out`. Returns the manifest."""
     import torch
 
     from erl.early.data import check_out, write_dataset
     from erl.envs.base import load_tasks
     from erl.envs.registry import make_tasks, validate_env_params
-    from erl.rollout.hf_policy import HFPolicy
+    from erl.rollout.build import build_policy
     from erl.trainers.local.run import load_policy_model, pick_device
 
     cfg = check_keys("erl-early build config", cfg, BUILD_KEYS)
@@ -186,7 +186,8 @@ def build(cfg: dict) -> dict:
     torch.manual_seed(seed)
     # sampling needs no adapters: LoRA (on in the default model config) would only slow generation
     model, tok = load_policy_model({**cfg["model"], "lora": {"enabled": False}}, device, seed)
-    policy = HFPolicy(model, tok, max_batch_size=int(cfg.get("gen_batch_size", 64)))
+    policy = build_policy(model, tok, str(cfg.get("rollout_engine", "auto")),
+                          max_batch_size=int(cfg.get("gen_batch_size", 64)))
     records, stats = asyncio.run(build_records(tasks, policy, early))
     manifest = {"counts": stats, "early": asdict(early), "env": env, "model": cfg["model"], "seed": seed,
                 "tasks": cfg.get("tasks") or f"make_tasks({env['name']}, n={len(tasks)}, split={cfg.get('split')})"}
