@@ -239,6 +239,34 @@ def test_action_parsing():
     assert parse_action("x" * 100_000 + " left") == "left"
 
 
+@pytest.mark.parametrize("name", ["frozenlake", "sokoban"])
+def test_action_tag_makes_only_tagged_replies_moves(name):
+    """env.params.action_tag=true: the word salad an RL policy drifts into under the loose parse
+    (its last direction word scores) is an invalid action; the tag still moves; the prompt and the
+    feedback say so; default task dicts are unchanged (no action_tag field)."""
+    salad = "Your up your down down your right"
+    assert parse_action(salad) == "right" and parse_action(salad, require_tag=True) is None
+    assert parse_action("so <action>left</action>", require_tag=True) == "left"
+    plain, tagged = make_tasks(name, 2), make_tasks(name, 2, action_tag=True)
+    assert all("action_tag" not in t for t in plain) and all(t.pop("action_tag") is True for t in tagged)
+    assert tagged == plain  # same layouts, only the field differs
+    task = {**plain[0], "action_tag": True}
+    assert "a reply without that tag is not a move" in make_env(task).system_prompt(task)
+    assert "You may write it" in make_env(plain[0]).system_prompt(plain[0])
+    env = make_env(task)
+    env.reset()
+    obs, _, _, info = env.step(salad)
+    assert obs.startswith("Invalid action ") and "Valid actions: <action>up</action>, <action>down</action>" in obs
+    assert (info["valid"], env.turn) == (False, 1)
+    loose = make_env(plain[0])
+    loose.reset()
+    assert loose.step(salad)[3]["valid"] is True  # the loose parse read "right"
+    _, _, _, info = env.step("<action>up</action>")
+    assert info["valid"] is True and info["action"] == "up"
+    with pytest.raises(ConfigError, match="env.params.action_tag must be true or false, got 'yes'"):
+        make_tasks(name, 1, action_tag="yes")
+
+
 @pytest.mark.parametrize("reply", ["", None, 42, b"\xff\xfe", "\ud800", "x" * 100_000, "jump!", "upward",
                                    "<action>jump</action> up", "<action></action>"])
 def test_garbage_replies_cost_a_turn_and_move_nothing(reply):

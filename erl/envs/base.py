@@ -128,11 +128,14 @@ def task_rng(env: str, split: str, seed: int, index: int) -> random.Random:
 # ---------------------------------------------------------------- actions and search
 
 
-def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS) -> str | None:
+def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS, require_tag: bool = False) -> str | None:
     """The action in a model reply, or None.
 
     `<action>X</action>` wins if present (the last such tag; an unknown X is invalid, not
-    a fallback); otherwise the last standalone action word, case-insensitive.
+    a fallback); otherwise the last standalone action word, case-insensitive, unless
+    `require_tag`: under RL that loose fallback rewards any text whose last direction word is
+    right, and a 135M policy drifts into word salad ("Your up your down down your ...",
+    docs/gpu/rollout_engine/training/frozenlake-erl-s0/samples.jsonl).
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
@@ -143,6 +146,8 @@ def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS) -> str | None:
     if tagged is not None:
         word = tagged.strip().strip(".!'\"`").lower()
         return word if word in actions else None
+    if require_tag:
+        return None
     words = re.findall(r"\b(" + "|".join(map(re.escape, actions)) + r")\b", text, flags=re.IGNORECASE)
     return words[-1].lower() if words else None
 
@@ -273,24 +278,31 @@ class GridEnv(TaskEnv):
         super().__init__(task)
         self.symbols = resolve_symbols(self.SYMBOLS, task.get("symbols"), "task.symbols")
         self.max_turns = int(task.get("max_turns", self.PARAMS.get("max_turns", 8)))
+        self.action_tag = bool(task.get("action_tag", False))
         self.reset()
 
     @classmethod
     def check_params(cls, params: dict) -> None:
         check_int(params, "max_turns", 1, 100)
         params["symbols"] = resolve_symbols(cls.SYMBOLS, params["symbols"])
+        if not isinstance(params.get("action_tag", False), bool):
+            raise ConfigError(f"env.params.action_tag must be true or false, got {params['action_tag']!r}")
 
     @classmethod
     def task_fields(cls, params: dict) -> dict:
-        return {"max_turns": params["max_turns"], "symbols": dict(params["symbols"])}
+        fields = {"max_turns": params["max_turns"], "symbols": dict(params["symbols"])}
+        if params.get("action_tag"):  # only then: task files of the default stay as they were
+            fields["action_tag"] = True
+        return fields
 
     @classmethod
     def system_prompt(cls, task: dict) -> str:
         turns = int(task.get("max_turns", cls.PARAMS.get("max_turns", 8)))
+        how = ("Write it as <action>up</action>: a reply without that tag is not a move." if task.get("action_tag")
+               else "You may write it as <action>up</action>.")
         return ("You are playing a turn-based game on a grid. Each turn you are shown the grid as text, "
                 "after the result of your last action. Each turn, reply with exactly one action: "
-                f"up, down, left or right. You may write it as <action>up</action>. "
-                f"The game lasts at most {turns} turns.")
+                f"up, down, left or right. {how} The game lasts at most {turns} turns.")
 
     def load(self, task: dict) -> None:
         raise NotImplementedError
@@ -315,10 +327,11 @@ class GridEnv(TaskEnv):
                                                                   "valid": False, "moved": False}
         self.turn += 1
         action = getattr(action, "action", action)  # an rLLM-style Action wrapper
-        direction = parse_action(action)
+        direction = parse_action(action, require_tag=self.action_tag)
         moved, end = False, None
         if direction is None:
-            feedback = f"Invalid action {quote_reply(action)}. Valid actions: {', '.join(ACTIONS)}."
+            valid = ", ".join(f"<action>{a}</action>" if self.action_tag else a for a in ACTIONS)
+            feedback = f"Invalid action {quote_reply(action)}. Valid actions: {valid}."
         else:
             moved, end = self.move(direction)
             feedback = "You moved." if moved else "Nothing happened."

@@ -61,7 +61,7 @@ class FrozenLakeEnv(GridEnv):
     name = "frozenlake"
     SYMBOLS = SYMBOLS
     PARAMS: ClassVar[dict] = {"size_min": 2, "size_max": 4, "hole_prob": 0.2, "max_turns": 8, "symbols": {},
-                              "start_goal": "random"}
+                              "start_goal": "random", "action_tag": False}
     # corners: Gymnasium's generate_random_map convention (start top-left, goal bottom-right,
     # random holes); random: both anywhere, a harder task whose direction must be read off the grid.
     START_GOAL = ("corners", "random")

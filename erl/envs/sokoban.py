@@ -39,7 +39,7 @@ class SokobanEnv(GridEnv):
     name = "sokoban"
     SYMBOLS = SYMBOLS
     PARAMS: ClassVar[dict] = {"size_min": 5, "size_max": 6, "wall_prob": 0.1, "min_moves": 1, "max_moves": 8,
-              "max_turns": 8, "symbols": {}}
+              "max_turns": 8, "symbols": {}, "action_tag": False}
 
     @classmethod
     def check_params(cls, params: dict) -> None:
