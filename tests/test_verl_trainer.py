@@ -139,6 +139,7 @@ def _trainer(folder, out, extra=()):
     workers = CpuWorkers(folder, s.loss, s.erl.temperature)
     workers.engine = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=64),
                                      types.SimpleNamespace(local_path=str(folder), path=str(folder), tokenizer=tok))
+    assert type(workers.engine.policy).__name__ == "RolloutEngine"  # engine_kwargs.hf.engine: auto (default)
 
     def dp_generate(data):  # what Dispatch.DP_COMPUTE_PROTO does: equal chunks, one per worker
         return DataProto.concat([workers.engine.generate_proto(c) for c in data.chunk(workers.dp_size)])

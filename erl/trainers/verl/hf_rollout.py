@@ -7,7 +7,8 @@ FSDP actor's full tensors into it through `update_weights`. Generation runs on
 erl.rollout.engine (continuous batching, KV kept across turns) for Llama-family models, else
 batched `model.generate` (HFPolicy); both return token ids and their log-probs under
 logits / temperature, the distribution that was sampled. Choose with
-`rollout.engine_kwargs.hf.engine: auto|engine|hf` and `rollout.engine_kwargs.hf.compile`.
+`rollout.engine_kwargs.hf.engine: auto|engine|hf` (auto, the default: the engine where
+supported, as the local trainer's `trainer.rollout_engine`) and `rollout.engine_kwargs.hf.compile`.
 
 Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
 """
@@ -44,7 +45,7 @@ class HFRolloutEngine:
         # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
         opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
-        self.policy = build_policy(self.model, tokenizer, opts.get("engine", "hf"), max_batch_size=gen_batch,
+        self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
                                    compile=opts.get("compile", False))
         self.synced = 0
 
