@@ -8,33 +8,12 @@
 # data that exist are reused (scripts/early_erl.sh reads the same folders: RL from a stage next).
 # Environment: ENV, MODEL, MODEL_PATH, DATA, OUT, MAX_NEW_TOKENS (erl.max_new_tokens of every eval:
 #   an SR policy reasons before its action), BUILD_ARGS / STAGE_ARGS / EVAL_ARGS (space-separated
-#   overrides), PYTHON. Every command's device is `auto` (the GPU when there is one).
+#   overrides), PYTHON, DRY_RUN=1 (scripts/early_common.sh). Every command's device is `auto`.
 set -euo pipefail
-ENV=${ENV:-frozenlake}
-MODEL=${MODEL:-smollm2-135m-instruct}
-DATA=${DATA:-data/early/$ENV}
-OUT=${OUT:-outputs/early/$ENV}
-PYTHON=${PYTHON:-python3}
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-MODEL_ARGS=("model=$MODEL")
-if [ -n "${MODEL_PATH:-}" ]; then MODEL_ARGS+=("model.path=$MODEL_PATH"); fi
-read -r -a BUILD_EXTRA <<< "${BUILD_ARGS:-}"
-read -r -a STAGE_EXTRA <<< "${STAGE_ARGS:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/early_common.sh"
 read -r -a EVAL_EXTRA <<< "${EVAL_ARGS:-}"
-mkdir -p "$OUT"
 
-if [ ! -f "$DATA/manifest.json" ]; then
-  "$PYTHON" -m erl.cli.early build "env=$ENV" "${MODEL_ARGS[@]}" "out=$DATA" "${BUILD_EXTRA[@]}"
-fi
-
-stage() {  # stage NAME OUTPUT_DIR [INIT_FROM]
-  if [ -f "$2/final/model.safetensors" ]; then echo "early_compare: $2/final exists, reused"; return 0; fi
-  local init=()
-  if [ -n "${3:-}" ]; then init=("model.init_from=$3"); fi
-  "$PYTHON" -m erl.cli.early train "stage=$1" "${MODEL_ARGS[@]}" "${init[@]}" "data=$DATA" \
-    "trainer.output_dir=$2" "${STAGE_EXTRA[@]}"
-}
+build_data
 stage il "$OUT/il"
 stage iwm "$OUT/iwm"
 stage il "$OUT/iwm-il" "$OUT/iwm"
@@ -44,10 +23,11 @@ for arm in base il iwm-il sr; do
   if [ -f "$OUT/eval_$arm.json" ]; then echo "early_compare: $OUT/eval_$arm.json exists, reused"; continue; fi
   init=()
   if [ "$arm" != base ]; then init=("model.init_from=$OUT/$arm"); fi
-  "$PYTHON" -m erl.cli.evaluate "env=$ENV" "${MODEL_ARGS[@]}" "${init[@]}" \
+  run "$PYTHON" -m erl.cli.evaluate "env=$ENV" "${MODEL_ARGS[@]}" "${init[@]}" \
     "erl.max_new_tokens=${MAX_NEW_TOKENS:-128}" "eval.out=$OUT/eval_$arm.json" "${EVAL_EXTRA[@]}"
 done
 
+[ "${DRY_RUN:-0}" = "1" ] && exit 0
 "$PYTHON" - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path

@@ -259,6 +259,25 @@ def test_one_command_per_arm():
     assert verl_lines[-1][3].endswith("scripts/sokoban_rlvr.sh")
 
 
+def test_arms_side_by_side_share_the_data_and_stages(tmp_path):
+    """scripts/early_compare.sh: one dataset, the four stages (IWM's result starts IL), then the
+    greedy eval of the base model and of each arm, with the same overrides as early_erl.sh."""
+    lines = dry_run("early_compare.sh", ENV="sokoban", MODEL_PATH="/m", EVAL_ARGS="eval.n=64",
+                    OUT=str(tmp_path / "o"))
+    assert lines[0][2:4] == ["erl.cli.early", "build"] and "env=sokoban" in lines[0] and "model.path=/m" in lines[0]
+    stages = [(x[4], x[-2]) for x in lines if x[2:4] == ["erl.cli.early", "train"]]
+    o = tmp_path / "o"
+    assert stages == [("stage=il", "data=data/early/sokoban"), ("stage=iwm", "data=data/early/sokoban"),
+                      ("stage=il", "data=data/early/sokoban"), ("stage=sr", "data=data/early/sokoban")]
+    assert f"model.init_from={o}/iwm" in lines[3]
+    evals = [x for x in lines if x[2] == "erl.cli.evaluate"]
+    assert [next((a for a in e if a.startswith("model.init_from=")), None) for e in evals] == [
+        None, f"model.init_from={o}/il", f"model.init_from={o}/iwm-il", f"model.init_from={o}/sr"]
+    assert all(e[-1] == "eval.n=64" and f"eval.out={o}/eval_{arm}.json" in e
+               for e, arm in zip(evals, ("base", "il", "iwm-il", "sr")))
+    assert not o.exists()  # a dry run writes nothing
+
+
 def test_stage_config_refuses_non_finite_numbers():
     """nan compares false with everything, so `lr < 0` alone let `trainer.lr=nan` through; the
     stage config now shares the local trainer's finite-number check."""
