@@ -207,6 +207,63 @@ def test_lora_adapters_are_used():
         assert torch.allclose(forced_logprobs(model, p, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
 
 
+def lora_model(seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model_of(seed=seed), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                           layers_to_transform=[1]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model.eval()
+
+
+def test_rollout_decodes_with_a_lora_merged_copy_that_follows_every_update():
+    """build_policy folds the adapters into a plain copy (no LoRA ops per decode step); after an
+    optimizer step on the trained model the engine's next admission re-merges them, so its
+    log-probs are always the trained model's, and an unchanged model is not re-merged."""
+    from erl.rollout.merged import MergedLoRA
+
+    model = lora_model()
+    engine = build_policy(model, TOK, "engine")
+    assert isinstance(engine, RolloutEngine) and engine.model is not model
+    assert not any("lora" in n for n, _ in engine.model.named_parameters())  # 3 adapted layers merged
+    assert len(engine.refresh.__self__.pairs) == 3 and model.get_base_model().model.layers[1].mlp.down_proj.lora_A
+    ps, params = prompts(3), SamplingParams(max_new_tokens=6, temperature=1.0)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        torch.manual_seed(0)
+        for p, g in zip(ps, engine.generate_batch(ps, params)):
+            assert torch.allclose(forced_logprobs(model, p, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
+        model.train()
+        loss = model(input_ids=torch.tensor([ps[0]])).logits.float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        model.eval()
+    merged = MergedLoRA.of(model)
+    assert merged.refresh() is False  # nothing changed since it was made
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_A" in n).add_(0.1)
+    assert merged.refresh() is True and merged.refresh() is False
+    ids = torch.tensor([ps[1]])
+    with torch.no_grad():
+        assert torch.allclose(merged.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_no_merged_copy_when_other_weights_train_too():
+    """A LoRA model whose embeddings also train (peft's modules_to_save, say) would need them
+    synced as well: the engine then decodes with the model itself; a plain model likewise."""
+    from erl.rollout.merged import MergedLoRA
+
+    model = lora_model()
+    model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
+    assert MergedLoRA.of(model) is None and build_policy(model, TOK, "engine").model is model
+    plain = model_of()
+    assert MergedLoRA.of(plain) is None and build_policy(plain, TOK, "engine").model is plain
+
+
 def test_stop_ids_end_a_sequence():
     model = model_of()
     p, params = prompts(1), SamplingParams(max_new_tokens=12, temperature=1.0)

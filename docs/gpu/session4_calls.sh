@@ -10,7 +10,9 @@
 # Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
 set -uo pipefail
 CALL=${1:?usage: calls.sh N}
-LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped
+LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped. The first call also
+                     # converted the model before it: at 540 it passed the 600 s call limit and its tar was
+                     # lost (a short follow-up call packed /tmp), so give a first call ~480.
 START=$SECONDS
 export PYTHONPATH=$PWD:/tmp/ov/site SMOLLM=${SMOLLM:-/tmp/smollm2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -42,7 +44,7 @@ arm() {  # RL from a stage, resumed when its folder holds a run
   if [ "${ARMS:-1}" = 1 ]; then arm il & a=$!; arm sr & b=$!; wait $a; wait $b; fi
 ) & pids+=($!)
 
-( sleep $(( LIMIT + 20 )); pkill -INT -f "erl.cli" ) & DOG=$!
+( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches a shell whose command line holds the pattern
 for p in "${pids[@]}"; do wait "$p"; done
 kill $DOG $SMI 2>/dev/null
 nvidia-smi --query-gpu=memory.used --format=csv

@@ -8,6 +8,7 @@ from typing import Any
 
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.kv import unsupported_reason
+from erl.rollout.merged import MergedLoRA
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,12 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
     if reason is None:
-        return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
+        merged = MergedLoRA.of(model)  # LoRA adapters folded into a copy: fewer ops per decode step
+        if merged is None:
+            return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
+        logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
+                    "re-merged after each update", len(merged.pairs))
+        return RolloutEngine(merged.model, tokenizer, slots=max_batch_size, compile=compile, refresh=merged.refresh)
     if engine == "engine":
         raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
     logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)

@@ -61,17 +61,18 @@ class RolloutEngine:
     step (CUDA only: off by default until measured there); `prefill_budget`: padded tokens
     per prefill forward; `stop_ids`: tokens that end a sequence (default: the chat template's
     end-of-turn and eos; [] generates exactly max_new_tokens); `prefix_reuse`: off, every
-    request prefills its whole prompt (for measuring what reuse saves)."""
+    request prefills its whole prompt (for measuring what reuse saves); `refresh`: called before
+    each admission to bring `model` up to date (erl.rollout.merged: a LoRA-merged copy)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
-                 stop_ids: list[int] | None = None, prefix_reuse: bool = True):
+                 stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
         if slots < 1:
             raise ValueError(f"RolloutEngine: slots must be >= 1, got {slots}")
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer, self.refresh = model, tokenizer, refresh
         self.net = SlotModel(model)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
         self.prefix_reuse = prefix_reuse
@@ -302,6 +303,8 @@ class RolloutEngine:
         return sum(p._version for p in self.model.parameters())
 
     def _admit(self) -> None:
+        if self.refresh is not None:
+            self.refresh()
         version = self._weights_version()
         if version != self._version:  # held KV came from other weights: never reuse it
             self.forget()
