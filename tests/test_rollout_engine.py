@@ -258,6 +258,7 @@ def test_no_merged_copy_when_other_weights_train_too():
     from erl.rollout.merged import MergedLoRA
 
     model = lora_model()
+    assert build_policy(model, TOK, "engine", merge_lora=False).model is model  # trainer.rollout_merge_lora=false
     model.get_base_model().model.embed_tokens.weight.requires_grad_(True)
     assert MergedLoRA.of(model) is None and build_policy(model, TOK, "engine").model is model
     plain = model_of()

@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
-                 compile: bool | str = False) -> Any:
+                 compile: bool | str = False, merge_lora: bool = True) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
     model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: the engine for a
     supported architecture, else HFPolicy. Measured on both devices in the trainer's own
@@ -22,7 +22,8 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     re-prefills its whole context every turn under `generate`; on an H200 the engine's ERL
     collect was 1.13x and its eval 1.9x faster (docs/gpu/rollout_engine/rollout_erl_workload_gpu.txt),
     and it trained FrozenLake ERL for 40 steps there (docs/gpu/rollout_engine/training). Out of
-    GPU memory both halve their batch and go on (logged)."""
+    GPU memory both halve their batch and go on (logged). `merge_lora`: the engine decodes with
+    a LoRA-merged copy of a LoRA model (erl.rollout.merged)."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -31,7 +32,8 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
         return HFPolicy(model, tokenizer, max_batch_size=max_batch_size)
     reason = unsupported_reason(model)
     if reason is None:
-        merged = MergedLoRA.of(model)  # LoRA adapters folded into a copy: fewer ops per decode step
+        # LoRA adapters folded into a copy: fewer ops per decode step, one more copy of the weights
+        merged = MergedLoRA.of(model) if merge_lora else None
         if merged is None:
             return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
         logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "

@@ -42,6 +42,7 @@ class LocalTrainerConfig:
     gen_batch_size: int = 64
     rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
     rollout_compile: bool = False  # torch.compile the engine's decode step (CUDA)
+    rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
     project: str = "erl"  # wandb project
@@ -65,8 +66,9 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        if not isinstance(self.rollout_compile, bool):
-            raise ConfigError(f"trainer.rollout_compile must be true or false, got {self.rollout_compile!r}")
+        for key in ("rollout_compile", "rollout_merge_lora"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"trainer.{key} must be true or false, got {getattr(self, key)!r}")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 
