@@ -26,10 +26,9 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.rollout.sampling import sample
+from erl.rollout.sampling import check_request, sample
 
 logger = logging.getLogger(__name__)
-SUPPORTED_EXTRA = ("top_k",)
 
 
 def round_up(n: int, m: int) -> int:
@@ -133,22 +132,7 @@ class RolloutEngine:
 
     # ---- requests --------------------------------------------------------------------
     def _request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise ValueError("RolloutEngine: empty prompt")
-        if len(prompt) >= self.max_len:
-            raise ValueError(f"RolloutEngine: prompt of {len(prompt)} tokens does not fit the context limit "
-                             f"of {self.max_len} (max_len), which must leave room for one generated token")
-        if params.max_new_tokens < 1:
-            raise ValueError(f"RolloutEngine: max_new_tokens must be >= 1, got {params.max_new_tokens}")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
-            raise ValueError(f"RolloutEngine: need temperature >= 0 and 0 < top_p <= 1, got "
-                             f"temperature={params.temperature}, top_p={params.top_p}")
-        unknown = sorted(set(params.extra) - set(SUPPORTED_EXTRA))
-        if unknown:
-            raise ValueError(f"RolloutEngine: unsupported sampling params {unknown} (supported extra: "
-                             f"{list(SUPPORTED_EXTRA)}); use rollout_engine=hf for them")
-        return _Request(prompt, params)
+        return _Request(check_request(prompt_ids, params, self.max_len), params)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         req = self._request(prompt_ids, params)

@@ -1,11 +1,34 @@
 """Token sampling for the rollout engine: greedy or temperature / top-k / top-p per row, with
-the sampled token's log-prob under logits / temperature (as HFPolicy reports it)."""
+the sampled token's log-prob under logits / temperature (as HFPolicy reports it); which
+requests it can serve (check_request)."""
 
 from __future__ import annotations
 
 import torch
 
 from erl.core.interfaces import SamplingParams
+
+SUPPORTED_EXTRA = ("top_k",)
+
+
+def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -> list[int]:
+    """The prompt as ints, or a ValueError that names what the engine cannot do."""
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise ValueError("RolloutEngine: empty prompt")
+    if len(prompt) >= max_len:
+        raise ValueError(f"RolloutEngine: prompt of {len(prompt)} tokens does not fit the context limit "
+                         f"of {max_len} (max_len), which must leave room for one generated token")
+    if params.max_new_tokens < 1:
+        raise ValueError(f"RolloutEngine: max_new_tokens must be >= 1, got {params.max_new_tokens}")
+    if params.temperature < 0 or not 0 < params.top_p <= 1:
+        raise ValueError(f"RolloutEngine: need temperature >= 0 and 0 < top_p <= 1, got "
+                         f"temperature={params.temperature}, top_p={params.top_p}")
+    unknown = sorted(set(params.extra) - set(SUPPORTED_EXTRA))
+    if unknown:
+        raise ValueError(f"RolloutEngine: unsupported sampling params {unknown} (supported extra: "
+                         f"{list(SUPPORTED_EXTRA)}); use rollout_engine=hf for them")
+    return prompt
 
 
 def draw(probs: torch.Tensor) -> torch.Tensor:
