@@ -27,19 +27,4 @@ for arm in base il iwm-il sr; do
     "erl.max_new_tokens=${MAX_NEW_TOKENS:-128}" "eval.out=$OUT/eval_$arm.json" "${EVAL_EXTRA[@]}"
 done
 
-[ "${DRY_RUN:-0}" = "1" ] && exit 0
-"$PYTHON" - "$OUT" <<'EOF'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-lines = ["| arm | first-attempt success (greedy) | tasks | stage steps |", "|---|---|---|---|"]
-for arm in ("base", "il", "iwm-il", "sr"):
-    m = json.loads((out / f"eval_{arm}.json").read_text())["metrics"]
-    steps = []
-    for stage in {"il": ["il"], "iwm-il": ["iwm", "iwm-il"], "sr": ["sr"]}.get(arm, []):
-        rows = [json.loads(x) for x in (out / stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        steps.append(f"{stage} {max((r.get('step', 0) for r in rows), default=0)}")
-    lines.append(f"| {arm} | {m['eval/success']:.3f} | {int(m['eval/tasks'])} | {', '.join(steps) or '-'} |")
-(out / "compare.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-EOF
+run "$PYTHON" -m erl.early.report "$OUT"   # the table, also in $OUT/compare.md

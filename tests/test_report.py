@@ -128,3 +128,50 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2
+
+
+def write_early(folder, successes, stages, rl=None):
+    """A folder as scripts/early_compare.sh leaves it: eval_<arm>.json per arm, a stage's
+    metrics, the dataset manifest, and optionally an RL run from a stage (<arm>-erl)."""
+    folder.mkdir(parents=True)
+    for arm, success in successes.items():
+        (folder / f"eval_{arm}.json").write_text(json.dumps(
+            {"config": {"env": {"name": "sokoban"}}, "metrics": {"eval/success": success, "eval/tasks": 16.0}}))
+    for stage, losses in stages.items():
+        (folder / stage).mkdir()
+        (folder / stage / "metrics.jsonl").write_text(
+            "".join(json.dumps({"step": i + 1, "loss/nll": x}) + "\n" for i, x in enumerate(losses)))
+    (folder / "il" / "config.json").write_text(json.dumps({"data": str(folder / "data")}))
+    (folder / "data").mkdir()
+    (folder / "data" / "manifest.json").write_text(json.dumps({"counts": {
+        "tasks": 8, "expert_states": 20, "rows_rollout": 40, "alternatives_random": 5}}))
+    if rl:
+        (folder / "il-erl").mkdir()
+        (folder / "il-erl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl))
+
+
+def test_early_experience_rows(runs, capsys):
+    """--early DIR adds the arms measured by scripts/early_compare.sh: success, stage steps and
+    last loss, the RL run from a stage, the expert budget, the paper's claim; an arm without its
+    eval file is left out, a folder with none is an error."""
+    early = runs / "early"
+    write_early(early, {"base": 0.0625, "il": 0.25, "sr": 0.1875}, {"il": [1.5, 0.5], "sr": [2.0, 1.25, 1.0]},
+                rl=[{"step": 0, "eval/success": 0.25}, {"step": 1}, {"step": 2, "eval/success": 0.375}])
+    out = runs / "docs" / "results.md"
+    assert main([str(runs / "runs"), "--early", str(early), "--out", str(out)]) == 0
+    text = out.read_text()
+    part = text.split("## Early Experience warm starts: sokoban\n", 1)[1]
+    assert "20 expert states of 8 tasks, 40 alternatives (5 drawn at random)" in part
+    rows = [ln for ln in part.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert rows == ["| base model | 0.062 | 16 | - | - |",
+                    "| IL | 0.250 | 16 | il 2 (0.500) | 0.25 (step 0), 0.38 (step 2); 2 steps run |",
+                    "| SR | 0.188 | 16 | sr 3 (1.000) | - |"]
+    assert "9.6 points" in part and "--early" in text.split("\n")[2]
+    assert (early / "compare.md").exists() is False  # erl-report only reads the folder
+    from erl.early.report import main as table_main
+
+    assert table_main([str(early)]) == 0 and (early / "compare.md").read_text().splitlines()[3] == rows[1]
+    capsys.readouterr()
+    (runs / "none").mkdir()
+    assert main([str(runs / "runs"), "--early", str(runs / "none"), "--out", str(runs / "r2.md")]) == 2
+    assert "--early" in capsys.readouterr().err and not (runs / "r2.md").exists()

@@ -6,7 +6,8 @@
 Every argument is a run folder, a folder holding run folders (searched recursively), or a glob
 (quote it to let erl-report expand `**`). Writes a markdown file with a table per environment,
 the paper's numbers next to it, and one PNG per environment (eval success by step and by
-training minutes, mean over seeds with the min-max band).
+training minutes, mean over seeds with the min-max band). `--early DIR` adds the Early Experience
+arms measured by scripts/early_compare.sh in DIR.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run folders, folders of run folders, or globs")
     p.add_argument("--out", default="docs/results.md", help="the markdown file to write")
     p.add_argument("--plots", default=None, help="folder for the PNGs (default: plots/ next to --out)")
+    p.add_argument("--early", action="append", default=[], metavar="DIR",
+                   help="an Early Experience folder written by scripts/early_compare.sh: its arms' table (repeatable)")
     args = p.parse_args(argv)
     out = Path(args.out)
     plots = Path(args.plots) if args.plots else out.parent / "plots"
@@ -34,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erl-report: warning: {msg}", file=sys.stderr)
 
     try:
-        write_report(args.runs, out, plots, command, warn)
+        write_report(args.runs, out, plots, command, warn, early=args.early)
     except ReportError as exc:
         print(f"erl-report: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,77 @@
+"""Early Experience rows for `erl-report --early DIR` and scripts/early_compare.sh: the arms'
+greedy first-attempt success, read from the folder that early_compare.sh fills
+(eval_<arm>.json, <stage>/metrics.jsonl, and <arm>-erl/ when RL was started from a stage)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ARMS = (("base", "base model", ()), ("il", "IL", ("il",)), ("iwm-il", "IWM -> IL", ("iwm", "iwm-il")),
+        ("sr", "SR", ("sr",)))
+PAPER = ("The paper's claim, **not from these runs** (arXiv 2510.08558, over eight environments): "
+         "IWM and SR beat IL by about 9.6 points on average, and are better starts for RL than IL.")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def arm_table(folder: Path) -> tuple[str, list[str]]:
+    """(env, markdown table lines) for the arms whose eval file is in `folder`; ValueError if none is."""
+    found = [(key, label, stages, folder / f"eval_{key}.json") for key, label, stages in ARMS]
+    found = [f for f in found if f[3].is_file()]
+    if not found:
+        raise ValueError(f"{folder}: no eval_<arm>.json (scripts/early_compare.sh writes them)")
+    lines = ["| arm | first-attempt success, greedy | tasks | stage steps (last loss) | RL from it: eval by step |",
+             "|---|---|---|---|---|"]
+    env = ""
+    for key, label, stages, path in found:
+        saved = json.loads(path.read_text())
+        env = env or str(saved.get("config", {}).get("env", {}).get("name", ""))
+        metrics = saved["metrics"]
+        steps = []
+        for stage in stages:
+            rows = _rows(folder / stage / "metrics.jsonl")
+            if rows:
+                steps.append(f"{stage} {rows[-1].get('step', len(rows))} ({rows[-1].get('loss/nll', float('nan')):.3f})")
+        rl = _rows(folder / f"{key}-erl" / "metrics.jsonl")
+        curve = ", ".join(f"{r['eval/success']:.2f} (step {r['step']})" for r in rl if "eval/success" in r)
+        curve = f"{curve}; {rl[-1].get('step', 0)} steps run" if rl else "-"
+        lines.append(f"| {label} | {metrics['eval/success']:.3f} | {int(metrics['eval/tasks'])} | "
+                     f"{', '.join(steps) or '-'} | {curve} |")
+    return env, lines
+
+
+def early_section(folder: Path, rel) -> list[str]:
+    """The markdown section erl-report adds for one early_compare.sh folder."""
+    env, table = arm_table(folder)
+    manifest = None
+    cfg = folder / "il" / "config.json"
+    if cfg.is_file():
+        data = Path(str(json.loads(cfg.read_text()).get("data", "")))
+        for m in (data / "manifest.json", folder / "data" / "manifest.json"):
+            if m.is_file():
+                manifest = json.loads(m.read_text()).get("counts", {})
+                break
+    budget = (f" Expert budget: {manifest['expert_states']} expert states of {manifest['tasks']} tasks, "
+              f"{manifest['rows_rollout']} alternatives ({manifest['alternatives_random']} drawn at random)."
+              if manifest else "")
+    intro = (f"Greedy first-attempt eval of each arm on the RL runs' held-out tasks (`{rel(folder)}`, made by "
+             f"`scripts/early_compare.sh`).{budget}")
+    return [f"## Early Experience warm starts: {env}", "", intro, "", *table, "", PAPER]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m erl.early.report DIR`: print the arms' table and write it to DIR/compare.md."""
+    folder = Path((argv if argv is not None else sys.argv[1:])[0])
+    _, lines = arm_table(folder)
+    text = "\n".join(lines) + "\n"
+    (folder / "compare.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
