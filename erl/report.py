@@ -321,9 +321,10 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
     return out_png
 
 
-def write_report(patterns: list[str], out_md: Path, plots: Path, command: str, warn, early: list[str] = ()) -> str:
-    """Find, group, plot and write `out_md` (and a section per Early Experience folder in
-    `early`: erl.early.report); returns its text."""
+def write_report(patterns: list[str], out_md: Path, plots: Path, command: str, warn,
+                 sections: list[list[str]] = ()) -> str:
+    """Find, group, plot and write `out_md`, with `sections` (markdown lines each, such as the
+    Early Experience tables of erl.early.report) after the environments; returns its text."""
     warnings: list[str] = []
 
     def note(msg: str) -> None:
@@ -351,13 +352,8 @@ def write_report(patterns: list[str], out_md: Path, plots: Path, command: str, w
                 f"`{rel(r.config_file)}`)" for g in groups for r in g.runs]
         if env in PAPER:
             out += ["", *paper_table(env, groups)]
-    for folder in early:
-        from erl.early.report import early_section
-
-        try:
-            out += ["", *early_section(Path(folder), rel)]
-        except ValueError as exc:
-            raise ReportError(f"--early {exc}") from exc
+    for lines in sections:
+        out += ["", *lines]
     if warnings:
         out += ["", "## Warnings while reading", "", *[f"- {w}" for w in warnings]]
     text = "\n".join(out) + "\n"

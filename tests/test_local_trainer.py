@@ -95,10 +95,18 @@ def test_two_steps_in_each_mode(tmp_path, mode):
     json.loads((out / "config.json").read_text())
 
 
-def test_resume_reproduces_the_next_step(tmp_path):
+LORA = {"enabled": True, "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_resume_reproduces_the_next_step(tmp_path, lora):
+    """With LoRA the rollout decodes with a merged copy (erl.rollout.merged), re-merged from the
+    loaded adapters after the resume: the next step is still the uninterrupted one."""
     full = base_cfg(tmp_path / "a", steps=3)
-    train(full)
     part = base_cfg(tmp_path / "b", steps=2)
+    if lora:
+        full["model"]["lora"] = part["model"]["lora"] = LORA
+    train(full)
     train(part)  # "killed" after step 2 (checkpoint written)
     resumed = copy.deepcopy(part)
     resumed["trainer"]["total_steps"] = 3

@@ -13,12 +13,14 @@ arms measured by scripts/early_compare.sh in DIR.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    from erl.early.report import early_section
     from erl.report import ReportError, write_report
 
     p = argparse.ArgumentParser(prog="erl-report", description=__doc__.split("\n\n")[0],
@@ -37,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"erl-report: warning: {msg}", file=sys.stderr)
 
     try:
-        write_report(args.runs, out, plots, command, warn, early=args.early)
+        sections = [early_section(Path(d), lambda p: os.path.relpath(p, out.parent)) for d in args.early]
+    except ValueError as exc:  # no eval file, a damaged one
+        print(f"erl-report: error: --early {exc}", file=sys.stderr)
+        return 2
+    try:
+        write_report(args.runs, out, plots, command, warn, sections=sections)
     except ReportError as exc:
         print(f"erl-report: error: {exc}", file=sys.stderr)
         return 2
