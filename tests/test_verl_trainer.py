@@ -334,3 +334,20 @@ def test_server_policy_talks_to_verl_rollout_servers():
     assert prompt == [1, 2] and sp["max_tokens"] == 5 and sp["temperature"] == 0.7 and sp["logprobs"] is True
     greedy = asyncio.run(policy.generate([1], SamplingParams(max_new_tokens=2, temperature=0.0)))
     assert calls[-1][2]["temperature"] == 0.0 and len(greedy.token_ids) == 2 and greedy.finish_reason == "length"
+
+
+def test_hf_rollout_engine_choice(tiny_folder):
+    """rollout.engine_kwargs.hf.engine picks the generation path of verl's `hf` rollout: the
+    engine by default (as the local trainer's rollout_engine=auto), batched generate with `hf`;
+    the override composes against verl's own RolloutConfig."""
+    from transformers import AutoTokenizer
+
+    from erl.trainers.verl.config import compose
+
+    rollout = compose("frozenlake_erl", ["+actor_rollout_ref.rollout.engine_kwargs.hf.engine=hf"]).actor_rollout_ref.rollout
+    assert rollout.engine_kwargs.hf.engine == "hf"
+    tok = AutoTokenizer.from_pretrained(str(tiny_folder))
+    model_cfg = types.SimpleNamespace(local_path=str(tiny_folder), path=str(tiny_folder), tokenizer=tok)
+    chosen = [type(HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs=kw), model_cfg).policy).__name__
+              for kw in ({}, {"hf": {"engine": "hf"}}, {"hf": {"engine": "engine"}})]
+    assert chosen == ["RolloutEngine", "HFPolicy", "RolloutEngine"]
