@@ -42,10 +42,20 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
 def report(res: dict) -> str:
     lines = [f"{'median over ' + str(res['steps']) + ' steps':34s} {'ERL':>12s} {'RLVR (GRPO)':>12s}"]
     for k in KEYS:
+        if not (res["erl"][k] or res["rlvr"][k]):  # a time the trainer does not have (the local one: no old_log_prob)
+            continue
         lines.append(f"{k:34s} {res['erl'][k]:12.3f} {res['rlvr'][k]:12.3f}")
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
     return "\n".join(lines)
+
+
+def finish(res: dict, out: str) -> int:
+    """Print the report and write the medians as JSON to `out` (when given)."""
+    print(report(res))
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     erl.workers.sync_weights(0)
     res = side_by_side(erl, rlvr, args.warmup, args.steps)
     res["perf/max_memory_gb"] = erl.workers.max_memory_gb()
-    print(report(res))
-    if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=1))
-    return 0
+    return finish(res, args.out)
 
 
 if __name__ == "__main__":

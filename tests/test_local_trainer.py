@@ -372,3 +372,24 @@ def test_rows_without_gradient_skip_their_passes_with_the_same_update(tmp_path, 
     assert any(not torch.equal(a, b) for a, b in zip(fast.model.parameters(), build(base_cfg(tmp_path / "init"))[0].model.parameters()))
     busy = math.ceil((len(rows) - int(idle.sum())) / fast.cfg.micro_batch_size)
     assert forwards["fast"] <= busy + 1  # + 1: distillation rows keep a micro-batch of their own
+
+
+def test_step_benchmark_side_by_side(tmp_path, capsys):
+    """benchmarks/local_step.py, the twin of verl_step.py: ERL and compute-matched RLVR steps
+    alternate; RLVR runs 2n first attempts a task, ERL n first attempts plus reflections and
+    second attempts; the report prints only the times this trainer has."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "local_step.py"
+    spec = importlib.util.spec_from_file_location("local_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sets = ["model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2", "env.n_train=8",
+            "trainer.tasks_per_step=2", "erl.n_attempt=2", "erl.max_new_tokens=8", "erl.max_reflection_tokens=8"]
+    out = tmp_path / "r.json"
+    assert bench.main([*[a for s in sets for a in ("--set", s)], "--warmup", "0", "--steps", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["rlvr"]["rows"] == 2 * 4 and res["erl"]["rows"] > 8 and res["erl"]["time/reflection"] > 0
+    assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
+    text = capsys.readouterr().out
+    assert "ERL / RLVR step time" in text and "old_log_prob" not in text and "RLVR 4 first attempts a task" in text
