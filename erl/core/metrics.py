@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from erl.core.reflection import clip
 from erl.core.types import Episode, Segment, TokenSample, Trajectory
 
 
@@ -86,23 +87,20 @@ def advantage_mean_abs(advantages, samples: list[TokenSample]) -> float:
     return sum(abs(float(a)) * n for a, n in zip(advantages, tokens)) / total if total else 0.0
 
 
-def _clip_text(text: str | None, limit: int) -> str | None:
-    if text is None:
-        return None
-    return text if len(text) <= limit else text[:limit] + " [...]"
-
-
 def episode_record(ep: Episode, max_chars: int = 400) -> dict:
     """One episode as readable text (what the model wrote, what the env answered, rewards) for a
     run's samples file: the way to see *why* a curve moves, as TRL logs completions."""
+    def cut(text: str | None) -> str | None:  # None stays None: a last turn has no observation
+        return None if text is None else clip(text, max_chars)
+
     trajs = []
     for traj in ep.trajectories:
         first = traj.steps[0].messages if traj.steps else []
         user = [m.get("content", "") for m in first if m.get("role") == "user"]
         trajs.append({
             "name": traj.name, "reward": float(traj.reward),
-            "prompt": _clip_text(str(user[-1]) if user else None, max_chars),
-            "turns": [{"response": _clip_text(s.response, max_chars), "observation": _clip_text(s.observation, max_chars)}
+            "prompt": cut(str(user[-1]) if user else None),
+            "turns": [{"response": cut(s.response), "observation": cut(s.observation)}
                       for s in traj.steps],
         })
     return {"episode": ep.id, "task_id": ep.task.get("task_id"), "correct": bool(ep.is_correct), "trajectories": trajs}

@@ -23,7 +23,8 @@ MAX_FIELD_CHARS = 600
 GUIDANCE_HEADER = "Guidance from an earlier attempt at this task:"
 
 
-def _clip(text: str | None, limit: int = MAX_FIELD_CHARS) -> str:
+def clip(text: str | None, limit: int = MAX_FIELD_CHARS) -> str:
+    """The text cut to `limit` characters, marked " [...]" where cut ("" for None)."""
     text = "" if text is None else str(text)
     return text if len(text) <= limit else text[:limit] + " [...]"
 
@@ -33,15 +34,15 @@ def render_attempt(attempt: Trajectory) -> str:
     lines = []
     for i, step in enumerate(attempt.steps, 1):
         lines.append(f"Turn {i}")
-        lines.append(f"Agent: {_clip(step.response.strip())}")
+        lines.append(f"Agent: {clip(step.response.strip())}")
         if step.observation is not None:
-            lines.append(f"Environment: {_clip(step.observation)}")
+            lines.append(f"Environment: {clip(step.observation)}")
     return "\n".join(lines) if lines else "(the agent took no turn)"
 
 
 def render_task(messages: list[dict]) -> str:
     """What the agent was shown before its first move (system prompt and first user turn)."""
-    parts = [f"[{m.get('role', '?')}] {_clip(m.get('content', ''))}" for m in messages[:2]]
+    parts = [f"[{m.get('role', '?')}] {clip(m.get('content', ''))}" for m in messages[:2]]
     return "\n".join(parts)
 
 
@@ -60,7 +61,7 @@ def render_reflection_request(
         f"## Outcome\nReward: {reward:g}",
     ]
     if memory:
-        listed = "\n".join(f"{i}. {_clip(m)}" for i, m in enumerate(memory, 1))
+        listed = "\n".join(f"{i}. {clip(m)}" for i, m in enumerate(memory, 1))
         sections.append("## Instructions that led to success on similar tasks\n" + listed)
     sections.append(
         "Write instructions for the agent's next attempt: what the observations probably mean, "
