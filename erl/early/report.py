@@ -8,14 +8,12 @@ import json
 import sys
 from pathlib import Path
 
+from erl.tracking import read_metrics
+
 ARMS = (("base", "base model", ()), ("il", "IL", ("il",)), ("iwm-il", "IWM -> IL", ("iwm", "iwm-il")),
         ("sr", "SR", ("sr",)))
 PAPER = ("The paper's claim, **not from these runs** (arXiv 2510.08558, over eight environments): "
          "IWM and SR beat IL by about 9.6 points on average, and are better starts for RL than IL.")
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
 def arm_table(folder: Path) -> tuple[str, list[str]]:
@@ -33,12 +31,12 @@ def arm_table(folder: Path) -> tuple[str, list[str]]:
         metrics = saved["metrics"]
         steps = []
         for stage in stages:
-            rows = _rows(folder / stage / "metrics.jsonl")
+            rows = read_metrics(folder / stage / "metrics.jsonl")
             if rows:
-                steps.append(f"{stage} {rows[-1].get('step', len(rows))} ({rows[-1].get('loss/nll', float('nan')):.3f})")
-        rl = _rows(folder / f"{key}-erl" / "metrics.jsonl")
+                steps.append(f"{stage} {rows[-1]['step']} ({rows[-1].get('loss/nll', float('nan')):.3f})")
+        rl = read_metrics(folder / f"{key}-erl" / "metrics.jsonl")
         curve = ", ".join(f"{r['eval/success']:.2f} (step {r['step']})" for r in rl if "eval/success" in r)
-        curve = f"{curve}; {rl[-1].get('step', 0)} steps run" if rl else "-"
+        curve = f"{curve}; {rl[-1]['step']} steps run" if rl else "-"
         lines.append(f"| {label} | {metrics['eval/success']:.3f} | {int(metrics['eval/tasks'])} | "
                      f"{', '.join(steps) or '-'} | {curve} |")
     return env, lines
