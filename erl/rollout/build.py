@@ -34,11 +34,11 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     if reason is None:
         # LoRA adapters folded into a copy: fewer ops per decode step, one more copy of the weights
         merged = MergedLoRA.of(model) if merge_lora else None
-        if merged is None:
-            return RolloutEngine(model, tokenizer, slots=max_batch_size, compile=compile)
-        logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
-                    "re-merged after each update", len(merged.pairs))
-        return RolloutEngine(merged.model, tokenizer, slots=max_batch_size, compile=compile, refresh=merged.refresh)
+        if merged is not None:
+            logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
+                        "re-merged after each update", len(merged.pairs))
+        return RolloutEngine(merged.model if merged else model, tokenizer, slots=max_batch_size, compile=compile,
+                             refresh=merged.refresh if merged else None)
     if engine == "engine":
         raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
     logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)

@@ -11,12 +11,9 @@ delta is computed afresh from the current adapters each time, so nothing drifts.
 from __future__ import annotations
 
 import copy
-import logging
 from typing import Any
 
 import torch
-
-logger = logging.getLogger(__name__)
 
 
 class MergedLoRA:
