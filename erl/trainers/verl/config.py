@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erl.core.config import ConfigError, ErlConfig, check_keys
+from erl.core.config import ConfigError, ErlConfig, check_ints, check_keys
 from erl.core.losses import LossSettings
 from erl.trainers.verl.loss import loss_settings
 
@@ -81,12 +81,8 @@ class ErlTrainerConfig:
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:
         out = cls(**check_keys("erl_trainer", data, cls))
-        for name in ("eval_tasks", "max_context_tokens"):
-            v = getattr(out, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"erl_trainer.{name} must be an integer >= 1, got {v!r}")
-        if isinstance(out.log_episodes, bool) or not isinstance(out.log_episodes, int) or out.log_episodes < 0:
-            raise ConfigError(f"erl_trainer.log_episodes must be an integer >= 0, got {out.log_episodes!r}")
+        check_ints("erl_trainer", out, ("eval_tasks", "max_context_tokens"), 1)
+        check_ints("erl_trainer", out, ("log_episodes",), 0)
         if not isinstance(out.progress, bool):
             raise ConfigError(f"erl_trainer.progress must be true or false, got {out.progress!r}")
         if not out.memory_actor or not isinstance(out.memory_actor, str):
