@@ -2,10 +2,11 @@
 
 Alternatives are sampled from the current policy through the same async Policy interface as
 RL rollouts (in the CLI the RL trainer's own rollout policy, erl.rollout.build.build_policy; any
-Policy in code; ScriptedPolicy in tests), so requests from all states are batched together. A sampled reply counts only when it parses to an action
-that is neither the expert's nor one already chosen for that state; after `max_rounds`
-rounds the missing ones are drawn uniformly from the unused actions and marked
-source="random" in rollout.jsonl (the manifest counts them), so K is always met.
+Policy in code; ScriptedPolicy in tests), so requests from all states are batched together. A
+sampled reply counts only when it parses to an action that is neither the expert's nor one
+already chosen for that state; after `max_rounds` rounds the missing ones are drawn uniformly
+from the unused actions and marked source="random" in rollout.jsonl (the manifest counts them),
+so K is always met.
 """
 
 from __future__ import annotations
@@ -153,7 +154,8 @@ BUILD_KEYS = ("env", "model", "erl", "early", "seed", "out", "overwrite", "tasks
 
 def build(cfg: dict) -> dict:
     """`erl-early build`: tasks (generated like the RL run's, or a task file), the model from
-    `model:` as the policy (the RL trainer's rollout engine: build_policy), records written to `out`. Returns the manifest."""
+    `model:` as the policy (the RL trainer's rollout engine: build_policy), records written to
+    `out`. Returns the manifest."""
     import torch
 
     from erl.early.data import check_out, write_dataset
