@@ -73,6 +73,19 @@ def test_alternatives_differ_from_the_expert_and_next_states_are_the_envs():
     assert [r["messages"][-1]["content"] for r in out["iwm"]] == [r["next_state"] for r in rows]
 
 
+def test_action_tag_tasks_build_with_strict_replies():
+    """env.params.action_tag=true: the expert still plays (it speaks the tagged form), and a
+    policy reply counts only when the env would take it: 'I go up' is no move there."""
+    tagged = {**TASK, "action_tag": True}
+    assert [s.action for s in expert_trajectory(tagged)] == ["right", "down"]
+    policy = ScriptedPolicy(build_tiny_tokenizer(), replies("I go up", "<action>up</action>"))
+    out, stats = build(policy, tasks=(tagged,), k=1, max_rounds=1, max_new_tokens=64)  # the tiny tokenizer spells tags out
+    assert (stats["replies_invalid"], stats["alternatives_policy"], stats["alternatives_random"]) == (1, 1, 1)
+    rows = out["rollout"]
+    assert [(r["step"], r["source"]) for r in rows] == [(0, "random"), (1, "policy")]
+    assert rows[1]["action"] == "up" and rows[1]["next_state"].startswith("Nothing happened.")
+
+
 def test_rationale_prompt_shows_both_outcomes_and_sr_target_ends_with_the_expert_action():
     tok = build_tiny_tokenizer()
     policy = ScriptedPolicy(tok, replies("up", "left", "left", "up"))  # round 1 fills k=2 for both states

@@ -131,3 +131,30 @@ def test_resume_check_compares_without_a_control_run_when_none_was_made(tmp_path
     res = _compare_phase(tmp_path)
     assert res.returncode == 0 and "control" in res.stdout.splitlines()[0]
     assert res.stdout.strip().endswith("step 3: REPRODUCED within run-to-run noise")
+
+
+def test_launched_command_reaches_the_config_check(tmp_path):
+    """The launcher for real (no DRY_RUN): Hydra must parse every override. A missing model folder
+    is the first thing validation reports, before Ray or any GPU work: exit 2 naming the folder."""
+    pytest.importorskip("verl")
+    missing = tmp_path / "no-model"
+    full = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full.update(MODEL_PATH=str(missing), ROLLOUT="hf", N_GPUS_PER_NODE="1")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "frozenlake_erl.sh"), "data.train_batch_size=4",
+                          "+env.params.size_max=3"], env=full, capture_output=True, text=True, check=False)
+    assert "unrecognized arguments" not in res.stderr
+    assert res.returncode == 2 and "erl-verl: error:" in res.stderr and "no-model" in res.stderr, res.stderr[-2000:]
+
+
+def test_searchpath_goes_after_the_options_and_before_the_overrides():
+    pytest.importorskip("verl")
+    from hydra._internal.utils import get_args_parser
+
+    from erl.trainers.verl.config import searchpath
+    from erl.trainers.verl.main import with_searchpath
+
+    args = with_searchpath(["--config-name", "sokoban_rlvr", "--cfg", "job", "erl.tau=0.5", "x=1"])
+    assert args[:5] == ["--config-name", "sokoban_rlvr", "--cfg", "job", searchpath()]
+    parsed = get_args_parser().parse_args(args)
+    assert parsed.config_name == "sokoban_rlvr" and parsed.overrides == [searchpath(), "erl.tau=0.5", "x=1"]
+    assert with_searchpath(["--config-name=a"]) == ["--config-name=a", searchpath()]

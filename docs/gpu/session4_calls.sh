@@ -46,7 +46,7 @@ arm() {  # RL from a stage, resumed when its folder holds a run
 
 ( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches a shell whose command line holds the pattern
 for p in "${pids[@]}"; do wait "$p"; done
-kill $DOG $SMI 2>/dev/null
+kill $(pgrep -P $DOG) $DOG $SMI 2>/dev/null  # the sleep too: it holds the call's output open
 nvidia-smi --query-gpu=memory.used --format=csv
 if [ -n "${OUT:-}" ]; then
   tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard \

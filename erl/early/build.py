@@ -76,7 +76,8 @@ async def sample_alternatives(policy: Any, states: list[tuple[dict, ExpertStep]]
         gens = await asyncio.gather(*[policy.generate(ids[i], params) for i in jobs])
         for i, gen in zip(jobs, gens):
             task, step = states[i]
-            action = parse_action(gen.text, action_space(task["env"]))
+            # as the env would read the reply: with action_tag only a tagged action is a move
+            action = parse_action(gen.text, action_space(task["env"]), require_tag=bool(task.get("action_tag")))
             stats["policy_replies"] += 1
             if action is None:
                 stats["replies_invalid"] += 1

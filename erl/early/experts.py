@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from erl.core.config import ConfigError
-from erl.envs.base import ACTIONS
+from erl.envs.base import ACTIONS, action_text
 from erl.envs.registry import make_env
 
 
@@ -91,7 +91,7 @@ def expert_trajectory(task: dict, actions: list[str] | None = None) -> list[Expe
     state, _ = env.reset()
     steps = []
     for i, action in enumerate(actions):
-        nxt, _, done, info = env.step(action)
+        nxt, _, done, info = env.step(action_text(action))
         why = _rejection(info)
         if why:
             raise ValueError(f"task {tid!r}: the env rejects expert action {i} ({action!r}): {why}")
@@ -112,10 +112,10 @@ def step_from(task: dict, prefix: list[str], action: str, expected_state: str) -
     env = make_env(task)
     state, _ = env.reset()
     for a in prefix:
-        state, _, _, _ = env.step(a)
+        state, _, _, _ = env.step(action_text(a))
     if str(state) != expected_state:
         raise ValueError(f"task {task.get('task_id')!r}: replaying {prefix} does not reproduce the expert's "
                          "state; early experience needs a deterministic env")
-    nxt, _, done, info = env.step(action)
+    nxt, _, done, info = env.step(action_text(action))
     env.close()
     return str(nxt), bool(done), dict(info)

@@ -152,6 +152,12 @@ def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS, require_tag: boo
     return words[-1].lower() if words else None
 
 
+def action_text(action: str) -> str:
+    """An action as a move every grid env accepts, with or without `action_tag`: code that plays
+    an env itself (the Early Experience expert and its alternatives) speaks the strict form."""
+    return f"<action>{action}</action>"
+
+
 def quote_reply(text: Any, limit: int = 40) -> str:
     """A short, single-line echo of an invalid reply for the feedback message."""
     if isinstance(text, bytes):

@@ -110,10 +110,18 @@ def _main(config: Any) -> None:
     print(f"erl-verl: done -> {config.trainer.default_local_dir} {shown}")
 
 
+def with_searchpath(args: list[str]) -> list[str]:
+    """The command line with ERL's search path as the first override: after the options
+    (`--config-name X`; argparse takes Hydra's overrides as one run of positionals, so an override
+    before an option leaves the rest unparsed) and before the user's overrides, so theirs win."""
+    first = next((k for k, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    return [*args[:first], searchpath(), *args[first:]]
+
+
 def main() -> None:
     import hydra
 
-    sys.argv.insert(1, searchpath())  # before the user's overrides: theirs win
+    sys.argv[1:] = with_searchpath(sys.argv[1:])
     hydra.main(config_path=str(config_dir()), config_name="frozenlake_erl", version_base=None)(_main)()
 
 

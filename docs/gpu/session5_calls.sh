@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The device calls of the fifth session (one H200), each <= 10 minutes, resuming from what the call
+# before left on the machine's /tmp (docs/gpu/README.md):
+#   bash docs/gpu/session5_calls.sh N        # N = 1, 2, 3; SMOLLM: the converted model folder
+# What runs side by side (WARM=0 / VERL=0 / BENCH=1 switch the parts off / on):
+# - WARM: FrozenLake with env.params.action_tag=true (only <action>X</action> is a move). An IL
+#   warm start (erl-early build + train stage=il on the RL runs' 1,024 training tasks, expert
+#   replies only), then IL -> ERL and IL -> RLVR, seed 0, preset=gpu (scripts/gpu_chain.sh).
+# - VERL: FrozenLake ERL and RLVR through the verl trainer (scripts/launch_verl.sh, FSDP + the hf
+#   rollout on the engine), at the local preset's scale: 64 tasks a step, n=8, 4 turns, grids 2-3,
+#   full fine-tuning at lr 2e-5 (verl's LoRA path is not wired to the hf rollout's weight sync).
+#   Each resumes from its last checkpoint (save_freq=2) when called again.
+# - BENCH: benchmarks/local_step.py at preset=gpu (ERL vs RLVR step time, side by side).
+# Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
+set -uo pipefail
+CALL=${1:?usage: session5_calls.sh N}
+LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped (a first call: ~470)
+START=$SECONDS
+export PYTHONPATH=$PWD:/tmp/ov/site SMOLLM=${SMOLLM:-/tmp/smollm2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_AUTH_MODE=disabled HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0
+mkdir -p /tmp/runs /tmp/early5 /tmp/verl
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 > /tmp/runs/smi_call$CALL.log 2>&1 &
+SMI=$!
+left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
+IL_EPOCHS=${IL_EPOCHS:-6}
+
+pids=()
+if [ "${WARM:-1}" = 1 ]; then
+  (
+    E=/tmp/early5/frozenlake
+    if [ ! -f $E/il/final/model.safetensors ]; then
+      python3 -m erl.cli.early build env=frozenlake model.path=$SMOLLM out=/tmp/early5/data n_tasks=1024 \
+        env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512 > /tmp/early5/build.log 2>&1
+      python3 -m erl.cli.early train stage=il model.path=$SMOLLM data=/tmp/early5/data trainer.output_dir=$E/il \
+        trainer.epochs=$IL_EPOCHS trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false \
+        'trainer.loggers=[console]' > /tmp/early5/il.log 2>&1
+      python3 -m erl.cli.evaluate env=frozenlake model.path=$SMOLLM model.init_from=$E/il eval.n=64 \
+        env.params.action_tag=true trainer.progress=false eval.out=$E/eval_il.json > /tmp/early5/eval_il.log 2>&1
+    fi
+    OUT= RUNS="erl:0 rlvr:0" ENV=frozenlake BUDGET=$(left 80) RUN_ROOT=/tmp/runs/il_tag \
+      bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/il env.params.action_tag=true
+  ) & pids+=($!)
+fi
+
+VERL_ARGS=(data.train_batch_size=64 erl.n_attempt=8 erl.max_new_tokens=16 erl.max_reflection_tokens=48 erl.max_turns=4
+  erl.reflection_require_tag=false +env.params.size_max=3 +env.params.max_turns=4 env.n_train=1024 env.n_val=64
+  erl_trainer.eval_tasks=64 erl_trainer.progress=false actor_rollout_ref.actor.optim.lr=2e-5
+  actor_rollout_ref.actor.ppo_mini_batch_size=64 trainer.total_training_steps=200 trainer.test_freq=4
+  trainer.save_freq=2 trainer.max_actor_ckpt_to_keep=1 "trainer.logger=[console]" trainer.resume_mode=auto
+  +actor_rollout_ref.model.override_config.attn_implementation=sdpa actor_rollout_ref.model.use_remove_padding=false
+  actor_rollout_ref.actor.use_torch_compile=false actor_rollout_ref.ref.fsdp_config.param_offload=false)
+verl_run() {  # verl_run EXPERIMENT: interrupted (SIGINT) when the call's time is up; resumes next call
+  MODEL_PATH=$SMOLLM ROLLOUT=hf N_GPUS_PER_NODE=1 EXPERIMENT=$1 timeout --signal=INT --kill-after=30 "$(left 40)" \
+    bash scripts/launch_verl.sh "${VERL_ARGS[@]}" trainer.default_local_dir=/tmp/verl/$1 >> /tmp/verl/$1.log 2>&1
+}
+if [ "${VERL:-1}" = 1 ]; then
+  verl_run frozenlake_erl & pids+=($!)
+  verl_run frozenlake_rlvr & pids+=($!)
+fi
+if [ "${BENCH:-0}" = 1 ]; then
+  timeout "$(left 20)" python3 benchmarks/local_step.py --set preset=gpu --set model.path=$SMOLLM --steps 3 \
+    --out /tmp/runs/local_step_gpu.json > /tmp/runs/local_step_gpu.txt 2>&1 & pids+=($!)
+fi
+
+( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches this shell's own command line
+for p in "${pids[@]}"; do wait "$p"; done
+kill $(pgrep -P $DOG) $DOG $SMI 2>/dev/null  # the sleep too: it holds the call's output open
+pkill -9 -f "[r]aylet"; pkill -9 -f "[g]cs_server"; pkill -9 -f "ray[:][:]"  # what a killed verl driver left
+nvidia-smi --query-gpu=memory.used --format=csv
+if [ -n "${OUT:-}" ]; then
+  tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
+    --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs early5 verl
+  tar -czf "$OUT/early5_data.tgz" -C /tmp early5/data 2>/dev/null || true
+fi
+echo "call $CALL done in $((SECONDS - START)) s"
