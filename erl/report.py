@@ -32,7 +32,7 @@ PAPER = {
     "frozenlake": {"rlvr": (0.86, 0.39), "erl": (0.94, 0.66)},
     "hotpotqa": {"rlvr": (0.45, 0.47), "erl": (0.56, 0.50)},
 }
-# one colour per method in every figure; the verl trainer's runs are dashed
+# one colour per method in every figure; the verl trainer's runs dashed, a warm start dash-dotted (dotted on verl)
 COLOURS = {"erl": "tab:blue", "rlvr": "tab:orange", "no_reflection": "tab:green", "no_memory": "tab:red"}
 OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 TOL = 1e-9  # "reached": a mean of eval fractions equal to the target up to float rounding
@@ -68,6 +68,7 @@ class Run:
     minutes: dict[int, float]  # step -> training minutes done by then
     last_step: int
     train_success: dict[int, float]  # step -> attempt1/success of the training rollouts
+    start: str = ""  # what the run starts from or plays that others may not: a warm start, strict action tags
 
 
 @dataclass
@@ -76,6 +77,7 @@ class Group:
     method: str
     trainer: str
     runs: list[Run]
+    start: str = ""
     steps: list[int] = field(default_factory=list)  # eval steps every run with evals logged
     mean: np.ndarray = None
     std: np.ndarray = None  # sample std over seeds (n - 1); nan for one seed
@@ -86,7 +88,8 @@ class Group:
 
     @property
     def label(self) -> str:
-        return self.method if self.trainer == "local" else f"{self.method} (verl)"
+        label = self.method if self.trainer == "local" else f"{self.method} (verl)"
+        return f"{label} [{self.start}]" if self.start else label
 
     @property
     def final(self) -> float:
@@ -129,8 +132,30 @@ def describe(folder: Path) -> tuple[str, Path, Path, dict] | None:
             cfg = json.loads(js.read_text())
         except json.JSONDecodeError as exc:
             raise ReportError(f"{js}: not JSON ({exc.msg})") from None
+        if _is_stage(folder):
+            return None  # an Early Experience stage (erl-early train): SFT, not an RL run
         return "local", js, folder / "metrics.jsonl", cfg
     return None
+
+
+def run_start(cfg: dict) -> str:
+    """A warm start (model.init_from: "from il" for an Early Experience stage's folder) and
+    env.params.action_tag: runs that differ in them are different experiments, never seeds of one."""
+    parts = []
+    init = (cfg.get("model") or {}).get("init_from")
+    if init:
+        parts.append(f"from {Path(str(init)).name}")
+    if ((cfg.get("env") or {}).get("params") or {}).get("action_tag"):
+        parts.append("action tag")
+    return ", ".join(parts)
+
+
+def _is_stage(folder: Path) -> bool:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(cfg, dict) and "stage" in cfg and "erl" not in cfg
 
 
 def load_run(folder: Path, warn) -> Run | None:
@@ -153,7 +178,7 @@ def load_run(folder: Path, warn) -> Run | None:
     return Run(folder, cfg_file, metrics_file, trainer, str(_get(cfg, "env.name", cfg_file)),
                str(_get(cfg, "erl.mode", cfg_file)), seed, str(_get(cfg, model, cfg_file)),
                curve("eval/success"), training_minutes(rows), max((int(r["step"]) for r in rows), default=0),
-               curve("attempt1/success"))
+               curve("attempt1/success"), run_start(cfg))
 
 
 def find_runs(patterns: list[str], warn) -> list[Run]:
@@ -173,16 +198,16 @@ def find_runs(patterns: list[str], warn) -> list[Run]:
         run = load_run(folder, warn)
         if run is not None:
             runs.append(run)
-        elif (folder / "metrics.jsonl").is_file():
+        elif (folder / "metrics.jsonl").is_file() and not _is_stage(folder):
             warn(f"{folder}: metrics.jsonl without a trainer's config.json / config.yaml, skipped")
     if not runs:
         raise ReportError(f"no run folders (config.json or config.yaml next to metrics.jsonl) under {' '.join(patterns)}")
     return runs
 
 
-def aggregate(env: str, method: str, trainer: str, runs: list[Run]) -> Group:
+def aggregate(env: str, method: str, trainer: str, runs: list[Run], start: str = "") -> Group:
     by_seed = sorted(runs, key=lambda r: (0, r.seed, "") if isinstance(r.seed, int) else (1, 0, str(r.seed)))
-    g = Group(env, method, trainer, by_seed)
+    g = Group(env, method, trainer, by_seed, start=start)
     with_evals = [r for r in g.runs if r.evals]
     for r in g.runs:
         if not r.evals:
@@ -213,12 +238,14 @@ def method_order(method: str) -> tuple:
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Group]]:
-    """env -> its groups, known methods first in MODES order, then the others by name."""
-    keys = sorted({(r.env, r.trainer, r.method) for r in runs}, key=lambda k: (k[0], k[1], method_order(k[2])))
+    """env -> its groups: by trainer, then start (plain first), known methods in MODES order, then
+    the others by name."""
+    keys = sorted({(r.env, r.trainer, r.start, r.method) for r in runs},
+                  key=lambda k: (k[0], k[1], k[2], method_order(k[3])))
     out: dict[str, list[Group]] = {}
-    for env, trainer, method in keys:
-        members = [r for r in runs if (r.env, r.trainer, r.method) == (env, trainer, method)]
-        out.setdefault(env, []).append(aggregate(env, method, trainer, members))
+    for env, trainer, start, method in keys:
+        members = [r for r in runs if (r.env, r.trainer, r.start, r.method) == (env, trainer, start, method)]
+        out.setdefault(env, []).append(aggregate(env, method, trainer, members, start))
     return out
 
 
@@ -237,7 +264,7 @@ def _span(values: list) -> str:
 
 
 def env_table(groups: list[Group]) -> list[str]:
-    rlvr = {g.trainer: g for g in groups if g.method == "rlvr" and g.steps}
+    rlvr = {(g.trainer, g.start): g for g in groups if g.method == "rlvr" and g.steps}  # the same experiment's
     lines = [("| method | seeds | final eval success: mean ± std (min-max) [step] | best of the mean curve [step] | "
               "steps to RLVR's final level | training minutes to it | total steps | training minutes in all |"),
              "|---|---|---|---|---|---|---|---|"]
@@ -250,7 +277,7 @@ def env_table(groups: list[Group]) -> list[str]:
             continue
         final = f"{g.final:.3f} ± {_f(g.std[-1])} ({g.lo[-1]:.3f}-{g.hi[-1]:.3f}) [{g.steps[-1]}]"
         b = int(np.argmax(g.mean))
-        base = rlvr.get(g.trainer)
+        base = rlvr.get((g.trainer, g.start))
         if base is None:
             reach = reach_min = "n/a (no rlvr runs)"
         else:
@@ -294,7 +321,7 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
     fig, axes = plt.subplots(1, 3 if train_panel else 2, figsize=(17 if train_panel else 12, 4.2))
     others: dict[str, str] = {}
     for g in groups:
-        c, ls = colour(g.method, others), "-" if g.trainer == "local" else "--"
+        c, ls = colour(g.method, others), ("-", "--", "-.", ":")[(g.trainer != "local") + 2 * bool(g.start)]
         n = len([r for r in g.runs if r.evals])
         label = f"{g.label} ({n} seed{'s' if n > 1 else ''})"
         for ax, xs in zip(axes, (np.array(g.steps, dtype=float), g.minutes)):

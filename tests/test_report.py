@@ -9,7 +9,7 @@ from erl.cli.report import main
 STEP_SECONDS = {"erl": 45.0, "rlvr": 30.0, "no_memory": 30.0, "no_reflection": 30.0, "my_variant": 30.0}
 
 
-def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False):
+def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False, model=None, params=None):
     """A run folder as the trainer writes it: eval-only row at step 0, then one row per step
     with its timings (STEP_SECONDS[mode] each), eval/success on the steps in `evals`."""
     folder.mkdir(parents=True)
@@ -20,8 +20,8 @@ def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False
                      "attempt1/success": 0.1, **({"eval/success": evals[k]} if k in evals else {})})
     text = "".join(json.dumps(r) + "\n" for r in rows) + ('{"step": 99, "eval/succ' if torn else "")
     if trainer == "local":
-        cfg = {"env": {"name": env}, "erl": {"mode": mode}, "seed": seed, "model": {"path": "tiny"},
-               "trainer": {"total_steps": steps}}
+        cfg = {"env": {"name": env, "params": params or {}}, "erl": {"mode": mode}, "seed": seed,
+               "model": {"path": "tiny", **(model or {})}, "trainer": {"total_steps": steps}}
         (folder / "config.json").write_text(json.dumps(cfg))
         (folder / "metrics.jsonl").write_text(text)
     else:  # verl: a Hydra YAML with erl_trainer, the metrics file it names
@@ -105,6 +105,25 @@ def test_report_numbers_plots_and_sources(runs, capsys):
     err = capsys.readouterr().err
     assert "nomem-s1/metrics.jsonl:8: the last line is not complete JSON" in err
     assert "## Warnings while reading" in text and "nomem-s1/metrics.jsonl:8" in text
+
+
+def test_warm_starts_and_action_tags_are_their_own_experiments(runs):
+    """Runs from an Early Experience stage with strict action tags are not seeds of the plain runs:
+    their own rows, and 'RLVR's final level' is their own RLVR's (0.75), not the plain one's (0.5)."""
+    fl = runs / "runs" / "fl"
+    warm = {"model": {"init_from": "/tmp/early/frozenlake/il"}, "params": {"action_tag": True}}
+    write_run(fl / "il-erl-s0", "frozenlake", "erl", 0, {0: 0.5, 2: 0.75, 4: 1.0}, 4, **warm)
+    write_run(fl / "il-rlvr-s0", "frozenlake", "rlvr", 0, {0: 0.5, 2: 0.5, 4: 0.75}, 4, **warm)
+    out = runs / "docs" / "results.md"
+    assert main([str(fl), "--out", str(out)]) == 0
+    text = out.read_text()
+    # the plain groups are unchanged by the new runs
+    assert cells(text, "frozenlake", "erl")[1:5] == ["2 (0, 1)", "0.875 ± 0.177 (0.750-1.000) [4]", "0.875 [4]", "2"]
+    # IL -> ERL reaches IL -> RLVR's final 0.75 at step 2 (2 x 45 s = 1.5 min); IL -> RLVR at its step 4
+    assert cells(text, "frozenlake", "erl [from il, action tag]") == [
+        "erl [from il, action tag]", "1 (0)", "1.000 ± n/a (1.000-1.000) [4]", "1.000 [4]", "2", "1.5", "4", "3.0"]
+    assert cells(text, "frozenlake", "rlvr [from il, action tag]")[4:6] == ["4", "2.0"]
+    assert "| erl [from il, action tag] | 1.000 | 0.94 | 0.66 |" in section(text, "frozenlake")
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
