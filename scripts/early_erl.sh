@@ -8,7 +8,7 @@
 # Extra arguments go to erl-train. The dataset is built once per DATA and every stage once per
 # output folder (a finished one is reused), so the arms share them.
 # Environment: ENV=frozenlake, MODEL=smollm2-135m-instruct (configs/local/model), MODEL_PATH (model.path),
-#   DATA=data/early/$ENV, OUT=outputs/early/$ENV, MODE=erl, MAX_NEW_TOKENS=128 (erl.max_new_tokens in
+#   DATA=data/early/$ENV, OUT=outputs/early/$ENV, RUN_DIR=$OUT/<method>-$MODE (the RL run), MODE=erl, MAX_NEW_TOKENS=128 (erl.max_new_tokens in
 #   every arm: an SR policy writes its reasoning before the action), BUILD_ARGS / STAGE_ARGS (extra
 #   overrides for erl-early build / train, space-separated), PYTHON=python3, DRY_RUN=1 (print only).
 set -euo pipefail
@@ -28,4 +28,4 @@ if [ "$METHOD" != none ]; then
   esac
 fi
 run "$PYTHON" -m erl.cli.train "env=$ENV" "${MODEL_ARGS[@]}" "${WARM[@]}" "erl.mode=$MODE" \
-  "erl.max_new_tokens=${MAX_NEW_TOKENS:-128}" "trainer.output_dir=$OUT/$METHOD-$MODE" "$@"
+  "erl.max_new_tokens=${MAX_NEW_TOKENS:-128}" "trainer.output_dir=${RUN_DIR:-$OUT/$METHOD-$MODE}" "$@"

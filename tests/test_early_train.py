@@ -259,6 +259,30 @@ def test_one_command_per_arm():
     assert verl_lines[-1][3].endswith("scripts/sokoban_rlvr.sh")
 
 
+def test_il_tag_rl_is_one_command_per_row():
+    """scripts/il_tag_rl.sh: the docs/gpu/il_action_tag settings (tagged expert data on the RL run's
+    1,024 tasks, 6 IL epochs, preset=gpu with action tags, 16 new tokens), a folder per mode and seed."""
+    build, stage, rl = dry_run("il_tag_rl.sh", "rlvr", "2", "trainer.total_steps=60", MODEL_PATH="/m")
+    assert build[2:4] == ["erl.cli.early", "build"] and "n_tasks=1024" in build and "env.params.action_tag=true" in build
+    assert stage[4] == "stage=il" and "trainer.epochs=6" in stage and "trainer.output_dir=outputs/early/frozenlake-tag/il" in stage
+    assert rl[2] == "erl.cli.train" and rl[-1] == "trainer.total_steps=60"
+    for arg in ("model.init_from=outputs/early/frozenlake-tag/il", "erl.mode=rlvr", "erl.max_new_tokens=16", "seed=2",
+                "preset=gpu", "env.params.action_tag=true", "trainer.output_dir=outputs/early/frozenlake-tag/il-rlvr-s2"):
+        assert arg in rl, arg
+    # the composed run config is what the GPU runs used
+    from hydra import compose, initialize_config_dir
+
+    from erl.cli.app import config_dir
+    overrides = [a for a in rl[3:] if not a.startswith("model.path=")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        c = compose("train", overrides=overrides)
+    assert (c.env.n_train, c.env.params.action_tag, c.trainer.tasks_per_step, c.erl.n_attempt) == (1024, True, 64, 8)
+    for bad in (["pg", "0"], ["erl", "x"]):
+        res = subprocess.run(["bash", str(ROOT / "scripts" / "il_tag_rl.sh"), *bad], env={**os.environ, "DRY_RUN": "1"},
+                             capture_output=True, text=True)
+        assert res.returncode == 2 and "il_tag_rl.sh" in res.stderr
+
+
 def test_arms_side_by_side_share_the_data_and_stages(tmp_path):
     """scripts/early_compare.sh: one dataset, the four stages (IWM's result starts IL), then the
     greedy eval of the base model and of each arm, with the same overrides as early_erl.sh."""
