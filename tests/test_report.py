@@ -114,9 +114,15 @@ def test_warm_starts_and_action_tags_are_their_own_experiments(runs):
     warm = {"model": {"init_from": "/tmp/early/frozenlake/il"}, "params": {"action_tag": True}}
     write_run(fl / "il-erl-s0", "frozenlake", "erl", 0, {0: 0.5, 2: 0.75, 4: 1.0}, 4, **warm)
     write_run(fl / "il-rlvr-s0", "frozenlake", "rlvr", 0, {0: 0.5, 2: 0.5, 4: 0.75}, 4, **warm)
+    # the IL stage's own folder (erl-early train: config.json + metrics.jsonl) is not an RL run
+    stage = fl / "early" / "il"
+    stage.mkdir(parents=True)
+    (stage / "config.json").write_text(json.dumps({"stage": {"name": "il"}, "model": {"path": "tiny"}}))
+    (stage / "metrics.jsonl").write_text('{"step": 1, "loss/nll": 0.5}\n')
     out = runs / "docs" / "results.md"
     assert main([str(fl), "--out", str(out)]) == 0
     text = out.read_text()
+    assert "early/il" not in text  # neither a row nor a warning
     # the plain groups are unchanged by the new runs
     assert cells(text, "frozenlake", "erl")[1:5] == ["2 (0, 1)", "0.875 ± 0.177 (0.750-1.000) [4]", "0.875 [4]", "2"]
     # IL -> ERL reaches IL -> RLVR's final 0.75 at step 2 (2 x 45 s = 1.5 min); IL -> RLVR at its step 4
