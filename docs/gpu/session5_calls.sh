@@ -3,13 +3,15 @@
 # before left on the machine's /tmp (docs/gpu/README.md):
 #   bash docs/gpu/session5_calls.sh N        # N = 1, 2, 3; SMOLLM: the converted model folder
 # What runs side by side (WARM=0 / VERL=0 / BENCH=1 switch the parts off / on):
-# - WARM: FrozenLake with env.params.action_tag=true (only <action>X</action> is a move). An IL
-#   warm start (erl-early build + train stage=il on the RL runs' 1,024 training tasks, expert
-#   replies only), then IL -> ERL and IL -> RLVR, seed 0, preset=gpu (scripts/gpu_chain.sh).
+# - WARM: $WARM_ENV (frozenlake) with env.params.action_tag=true (only <action>X</action> is a move).
+#   An IL warm start (erl-early build + train stage=il on the RL runs' 1,024 training tasks, expert
+#   replies only), then the $WARM_RUNS (erl:0 rlvr:0) from it, preset=gpu (scripts/gpu_chain.sh);
+#   WARM_ARGS: more env overrides for all three (e.g. "env.params.max_moves=4" for Sokoban).
 # - VERL: FrozenLake ERL and RLVR through the verl trainer (scripts/launch_verl.sh, FSDP + the hf
 #   rollout on the engine), at the local preset's scale: 64 tasks a step, n=8, 4 turns, grids 2-3,
 #   full fine-tuning at lr 2e-5 (verl's LoRA path is not wired to the hf rollout's weight sync).
-#   Each resumes from its last checkpoint (save_freq=2) when called again.
+#   Each resumes from its last checkpoint (save_freq=2) when called again. VERL_EXPS picks the
+#   experiments (default "frozenlake_erl frozenlake_rlvr"), VERL_EXTRA adds overrides.
 # - BENCH: benchmarks/local_step.py at preset=gpu (ERL vs RLVR step time, side by side).
 # Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
 set -uo pipefail
@@ -23,22 +25,27 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 
 SMI=$!
 left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
 IL_EPOCHS=${IL_EPOCHS:-6}
+WARM_ENV=${WARM_ENV:-frozenlake}
+read -r -a WARM_EXTRA <<< "${WARM_ARGS:-}"
+read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
 
 pids=()
 if [ "${WARM:-1}" = 1 ]; then
   (
-    E=/tmp/early5/frozenlake
+    # the fifth session's FrozenLake run used /tmp/early5/data and /tmp/early5/{build,il,eval_il}.log
+    E=/tmp/early5/$WARM_ENV
+    mkdir -p $E
     if [ ! -f $E/il/final/model.safetensors ]; then
-      python3 -m erl.cli.early build env=frozenlake model.path=$SMOLLM out=/tmp/early5/data n_tasks=1024 \
-        env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512 > /tmp/early5/build.log 2>&1
-      python3 -m erl.cli.early train stage=il model.path=$SMOLLM data=/tmp/early5/data trainer.output_dir=$E/il \
+      python3 -m erl.cli.early build env=$WARM_ENV model.path=$SMOLLM out=$E/data n_tasks=1024 \
+        env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512 "${WARM_EXTRA[@]}" > $E/build.log 2>&1
+      python3 -m erl.cli.early train stage=il model.path=$SMOLLM data=$E/data trainer.output_dir=$E/il \
         trainer.epochs=$IL_EPOCHS trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false \
-        'trainer.loggers=[console]' > /tmp/early5/il.log 2>&1
-      python3 -m erl.cli.evaluate env=frozenlake model.path=$SMOLLM model.init_from=$E/il eval.n=64 \
-        env.params.action_tag=true trainer.progress=false eval.out=$E/eval_il.json > /tmp/early5/eval_il.log 2>&1
+        'trainer.loggers=[console]' > $E/il.log 2>&1
+      python3 -m erl.cli.evaluate env=$WARM_ENV model.path=$SMOLLM model.init_from=$E/il eval.n=64 \
+        env.params.action_tag=true trainer.progress=false eval.out=$E/eval_il.json "${WARM_EXTRA[@]}" > $E/eval_il.log 2>&1
     fi
-    OUT= RUNS="erl:0 rlvr:0" ENV=frozenlake BUDGET=$(left 80) RUN_ROOT=/tmp/runs/il_tag \
-      bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/il env.params.action_tag=true
+    OUT= RUNS=${WARM_RUNS:-"erl:0 rlvr:0"} ENV=$WARM_ENV BUDGET=$(left 80) RUN_ROOT=/tmp/runs/il_tag \
+      bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/il env.params.action_tag=true "${WARM_EXTRA[@]}"
   ) & pids+=($!)
 fi
 
@@ -51,11 +58,10 @@ VERL_ARGS=(data.train_batch_size=64 erl.n_attempt=8 erl.max_new_tokens=16 erl.ma
   actor_rollout_ref.actor.use_torch_compile=false actor_rollout_ref.ref.fsdp_config.param_offload=false)
 verl_run() {  # verl_run EXPERIMENT: interrupted (SIGINT) when the call's time is up; resumes next call
   MODEL_PATH=$SMOLLM ROLLOUT=hf N_GPUS_PER_NODE=1 EXPERIMENT=$1 timeout --signal=INT --kill-after=30 "$(left 40)" \
-    bash scripts/launch_verl.sh "${VERL_ARGS[@]}" trainer.default_local_dir=/tmp/verl/$1 >> /tmp/verl/$1.log 2>&1
+    bash scripts/launch_verl.sh "${VERL_ARGS[@]}" "${VERL_MORE[@]}" trainer.default_local_dir=/tmp/verl/$1 >> /tmp/verl/$1.log 2>&1
 }
 if [ "${VERL:-1}" = 1 ]; then
-  verl_run frozenlake_erl & pids+=($!)
-  verl_run frozenlake_rlvr & pids+=($!)
+  for exp in ${VERL_EXPS:-frozenlake_erl frozenlake_rlvr}; do verl_run "$exp" & pids+=($!); done
 fi
 if [ "${BENCH:-0}" = 1 ]; then
   timeout "$(left 20)" python3 benchmarks/local_step.py --set preset=gpu --set model.path=$SMOLLM --steps 3 \
@@ -70,6 +76,6 @@ nvidia-smi --query-gpu=memory.used --format=csv
 if [ -n "${OUT:-}" ]; then
   tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
     --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs early5 verl
-  tar -czf "$OUT/early5_data.tgz" -C /tmp early5/data 2>/dev/null || true
+  (cd /tmp && tar -czf "$OUT/early5_data.tgz" early5/*/data 2>/dev/null) || true
 fi
 echo "call $CALL done in $((SECONDS - START)) s"
