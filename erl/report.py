@@ -132,7 +132,7 @@ def describe(folder: Path) -> tuple[str, Path, Path, dict] | None:
             cfg = json.loads(js.read_text())
         except json.JSONDecodeError as exc:
             raise ReportError(f"{js}: not JSON ({exc.msg})") from None
-        if _is_stage(folder):
+        if _stage_config(cfg):
             return None  # an Early Experience stage (erl-early train): SFT, not an RL run
         return "local", js, folder / "metrics.jsonl", cfg
     return None
@@ -144,18 +144,22 @@ def run_start(cfg: dict) -> str:
     parts = []
     init = (cfg.get("model") or {}).get("init_from")
     if init:
-        parts.append(f"from {Path(str(init)).name}")
+        path = Path(str(init))  # a stage's output folder, or its final/ inside it
+        parts.append(f"from {path.parent.name if path.name == 'final' else path.name}")
     if ((cfg.get("env") or {}).get("params") or {}).get("action_tag"):
         parts.append("action tag")
     return ", ".join(parts)
 
 
+def _stage_config(cfg: object) -> bool:
+    return isinstance(cfg, dict) and "stage" in cfg and "erl" not in cfg
+
+
 def _is_stage(folder: Path) -> bool:
     try:
-        cfg = json.loads((folder / "config.json").read_text())
+        return _stage_config(json.loads((folder / "config.json").read_text()))
     except (OSError, json.JSONDecodeError):
         return False
-    return isinstance(cfg, dict) and "stage" in cfg and "erl" not in cfg
 
 
 def load_run(folder: Path, warn) -> Run | None:

@@ -113,7 +113,9 @@ def test_warm_starts_and_action_tags_are_their_own_experiments(runs):
     fl = runs / "runs" / "fl"
     warm = {"model": {"init_from": "/tmp/early/frozenlake/il"}, "params": {"action_tag": True}}
     write_run(fl / "il-erl-s0", "frozenlake", "erl", 0, {0: 0.5, 2: 0.75, 4: 1.0}, 4, **warm)
-    write_run(fl / "il-rlvr-s0", "frozenlake", "rlvr", 0, {0: 0.5, 2: 0.5, 4: 0.75}, 4, **warm)
+    # the stage's final/ folder names the same start as the stage's folder
+    write_run(fl / "il-rlvr-s0", "frozenlake", "rlvr", 0, {0: 0.5, 2: 0.5, 4: 0.75}, 4,
+              model={"init_from": "/tmp/early/frozenlake/il/final"}, params={"action_tag": True})
     # the IL stage's own folder (erl-early train: config.json + metrics.jsonl) is not an RL run
     stage = fl / "early" / "il"
     stage.mkdir(parents=True)
