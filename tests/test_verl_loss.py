@@ -67,6 +67,21 @@ def test_loss_equals_hand_computed_value():
     assert loss.item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
 
 
+def test_on_policy_update_without_old_log_probs_has_ratio_one():
+    """No old_log_probs (the trainer skips their pass for one epoch over one mini-batch): the old
+    policy is the current one. Row A's pg terms are -A x 1 = -1 each, the same loss as with
+    old_log_probs equal to the new ones, and nothing is clipped."""
+    out, td = _micro_batch(batch_num_tokens=3, dp_size=1)
+    del td["old_log_probs"]
+    loss, m = erl_verl_loss(out, td, settings=_settings())
+    assert m["erl/pg_loss"] == pytest.approx(-1.0, abs=1e-6) and m["erl/pg_clipfrac"] == 0.0
+    assert loss.item() == pytest.approx(-1.0 + math.log(2), abs=1e-6)
+    out2, td2 = _micro_batch(batch_num_tokens=3, dp_size=1)
+    td2["old_log_probs"] = torch.tensor([[math.log(0.6), math.log(0.4)], [math.log(0.5), 0.0]])
+    loss2, m2 = erl_verl_loss(out2, td2, settings=_settings())
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6) and m2["erl/pg_clipfrac"] == 0.0
+
+
 def test_loss_scaled_to_the_global_token_mean():
     # 3 tokens here, 12 in the mini-batch over 2 ranks: weight 3 / 12 * 2 = 0.5
     out, td = _micro_batch(batch_num_tokens=12, dp_size=2)

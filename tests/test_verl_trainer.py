@@ -62,6 +62,7 @@ class CpuWorkers:
 
     def compute_log_prob(self, td, data):
         assert len(data) % self.dp_size == 0
+        self.old_log_prob_calls = getattr(self, "old_log_prob_calls", 0) + 1
         with torch.no_grad():
             return _response_logprobs(self.model, data, self.t)
 
@@ -197,6 +198,17 @@ def test_rlvr_runs_twice_the_first_attempts_and_no_memory(tiny_folder, tmp_path)
     # compute matching: 2 tasks x 2n = 8 first attempts, no reflection rows
     assert m["episodes"] == 8 and m["attempt1/rows"] == 8 and m["reflection/rows"] == 0
     assert t.workflow.memory is None
+    # one epoch over one mini-batch is on-policy: no forward pass for old log-probs, ratio 1
+    assert getattr(t.workers, "old_log_prob_calls", 0) == 0
+    assert m["actor/erl/pg_clipfrac"] == 0.0
+
+
+def test_several_ppo_epochs_recompute_the_old_log_probs(tiny_folder, tmp_path):
+    t = _trainer(tiny_folder, tmp_path / "epochs", ["erl.mode=rlvr", "trainer.total_training_steps=1",
+                                                     "trainer.val_before_train=false",
+                                                     "actor_rollout_ref.actor.ppo_epochs=2"])
+    t.step()
+    assert t.workers.old_log_prob_calls == 1
 
 
 def test_benchmark_side_by_side(tiny_folder, tmp_path):

@@ -44,7 +44,7 @@ NEUTRAL = {
     "algorithm.use_kl_in_reward": (False, "ERL's rewards carry no KL penalty; use actor.use_kl_loss"),
     "algorithm.rollout_correction.rollout_is": (None, "ERL's loss applies no rollout importance weights"),
     "algorithm.rollout_correction.rollout_rs": (None, "ERL's loss applies no rollout rejection sampling"),
-    "algorithm.rollout_correction.bypass_mode": (False, "ERL's loss always uses the recomputed old log-probs"),
+    "algorithm.rollout_correction.bypass_mode": (False, "ERL's loss uses recomputed old log-probs, or none when on-policy"),
 }
 
 
@@ -107,14 +107,16 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     entropy = model_output.get("entropy")  # present when the update asked for calculate_entropy
     if entropy is not None:
         entropy = no_padding_2_padding(entropy, data).float()
-    keys = ["response_mask", "old_log_probs", "advantages", "segment_ids"]
-    if "ref_log_prob" in data.keys():  # noqa: SIM118 - a TensorDict, not a dict
-        keys.append("ref_log_prob")
+    present = set(data.keys())
+    keys = ["response_mask", "advantages", "segment_ids"] + [k for k in ("old_log_probs", "ref_log_prob") if k in present]
     sel = data.select(*keys).to_padded_tensor()
     mask = sel["response_mask"].to(logprobs.dtype)
     adv = sel["advantages"].to(logprobs.dtype)
     ref = sel["ref_log_prob"].float() if "ref_log_prob" in keys and settings.uses_kl else None
-    loss, metrics = erl_actor_loss(logprobs, sel["old_log_probs"].float(), adv, mask, sel["segment_ids"],
+    # no old log-probs: an on-policy update (one epoch, one mini-batch; the trainer skips their
+    # forward pass), whose old policy is the current one: ratio 1, as in the local trainer
+    old = sel["old_log_probs"].float() if "old_log_probs" in keys else logprobs.detach()
+    loss, metrics = erl_actor_loss(logprobs, old, adv, mask, sel["segment_ids"],
                                    ref_logprobs=ref, entropy=entropy, **settings.kwargs())
     # token-mean: this micro-batch's share of the mini-batch's tokens; seq-mean modes: its
     # share of the rows that have tokens (global_batch_size counts those rows, see trainer.update)

@@ -95,8 +95,12 @@ class ErlVerlTrainer(ErlDriver):
         data, _ = pad_to_multiple(data, self.workers.dp_size)
         m: dict[str, float] = {}
         t0 = time.perf_counter()
-        data.batch["old_log_probs"] = self.workers.compute_log_prob(
-            to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False), data)
+        # One epoch over one mini-batch (mini_batch_size=rows below) is on-policy: recomputed old
+        # log-probs would equal the update's own, so that forward pass over every row is skipped
+        # and the loss takes ratio 1 (erl_verl_loss).
+        if int(actor["ppo_epochs"]) > 1:
+            data.batch["old_log_probs"] = self.workers.compute_log_prob(
+                to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False), data)
         t1 = time.perf_counter()
         if self.s.loss.uses_kl:
             data.batch["ref_log_prob"] = self.workers.compute_ref_log_prob(
