@@ -7,7 +7,9 @@
 # the IL stage (6 epochs) are made once and shared by every run; the RL run is preset=gpu with
 # env.params.action_tag=true: only a tagged action is a move, so RL cannot drift into word salad
 # whose last direction word scores (the base model writes no tags: it needs the warm start).
-# ENV=sokoban for the other grid game; extra arguments go to erl-train. Output: $OUT/il-<mode>-s<seed>.
+# ENV=sokoban for the other grid game; ENV_ARGS: env overrides for the dataset and the run alike (the
+# tasks must match), e.g. ENV=sokoban ENV_ARGS="env.params.max_moves=4" (the GPU Sokoban runs' rooms);
+# extra arguments go to erl-train. Output: $OUT/il-<mode>-s<seed>.
 set -euo pipefail
 MODE=${1:?usage: il_tag_rl.sh erl|rlvr|no_memory|no_reflection [SEED] [erl-train overrides]}
 SEED=${2:-0}
@@ -16,7 +18,8 @@ case "$MODE" in erl|rlvr|no_memory|no_reflection) ;; *) echo "$0: the mode must 
 if ! [[ $SEED =~ ^[0-9]+$ ]]; then echo "$0: the seed must be a non-negative integer, got '$SEED'" >&2; exit 2; fi
 export ENV=${ENV:-frozenlake}
 export DATA=${DATA:-data/early/$ENV-tag} OUT=${OUT:-outputs/early/$ENV-tag}
-export BUILD_ARGS=${BUILD_ARGS:-"n_tasks=1024 env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512"}
+read -r -a ENV_EXTRA <<< "${ENV_ARGS:-}"
+export BUILD_ARGS=${BUILD_ARGS:-"n_tasks=1024 env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512 ${ENV_ARGS:-}"}
 export STAGE_ARGS=${STAGE_ARGS:-"trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32"}
 export MODE MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-16} RUN_DIR=${RUN_DIR:-$OUT/il-$MODE-s$SEED}
-exec bash "$(dirname "$0")/early_erl.sh" il preset=gpu env.params.action_tag=true "seed=$SEED" "$@"
+exec bash "$(dirname "$0")/early_erl.sh" il preset=gpu env.params.action_tag=true "${ENV_EXTRA[@]}" "seed=$SEED" "$@"

@@ -277,6 +277,10 @@ def test_il_tag_rl_is_one_command_per_row():
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         c = compose("train", overrides=overrides)
     assert (c.env.n_train, c.env.params.action_tag, c.trainer.tasks_per_step, c.erl.n_attempt) == (1024, True, 64, 8)
+    # Sokoban: the env overrides reach the dataset and the run alike (the same rooms)
+    build, _, rl = dry_run("il_tag_rl.sh", "erl", ENV="sokoban", ENV_ARGS="env.params.max_moves=4", MODEL_PATH="/m")
+    assert "env=sokoban" in build and "env.params.max_moves=4" in build
+    assert "env=sokoban" in rl and "env.params.max_moves=4" in rl and "seed=0" in rl
     for bad in (["pg", "0"], ["erl", "x"]):
         res = subprocess.run(["bash", str(ROOT / "scripts" / "il_tag_rl.sh"), *bad], env={**os.environ, "DRY_RUN": "1"},
                              capture_output=True, text=True, check=False)
