@@ -86,6 +86,32 @@ def test_action_tag_tasks_build_with_strict_replies():
     assert rows[1]["action"] == "up" and rows[1]["next_state"].startswith("Nothing happened.")
 
 
+def test_rehearsal_records_are_ercs_reflection_request_answered_by_the_policy():
+    """early.reflections: for each alternative that failed, ERL's own reflection request about that
+    move (the same renderer as the workflow's), answered by the policy; the answer is the target."""
+    from erl.core.reflection import REFLECTION_SYSTEM
+
+    policy = ScriptedPolicy(build_tiny_tokenizer(), lambda prompt, i: f"Reflection {i}: K is you, J is the goal."
+                            if "An agent attempted a task" in prompt else "I go up")
+    out, stats = build(policy, k=1, max_rounds=1, rationales=False, reflections=True)
+    rows = out["rollout"]
+    # s0's alternative up: nothing happens (not a success); s1's: random among up/right, not the goal
+    assert rows[0]["action"] == "up" and not any(r["end"] == "success" for r in rows)
+    refl = out["reflect"]
+    assert [(r["step"], r["alt_action"]) for r in refl] == [(r["step"], r["action"]) for r in rows]
+    first = refl[0]["messages"]
+    assert first[0] == {"role": "system", "content": REFLECTION_SYSTEM}
+    user = first[1]["content"]
+    assert "Agent: <action>up</action>" in user and f"Environment: {NEXT[0]['up']}" in user
+    assert "Reward: 0" in user and S0.split("\n")[0] in user
+    assert first[2]["role"] == "assistant" and first[2]["content"].startswith("Reflection ")
+    assert stats["rows_reflect"] == 2 and stats["reflections_empty"] == 0
+    # off by default: no records, no policy calls for them
+    out2, stats2 = build(ScriptedPolicy(build_tiny_tokenizer(), replies("up", "left")), k=1, max_rounds=1,
+                         rationales=False)
+    assert out2["reflect"] == [] and stats2["rows_reflect"] == 0
+
+
 def test_rationale_prompt_shows_both_outcomes_and_sr_target_ends_with_the_expert_action():
     tok = build_tiny_tokenizer()
     policy = ScriptedPolicy(tok, replies("up", "left", "left", "up"))  # round 1 fills k=2 for both states

@@ -25,7 +25,8 @@ from erl.envs.base import parse_action
 from erl.models.chat import ChatTokenizer
 
 STAT_KEYS = ("tasks", "expert_states", "policy_replies", "replies_invalid", "replies_expert_action",
-             "replies_duplicate", "alternatives_policy", "alternatives_random", "rationales_empty")
+             "replies_duplicate", "alternatives_policy", "alternatives_random", "rationales_empty",
+             "reflections_empty")
 
 
 @dataclass
@@ -38,10 +39,14 @@ class BuildConfig:
     rationales: bool = True  # off: no sr.jsonl (IL and IWM need no generation beyond actions)
     rationale_max_tokens: int = 96
     rationale_temperature: float = 0.7
+    # rehearsal: the policy's own reflections on each alternative's failed move (reflect.jsonl), mixed
+    # into IL by stage=il_rehearse so that imitation does not erase the skill ERL needs
+    reflections: bool = False
+    reflection_max_tokens: int = 96
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("k", "max_new_tokens", "max_rounds", "rationale_max_tokens"):
+        for name in ("k", "max_new_tokens", "max_rounds", "rationale_max_tokens", "reflection_max_tokens"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"early.{name} must be an integer >= 1, got {v!r}")
@@ -111,6 +116,20 @@ async def write_rationales(policy: Any, rollouts: list[dict], tasks: dict[str, d
     return texts
 
 
+async def write_reflections(policy: Any, rollouts: list[dict], tasks: dict[str, dict], cfg: BuildConfig,
+                            stats: Counter) -> list[list[dict]]:
+    """One rehearsal chat per alternative: ERL's reflection request about that move, answered by
+    the policy (only alternatives that did not reach the goal: a reflection follows a failure)."""
+    chat = ChatTokenizer(policy.tokenizer)
+    params = SamplingParams(max_new_tokens=cfg.reflection_max_tokens, temperature=cfg.rationale_temperature)
+    asks = [prompts.reflection_messages(tasks[r["task_id"]], r["state"], prompts.action_text(r["action"], cfg.action_format),
+                                        r["next_state"]) for r in rollouts]
+    gens = await asyncio.gather(*[policy.generate(chat.prompt_ids(a), params) for a in asks])
+    texts = [" ".join(g.text.split()) for g in gens]
+    stats["reflections_empty"] += sum(not t for t in texts)
+    return [a + [{"role": "assistant", "content": t}] if t else [] for a, t in zip(asks, texts)]
+
+
 async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tuple[dict[str, list[dict]], dict]:
     """All records by kind ("expert", "rollout", "iwm", "sr") and the build's counts.
     Every input problem is raised before the policy is asked anything."""
@@ -123,7 +142,7 @@ async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tup
     stats: Counter = Counter({k: 0 for k in STAT_KEYS})  # every count present, zeros included
     stats.update(tasks=len(tasks), expert_states=len(states))
     alternatives = await sample_alternatives(policy, states, cfg, stats)
-    out: dict[str, list[dict]] = {"expert": [], "rollout": [], "iwm": [], "sr": []}
+    out: dict[str, list[dict]] = {"expert": [], "rollout": [], "iwm": [], "sr": [], "reflect": []}
     by_id = {t["task_id"]: t for t in tasks}
     for (task, step), alts in zip(states, alternatives):
         key = {"task_id": task["task_id"], "env": task["env"], "step": step.index}
@@ -145,6 +164,11 @@ async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tup
                 out["sr"].append({"kind": "sr", "task_id": r["task_id"], "env": r["env"], "step": r["step"],
                                   "action": r["expert_action"], "alt_action": r["action"], "rationale": text,
                                   "messages": prompts.sr_messages(task, r["state"], text, r["expert_action"], fmt)})
+    if cfg.reflections:
+        failed = [r for r in out["rollout"] if not (r["done"] and r["end"] == "success")]
+        chats = await write_reflections(policy, failed, by_id, cfg, stats)
+        out["reflect"] = [{"kind": "reflect", "task_id": r["task_id"], "env": r["env"], "step": r["step"],
+                           "alt_action": r["action"], "messages": m} for r, m in zip(failed, chats) if m]
     stats.update({f"rows_{k}": len(v) for k, v in out.items()})
     return out, dict(stats)
 

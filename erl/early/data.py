@@ -23,7 +23,8 @@ from erl.core.types import TokenSample
 from erl.fileio import read_jsonl_objects
 from erl.models.chat import ChatTokenizer, chat_ids
 
-KIND_FILES = {"expert": "expert.jsonl", "rollout": "rollout.jsonl", "iwm": "iwm.jsonl", "sr": "sr.jsonl"}
+KIND_FILES = {"expert": "expert.jsonl", "rollout": "rollout.jsonl", "iwm": "iwm.jsonl", "sr": "sr.jsonl",
+              "reflect": "reflect.jsonl"}
 MANIFEST = "manifest.json"
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from erl.core.reflection import render_reflection_request
+from erl.core.types import Step, Trajectory
 from erl.envs.registry import env_class
 
 ACTION_FORMAT = "<action>{action}</action>"
@@ -66,6 +68,15 @@ def clean_rationale(text: str, max_chars: int = 2000) -> str:
     """Action tags are removed: the SR target must end with exactly one, the expert's."""
     text = re.sub(r"<action>.*?</action>", "", str(text), flags=re.IGNORECASE | re.DOTALL)
     return " ".join(text.split())[:max_chars]
+
+
+def reflection_messages(task: dict, state: str, reply: str, next_state: str, tag: str = "prompt") -> list[dict]:
+    """ERL's own reflection request (erl.core.reflection) about a failed one-move attempt: the
+    agent replied `reply` in `state` and the game showed `next_state`. The rehearsal records
+    (early.reflections) pair it with the base model's answer, so that an imitation stage, which
+    otherwise teaches the model to answer every prompt with a bare move, keeps writing reflections."""
+    attempt = Trajectory(name="attempt1", steps=[Step(response=reply, observation=next_state)])
+    return render_reflection_request(policy_messages(task, state), attempt, 0.0, tag=tag)
 
 
 def sr_messages(task: dict, state: str, rationale: str, action: str, fmt: str = ACTION_FORMAT) -> list[dict]:
