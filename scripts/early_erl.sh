@@ -12,9 +12,9 @@
 #   every arm: an SR policy writes its reasoning before the action), BUILD_ARGS / STAGE_ARGS (extra
 #   overrides for erl-early build / train, space-separated), PYTHON=python3, DRY_RUN=1 (print only).
 set -euo pipefail
-METHOD=${1:?usage: early_erl.sh il|iwm|sr|none [erl-train overrides]}
+METHOD=${1:?usage: early_erl.sh il|il_rehearse|iwm|sr|none [erl-train overrides]}
 shift
-case "$METHOD" in il|iwm|sr|none) ;; *) echo "$0: the method must be il, iwm, sr or none, got '$METHOD'" >&2; exit 2;; esac
+case "$METHOD" in il|il_rehearse|iwm|sr|none) ;; *) echo "$0: the method must be il, il_rehearse, iwm, sr or none, got '$METHOD'" >&2; exit 2;; esac
 MODE=${MODE:-erl}
 source "$(dirname "${BASH_SOURCE[0]}")/early_common.sh"
 
@@ -23,6 +23,7 @@ if [ "$METHOD" != none ]; then
   build_data
   case "$METHOD" in
     il)  stage il "$OUT/il"; WARM=("model.init_from=$OUT/il") ;;
+    il_rehearse) stage il_rehearse "$OUT/il_rehearse"; WARM=("model.init_from=$OUT/il_rehearse") ;;  # data: early.reflections=true
     iwm) stage iwm "$OUT/iwm"; stage il "$OUT/iwm-il" "$OUT/iwm"; WARM=("model.init_from=$OUT/iwm-il") ;;
     sr)  stage sr "$OUT/sr"; WARM=("model.init_from=$OUT/sr") ;;
   esac

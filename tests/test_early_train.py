@@ -277,6 +277,12 @@ def test_il_tag_rl_is_one_command_per_row():
     with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
         c = compose("train", overrides=overrides)
     assert (c.env.n_train, c.env.params.action_tag, c.trainer.tasks_per_step, c.erl.n_attempt) == (1024, True, 64, 8)
+    # STAGE=il_rehearse: the dataset with the policy's reflections (its own folder), the rehearsal stage
+    build, stage, rl = dry_run("il_tag_rl.sh", "erl", "1", STAGE="il_rehearse", MODEL_PATH="/m")
+    assert "early.reflections=true" in build and "out=data/early/frozenlake-tag-refl" in build
+    assert stage[4] == "stage=il_rehearse" and "data=data/early/frozenlake-tag-refl" in stage
+    assert "model.init_from=outputs/early/frozenlake-tag/il_rehearse" in rl
+    assert "trainer.output_dir=outputs/early/frozenlake-tag/il_rehearse-erl-s1" in rl
     # Sokoban: the env overrides reach the dataset and the run alike (the same rooms)
     build, _, rl = dry_run("il_tag_rl.sh", "erl", ENV="sokoban", ENV_ARGS="env.params.max_moves=4", MODEL_PATH="/m")
     assert "env=sokoban" in build and "env.params.max_moves=4" in build
