@@ -6,7 +6,8 @@
 # - WARM: $WARM_ENV (frozenlake) with env.params.action_tag=true (only <action>X</action> is a move).
 #   An IL warm start (erl-early build + train stage=il on the RL runs' 1,024 training tasks, expert
 #   replies only), then the $WARM_RUNS (erl:0 rlvr:0) from it, preset=gpu (scripts/gpu_chain.sh);
-#   WARM_ARGS: more env overrides for all three (e.g. "env.params.max_moves=4" for Sokoban).
+#   WARM_ARGS: more env overrides for all three (e.g. "env.params.max_moves=4" for Sokoban);
+#   IL_STAGE=il_rehearse adds the policy's own reflections to the IL mix (early.reflections=true).
 # - VERL: FrozenLake ERL and RLVR through the verl trainer (scripts/launch_verl.sh, FSDP + the hf
 #   rollout on the engine), at the local preset's scale: 64 tasks a step, n=8, 4 turns, grids 2-3,
 #   full fine-tuning at lr 2e-5 (verl's LoRA path is not wired to the hf rollout's weight sync).
@@ -25,6 +26,8 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 
 SMI=$!
 left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
 IL_EPOCHS=${IL_EPOCHS:-6}
+IL_STAGE=${IL_STAGE:-il}
+REFL=$([ "$IL_STAGE" = il_rehearse ] && echo true || echo false)
 WARM_ENV=${WARM_ENV:-frozenlake}
 read -r -a WARM_EXTRA <<< "${WARM_ARGS:-}"
 read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
@@ -33,18 +36,18 @@ pids=()
 if [ "${WARM:-1}" = 1 ]; then
   (
     # the fifth session's FrozenLake run used /tmp/early5/data and /tmp/early5/{build,il,eval_il}.log
-    E=/tmp/early5/$WARM_ENV
+    E=/tmp/early5/$WARM_ENV$([ "$REFL" = true ] && echo -refl)
     mkdir -p $E
     if [ ! -f $E/il/final/model.safetensors ]; then
       python3 -m erl.cli.early build env=$WARM_ENV model.path=$SMOLLM out=$E/data n_tasks=1024 \
-        env.params.action_tag=true early.k=1 early.rationales=false gen_batch_size=512 "${WARM_EXTRA[@]}" > $E/build.log 2>&1
-      python3 -m erl.cli.early train stage=il model.path=$SMOLLM data=$E/data trainer.output_dir=$E/il \
+        env.params.action_tag=true early.k=1 early.rationales=false early.reflections=$REFL gen_batch_size=512 "${WARM_EXTRA[@]}" > $E/build.log 2>&1
+      python3 -m erl.cli.early train stage=$IL_STAGE model.path=$SMOLLM data=$E/data trainer.output_dir=$E/il \
         trainer.epochs=$IL_EPOCHS trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false \
         'trainer.loggers=[console]' > $E/il.log 2>&1
       python3 -m erl.cli.evaluate env=$WARM_ENV model.path=$SMOLLM model.init_from=$E/il eval.n=64 \
         env.params.action_tag=true trainer.progress=false eval.out=$E/eval_il.json "${WARM_EXTRA[@]}" > $E/eval_il.log 2>&1
     fi
-    OUT= RUNS=${WARM_RUNS:-"erl:0 rlvr:0"} ENV=$WARM_ENV BUDGET=$(left 80) RUN_ROOT=/tmp/runs/il_tag \
+    OUT= RUNS=${WARM_RUNS:-"erl:0 rlvr:0"} ENV=$WARM_ENV BUDGET=$(left 80) RUN_ROOT=/tmp/runs/${IL_STAGE}_tag \
       bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/il env.params.action_tag=true "${WARM_EXTRA[@]}"
   ) & pids+=($!)
 fi
