@@ -38,17 +38,17 @@ if [ "${WARM:-1}" = 1 ]; then
     # the fifth session's FrozenLake run used /tmp/early5/data and /tmp/early5/{build,il,eval_il}.log
     E=/tmp/early5/$WARM_ENV$([ "$REFL" = true ] && echo -refl)
     mkdir -p $E
-    if [ ! -f $E/il/final/model.safetensors ]; then
+    if [ ! -f $E/$IL_STAGE/final/model.safetensors ]; then
       python3 -m erl.cli.early build env=$WARM_ENV model.path=$SMOLLM out=$E/data n_tasks=1024 \
         env.params.action_tag=true early.k=1 early.rationales=false early.reflections=$REFL gen_batch_size=512 "${WARM_EXTRA[@]}" > $E/build.log 2>&1
-      python3 -m erl.cli.early train stage=$IL_STAGE model.path=$SMOLLM data=$E/data trainer.output_dir=$E/il \
+      python3 -m erl.cli.early train stage=$IL_STAGE model.path=$SMOLLM data=$E/data trainer.output_dir=$E/$IL_STAGE \
         trainer.epochs=$IL_EPOCHS trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false \
         'trainer.loggers=[console]' > $E/il.log 2>&1
-      python3 -m erl.cli.evaluate env=$WARM_ENV model.path=$SMOLLM model.init_from=$E/il eval.n=64 \
+      python3 -m erl.cli.evaluate env=$WARM_ENV model.path=$SMOLLM model.init_from=$E/$IL_STAGE eval.n=64 \
         env.params.action_tag=true trainer.progress=false eval.out=$E/eval_il.json "${WARM_EXTRA[@]}" > $E/eval_il.log 2>&1
     fi
     OUT= RUNS=${WARM_RUNS:-"erl:0 rlvr:0"} ENV=$WARM_ENV BUDGET=$(left 80) RUN_ROOT=/tmp/runs/${IL_STAGE}_tag \
-      bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/il env.params.action_tag=true "${WARM_EXTRA[@]}"
+      bash scripts/gpu_chain.sh model.path=$SMOLLM model.init_from=$E/$IL_STAGE env.params.action_tag=true "${WARM_EXTRA[@]}"
   ) & pids+=($!)
 fi
 
