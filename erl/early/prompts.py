@@ -13,9 +13,8 @@ import re
 
 from erl.core.reflection import render_reflection_request
 from erl.core.types import Step, Trajectory
+from erl.envs.base import ACTION_FORMAT, action_text
 from erl.envs.registry import env_class
-
-ACTION_FORMAT = "<action>{action}</action>"
 
 # What the policy is asked for a world-model record: the same system prompt and state as when
 # acting (the parameters are shared), then the action whose outcome it must predict.
@@ -31,10 +30,6 @@ RATIONALE_PROMPT = (
     "to choosing {good} rather than {alt}: what the grid shows and where each move leads. "
     "Write it as your own thinking before acting; do not mention that you were shown the outcomes."
 )
-
-
-def action_text(action: str, fmt: str = ACTION_FORMAT) -> str:
-    return fmt.format(action=action)
 
 
 def system_prompt(task: dict) -> str:

@@ -152,10 +152,14 @@ def parse_action(text: Any, actions: tuple[str, ...] = ACTIONS, require_tag: boo
     return words[-1].lower() if words else None
 
 
-def action_text(action: str) -> str:
-    """An action as a move every grid env accepts, with or without `action_tag`: code that plays
-    an env itself (the Early Experience expert and its alternatives) speaks the strict form."""
-    return f"<action>{action}</action>"
+ACTION_FORMAT = "<action>{action}</action>"  # the tagged move parse_action prefers (the only one with action_tag)
+
+
+def action_text(action: str, fmt: str = ACTION_FORMAT) -> str:
+    """An action written as a reply. In the default format every grid env accepts it, with or
+    without `action_tag`: code that plays an env itself (the Early Experience expert and its
+    alternatives) speaks that strict form."""
+    return fmt.format(action=action)
 
 
 def quote_reply(text: Any, limit: int = 40) -> str:
@@ -304,8 +308,8 @@ class GridEnv(TaskEnv):
     @classmethod
     def system_prompt(cls, task: dict) -> str:
         turns = int(task.get("max_turns", cls.PARAMS.get("max_turns", 8)))
-        how = ("Write it as <action>up</action>: a reply without that tag is not a move." if task.get("action_tag")
-               else "You may write it as <action>up</action>.")
+        how = (f"Write it as {action_text('up')}: a reply without that tag is not a move." if task.get("action_tag")
+               else f"You may write it as {action_text('up')}.")
         return ("You are playing a turn-based game on a grid. Each turn you are shown the grid as text, "
                 "after the result of your last action. Each turn, reply with exactly one action: "
                 f"up, down, left or right. {how} The game lasts at most {turns} turns.")
@@ -336,7 +340,7 @@ class GridEnv(TaskEnv):
         direction = parse_action(action, require_tag=self.action_tag)
         moved, end = False, None
         if direction is None:
-            valid = ", ".join(f"<action>{a}</action>" if self.action_tag else a for a in ACTIONS)
+            valid = ", ".join(action_text(a) if self.action_tag else a for a in ACTIONS)
             feedback = f"Invalid action {quote_reply(action)}. Valid actions: {valid}."
         else:
             moved, end = self.move(direction)
