@@ -207,7 +207,14 @@ class LossSettings:
         return (advantages == 0) & ~distill
 
 
-def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+def needs_old_logprobs(ppo_epochs: int) -> bool:
+    """Whether an update needs a forward pass for the old log-probs. With one epoch (both trainers
+    update once per epoch, on the whole step) the policy being updated is the one that sampled,
+    so the old log-probs are the current ones (ratio 1) and erl_actor_loss takes None for them."""
+    return ppo_epochs > 1
+
+
+def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
                    response_mask: torch.Tensor, segment_ids: torch.Tensor, *, distill_mode: str = "sft",
                    distill_coef: float = 1.0, clip_low: float = 0.2, clip_high: float = 0.28,
                    clip_ratio_c: float = CLIP_RATIO_C, ref_logprobs: torch.Tensor | None = None,
@@ -220,8 +227,11 @@ def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantage
     dilute its token mean) and trained by the NLL term alone. raft mode: distill rows
     are ordinary policy-gradient rows (their advantage is max(r2, 0)); no NLL term.
     The KL and entropy terms cover every generated token, as in verl. `entropy` is the
-    per-token entropy [B, T], needed only when entropy_coeff != 0.
+    per-token entropy [B, T], needed only when entropy_coeff != 0. `old_logprobs` None: an
+    on-policy update (needs_old_logprobs), whose old policy is the current one.
     """
+    if old_logprobs is None:
+        old_logprobs = logprobs.detach()
     mask = response_mask.to(logprobs.dtype)
     is_distill = (segment_ids == DISTILL_ID).to(logprobs.dtype).unsqueeze(-1)
     if distill_mode == "sft":

@@ -17,7 +17,7 @@ import torch
 
 from erl.core.advantages import DISTILL_ID
 from erl.core.config import ErlConfig
-from erl.core.losses import erl_actor_loss, loss_units
+from erl.core.losses import erl_actor_loss, loss_units, needs_old_logprobs
 from erl.core.metrics import episode_metrics, sample_metrics
 from erl.core.types import SEGMENT_IDS, TokenSample
 from erl.progress import gather_with_bar, task_bar
@@ -133,7 +133,7 @@ class LocalTrainer(ErlDriver):
         skip = [bool(idle[idx].all()) for idx in chunks]
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
-        need_old = cfg.ppo_epochs > 1
+        need_old = needs_old_logprobs(cfg.ppo_epochs)
         with torch.no_grad():
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
@@ -162,10 +162,8 @@ class LocalTrainer(ErlDriver):
                     continue
                 batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=self.loss.entropy_coeff != 0)
                 logp = logp.float()
-                # One epoch: the rollout policy is the current one, so old = current (ratio 1).
-                old_logp = old[c] if need_old else logp.detach()
                 loss, metrics = erl_actor_loss(
-                    logp, old_logp, adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
+                    logp, old.get(c), adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
                     ref_logprobs=ref.get(c), entropy=entropy, **self.loss.kwargs())
                 if not torch.isfinite(loss):  # backward of a NaN would poison every gradient
                     if bad is None:

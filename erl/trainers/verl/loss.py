@@ -113,9 +113,7 @@ def erl_verl_loss(model_output: dict, data: Any, dp_group: Any = None, *, settin
     mask = sel["response_mask"].to(logprobs.dtype)
     adv = sel["advantages"].to(logprobs.dtype)
     ref = sel["ref_log_prob"].float() if "ref_log_prob" in keys and settings.uses_kl else None
-    # no old log-probs: an on-policy update (one epoch, one mini-batch; the trainer skips their
-    # forward pass), whose old policy is the current one: ratio 1, as in the local trainer
-    old = sel["old_log_probs"].float() if "old_log_probs" in keys else logprobs.detach()
+    old = sel["old_log_probs"].float() if "old_log_probs" in keys else None  # None: on-policy (needs_old_logprobs)
     loss, metrics = erl_actor_loss(logprobs, old, adv, mask, sel["segment_ids"],
                                    ref_logprobs=ref, entropy=entropy, **settings.kwargs())
     # token-mean: this micro-batch's share of the mini-batch's tokens; seq-mean modes: its

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from erl.core.losses import needs_old_logprobs
 from erl.core.types import TokenSample
 from erl.fileio import atomic_write, check_torch_file, fsync_tree
 from erl.tracking import samples_path
@@ -95,10 +96,8 @@ class ErlVerlTrainer(ErlDriver):
         data, _ = pad_to_multiple(data, self.workers.dp_size)
         m: dict[str, float] = {}
         t0 = time.perf_counter()
-        # One epoch over one mini-batch (mini_batch_size=rows below) is on-policy: recomputed old
-        # log-probs would equal the update's own, so that forward pass over every row is skipped
-        # and the loss takes ratio 1 (erl_verl_loss).
-        if int(actor["ppo_epochs"]) > 1:
+        # one epoch over one mini-batch (mini_batch_size=rows below) is on-policy: no forward pass
+        if needs_old_logprobs(int(actor["ppo_epochs"])):
             data.batch["old_log_probs"] = self.workers.compute_log_prob(
                 to_engine_tensordict(data, temperature=temperature, calculate_entropy=False, compute_loss=False), data)
         t1 = time.perf_counter()
