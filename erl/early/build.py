@@ -165,7 +165,7 @@ async def build_records(tasks: list[dict], policy: Any, cfg: BuildConfig) -> tup
                                   "action": r["expert_action"], "alt_action": r["action"], "rationale": text,
                                   "messages": prompts.sr_messages(task, r["state"], text, r["expert_action"], fmt)})
     if cfg.reflections:
-        failed = [r for r in out["rollout"] if not (r["done"] and r["end"] == "success")]
+        failed = [r for r in out["rollout"] if r["end"] != "success"]
         chats = await write_reflections(policy, failed, by_id, cfg, stats)
         out["reflect"] = [{"kind": "reflect", "task_id": r["task_id"], "env": r["env"], "step": r["step"],
                            "alt_action": r["action"], "messages": m} for r, m in zip(failed, chats) if m]
