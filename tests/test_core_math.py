@@ -323,3 +323,31 @@ def test_loss_settings_checked_once():
         LossSettings(clip_low=1.5, distill_coef=float("nan"))
     with pytest.raises(ValueError, match=r"distill_mode must be one of \['sft', 'raft', 'none'\]"):
         LossSettings(distill_mode="sfT")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs_match_log_softmax_in_value_and_gradient(dtype):
+    from erl.core.logprobs import token_logprobs
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 5, 11, generator=g) * 3).to(dtype)
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    weights = torch.randn(2, 5, generator=g)
+    ref_in = logits.detach().float().requires_grad_()
+    ref = torch.log_softmax(ref_in, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    (ref * weights).sum().backward()
+    x = logits.detach().requires_grad_()
+    got = token_logprobs(x, labels, chunk_rows=3)  # 10 rows: chunks of 3, 3, 3, 1
+    (got * weights).sum().backward()
+    assert got.dtype == torch.float32 and got.shape == (2, 5)
+    torch.testing.assert_close(got, ref.detach(), atol=1e-6, rtol=0)
+    # bf16 logits round the gradient to bf16 on the way out; fp32 keeps it exact
+    torch.testing.assert_close(x.grad.float(), ref_in.grad, atol=1e-6 if dtype == torch.float32 else 4e-3, rtol=0)
+    # by hand, one row: logits (0, ln 3) -> p = (1/4, 3/4); d log p1 / d x = onehot - p
+    two = torch.tensor([[0.0, math.log(3.0)]], requires_grad=True)
+    lp = token_logprobs(two, torch.tensor([1]))
+    lp.sum().backward()
+    assert lp.item() == pytest.approx(math.log(0.75), abs=1e-6)
+    assert two.grad[0].tolist() == pytest.approx([-0.25, 0.25], abs=1e-6)
+    with pytest.raises(ValueError, match="disagree"):
+        token_logprobs(logits, labels[:, :4])

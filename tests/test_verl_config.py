@@ -44,6 +44,19 @@ def test_every_experiment_composes_with_paper_settings():
     assert validate(compose("sokoban_erl"), check_model_files=False).erl.first_attempts_per_task == 4
 
 
+
+def test_small_gpu_scale_gives_the_local_gpu_preset_shape():
+    """`+scale=small_gpu` on any experiment: the local preset=gpu shape (64 tasks, n=8: 16 first
+    attempts for RLVR), full fine-tuning at 2e-5, no gradient checkpointing, sdpa, one GPU."""
+    for name in ("frozenlake_erl", "frozenlake_rlvr", "hotpotqa_langgraph_erl"):
+        s = validate(compose(name, ["+scale=small_gpu"]), check_model_files=False)
+        a = s.cfg["actor_rollout_ref"]
+        assert s.tasks_per_step == 64 and s.erl.n_attempt == 8 and s.erl.max_turns == 4
+        assert s.erl.first_attempts_per_task == (16 if name.endswith("rlvr") else 8)
+        assert a["actor"]["optim"]["lr"] == 2e-5 and a["model"]["enable_gradient_checkpointing"] is False
+        assert a["model"]["override_config"]["attn_implementation"] == "sdpa"
+        assert s.cfg["trainer"]["n_gpus_per_node"] == 1 and s.trainer.eval_tasks == 64
+
 def test_langgraph_experiment_loads_the_example_runner(monkeypatch):
     from erl.agents.langgraph import LangGraphAttemptRunner
     from erl.workflow.factories import load_runner

@@ -139,3 +139,25 @@ def test_dual_clip_reaches_the_verl_loss():
     for c, pg in ((3.0, 1.0), (1.1, 0.95)):
         _, m = erl_verl_loss(out, td, settings=_settings(clip_ratio_c=c))
         assert m["erl/pg_loss"] == pytest.approx(pg, abs=1e-6), c
+
+
+def test_fsdp_engine_computes_log_probs_in_chunks_without_flash_attn(monkeypatch):
+    """Without flash-attn, verl's engine would run one log-softmax per token; importing the
+    worker module (as Ray does in each worker) swaps in the chunked function, which agrees
+    with verl's own fallback. Opting out (ERL_VERL_LOGPROBS=verl) leaves verl's function."""
+    from verl.utils import torch_functional as verl_F
+    from verl.workers.engine.fsdp import transformer_impl
+
+    from erl.trainers.verl import workers
+
+    if verl_F.FLAH_ATTN_CROSS_ENTROPY_LOSS_AVAILABLE:
+        pytest.skip("flash-attn's fused kernel is installed: verl's path is already fast")
+    assert transformer_impl.logprobs_from_logits is workers.chunked_logprobs_from_logits
+    logits = torch.randn(7, 13, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(7) % 13
+    torch.testing.assert_close(transformer_impl.logprobs_from_logits(logits=logits, labels=labels),
+                               verl_F.logprobs_from_logits_v2(logits, labels), atol=1e-6, rtol=0)
+    monkeypatch.setattr(transformer_impl, "logprobs_from_logits", verl_F.logprobs_from_logits)
+    monkeypatch.setenv("ERL_VERL_LOGPROBS", "verl")
+    assert workers.install_chunked_logprobs() is False
+    assert transformer_impl.logprobs_from_logits is verl_F.logprobs_from_logits
