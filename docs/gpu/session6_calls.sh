@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The device calls of the sixth session (one H200), each <= 10 minutes, resuming from what the call
+# before left on the machine's /tmp (docs/gpu/README.md):
+#   bash docs/gpu/session6_calls.sh N        # N = 1, 2, ...; SMOLLM: the converted model folder
+# What runs side by side (each part switched by its variable, 1 = on):
+# - SOKO=1: Sokoban IL warm start with strict <action>X</action> moves (the solver's replies on the
+#   RL runs' 1,024 training rooms, 6 epochs; scripts/early_common.sh), its greedy eval, then IL -> ERL
+#   and IL -> RLVR chains at preset=gpu (scripts/gpu_chain.sh) in /tmp/runs/sokoban_il.
+# - REHEARSE=1: the same on FrozenLake with stage il_rehearse (the base model's own reflections in
+#   the IL mix, early.reflections=true), in /tmp/runs/frozenlake_il_rehearse.
+# - VERL="name:experiment ...": verl runs at +scale=small_gpu (configs/verl/scale/small_gpu.yaml) on
+#   one GPU with the hf rollout, interrupted (SIGINT) when the call's time is up and resumed from
+#   their last checkpoint next call. fl_* get FrozenLake's grids of side 2-3; hotpotqa gets the
+#   LangGraph agent's turn lengths and 16 questions a step (the 24 training questions of the mini
+#   fixture). VERL_EXTRA adds overrides to all of them.
+# - BENCH=1: benchmarks/verl_logprobs.py on the GPU (verl's per-token fallback vs chunked log-probs).
+# Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
+set -uo pipefail
+CALL=${1:?usage: session6_calls.sh N}
+LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped
+START=$SECONDS
+export PYTHONPATH=$PWD:/tmp/ov/site SMOLLM=${SMOLLM:-/tmp/smollm2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_AUTH_MODE=disabled HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0
+mkdir -p /tmp/runs /tmp/early6 /tmp/verl
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 > /tmp/runs/smi_call$CALL.log 2>&1 &
+SMI=$!
+left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
+pids=()
+
+warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then its ERL / RLVR chains
+  (
+    export ENV=$2 DATA=/tmp/early6/$1/data OUT=/tmp/early6/$1 MODEL_PATH=$SMOLLM
+    refl=$([ "$3" = il_rehearse ] && echo true || echo false)
+    export BUILD_ARGS="n_tasks=1024 env.params.action_tag=true early.k=1 early.rationales=false early.reflections=$refl gen_batch_size=512"
+    export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false trainer.loggers=[console]"
+    mkdir -p "$OUT"
+    source scripts/early_common.sh
+    if [ ! -f "$OUT/$3/final/model.safetensors" ]; then
+      build_data > "$OUT/build.log" 2>&1 && stage "$3" "$OUT/$3" > "$OUT/stage.log" 2>&1 || exit 1
+      python3 -m erl.cli.evaluate env="$2" model.path="$SMOLLM" model.init_from="$OUT/$3" eval.n=64 \
+        env.params.action_tag=true trainer.progress=false eval.out="$OUT/eval_$3.json" > "$OUT/eval.log" 2>&1
+    fi
+    OUT= RUNS="erl:0 rlvr:0" BUDGET=$(left 80) RUN_ROOT=/tmp/runs/$1 \
+      bash scripts/gpu_chain.sh model.path="$SMOLLM" model.init_from="$OUT/$3" env.params.action_tag=true
+  ) & pids+=($!)
+}
+[ "${SOKO:-1}" = 1 ] && warm sokoban_il sokoban il
+[ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse
+
+read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
+for job in ${VERL:-}; do
+  name=${job%%:*}; exp=${job#*:}
+  case "$name" in
+    fl_*) args=(+env.params.size_max=3 +env.params.max_turns=4) ;;
+    hotpotqa*) args=(data.train_batch_size=16 actor_rollout_ref.actor.ppo_mini_batch_size=16 erl.max_new_tokens=128
+                     erl.max_reflection_tokens=128) ;;
+    *) args=() ;;
+  esac
+  MODEL_PATH=$SMOLLM ROLLOUT=hf N_GPUS_PER_NODE=1 EXPERIMENT=$exp timeout --signal=INT --kill-after=30 "$(left 40)" \
+    bash scripts/launch_verl.sh +scale=small_gpu "${args[@]}" trainer.total_training_steps=200 trainer.resume_mode=auto \
+    "${VERL_MORE[@]}" trainer.default_local_dir=/tmp/verl/$name >> /tmp/verl/$name.log 2>&1 & pids+=($!)
+done
+if [ "${BENCH:-0}" = 1 ]; then
+  for n in 4096 16384; do python3 benchmarks/verl_logprobs.py --tokens $n --device cuda; done > /tmp/runs/verl_logprobs_gpu.txt 2>&1
+fi
+
+( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches this shell's own command line
+for p in "${pids[@]}"; do wait "$p"; done
+kill $(pgrep -P $DOG) $DOG $SMI 2>/dev/null  # the sleep too: it holds the call's output open
+pkill -9 -f "[r]aylet"; pkill -9 -f "[g]cs_server"; pkill -9 -f "ray[:][:]"  # what a killed verl driver left
+nvidia-smi --query-gpu=memory.used --format=csv
+if [ -n "${OUT:-}" ]; then
+  tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
+    --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs early6 verl
+fi
+echo "call $CALL done in $((SECONDS - START)) s"
