@@ -4,6 +4,7 @@ LangGraph example through the adapter, and two CPU training steps on the fixture
 import asyncio
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -142,6 +143,25 @@ def test_bm25_search_over_the_fixture():
     assert search("qwxzv") == 'No results for "qwxzv".'
     assert search(None).startswith("No results") and search("x" * 10_000).startswith("No results")
 
+
+
+def test_bm25_keeps_jax_off_the_gpu(monkeypatch):
+    """Where jax is installed, bm25s runs jax at import and by default at every search; jax on a
+    GPU then reserves 75% of its memory (a GPU run of the sixth session lost a co-tenant to it).
+    The retriever keeps jax on the CPU (unless the user chose) and searches with numpy."""
+    from erl.envs.retrieval import BM25Retriever
+
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    r = BM25Retriever([("A", "alpha beta"), ("B", "gamma delta")])
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    seen = {}
+    real = r.index.retrieve
+    monkeypatch.setattr(r.index, "retrieve", lambda *a, **kw: seen.update(kw) or real(*a, **kw))
+    assert [i for i, _ in r.search("gamma", 1)] == [1]
+    assert seen["backend_selection"] == "numpy"
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    BM25Retriever([("A", "alpha")])
+    assert os.environ["JAX_PLATFORMS"] == "cuda"
 
 def test_dense_retriever_ranks_by_cosine():
     vocab = ["river", "company", "born", "lens"]

@@ -8,6 +8,7 @@ is untrusted model text.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
@@ -48,6 +49,10 @@ def load_corpus(path: str) -> tuple[tuple[str, str], ...]:
 
 class BM25Retriever:
     def __init__(self, docs: list[tuple[str, str]]):
+        # Where jax is installed, importing bm25s runs a jax top-k, and jax on a GPU reserves
+        # 75% of its memory in this process (it starved the other runs of a shared GPU): keep
+        # jax on the CPU unless the user chose a platform.
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
         import bm25s
 
         self._bm25s = bm25s
@@ -62,7 +67,9 @@ class BM25Retriever:
         tokens = self._tokens([query])
         if not tokens[0]:
             return []
-        ids, scores = self.index.retrieve(tokens, k=min(k, self.size), show_progress=False)
+        # numpy: top-k over one query's scores gains nothing from jax (bm25s's "auto" choice)
+        ids, scores = self.index.retrieve(tokens, k=min(k, self.size), show_progress=False,
+                                          backend_selection="numpy")
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if s > 0]
 
 
