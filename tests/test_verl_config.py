@@ -57,6 +57,23 @@ def test_small_gpu_scale_gives_the_local_gpu_preset_shape():
         assert a["model"]["override_config"]["attn_implementation"] == "sdpa"
         assert s.cfg["trainer"]["n_gpus_per_node"] == 1 and s.trainer.eval_tasks == 64
 
+
+def test_lora_with_the_hf_rollout_needs_merged_sync():
+    """verl syncs bare adapters unless lora.merge; the hf rollout's copy takes full weights, so an
+    unmerged LoRA run is refused before Ray starts, and the rollout refuses adapters too."""
+    import asyncio
+
+    from erl.trainers.verl.hf_rollout import HFRolloutEngine
+
+    base = ["+scale=small_gpu", "actor_rollout_ref.rollout.name=hf", "actor_rollout_ref.model.lora_rank=16"]
+    with pytest.raises(ConfigError, match="lora.merge must be true"):
+        validate(compose("frozenlake_erl", base), check_model_files=False)
+    s = validate(compose("frozenlake_erl", [*base, "actor_rollout_ref.model.lora.merge=true"]), check_model_files=False)
+    assert s.cfg["actor_rollout_ref"]["model"]["lora_rank"] == 16
+    engine = HFRolloutEngine.__new__(HFRolloutEngine)  # update_weights checks before touching a model
+    with pytest.raises(ValueError, match="lora.merge=true"):
+        asyncio.run(engine.update_weights(iter([]), peft_config={"r": 16}))
+
 def test_langgraph_experiment_loads_the_example_runner(monkeypatch):
     from erl.agents.langgraph import LangGraphAttemptRunner
     from erl.workflow.factories import load_runner

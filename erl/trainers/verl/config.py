@@ -183,6 +183,10 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     if backend == "hf" and rollout.get("tensor_model_parallel_size", 1) != 1:
         raise ConfigError("actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 with the hf backend "
                           "(each GPU holds a whole copy of the policy for generation)")
+    model = arr.get("model") or {}
+    if backend == "hf" and (model.get("lora_rank") or 0) > 0 and not (model.get("lora") or {}).get("merge"):
+        raise ConfigError("actor_rollout_ref.model.lora.merge must be true with lora_rank > 0 and the hf backend: "
+                          "its generation copy takes full weights (W + BA), not adapters")
 
     tr = plain["trainer"]
     nnodes = _int(tr, "nnodes", "trainer")

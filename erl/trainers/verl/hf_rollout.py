@@ -56,9 +56,14 @@ class HFRolloutEngine:
     async def release(self) -> None:
         pass
 
-    async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", **kwargs: Any) -> None:
+    async def update_weights(self, weights: Iterable, wire_format: str = "named_tensors", peft_config: Any = None,
+                             **kwargs: Any) -> None:
         if wire_format != "named_tensors":
             raise ValueError(f"HF rollout takes full named tensors, got wire_format={wire_format!r}")
+        if peft_config is not None:  # verl sends bare adapters unless it merges them first
+            raise ValueError("the hf rollout takes full weights, not LoRA adapters: with "
+                             "actor_rollout_ref.model.lora_rank > 0 set actor_rollout_ref.model.lora.merge=true "
+                             "(verl then syncs W + BA)")
         self.load_named_tensors(weights)
 
     def load_named_tensors(self, weights: Iterable) -> int:
