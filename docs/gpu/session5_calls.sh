@@ -18,13 +18,8 @@
 set -uo pipefail
 CALL=${1:?usage: session5_calls.sh N}
 LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped (a first call: ~470)
-START=$SECONDS
-export PYTHONPATH=$PWD:/tmp/ov/site SMOLLM=${SMOLLM:-/tmp/smollm2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_AUTH_MODE=disabled HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0
-mkdir -p /tmp/runs /tmp/early5 /tmp/verl
-nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 > /tmp/runs/smi_call$CALL.log 2>&1 &
-SMI=$!
-left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
+source "$(dirname "${BASH_SOURCE[0]}")/call_common.sh"
+call_begin early5 verl
 IL_EPOCHS=${IL_EPOCHS:-6}
 IL_STAGE=${IL_STAGE:-il}
 REFL=$([ "$IL_STAGE" = il_rehearse ] && echo true || echo false)
@@ -32,7 +27,6 @@ WARM_ENV=${WARM_ENV:-frozenlake}
 read -r -a WARM_EXTRA <<< "${WARM_ARGS:-}"
 read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
 
-pids=()
 if [ "${WARM:-1}" = 1 ]; then
   (
     # the fifth session's FrozenLake run used /tmp/early5/data and /tmp/early5/{build,il,eval_il}.log
@@ -71,14 +65,5 @@ if [ "${BENCH:-0}" = 1 ]; then
     --out /tmp/runs/local_step_gpu.json > /tmp/runs/local_step_gpu.txt 2>&1 & pids+=($!)
 fi
 
-( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches this shell's own command line
-for p in "${pids[@]}"; do wait "$p"; done
-kill $(pgrep -P $DOG) $DOG $SMI 2>/dev/null  # the sleep too: it holds the call's output open
-pkill -9 -f "[r]aylet"; pkill -9 -f "[g]cs_server"; pkill -9 -f "ray[:][:]"  # what a killed verl driver left
-nvidia-smi --query-gpu=memory.used --format=csv
-if [ -n "${OUT:-}" ]; then
-  tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
-    --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs early5 verl
-  (cd /tmp && tar -czf "$OUT/early5_data.tgz" early5/*/data 2>/dev/null) || true
-fi
-echo "call $CALL done in $((SECONDS - START)) s"
+call_end early5 verl
+[ -n "${OUT:-}" ] && { (cd /tmp && tar -czf "$OUT/early5_data.tgz" early5/*/data 2>/dev/null) || true; }

@@ -17,15 +17,8 @@
 # Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
 set -uo pipefail
 CALL=${1:?usage: session6_calls.sh N}
-LIMIT=${LIMIT:-540}  # s from this script's start by which every run has stopped
-START=$SECONDS
-export PYTHONPATH=$PWD:/tmp/ov/site SMOLLM=${SMOLLM:-/tmp/smollm2} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True RAY_AUTH_MODE=disabled HYDRA_FULL_ERROR=1 RAY_DEDUP_LOGS=0
-mkdir -p /tmp/runs /tmp/early6 /tmp/verl
-nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 15 > /tmp/runs/smi_call$CALL.log 2>&1 &
-SMI=$!
-left() { echo $(( LIMIT - (SECONDS - START) - $1 )); }  # the budget that leaves one step ($1 s) to finish
-pids=()
+source "$(dirname "${BASH_SOURCE[0]}")/call_common.sh"
+call_begin early6 verl
 
 warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then its ERL / RLVR chains
   (
@@ -64,13 +57,4 @@ if [ "${BENCH:-0}" = 1 ]; then
   for n in 4096 16384; do python3 benchmarks/verl_logprobs.py --tokens $n --device cuda; done > /tmp/runs/verl_logprobs_gpu.txt 2>&1
 fi
 
-( sleep $(( LIMIT + 20 )); pkill -INT -f "erl[.]cli" ) & DOG=$!  # [.]: never matches this shell's own command line
-for p in "${pids[@]}"; do wait "$p"; done
-kill $(pgrep -P $DOG) $DOG $SMI 2>/dev/null  # the sleep too: it holds the call's output open
-pkill -9 -f "[r]aylet"; pkill -9 -f "[g]cs_server"; pkill -9 -f "ray[:][:]"  # what a killed verl driver left
-nvidia-smi --query-gpu=memory.used --format=csv
-if [ -n "${OUT:-}" ]; then
-  tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
-    --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs early6 verl
-fi
-echo "call $CALL done in $((SECONDS - START)) s"
+call_end early6 verl
