@@ -139,10 +139,14 @@ def describe(folder: Path) -> tuple[str, Path, Path, dict] | None:
 
 
 def run_start(cfg: dict) -> str:
-    """A warm start (model.init_from: "from il" for an Early Experience stage's folder) and
-    env.params.action_tag: runs that differ in them are different experiments, never seeds of one."""
+    """A warm start (model.init_from: "from il" for an Early Experience stage's folder; on verl,
+    whose model path is the stage's final/ folder itself) and env.params.action_tag: runs that
+    differ in them are different experiments, never seeds of one."""
     parts = []
     init = (cfg.get("model") or {}).get("init_from")
+    verl_model = ((cfg.get("actor_rollout_ref") or {}).get("model") or {}).get("path")
+    if verl_model and Path(str(verl_model)).name == "final":
+        init = verl_model
     if init:
         path = Path(str(init))  # a stage's output folder, or its final/ inside it
         parts.append(f"from {path.parent.name if path.name == 'final' else path.name}")

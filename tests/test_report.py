@@ -9,7 +9,8 @@ from erl.cli.report import main
 STEP_SECONDS = {"erl": 45.0, "rlvr": 30.0, "no_memory": 30.0, "no_reflection": 30.0, "my_variant": 30.0}
 
 
-def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False, model=None, params=None):
+def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False, model=None, params=None,
+              verl_model="/models/Qwen3-4B"):
     """A run folder as the trainer writes it: eval-only row at step 0, then one row per step
     with its timings (STEP_SECONDS[mode] each), eval/success on the steps in `evals`."""
     folder.mkdir(parents=True)
@@ -26,8 +27,8 @@ def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False
         (folder / "metrics.jsonl").write_text(text)
     else:  # verl: a Hydra YAML with erl_trainer, the metrics file it names
         (folder / "config.yaml").write_text(
-            f"env:\n  name: {env}\nerl:\n  mode: {mode}\nerl_trainer:\n  seed: {seed}\n  metrics_file: m.jsonl\n"
-            "actor_rollout_ref:\n  model:\n    path: /models/Qwen3-4B\n")
+            f"env:\n  name: {env}\n  params: {json.dumps(params or {})}\nerl:\n  mode: {mode}\n"
+            f"erl_trainer:\n  seed: {seed}\n  metrics_file: m.jsonl\nactor_rollout_ref:\n  model:\n    path: {verl_model}\n")
         (folder / "m.jsonl").write_text(text)
         # a checkpoint inside it holds a model config.json but no metrics: not a run
         (folder / "global_step_1" / "actor" / "huggingface").mkdir(parents=True)
@@ -132,6 +133,13 @@ def test_warm_starts_and_action_tags_are_their_own_experiments(runs):
         "erl [from il, action tag]", "1 (0)", "1.000 ± n/a (1.000-1.000) [4]", "1.000 [4]", "2", "1.5", "4", "3.0"]
     assert cells(text, "frozenlake", "rlvr [from il, action tag]")[4:6] == ["4", "2.0"]
     assert "| erl [from il, action tag] | 1.000 | 0.94 | 0.66 |" in section(text, "frozenlake")
+    # verl starts from the stage's final/ folder itself: the same start, its own (verl) rows
+    write_run(fl / "verl-il-erl", "frozenlake", "erl", 0, {0: 0.5, 4: 0.75}, 4, trainer="verl",
+              verl_model="/tmp/early/frozenlake/il/final", params={"action_tag": True})
+    assert main([str(fl), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert cells(text, "frozenlake", "erl (verl) [from il, action tag]")[1:3] == ["1 (0)", "0.750 ± n/a (0.750-0.750) [4]"]
+    assert cells(text, "frozenlake", "erl [from il, action tag]")[1] == "1 (0)"  # not a seed of the local row
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
