@@ -8,9 +8,12 @@
 #   and IL -> RLVR chains at preset=gpu (scripts/gpu_chain.sh) in /tmp/runs/sokoban_il.
 # - REHEARSE=1: the same on FrozenLake with stage il_rehearse (the base model's own reflections in
 #   the IL mix, early.reflections=true), in /tmp/runs/frozenlake_il_rehearse.
+# - IL_FL=0: the same with plain IL on FrozenLake (../il_action_tag's recipe), in /tmp/runs/frozenlake_il.
+#   WARM_RUNS (default "erl:0 rlvr:0") picks the chains of every warm start; empty: the stage only.
 # - VERL="name:experiment ...": verl runs at +scale=small_gpu (configs/verl/scale/small_gpu.yaml) on
 #   one GPU with the hf rollout, interrupted (SIGINT) when the call's time is up and resumed from
-#   their last checkpoint next call. fl_* get FrozenLake's grids of side 2-3; hotpotqa gets the
+#   their last checkpoint next call. fl_* get FrozenLake's grids of side 2-3, flil_* the same from
+#   the IL_FL stage's final/ folder with action tags (started once it exists); hotpotqa gets the
 #   LangGraph agent's turn lengths and 16 questions a step (the 24 training questions of the mini
 #   fixture). VERL_EXTRA adds overrides to all of them.
 # - BENCH=1: benchmarks/verl_logprobs.py on the GPU (verl's per-token fallback vs chunked log-probs).
@@ -20,7 +23,7 @@ CALL=${1:?usage: session6_calls.sh N}
 source "$(dirname "${BASH_SOURCE[0]}")/call_common.sh"
 call_begin early6 verl
 
-warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then its ERL / RLVR chains
+warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then its $WARM_RUNS chains
   (
     export ENV=$2 DATA=/tmp/early6/$1/data OUT=/tmp/early6/$1 MODEL_PATH=$SMOLLM
     refl=$([ "$3" = il_rehearse ] && echo true || echo false)
@@ -33,25 +36,33 @@ warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then
       python3 -m erl.cli.evaluate env="$2" model.path="$SMOLLM" model.init_from="$OUT/$3" eval.n=64 \
         env.params.action_tag=true trainer.progress=false eval.out="$OUT/eval_$3.json" > "$OUT/eval.log" 2>&1
     fi
-    OUT= RUNS="erl:0 rlvr:0" BUDGET=$(left 80) RUN_ROOT=/tmp/runs/$1 \
+    [ -z "${WARM_RUNS-erl:0 rlvr:0}" ] && exit 0
+    OUT= RUNS="${WARM_RUNS-erl:0 rlvr:0}" BUDGET=$(left 80) RUN_ROOT=/tmp/runs/$1 \
       bash scripts/gpu_chain.sh model.path="$SMOLLM" model.init_from="$OUT/$3" env.params.action_tag=true
   ) & pids+=($!)
 }
 [ "${SOKO:-1}" = 1 ] && warm sokoban_il sokoban il
 [ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse
+[ "${IL_FL:-0}" = 1 ] && warm frozenlake_il frozenlake il
 
 read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
 for job in ${VERL:-}; do
-  name=${job%%:*}; exp=${job#*:}
+  name=${job%%:*}; exp=${job#*:}; model=$SMOLLM
   case "$name" in
     fl_*) args=(+env.params.size_max=3 +env.params.max_turns=4) ;;
+    flil_*) model=/tmp/early6/frozenlake_il/il/final  # IL_FL=1 makes it (in the same call: waited for)
+            args=(+env.params.size_max=3 +env.params.max_turns=4 +env.params.action_tag=true) ;;
     hotpotqa*) args=(data.train_batch_size=16 actor_rollout_ref.actor.ppo_mini_batch_size=16 erl.max_new_tokens=128
                      erl.max_reflection_tokens=128) ;;
     *) args=() ;;
   esac
-  MODEL_PATH=$SMOLLM ROLLOUT=hf N_GPUS_PER_NODE=1 EXPERIMENT=$exp timeout --signal=INT --kill-after=30 "$(left 40)" \
-    bash scripts/launch_verl.sh +scale=small_gpu "${args[@]}" trainer.total_training_steps=200 trainer.resume_mode=auto \
-    "${VERL_MORE[@]}" trainer.default_local_dir=/tmp/verl/$name >> /tmp/verl/$name.log 2>&1 & pids+=($!)
+  (
+    while [ ! -f "$model/config.json" ] && [ "$(left 120)" -gt 0 ]; do sleep 10; done
+    [ -f "$model/config.json" ] || { echo "no model in $model: $name not started" >> /tmp/verl/$name.log; exit 0; }
+    MODEL_PATH=$model ROLLOUT=hf N_GPUS_PER_NODE=1 EXPERIMENT=$exp timeout --signal=INT --kill-after=30 "$(left 40)" \
+      bash scripts/launch_verl.sh +scale=small_gpu "${args[@]}" trainer.total_training_steps=200 trainer.resume_mode=auto \
+      "${VERL_MORE[@]}" trainer.default_local_dir=/tmp/verl/$name >> /tmp/verl/$name.log 2>&1
+  ) & pids+=($!)
 done
 if [ "${BENCH:-0}" = 1 ]; then
   for n in 4096 16384; do python3 benchmarks/verl_logprobs.py --tokens $n --device cuda; done > /tmp/runs/verl_logprobs_gpu.txt 2>&1
