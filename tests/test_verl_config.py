@@ -56,6 +56,7 @@ def test_small_gpu_scale_gives_the_local_gpu_preset_shape():
         assert a["actor"]["optim"]["lr"] == 2e-5 and a["model"]["enable_gradient_checkpointing"] is False
         assert a["model"]["override_config"]["attn_implementation"] == "sdpa"
         assert s.cfg["trainer"]["n_gpus_per_node"] == 1 and s.trainer.eval_tasks == 64
+        assert a["rollout"]["max_num_seqs"] == 1024  # the engine's slots: the local gen_batch_size
 
 
 def test_lora_with_the_hf_rollout_needs_merged_sync():
