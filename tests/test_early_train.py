@@ -153,6 +153,10 @@ def test_warm_start_of_the_local_rl_trainer(data, tmp_path):
     assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in saved.items())
     train_rl(rl_cfg(tmp_path, str(sr / "final")))  # one ERL step from the warm start, either path form
     assert (tmp_path / "rl" / "checkpoints" / "step_1").is_dir()
+    # verl starts from the final/ folder itself (MODEL_PATH=.../final): its pre-Ray model check passes
+    from erl.trainers.verl.config import check_model
+
+    assert check_model(str(sr / "final")) == str(sr / "final")
     with pytest.raises(CheckpointError, match="does not fit the model built from model.path"):
         build_rl(rl_cfg(tmp_path / "x", str(sr), {"hidden": 64, "layers": 1, "heads": 2}))
     with pytest.raises(CheckpointError, match="holds no model.safetensors"):
