@@ -16,6 +16,9 @@
 #   the IL_FL stage's final/ folder with action tags (started once it exists); hotpotqa gets the
 #   LangGraph agent's turn lengths and 16 questions a step (the 24 training questions of the mini
 #   fixture). VERL_EXTRA adds overrides to all of them.
+# - ARMS=ENV: scripts/early_compare.sh with tags on ENV (k=3 alternatives with rationales per expert
+#   state of the 1,024 training tasks; IL, IWM -> IL and SR, 6 epochs each, and their greedy evals), in
+#   /tmp/early6/arms_ENV; stages that exist are reused when called again.
 # - BENCH=1: benchmarks/verl_logprobs.py on the GPU (verl's per-token fallback vs chunked log-probs).
 # Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
 set -uo pipefail
@@ -44,6 +47,14 @@ warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then
 [ "${SOKO:-1}" = 1 ] && warm sokoban_il sokoban il
 [ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse
 [ "${IL_FL:-0}" = 1 ] && warm frozenlake_il frozenlake il
+
+if [ -n "${ARMS:-}" ]; then  # the Early Experience arms (IL, IWM -> IL, SR) with tags on env $ARMS
+  ( export ENV=$ARMS DATA=/tmp/early6/arms_$ARMS/data OUT=/tmp/early6/arms_$ARMS MODEL_PATH=$SMOLLM MAX_NEW_TOKENS=128
+    export BUILD_ARGS="n_tasks=1024 env.params.action_tag=true gen_batch_size=512"
+    export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false trainer.loggers=[console]"
+    export EVAL_ARGS="env.params.action_tag=true eval.n=64 trainer.progress=false"
+    mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh > "$OUT/compare.log" 2>&1 ) & pids+=($!)
+fi
 
 read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
 for job in ${VERL:-}; do
