@@ -9,7 +9,8 @@
 # - REHEARSE=1: the same on FrozenLake with stage il_rehearse (the base model's own reflections in
 #   the IL mix, early.reflections=true), in /tmp/runs/frozenlake_il_rehearse.
 # - IL_FL=0: the same with plain IL on FrozenLake (../il_action_tag's recipe), in /tmp/runs/frozenlake_il.
-#   WARM_RUNS (default "erl:0 rlvr:0") picks the chains of every warm start; empty: the stage only.
+#   WARM_RUNS (default "erl:0 rlvr:0") picks the chains after every warm start, SOKO_RUNS / REHEARSE_RUNS /
+#   IL_FL_RUNS those of one; empty: the stage only.
 # - VERL="name:experiment ...": verl runs at +scale=small_gpu (configs/verl/scale/small_gpu.yaml) on
 #   one GPU with the hf rollout, interrupted (SIGINT) when the call's time is up and resumed from
 #   their last checkpoint next call. fl_* get FrozenLake's grids of side 2-3, flil_* the same from
@@ -26,7 +27,7 @@ CALL=${1:?usage: session6_calls.sh N}
 source "$(dirname "${BASH_SOURCE[0]}")/call_common.sh"
 call_begin early6 verl
 
-warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then its $WARM_RUNS chains
+warm() {  # warm NAME ENV STAGE RUNS: IL warm start once (dataset, stage, eval), then the RUNS chains
   (
     export ENV=$2 DATA=/tmp/early6/$1/data OUT=/tmp/early6/$1 MODEL_PATH=$SMOLLM
     refl=$([ "$3" = il_rehearse ] && echo true || echo false)
@@ -39,14 +40,15 @@ warm() {  # warm NAME ENV STAGE: IL warm start once (dataset, stage, eval), then
       python3 -m erl.cli.evaluate env="$2" model.path="$SMOLLM" model.init_from="$OUT/$3" eval.n=64 \
         env.params.action_tag=true trainer.progress=false eval.out="$OUT/eval_$3.json" > "$OUT/eval.log" 2>&1
     fi
-    [ -z "${WARM_RUNS-erl:0 rlvr:0}" ] && exit 0
-    OUT= RUNS="${WARM_RUNS-erl:0 rlvr:0}" BUDGET=$(left 80) RUN_ROOT=/tmp/runs/$1 \
+    [ -z "$4" ] && exit 0
+    OUT= RUNS="$4" BUDGET=$(left 80) RUN_ROOT=/tmp/runs/$1 \
       bash scripts/gpu_chain.sh model.path="$SMOLLM" model.init_from="$OUT/$3" env.params.action_tag=true
   ) & pids+=($!)
 }
-[ "${SOKO:-1}" = 1 ] && warm sokoban_il sokoban il
-[ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse
-[ "${IL_FL:-0}" = 1 ] && warm frozenlake_il frozenlake il
+RUNS_DEFAULT=${WARM_RUNS-erl:0 rlvr:0}
+[ "${SOKO:-1}" = 1 ] && warm sokoban_il sokoban il "${SOKO_RUNS-$RUNS_DEFAULT}"
+[ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse "${REHEARSE_RUNS-$RUNS_DEFAULT}"
+[ "${IL_FL:-0}" = 1 ] && warm frozenlake_il frozenlake il "${IL_FL_RUNS-$RUNS_DEFAULT}"
 
 if [ -n "${ARMS:-}" ]; then  # the Early Experience arms (IL, IWM -> IL, SR) with tags on env $ARMS
   ( export ENV=$ARMS DATA=/tmp/early6/arms_$ARMS/data OUT=/tmp/early6/arms_$ARMS MODEL_PATH=$SMOLLM MAX_NEW_TOKENS=128
