@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from erl.core.config import MODES
+from erl.models.warmstart import FINAL
 from erl.tracking import read_metrics
 
 # ERL_SPEC section 5: the paper's final eval success, RLVR -> ERL, read from its figures
@@ -145,11 +146,11 @@ def run_start(cfg: dict) -> str:
     parts = []
     init = (cfg.get("model") or {}).get("init_from")
     verl_model = ((cfg.get("actor_rollout_ref") or {}).get("model") or {}).get("path")
-    if verl_model and Path(str(verl_model)).name == "final":
+    if verl_model and Path(str(verl_model)).name == FINAL:
         init = verl_model
     if init:
         path = Path(str(init))  # a stage's output folder, or its final/ inside it
-        parts.append(f"from {path.parent.name if path.name == 'final' else path.name}")
+        parts.append(f"from {path.parent.name if path.name == FINAL else path.name}")
     if ((cfg.get("env") or {}).get("params") or {}).get("action_tag"):
         parts.append("action tag")
     return ", ".join(parts)
