@@ -19,11 +19,10 @@ shift $(( $# >= 2 ? 2 : 1 ))
 case "$MODE" in erl|rlvr|no_memory|no_reflection) ;; *) echo "$0: the mode must be erl, rlvr, no_memory or no_reflection, got '$MODE'" >&2; exit 2;; esac
 if ! [[ $SEED =~ ^[0-9]+$ ]]; then echo "$0: the seed must be a non-negative integer, got '$SEED'" >&2; exit 2; fi
 STAGE=${STAGE:-il}
-case "$STAGE" in il) REFL=false ;; il_rehearse) REFL=true ;; *) echo "$0: STAGE must be il or il_rehearse, got '$STAGE'" >&2; exit 2;; esac
+source "$(dirname "$0")/il_tag_common.sh"
+il_tag_recipe "$STAGE" || exit 2
 export ENV=${ENV:-frozenlake}
 export DATA=${DATA:-data/early/$ENV-tag$([ "$REFL" = true ] && echo -refl)} OUT=${OUT:-outputs/early/$ENV-tag}
 read -r -a ENV_EXTRA <<< "${ENV_ARGS:-}"
-export BUILD_ARGS=${BUILD_ARGS:-"n_tasks=1024 env.params.action_tag=true early.k=1 early.rationales=false early.reflections=$REFL gen_batch_size=512 ${ENV_ARGS:-}"}
-export STAGE_ARGS=${STAGE_ARGS:-"trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32"}
 export MODE MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-16} RUN_DIR=${RUN_DIR:-$OUT/$STAGE-$MODE-s$SEED}
 exec bash "$(dirname "$0")/early_erl.sh" "$STAGE" preset=gpu env.params.action_tag=true "${ENV_EXTRA[@]}" "seed=$SEED" "$@"

@@ -30,9 +30,9 @@ call_begin early6 verl
 warm() {  # warm NAME ENV STAGE RUNS: IL warm start once (dataset, stage, eval), then the RUNS chains
   (
     export ENV=$2 DATA=/tmp/early6/$1/data OUT=/tmp/early6/$1 MODEL_PATH=$SMOLLM
-    refl=$([ "$3" = il_rehearse ] && echo true || echo false)
-    export BUILD_ARGS="n_tasks=1024 env.params.action_tag=true early.k=1 early.rationales=false early.reflections=$refl gen_batch_size=512"
-    export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false trainer.loggers=[console]"
+    unset BUILD_ARGS STAGE_ARGS ENV_ARGS
+    source scripts/il_tag_common.sh && il_tag_recipe "$3" || exit 1
+    STAGE_ARGS="$STAGE_ARGS trainer.progress=false trainer.loggers=[console]"
     mkdir -p "$OUT"
     source scripts/early_common.sh
     if [ ! -f "$OUT/$3/final/model.safetensors" ]; then
