@@ -31,6 +31,8 @@ stage() {  # stage NAME OUTPUT_DIR [INIT_FROM]: one stage, unless its result is 
   fi
   local init=()
   if [ -n "${3:-}" ]; then init=("model.init_from=$3"); fi
-  run "$PYTHON" -m erl.cli.early train "stage=$1" "${MODEL_ARGS[@]}" "${init[@]}" "data=$DATA" \
+  # resume=true: a stage cut off before its final/ (a device call's time limit) continues from its
+  # last checkpoint, or restarts from step 0 without one, instead of refusing the folder it left
+  run "$PYTHON" -m erl.cli.early train "stage=$1" resume=true "${MODEL_ARGS[@]}" "${init[@]}" "data=$DATA" \
     "trainer.output_dir=$2" "${STAGE_EXTRA[@]}"
 }

@@ -202,6 +202,11 @@ def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path, capsys
                  "trainer.total_steps=1", "trainer.loggers=[console]", "trainer.progress=false",
                  "trainer.device=cpu"]) == 0
     assert (tmp_path / "il" / "final" / "model.safetensors").is_file()
+    # scripts/early_common.sh always passes resume=true: into a fresh folder it is a plain start
+    assert main(["train", "stage=il", "resume=true", *tiny, f"data={d}", f"trainer.output_dir={tmp_path / 'il2'}",
+                 "trainer.total_steps=1", "trainer.loggers=[console]", "trainer.progress=false",
+                 "trainer.device=cpu"]) == 0
+    assert (tmp_path / "il2" / "final" / "model.safetensors").is_file()
     assert main(["export", "stage=iwm", f"data={d}"]) == 0
     parquet = d / "verl" / "iwm.parquet"
     pytest.importorskip("verl")
@@ -308,6 +313,8 @@ def test_arms_side_by_side_share_the_data_and_stages(tmp_path):
     assert stages == [("stage=il", "data=data/early/sokoban"), ("stage=iwm", "data=data/early/sokoban"),
                       ("stage=il", "data=data/early/sokoban"), ("stage=sr", "data=data/early/sokoban")]
     assert f"model.init_from={o}/iwm" in lines[3]
+    # a stage that a device call cut off is continued when the script is called again, not refused
+    assert all(x[5] == "resume=true" for x in lines if x[2:4] == ["erl.cli.early", "train"])
     evals = [x for x in lines if x[2] == "erl.cli.evaluate"]
     assert [next((a for a in e if a.startswith("model.init_from=")), None) for e in evals] == [
         None, f"model.init_from={o}/il", f"model.init_from={o}/iwm-il", f"model.init_from={o}/sr"]
