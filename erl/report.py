@@ -36,6 +36,10 @@ PAPER = {
 # one colour per method in every figure; the verl trainer's runs dashed, a warm start dash-dotted (dotted on verl)
 COLOURS = {"erl": "tab:blue", "rlvr": "tab:orange", "no_reflection": "tab:green", "no_memory": "tab:red"}
 OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+# the curve's metric per env where it is not `eval/success`: the paper scores HotpotQA by its reward
+EVAL_METRIC = {"hotpotqa": "eval/reward"}
+METRIC_NOTE = {"hotpotqa": ("the curve here is `eval/reward`, the paper's HotpotQA metric: 1 for an exact match, "
+                            "else the answer's F1 when it is at least 0.3, else 0")}
 TOL = 1e-9  # "reached": a mean of eval fractions equal to the target up to float rounding
 
 
@@ -65,7 +69,7 @@ class Run:
     method: str  # erl.mode; a value outside MODES is kept as its own method
     seed: object
     model: str
-    evals: dict[int, float]  # step -> eval/success
+    evals: dict[int, float]  # step -> eval/success (EVAL_METRIC where the env has one)
     minutes: dict[int, float]  # step -> training minutes done by then
     last_step: int
     train_success: dict[int, float]  # step -> attempt1/success of the training rollouts
@@ -184,10 +188,10 @@ def load_run(folder: Path, warn) -> Run | None:
     def curve(key: str) -> dict[int, float]:
         return {int(r["step"]): float(r[key]) for r in rows if key in r}
 
-    return Run(folder, cfg_file, metrics_file, trainer, str(_get(cfg, "env.name", cfg_file)),
-               str(_get(cfg, "erl.mode", cfg_file)), seed, str(_get(cfg, model, cfg_file)),
-               curve("eval/success"), training_minutes(rows), max((int(r["step"]) for r in rows), default=0),
-               curve("attempt1/success"), run_start(cfg))
+    env = str(_get(cfg, "env.name", cfg_file))
+    return Run(folder, cfg_file, metrics_file, trainer, env, str(_get(cfg, "erl.mode", cfg_file)), seed,
+               str(_get(cfg, model, cfg_file)), curve(EVAL_METRIC.get(env, "eval/success")), training_minutes(rows),
+               max((int(r["step"]) for r in rows), default=0), curve("attempt1/success"), run_start(cfg))
 
 
 def find_runs(patterns: list[str], warn) -> list[Run]:
@@ -300,7 +304,8 @@ def env_table(groups: list[Group]) -> list[str]:
 
 def paper_table(env: str, groups: list[Group]) -> list[str]:
     models = sorted({r.model for g in groups for r in g.runs})
-    lines = [("The paper's numbers, **not from these runs**: final eval success read from the paper's figures "
+    what = "final eval reward" if env in EVAL_METRIC else "final eval success"
+    lines = [(f"The paper's numbers, **not from these runs**: {what} read from the paper's figures "
               "(8 GPUs, verl 0.6.1; the second digit is approximate). These runs used "
               f"{', '.join(f'`{m}`' for m in models)}: a different model scale unless it is one of the paper's, so "
               "compare the direction and size of the ERL - RLVR gap, not the values."),
@@ -341,7 +346,8 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
             steps = sorted(r.train_success)
             axes[2].plot(steps, [r.train_success[k] for k in steps], marker=".", color=c, ls=ls, alpha=0.7,
                          label=g.label if i == 0 else None)
-    axes[0].set(xlabel="training step", ylabel="eval success (greedy first attempt)", ylim=(-0.05, 1.05))
+    metric = EVAL_METRIC.get(groups[0].env, "eval/success") if groups else "eval/success"
+    axes[0].set(xlabel="training step", ylabel=f"{metric} (greedy first attempt)", ylim=(-0.05, 1.05))
     axes[1].set(xlabel="training minutes (sum of time/step; eval excluded)", ylim=(-0.05, 1.05))
     if train_panel:
         axes[2].set(title="training rollouts: first-attempt success", xlabel="training step", ylim=(-0.05, 1.05))
@@ -379,7 +385,8 @@ def write_report(patterns: list[str], out_md: Path, plots: Path, command: str, w
            DEFINITIONS]
     for env, groups in envs.items():
         png = plot_env(groups, plots / f"{env}_eval_success.png", f"{env}: mean over seeds, band = min-max")
-        out += ["", f"## {env}", "", *env_table(groups)]
+        out += ["", f"## {env}", "", *([f"- **{METRIC_NOTE[env]}**", ""] if env in METRIC_NOTE else []),
+                *env_table(groups)]
         notes = [f"{g.label}: {n}" for g in groups for n in g.notes]
         out += ["", *[f"- note: {n}" for n in notes]] if notes else []
         out += ["", f"![{env}: eval success by step and by training minutes]({rel(png)})", "",

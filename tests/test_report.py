@@ -210,3 +210,22 @@ def test_early_experience_rows(runs, capsys):
     (runs / "none").mkdir()
     assert main([str(runs / "runs"), "--early", str(runs / "none"), "--out", str(runs / "r2.md")]) == 2
     assert "--early" in capsys.readouterr().err and not (runs / "r2.md").exists()
+
+
+def test_hotpotqa_is_scored_by_its_reward_as_in_the_paper(tmp_path, capsys):
+    """The paper's HotpotQA numbers are rewards (exact match 1, else F1 >= 0.3), not exact-match
+    success: the HotpotQA curve and its paper row read `eval/reward`; other envs keep `eval/success`."""
+    run = tmp_path / "hq"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"env": {"name": "hotpotqa"}, "erl": {"mode": "erl"}, "seed": 0,
+                                                 "model": {"path": "tiny"}}))
+    rows = [{"step": 0, "eval/success": 0.0, "eval/reward": 0.1},
+            {"step": 1, "time/step": 60.0, "eval/success": 0.0, "eval/reward": 0.25}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "r.md"
+    assert main([str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "`eval/reward`, the paper's HotpotQA metric" in section(text, "hotpotqa")
+    assert cells(text, "hotpotqa", "erl")[2].startswith("0.250 ± n/a")  # the reward at step 1, not success 0.0
+    assert "final eval reward read from the paper's figures" in text
+    assert "| erl | 0.250 | 0.56 | 0.50 |" in text
