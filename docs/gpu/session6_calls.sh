@@ -53,7 +53,7 @@ RUNS_DEFAULT=${WARM_RUNS-erl:0 rlvr:0}
 if [ -n "${ARMS:-}" ]; then  # the Early Experience arms (IL, IWM -> IL, SR) with tags on env $ARMS
   ( export ENV=$ARMS DATA=/tmp/early6/arms_$ARMS/data OUT=/tmp/early6/arms_$ARMS MODEL_PATH=$SMOLLM MAX_NEW_TOKENS=128
     export BUILD_ARGS="n_tasks=1024 env.params.action_tag=true gen_batch_size=512"
-    export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.progress=false trainer.loggers=[console]"
+    export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.save_every=100 trainer.progress=false trainer.loggers=[console]"
     export EVAL_ARGS="env.params.action_tag=true eval.n=64 trainer.progress=false"
     mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh > "$OUT/compare.log" 2>&1 ) & pids+=($!)
 fi
