@@ -20,6 +20,9 @@
 # - ARMS=ENV: scripts/early_compare.sh with tags on ENV (k=3 alternatives with rationales per expert
 #   state of the 1,024 training tasks; IL, IWM -> IL and SR, 6 epochs each, and their greedy evals), in
 #   /tmp/early6/arms_ENV; stages that exist are reused when called again.
+# - BASE="ENV:mode:seed ...": local chains from the base model at preset=gpu (scripts/gpu_chain.sh) in
+#   /tmp/runs/base, with the settings of the earlier base-model rows (Sokoban: env.params.max_moves=4,
+#   ../sokoban_seeds); e.g. BASE="sokoban:no_memory:0 sokoban:no_reflection:0", the Sokoban ablations.
 # - BENCH=1: benchmarks/verl_logprobs.py on the GPU (verl's per-token fallback vs chunked log-probs).
 # Everything but checkpoints and weights is packed into $OUT/runs.tgz at the end.
 set -uo pipefail
@@ -57,6 +60,13 @@ if [ -n "${ARMS:-}" ]; then  # the Early Experience arms (IL, IWM -> IL, SR) wit
     export EVAL_ARGS="env.params.action_tag=true eval.n=64 trainer.progress=false"
     mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh > "$OUT/compare.log" 2>&1 ) & pids+=($!)
 fi
+
+for env in $(for job in ${BASE:-}; do echo "${job%%:*}"; done | sort -u); do
+  runs=$(for job in $BASE; do [ "${job%%:*}" = "$env" ] && echo -n "${job#*:} "; done)
+  extra=(); [ "$env" = sokoban ] && extra=(env.params.max_moves=4)
+  ( OUT= RUNS="$runs" ENV=$env BUDGET=$(left 80) RUN_ROOT=/tmp/runs/base \
+      bash scripts/gpu_chain.sh model.path="$SMOLLM" "${extra[@]}" ) & pids+=($!)
+done
 
 read -r -a VERL_MORE <<< "${VERL_EXTRA:-}"
 for job in ${VERL:-}; do
