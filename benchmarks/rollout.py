@@ -259,12 +259,13 @@ def main(argv=None):
     prompts = prompts_for(args.batch, model.config.vocab_size)
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7)
     rates = {}
-    engines = [("engine eager", False)] * ("eager" not in skip)
-    if args.compile_mode and "compiled" not in skip:
-        engines.append((f"engine compiled ({args.compile_mode})", args.compile_mode))
-    for name, mode in engines:
+    engines = [("engine eager", False, True)] * ("eager" not in skip)
+    if args.compile_mode and "compiled" not in skip:  # with eager's precision casts (the default) and without
+        engines += [(f"engine compiled ({args.compile_mode})", args.compile_mode, True),
+                    (f"engine compiled ({args.compile_mode}, inductor's own casts)", args.compile_mode, False)]
+    for name, mode, casts in engines:
         try:
-            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode)
+            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode, eager_casts=casts)
             gens, dt, stats = run_engine(engine, prompts, params, device)
         except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)

@@ -409,3 +409,21 @@ def test_bf16_on_cuda_matches_a_teacher_forced_forward(compile):
     err = torch.cat([(forced_logprobs(model, p, g, 0.7) - torch.tensor(g.logprobs)).abs() for p, g in zip(ps, gens)])
     # bf16 rounding differs between one-token decode steps and one full-sequence forward
     assert err.mean() < 1e-2 and err.max() < 5e-2
+
+
+def test_compiled_decode_asks_inductor_for_eager_precision_casts(monkeypatch):
+    """The compiled decode step keeps eager's bf16 rounding unless told not to (its log-probs must
+    stay the trainer's), keeps the mode's own options (CUDA graphs for reduce-overhead), and a
+    misspelt mode is refused by name before anything compiles."""
+    from erl.rollout.compiling import compile_options
+
+    assert compile_options("reduce-overhead", True) == {"triton.cudagraphs": True, "emulate_precision_casts": True}
+    assert compile_options("reduce-overhead", False) == {"triton.cudagraphs": True}
+    assert compile_options(True, True) == {"emulate_precision_casts": True}
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    RolloutEngine(model_of(), TOK, slots=2, compile="max-autotune-no-cudagraphs")
+    assert seen == [{"options": {"max_autotune": True, "coordinate_descent_tuning": True,
+                                 "emulate_precision_casts": True}}]
+    with pytest.raises(ValueError, match="compile mode 'reduce_overhead' is not one of"):
+        RolloutEngine(model_of(), TOK, slots=2, compile="reduce_overhead")

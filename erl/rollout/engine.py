@@ -25,6 +25,7 @@ import torch
 
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
+from erl.rollout.compiling import compile_options, graph_count
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.sampling import check_request, sample
 
@@ -59,13 +60,16 @@ class RolloutEngine:
     `max_len`: the context limit (prompt + generated); `compile`: torch.compile the decode
     step (CUDA only: off by default until measured there); `prefill_budget`: padded tokens
     per prefill forward; `stop_ids`: tokens that end a sequence (default: the chat template's
-    end-of-turn and eos; [] generates exactly max_new_tokens); `prefix_reuse`: off, every
+    end-of-turn and eos; [] generates exactly max_new_tokens); `eager_casts`: the compiled step
+    rounds bf16/fp16 intermediates where eager PyTorch does (inductor's emulate_precision_casts),
+    so its log-probs stay those of the trainer's eager forward; `prefix_reuse`: off, every
     request prefills its whole prompt (for measuring what reuse saves); `refresh`: called before
     each admission to bring `model` up to date (erl.rollout.merged: a LoRA-merged copy)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
-                 stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None):
+                 stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
+                 eager_casts: bool = True):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -88,10 +92,10 @@ class RolloutEngine:
         self.waiting: deque[_Request] = deque()
         self.reset()  # no slots yet
         self._worker: asyncio.Task | None = None
-        mode = compile if isinstance(compile, str) else None
         # dynamic=None: the first key length compiles a static graph, the next one a graph with a
         # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
-        self._decode = torch.compile(self.net.forward, mode=mode) if self.compile else self.net.forward
+        self._decode = torch.compile(self.net.forward, options=compile_options(compile, eager_casts)) \
+            if self.compile else self.net.forward
         self._shapes: set[tuple] = set()
         if self.compile:  # one graph per (rows, key length, capacity) bucket
             dyn = torch._dynamo.config
@@ -359,7 +363,7 @@ class RolloutEngine:
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
-        graphs = _graph_count()
+        graphs = graph_count()
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         pos_t = torch.tensor(pos, device=dev)[:, None]
@@ -367,7 +371,7 @@ class RolloutEngine:
                               None if full else torch.tensor(rows, device=dev), pos_t, keys,
                               torch.zeros(len(rows), dtype=torch.long, device=dev))
         if self.compile:
-            self.stats["recompiles"] += _graph_count() - graphs
+            self.stats["recompiles"] += graph_count() - graphs
         for s in slots:
             self.tok[s, self.held[s]] = self.active[s].out[-1]
             self.held[s] += 1
@@ -397,10 +401,3 @@ class RolloutEngine:
         self.stats["sequences"] += 1
         if req.future is not None and not req.future.done():
             req.future.set_result(req.result)
-
-
-def _graph_count() -> int:
-    """Graphs torch.compile has built in this process (each compile or recompile adds one)."""
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
