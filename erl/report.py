@@ -278,7 +278,8 @@ def _span(values: list) -> str:
 
 def env_table(groups: list[Group]) -> list[str]:
     rlvr = {(g.trainer, g.start): g for g in groups if g.method == "rlvr" and g.steps}  # the same experiment's
-    lines = [("| method | seeds | final eval success: mean ± std (min-max) [step] | best of the mean curve [step] | "
+    what = "reward" if groups and groups[0].env in EVAL_METRIC else "success"
+    lines = [(f"| method | seeds | final eval {what}: mean ± std (min-max) [step] | best of the mean curve [step] | "
               "steps to RLVR's final level | training minutes to it | total steps | training minutes in all |"),
              "|---|---|---|---|---|---|---|---|"]
     for g in groups:

@@ -228,4 +228,5 @@ def test_hotpotqa_is_scored_by_its_reward_as_in_the_paper(tmp_path, capsys):
     assert "`eval/reward`, the paper's HotpotQA metric" in section(text, "hotpotqa")
     assert cells(text, "hotpotqa", "erl")[2].startswith("0.250 ± n/a")  # the reward at step 1, not success 0.0
     assert "final eval reward read from the paper's figures" in text
+    assert "| method | seeds | final eval reward: mean" in section(text, "hotpotqa")
     assert "| erl | 0.250 | 0.56 | 0.50 |" in text
