@@ -40,7 +40,12 @@ OTHER_COLOURS = ("tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive",
 EVAL_METRIC = {"hotpotqa": "eval/reward"}
 METRIC_NOTE = {"hotpotqa": ("the curve here is `eval/reward`, the paper's HotpotQA metric: 1 for an exact match, "
                             "else the answer's F1 when it is at least 0.3, else 0")}
+
 TOL = 1e-9  # "reached": a mean of eval fractions equal to the target up to float rounding
+
+
+def eval_metric(env: str) -> str:
+    return EVAL_METRIC.get(env, "eval/success")
 
 
 DEFINITIONS = """\
@@ -190,7 +195,7 @@ def load_run(folder: Path, warn) -> Run | None:
 
     env = str(_get(cfg, "env.name", cfg_file))
     return Run(folder, cfg_file, metrics_file, trainer, env, str(_get(cfg, "erl.mode", cfg_file)), seed,
-               str(_get(cfg, model, cfg_file)), curve(EVAL_METRIC.get(env, "eval/success")), training_minutes(rows),
+               str(_get(cfg, model, cfg_file)), curve(eval_metric(env)), training_minutes(rows),
                max((int(r["step"]) for r in rows), default=0), curve("attempt1/success"), run_start(cfg))
 
 
@@ -278,7 +283,7 @@ def _span(values: list) -> str:
 
 def env_table(groups: list[Group]) -> list[str]:
     rlvr = {(g.trainer, g.start): g for g in groups if g.method == "rlvr" and g.steps}  # the same experiment's
-    what = "reward" if groups and groups[0].env in EVAL_METRIC else "success"
+    what = eval_metric(groups[0].env if groups else "").split("/")[-1]
     lines = [(f"| method | seeds | final eval {what}: mean ± std (min-max) [step] | best of the mean curve [step] | "
               "steps to RLVR's final level | training minutes to it | total steps | training minutes in all |"),
              "|---|---|---|---|---|---|---|---|"]
@@ -305,8 +310,7 @@ def env_table(groups: list[Group]) -> list[str]:
 
 def paper_table(env: str, groups: list[Group]) -> list[str]:
     models = sorted({r.model for g in groups for r in g.runs})
-    what = "final eval reward" if env in EVAL_METRIC else "final eval success"
-    lines = [(f"The paper's numbers, **not from these runs**: {what} read from the paper's figures "
+    lines = [(f"The paper's numbers, **not from these runs**: final {eval_metric(env).replace('/', ' ')} read from the paper's figures "
               "(8 GPUs, verl 0.6.1; the second digit is approximate). These runs used "
               f"{', '.join(f'`{m}`' for m in models)}: a different model scale unless it is one of the paper's, so "
               "compare the direction and size of the ERL - RLVR gap, not the values."),
@@ -347,8 +351,8 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
             steps = sorted(r.train_success)
             axes[2].plot(steps, [r.train_success[k] for k in steps], marker=".", color=c, ls=ls, alpha=0.7,
                          label=g.label if i == 0 else None)
-    metric = EVAL_METRIC.get(groups[0].env, "eval/success") if groups else "eval/success"
-    axes[0].set(xlabel="training step", ylabel=f"{metric} (greedy first attempt)", ylim=(-0.05, 1.05))
+    axes[0].set(xlabel="training step", ylabel=f"{eval_metric(groups[0].env if groups else '')} (greedy first attempt)",
+                ylim=(-0.05, 1.05))
     axes[1].set(xlabel="training minutes (sum of time/step; eval excluded)", ylim=(-0.05, 1.05))
     if train_panel:
         axes[2].set(title="training rollouts: first-attempt success", xlabel="training step", ylim=(-0.05, 1.05))
