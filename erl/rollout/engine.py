@@ -363,7 +363,7 @@ class RolloutEngine:
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
-        graphs = graph_count()
+        graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         pos_t = torch.tensor(pos, device=dev)[:, None]
