@@ -323,6 +323,17 @@ def test_arms_side_by_side_share_the_data_and_stages(tmp_path):
     assert not o.exists()  # a dry run writes nothing
 
 
+def test_per_stage_overrides_reach_only_their_stage(tmp_path):
+    """IWM_ARGS / SR_ARGS follow STAGE_ARGS on their own stage's command (so they win in Hydra),
+    and never on IL's, not even on the IL that IWM's result starts."""
+    lines = dry_run("early_compare.sh", ENV="sokoban", STAGE_ARGS="trainer.epochs=6", IWM_ARGS="trainer.epochs=2",
+                    SR_ARGS="trainer.epochs=3 trainer.lr=5e-5", OUT=str(tmp_path / "o"))
+    tails = [(x[4], x[x.index("trainer.epochs=6"):]) for x in lines if x[2:4] == ["erl.cli.early", "train"]]
+    assert [t for _, t in tails] == [["trainer.epochs=6"], ["trainer.epochs=6", "trainer.epochs=2"],
+                                    ["trainer.epochs=6"], ["trainer.epochs=6", "trainer.epochs=3", "trainer.lr=5e-5"]]
+    assert [name for name, _ in tails] == ["stage=il", "stage=iwm", "stage=il", "stage=sr"]
+
+
 def test_stage_config_refuses_non_finite_numbers():
     """nan compares false with everything, so `lr < 0` alone let `trainer.lr=nan` through; the
     stage config now shares the local trainer's finite-number check."""

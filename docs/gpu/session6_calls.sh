@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device calls of the sixth session (one H200), each <= 10 minutes, resuming from what the call
+# The device calls of the sixth to eighth sessions (one H200), each <= 10 minutes, resuming from what the call
 # before left on the machine's /tmp (docs/gpu/README.md):
 #   bash docs/gpu/session6_calls.sh N        # N = 1, 2, ...; SMOLLM: the converted model folder
 # What runs side by side (each part switched by its variable, 1 = on):
@@ -17,9 +17,12 @@
 #   the IL_FL stage's final/ folder with action tags (started once it exists); hotpotqa gets the
 #   LangGraph agent's turn lengths and 16 questions a step (the 24 training questions of the mini
 #   fixture). VERL_EXTRA adds overrides to all of them.
-# - ARMS=ENV: scripts/early_compare.sh with tags on ENV (k=3 alternatives with rationales per expert
-#   state of the 1,024 training tasks; IL, IWM -> IL and SR, 6 epochs each, and their greedy evals), in
-#   /tmp/early6/arms_ENV; stages that exist are reused when called again.
+# - ARMS="ENV ...": scripts/early_compare.sh with tags on each ENV (k=3 alternatives with rationales per
+#   expert state of the 1,024 training tasks; IL at 6 epochs, IWM and SR at ARM_EPOCHS=2 (k=3: as many
+#   rows as IL's 6 epochs), and their greedy evals), in /tmp/early6/arms_ENV; stages resume when
+#   called again. ARM_RUNS="ENV:ARM:mode:seed ...": chains from an arm's stage once it exists
+#   (scripts/gpu_chain.sh, action tags; sr with erl.max_new_tokens=128: its policy reasons before
+#   its move), in /tmp/runs/arms_ENV_ARM.
 # - BASE="ENV:mode:seed ...": local chains from the base model at preset=gpu (scripts/gpu_chain.sh) in
 #   /tmp/runs/base, with the settings of the earlier base-model rows (Sokoban: env.params.max_moves=4,
 #   ../sokoban_seeds); e.g. BASE="sokoban:no_memory:0 sokoban:no_reflection:0", the Sokoban ablations.
@@ -53,13 +56,23 @@ RUNS_DEFAULT=${WARM_RUNS-erl:0 rlvr:0}
 [ "${REHEARSE:-1}" = 1 ] && warm frozenlake_il_rehearse frozenlake il_rehearse "${REHEARSE_RUNS-$RUNS_DEFAULT}"
 [ "${IL_FL:-0}" = 1 ] && warm frozenlake_il frozenlake il "${IL_FL_RUNS-$RUNS_DEFAULT}"
 
-if [ -n "${ARMS:-}" ]; then  # the Early Experience arms (IL, IWM -> IL, SR) with tags on env $ARMS
-  ( export ENV=$ARMS DATA=/tmp/early6/arms_$ARMS/data OUT=/tmp/early6/arms_$ARMS MODEL_PATH=$SMOLLM MAX_NEW_TOKENS=128
+for arms in ${ARMS:-}; do  # the Early Experience arms (IL, IWM -> IL, SR) with tags on env $arms
+  ( export ENV=$arms DATA=/tmp/early6/arms_$arms/data OUT=/tmp/early6/arms_$arms MODEL_PATH=$SMOLLM MAX_NEW_TOKENS=128
     export BUILD_ARGS="n_tasks=1024 env.params.action_tag=true gen_batch_size=512"
     export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.save_every=100 trainer.progress=false trainer.loggers=[console]"
+    export IWM_ARGS="trainer.epochs=${ARM_EPOCHS:-2}" SR_ARGS="trainer.epochs=${ARM_EPOCHS:-2}"
     export EVAL_ARGS="env.params.action_tag=true eval.n=64 trainer.progress=false"
-    mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh > "$OUT/compare.log" 2>&1 ) & pids+=($!)
-fi
+    mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh >> "$OUT/compare.log" 2>&1 ) & pids+=($!)
+done
+for job in ${ARM_RUNS:-}; do  # ENV:ARM:mode:seed: RL from an arm's stage, once the stage has its final/
+  IFS=: read -r env arm mode seed <<< "$job"
+  stage=/tmp/early6/arms_$env/$arm; extra=(); [ "$arm" = sr ] && extra=(erl.max_new_tokens=128)
+  ( while [ ! -f "$stage/final/model.safetensors" ] && [ "$(left 150)" -gt 0 ]; do sleep 10; done
+    [ -f "$stage/final/model.safetensors" ] || { echo "no $stage/final: $job not started"; exit 0; }
+    OUT= RUNS="$mode:$seed" ENV=$env BUDGET=$(left 80) RUN_ROOT=/tmp/runs/arms_${env}_$arm \
+      bash scripts/gpu_chain.sh model.path="$SMOLLM" model.init_from="$stage" env.params.action_tag=true "${extra[@]}"
+  ) & pids+=($!)
+done
 
 for env in $(for job in ${BASE:-}; do echo "${job%%:*}"; done | sort -u); do
   runs=$(for job in $BASE; do [ "${job%%:*}" = "$env" ] && echo -n "${job#*:} "; done)
