@@ -187,8 +187,10 @@ def erl_workload(args) -> None:
             rates[(name, part)] = wall
             print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
                   f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
-                  f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,})",
-                  flush=True)
+                  f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,})"
+                  + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
+                     f"{st['generated_tokens'] / max(st['decode_steps'], 1):.0f} rows a decode step"
+                     if "decode_steps" in st else ""), flush=True)
     names = args.engines.split(",")
     for part in ("eval", "collect"):
         for a in names[1:]:
