@@ -339,13 +339,15 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
 
     fig, axes = plt.subplots(1, 3 if train_panel else 2, figsize=(17 if train_panel else 12, 4.2))
     others: dict[str, str] = {}
+    marks: dict[str, str] = {}  # one marker per warm start: colour and line style alone repeat
     for g in groups:
         c, ls = colour(g.method, others), ("-", "--", "-.", ":")[(g.trainer != "local") + 2 * bool(g.start)]
+        mark = marks.setdefault(g.start, "osD^vPX*"[len(marks) % 8])
         n = len([r for r in g.runs if r.evals])
         label = f"{g.label} ({n} seed{'s' if n > 1 else ''})"
         for ax, xs in zip(axes, (np.array(g.steps, dtype=float), g.minutes)):
             if g.steps:
-                ax.plot(xs, g.mean, marker="o", ms=3, color=c, ls=ls, label=label)
+                ax.plot(xs, g.mean, marker=mark, ms=3.5, color=c, ls=ls, label=label)
                 ax.fill_between(xs, g.lo, g.hi, color=c, alpha=0.18, lw=0)
         for i, r in enumerate(g.runs if train_panel else []):
             steps = sorted(r.train_success)
@@ -358,12 +360,14 @@ def plot_env(groups: list[Group], out_png: Path, title: str, train_panel: bool =
         axes[2].set(title="training rollouts: first-attempt success", xlabel="training step", ylim=(-0.05, 1.05))
     for ax in axes:
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
+    if train_panel and axes[2].lines:
+        axes[2].legend(fontsize=8)
+    if axes[0].lines:  # one legend, beside the panels: inside them it hid the curves
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out_png
 

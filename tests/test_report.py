@@ -230,3 +230,27 @@ def test_hotpotqa_is_scored_by_its_reward_as_in_the_paper(tmp_path, capsys):
     assert "final eval reward read from the paper's figures" in text
     assert "| method | seeds | final eval reward: mean" in section(text, "hotpotqa")
     assert "| erl | 0.250 | 0.56 | 0.50 |" in text
+
+
+def test_plot_tells_warm_starts_apart_and_keeps_the_legend_off_the_curves(tmp_path, monkeypatch):
+    """Two ERL warm starts share colour and line style; each gets its own marker, and the one
+    legend sits beside the panels (inside, it covered the curves)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from erl.report import Group, plot_env
+
+    kept = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    one = np.array([0.1, 0.5])
+    groups = [Group("frozenlake", "erl", "local", [], start=s, steps=[0, 4], mean=one, lo=one, hi=one,
+                    minutes=np.array([0.0, 1.0])) for s in ("", "from il, action tag", "from iwm-il, action tag")]
+    plot_env(groups, tmp_path / "p.png", "t")
+    fig = kept[0]
+    lines = fig.axes[0].get_lines()
+    assert len({ln.get_color() for ln in lines}) == 1
+    assert len({ln.get_marker() for ln in lines}) == 3
+    assert [ln.get_linestyle() for ln in lines][1:] == ["-."] * 2
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    assert [t.get_text().rsplit(" (", 1)[0] for t in fig.legends[0].get_texts()] == [
+        "erl", "erl [from il, action tag]", "erl [from iwm-il, action tag]"]
