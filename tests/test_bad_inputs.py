@@ -132,6 +132,8 @@ CASES = {
     "hotpotqa broken jsonl line": (*train_case("env=hotpotqa", "env.params.data_path={r}/data/hotpot_line.jsonl"),
                                          "hotpot_line.jsonl:2"),
     "output folder below a file": (*train_case(out="data/a_file/run"), "trainer.output_dir"),
+    "misspelt compile mode": (*train_case("trainer.rollout_compile=reduce_overhead"),
+                              "trainer.rollout_compile must be true, false or a torch.compile mode"),
     # documented in the README: a run is never written over or mixed with another config
     "existing run without resume": (*train_case(out="run"), "already holds a run"),
     "resume with a changed config": (*train_case("resume=true", "erl.tau=0.5", out="run"), "erl.tau"),

@@ -427,3 +427,16 @@ def test_compiled_decode_asks_inductor_for_eager_precision_casts(monkeypatch):
                                  "emulate_precision_casts": True}}]
     with pytest.raises(ValueError, match="compile mode 'reduce_overhead' is not one of"):
         RolloutEngine(model_of(), TOK, slots=2, compile="reduce_overhead")
+
+
+def test_trainer_config_passes_a_compile_mode_to_the_engine(monkeypatch):
+    """trainer.rollout_compile takes a torch.compile mode as well as true/false (true alone is
+    mode "default": no CUDA graphs), and the mode reaches the engine's compile options."""
+    from erl.trainers.local.config import LocalTrainerConfig
+
+    cfg = LocalTrainerConfig.from_dict({"rollout_compile": "reduce-overhead"})
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw) or fn)
+    build_policy(model_of(), TOK, "engine", compile=cfg.rollout_compile)
+    assert seen == [{"options": {"triton.cudagraphs": True, "emulate_precision_casts": True}}]
+    assert LocalTrainerConfig.from_dict({"rollout_compile": True}).rollout_compile is True

@@ -41,7 +41,7 @@ class LocalTrainerConfig:
     precision: str = "auto"  # auto | fp32 | bf16 (autocast; weights stay fp32)
     gen_batch_size: int = 64
     rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
-    rollout_compile: bool = False  # torch.compile the engine's decode step (CUDA)
+    rollout_compile: bool | str = False  # torch.compile the engine's decode step: true (mode default) or a mode
     rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -66,9 +66,14 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        for key in ("rollout_compile", "rollout_merge_lora"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"trainer.{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.rollout_merge_lora, bool):
+            raise ConfigError(f"trainer.rollout_merge_lora must be true or false, got {self.rollout_merge_lora!r}")
+        if not isinstance(self.rollout_compile, bool):
+            from torch._inductor import list_mode_options  # torch's own list of modes
+
+            if self.rollout_compile not in list_mode_options():
+                raise ConfigError(f"trainer.rollout_compile must be true, false or a torch.compile mode "
+                                  f"({', '.join(sorted(list_mode_options()))}), got {self.rollout_compile!r}")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Issue 11's measurements on a quiet GPU (nothing else running: the eighth session's benchmark,
+# squeezed beside four training runs, printed one line), each part under its own time limit,
+# raw output into $OUT (the device tool brings it back):
+#   bash docs/gpu/measure_rollout.sh [PART...]     # default: all parts, ~9 minutes in all
+# Parts:
+#   bench      benchmarks/rollout.py: the engine eager and compiled (reduce-overhead, with and
+#              without eager's precision casts: log-prob error against a teacher-forced pass),
+#              plain and static-cache compiled `generate`, batch 512 x 64 new tokens
+#   workload   the local trainer's eval + one ERL collect at preset=gpu, eager engine vs compiled
+#   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
+#   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+export PYTHONPATH=$PWD:/tmp/ov/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+SMOLLM=${SMOLLM:-/tmp/smollm2}; OUT=${OUT:-outputs/measure_rollout}; mkdir -p "$OUT"
+part() {  # part NAME SECONDS COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date +%T), limit ${limit}s): $*" | tee -a "$OUT/measure.log"
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader >> "$OUT/measure.log" 2>&1
+  timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1; echo "   exit $?" | tee -a "$OUT/measure.log"
+}
+for p in ${@:-bench workload step step_graph}; do
+  case $p in
+    bench) part bench 150 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 ;;
+    workload) part workload 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
+                --set model.path="$SMOLLM" --engines engine,engine:reduce-overhead ;;
+    step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
+    step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
+                  --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
+    *) echo "measure_rollout.sh: unknown part '$p' (bench, workload, step, step_graph)" >&2; exit 2 ;;
+  esac
+done
