@@ -207,6 +207,7 @@ def test_cli_build_train_export_and_verl_reads_the_same_targets(tmp_path, capsys
                  "trainer.total_steps=1", "trainer.loggers=[console]", "trainer.progress=false",
                  "trainer.device=cpu"]) == 0
     assert (tmp_path / "il2" / "final" / "model.safetensors").is_file()
+    assert f"nothing to resume in {tmp_path / 'il2'}: a new run" in capsys.readouterr().err
     assert main(["export", "stage=iwm", f"data={d}"]) == 0
     parquet = d / "verl" / "iwm.parquet"
     pytest.importorskip("verl")

@@ -149,8 +149,11 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
         diff = config_mismatch(json.loads(started.read_text()), cfg) if started.is_file() else []
         if diff:
             raise ConfigError(f"{out} holds a run started with a different config: " + "; ".join(diff))
-        print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: starting from step 0",
-              file=sys.stderr)
+        if started.is_file():
+            print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: "
+                  "restarting from step 0", file=sys.stderr)
+        else:  # scripts pass resume=true on every call, the first one included
+            print(f"erl-train: resume=true, nothing to resume in {out}: a new run", file=sys.stderr)
         return None
     path = ckpts[-1] if resume in (True, "true", "True") else Path(str(resume))
     ckpt = load_checkpoint(path)
