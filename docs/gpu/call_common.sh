@@ -5,7 +5,7 @@
 #   ... start jobs in the background, appending their pids to `pids` ...
 #   call_end DIR...      wait for the jobs (a watchdog interrupts erl.cli processes at LIMIT + 20),
 #                        clean up what a killed verl driver left, pack /tmp/runs + DIRs (no weights,
-#                        no checkpoints) into $OUT/runs.tgz
+#                        no checkpoints, of a dataset folder only its manifest.json) into $OUT/runs.tgz
 call_begin() {
   LIMIT=${LIMIT:-540}
   START=$SECONDS
@@ -27,7 +27,7 @@ call_end() {
   nvidia-smi --query-gpu=memory.used --format=csv
   if [ -n "${OUT:-}" ]; then
     tar -czf "$OUT/runs.tgz" -C /tmp --exclude=checkpoints --exclude=final --exclude=tensorboard --exclude='global_step_*' \
-      --exclude='*.safetensors' --exclude='*.pt' --exclude=data runs "$@"
+      --exclude='*.safetensors' --exclude='*.pt' --exclude='data/*.jsonl' --exclude='data/verl' runs "$@"
   fi
   echo "call $CALL done in $((SECONDS - START)) s"
 }
