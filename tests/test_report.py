@@ -165,13 +165,14 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def write_early(folder, successes, stages, rl=None):
+def write_early(folder, successes, stages, rl=None, tags=False):
     """A folder as scripts/early_compare.sh leaves it: eval_<arm>.json per arm, a stage's
     metrics, the dataset manifest, and optionally an RL run from a stage (<arm>-erl)."""
     folder.mkdir(parents=True)
+    env = {"name": "sokoban", **({"params": {"action_tag": True}} if tags else {})}
     for arm, success in successes.items():
         (folder / f"eval_{arm}.json").write_text(json.dumps(
-            {"config": {"env": {"name": "sokoban"}}, "metrics": {"eval/success": success, "eval/tasks": 16.0}}))
+            {"config": {"env": env}, "metrics": {"eval/success": success, "eval/tasks": 16.0}}))
     for stage, losses in stages.items():
         (folder / stage).mkdir()
         (folder / stage / "metrics.jsonl").write_text(
@@ -210,6 +211,18 @@ def test_early_experience_rows(runs, capsys):
     (runs / "none").mkdir()
     assert main([str(runs / "runs"), "--early", str(runs / "none"), "--out", str(runs / "r2.md")]) == 2
     assert "--early" in capsys.readouterr().err and not (runs / "r2.md").exists()
+
+
+def test_early_sections_name_action_tags_and_shorten_long_rl_curves(runs):
+    """Two early_compare.sh folders of one env are told apart by their action tags, and an RL run
+    with many evals shows its first, last and best (the earliest step at the best), not every point."""
+    rl = [{"step": 4 * i, "eval/success": x} for i, x in enumerate([0.25, 0.5, 0.75, 0.5, 0.75, 0.625])]
+    write_early(runs / "tags", {"il": 0.5}, {"il": [0.5]}, rl=rl, tags=True)
+    out = runs / "r.md"
+    assert main([str(runs / "runs"), "--early", str(runs / "tags"), "--out", str(out)]) == 0
+    part = out.read_text().split("## Early Experience warm starts: sokoban, action tags\n", 1)[1]
+    row = next(ln for ln in part.splitlines() if ln.startswith("| IL |"))
+    assert row.endswith("| 0.25 (step 0) -> 0.62 (step 20), best 0.75 (step 8); 20 steps run |")
 
 
 def test_hotpotqa_is_scored_by_its_reward_as_in_the_paper(tmp_path, capsys):

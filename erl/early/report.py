@@ -16,6 +16,16 @@ PAPER = ("The paper's claim, **not from these runs** (arXiv 2510.08558, over eig
          "IWM and SR beat IL by about 9.6 points on average, and are better starts for RL than IL.")
 
 
+def rl_curve(points: list[tuple[int, float]]) -> str:
+    """Every eval of a short RL run; of a long one the first, the last and the best."""
+    def at(p):
+        return f"{p[1]:.2f} (step {p[0]})"
+    if len(points) <= 4:
+        return ", ".join(at(p) for p in points)
+    best = max(points, key=lambda p: (p[1], -p[0]))  # the earliest step that reached the best value
+    return f"{at(points[0])} -> {at(points[-1])}, best {at(best)}"
+
+
 def arm_table(folder: Path) -> tuple[str, list[str]]:
     """(env, markdown table lines) for the arms whose eval file is in `folder`; ValueError if none is."""
     found = [(key, label, stages, folder / f"eval_{key}.json") for key, label, stages in ARMS]
@@ -27,7 +37,9 @@ def arm_table(folder: Path) -> tuple[str, list[str]]:
     env = ""
     for key, label, stages, path in found:
         saved = json.loads(path.read_text())
-        env = env or str(saved.get("config", {}).get("env", {}).get("name", ""))
+        cfg_env = saved.get("config", {}).get("env", {})
+        tags = ", action tags" if (cfg_env.get("params") or {}).get("action_tag") else ""
+        env = env or f"{cfg_env.get('name', '')}{tags}"
         metrics = saved["metrics"]
         steps = []
         for stage in stages:
@@ -35,7 +47,7 @@ def arm_table(folder: Path) -> tuple[str, list[str]]:
             if rows:
                 steps.append(f"{stage} {rows[-1]['step']} ({rows[-1].get('loss/nll', float('nan')):.3f})")
         rl = read_metrics(folder / f"{key}-erl" / "metrics.jsonl")
-        curve = ", ".join(f"{r['eval/success']:.2f} (step {r['step']})" for r in rl if "eval/success" in r)
+        curve = rl_curve([(r["step"], r["eval/success"]) for r in rl if "eval/success" in r])
         curve = f"{curve}; {rl[-1]['step']} steps run" if rl else "-"
         lines.append(f"| {label} | {metrics['eval/success']:.3f} | {int(metrics['eval/tasks'])} | "
                      f"{', '.join(steps) or '-'} | {curve} |")
