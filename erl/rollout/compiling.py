@@ -10,10 +10,17 @@ def compile_options(compile: bool | str, eager_casts: bool) -> dict:
     import torch._inductor
 
     mode = compile if isinstance(compile, str) else "default"
-    table = torch._inductor.list_mode_options()
-    if mode not in table:
-        raise ValueError(f"RolloutEngine: compile mode {mode!r} is not one of {sorted(table)}")
-    return {**table[mode], **({"emulate_precision_casts": True} if eager_casts else {})}
+    check_mode(mode)
+    return {**torch._inductor.list_mode_options()[mode], **({"emulate_precision_casts": True} if eager_casts else {})}
+
+
+def check_mode(mode: str) -> None:
+    """A ValueError unless `mode` is one of torch.compile's modes (torch's own list): the engine
+    and the trainer's config (trainer.rollout_compile) refuse a misspelt mode by this one check."""
+    from torch._inductor import list_mode_options
+
+    if mode not in list_mode_options():
+        raise ValueError(f"compile mode {mode!r} is not one of {sorted(list_mode_options())}")
 
 
 def graph_count() -> int:

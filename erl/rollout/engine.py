@@ -94,8 +94,11 @@ class RolloutEngine:
         self._worker: asyncio.Task | None = None
         # dynamic=None: the first key length compiles a static graph, the next one a graph with a
         # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
-        self._decode = torch.compile(self.net.forward, options=compile_options(compile, eager_casts)) \
-            if self.compile else self.net.forward
+        try:
+            options = compile_options(compile, eager_casts) if self.compile else None
+        except ValueError as exc:
+            raise ValueError(f"RolloutEngine: {exc}") from None
+        self._decode = torch.compile(self.net.forward, options=options) if self.compile else self.net.forward
         self._shapes: set[tuple] = set()
         if self.compile:  # one graph per (rows, key length, capacity) bucket
             dyn = torch._dynamo.config

@@ -7,6 +7,7 @@ from typing import Any
 
 from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
 from erl.core.losses import LossSettings, loss_setting_errors
+from erl.rollout.compiling import check_mode
 
 LOGGERS = ("console", "tensorboard", "wandb")
 
@@ -69,11 +70,10 @@ class LocalTrainerConfig:
         if not isinstance(self.rollout_merge_lora, bool):
             raise ConfigError(f"trainer.rollout_merge_lora must be true or false, got {self.rollout_merge_lora!r}")
         if not isinstance(self.rollout_compile, bool):
-            from torch._inductor import list_mode_options  # torch's own list of modes
-
-            if self.rollout_compile not in list_mode_options():
-                raise ConfigError(f"trainer.rollout_compile must be true, false or a torch.compile mode "
-                                  f"({', '.join(sorted(list_mode_options()))}), got {self.rollout_compile!r}")
+            try:
+                check_mode(str(self.rollout_compile))
+            except ValueError as exc:
+                raise ConfigError(f"trainer.rollout_compile must be true, false or a torch.compile mode: {exc}") from None
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 
