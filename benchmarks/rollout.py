@@ -189,7 +189,8 @@ def erl_workload(args) -> None:
                   f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
                   f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,})"
                   + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
-                     f"{st['generated_tokens'] / max(st['decode_steps'], 1):.0f} rows a decode step"
+                     # a sequence's first token comes from its prefill, every other from a decode step
+                     f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step"
                      if "decode_steps" in st else ""), flush=True)
     names = args.engines.split(",")
     for part in ("eval", "collect"):
