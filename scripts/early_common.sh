@@ -33,7 +33,7 @@ stage() {  # stage NAME OUTPUT_DIR [INIT_FROM]: one stage, unless its result is 
   fi
   local init=() own=() var
   if [ -n "${3:-}" ]; then init=("model.init_from=$3"); fi
-  var=$(echo "$1" | tr '[:lower:]' '[:upper:]')_ARGS  # IL_ARGS for stage il
+  var=${1^^}_ARGS  # IL_ARGS for stage il
   read -r -a own <<< "${!var:-}"
   # resume=true: a stage cut off before its final/ (a device call's time limit) continues from its
   # last checkpoint, or restarts from step 0 without one, instead of refusing the folder it left
