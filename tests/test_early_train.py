@@ -324,6 +324,26 @@ def test_arms_side_by_side_share_the_data_and_stages(tmp_path):
     assert not o.exists()  # a dry run writes nothing
 
 
+def test_arm_list_trains_and_evaluates_only_its_arms(tmp_path):
+    """ARM_LIST picks arms, so one call per arm can run side by side on one dataset: IWM -> IL
+    still trains IWM first, SR alone trains nothing else, and an unknown arm stops the script
+    before the dataset is built."""
+    o = tmp_path / "o"
+    lines = dry_run("early_compare.sh", ENV="sokoban", OUT=str(o), ARM_LIST="iwm-il")
+    assert [x[2:4] for x in lines] == [["erl.cli.early", "build"], ["erl.cli.early", "train"],
+                                       ["erl.cli.early", "train"], ["erl.cli.evaluate", "env=sokoban"],
+                                       ["erl.early.report", str(o)]]
+    assert (lines[1][4], lines[2][4]) == ("stage=iwm", "stage=il") and f"model.init_from={o}/iwm" in lines[2]
+    assert f"eval.out={o}/eval_iwm-il.json" in lines[3]
+    lines = dry_run("early_compare.sh", ENV="sokoban", OUT=str(o), ARM_LIST="sr base")
+    assert [x[4] for x in lines if x[2:4] == ["erl.cli.early", "train"]] == ["stage=sr"]
+    assert [next(a for a in e if a.startswith("eval.out=")) for e in lines if e[2] == "erl.cli.evaluate"] == [
+        f"eval.out={o}/eval_sr.json", f"eval.out={o}/eval_base.json"]
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "early_compare.sh")], capture_output=True, text=True,
+                         env={**os.environ, "DRY_RUN": "1", "ARM_LIST": "il iwm"}, check=False)
+    assert res.returncode == 2 and "unknown arm 'iwm'" in res.stderr and res.stdout == ""
+
+
 def test_per_stage_overrides_reach_only_their_stage(tmp_path):
     """IWM_ARGS / SR_ARGS follow STAGE_ARGS on their own stage's command (so they win in Hydra),
     and never on IL's, not even on the IL that IWM's result starts."""

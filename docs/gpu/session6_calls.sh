@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device calls of the sixth to eighth sessions (one H200), each <= 10 minutes, resuming from what the call
+# The device calls of the sixth to ninth sessions (one H200), each <= 10 minutes, resuming from what the call
 # before left on the machine's /tmp (docs/gpu/README.md):
 #   bash docs/gpu/session6_calls.sh N        # N = 1, 2, ...; SMOLLM: the converted model folder
 # What runs side by side (each part switched by its variable, 1 = on):
@@ -20,7 +20,8 @@
 # - ARMS="ENV ...": scripts/early_compare.sh with tags on each ENV (k=3 alternatives with rationales per
 #   expert state of the 1,024 training tasks; IL at 6 epochs, IWM and SR at ARM_EPOCHS=2 (k=3: as many
 #   rows as IL's 6 epochs), and their greedy evals), in /tmp/early6/arms_ENV; stages resume when
-#   called again. ARM_RUNS="ENV:ARM:mode:seed ...": chains from an arm's stage once it exists
+#   called again. Once the dataset is built the arms of ARM_SET (default "base il iwm-il sr") run
+#   side by side, one process each (compare_ARM.log). ARM_RUNS="ENV:ARM:mode:seed ...": chains from an arm's stage once it exists
 #   (scripts/gpu_chain.sh, action tags; sr with erl.max_new_tokens=128: its policy reasons before
 #   its move), in /tmp/runs/arms_ENV_ARM.
 # - BASE="ENV:mode:seed ...": local chains from the base model at preset=gpu (scripts/gpu_chain.sh) in
@@ -62,7 +63,11 @@ for arms in ${ARMS:-}; do  # the Early Experience arms (IL, IWM -> IL, SR) with 
     export STAGE_ARGS="trainer.epochs=6 trainer.batch_size=32 trainer.micro_batch_size=32 trainer.save_every=100 trainer.progress=false trainer.loggers=[console]"
     export IWM_ARGS="trainer.epochs=${ARM_EPOCHS:-2}" SR_ARGS="trainer.epochs=${ARM_EPOCHS:-2}"
     export EVAL_ARGS="env.params.action_tag=true eval.n=64 trainer.progress=false"
-    mkdir -p "$OUT" && timeout "$(left 20)" bash scripts/early_compare.sh >> "$OUT/compare.log" 2>&1 ) & pids+=($!)
+    mkdir -p "$OUT" && timeout "$(left 20)" bash -c 'source scripts/early_common.sh && build_data' >> "$OUT/compare.log" 2>&1 || exit 1
+    for arm in ${ARM_SET:-base il iwm-il sr}; do  # the arms side by side, each with its own log
+      ARM_LIST=$arm timeout "$(left 20)" bash scripts/early_compare.sh >> "$OUT/compare_$arm.log" 2>&1 &
+    done
+    wait ) & pids+=($!)
 done
 for job in ${ARM_RUNS:-}; do  # ENV:ARM:mode:seed: RL from an arm's stage, once the stage has its final/
   IFS=: read -r env arm mode seed <<< "$job"
