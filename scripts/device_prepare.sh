@@ -48,3 +48,5 @@ fi
 export TINY=/tmp/tiny
 # Settings every run on this machine needs: no flash-attn here (sdpa, padded batches).
 export DEVICE_OVERRIDES="+actor_rollout_ref.model.override_config.attn_implementation=sdpa actor_rollout_ref.model.use_remove_padding=false actor_rollout_ref.actor.use_torch_compile=false actor_rollout_ref.ref.fsdp_config.param_offload=false"
+# The same for verl's SFT trainer (scripts/early_sft_verl.sh), whose keys sit at the config's top level.
+export DEVICE_SFT_OVERRIDES="+model.override_config.attn_implementation=sdpa model.use_remove_padding=false engine.use_torch_compile=false"

@@ -251,6 +251,14 @@ def test_verl_sft_launch_uses_verls_entry_point_and_config_keys():
         c = compose(config_name="sft_trainer_engine", overrides=overrides)
     assert (c.data.train_files, c.data.messages_key, c.model.path) == ("data/early/x/verl/sr.parquet", "messages", "/m")
     assert "hf_model" in c.checkpoint.save_contents and c.trainer.n_gpus_per_node == 4 and c.trainer.save_freq == 5
+    # the GPU machine without flash-attn (docs/gpu/early_sft_verl_smoke): its overrides compose too
+    line = next(x for x in (ROOT / "scripts" / "device_prepare.sh").read_text().splitlines()
+                if x.startswith("export DEVICE_SFT_OVERRIDES="))
+    extra = shlex.split(line.split("=", 1)[1])[0].split()
+    with initialize_config_dir(config_dir=str(Path(verl.__file__).parent / "trainer" / "config"), version_base=None):
+        c = compose(config_name="sft_trainer_engine", overrides=overrides + extra)
+    assert (c.model.use_remove_padding, c.engine.use_torch_compile, c.model.override_config.attn_implementation) == (
+        False, False, "sdpa")
 
 
 def test_one_command_per_arm():
