@@ -5,6 +5,7 @@ static-cache compiled `generate` ceiling, on the same FrozenLake-sized prompts.
     PYTHONPATH=. python benchmarks/rollout.py --device cuda --batch 512 --turns 3   # multi-turn: KV reuse
     PYTHONPATH=. python benchmarks/rollout.py                                       # small CPU run
     PYTHONPATH=. python benchmarks/rollout.py --workload erl                        # the default run's step, CPU
+    PYTHONPATH=. python benchmarks/rollout.py --workload erl --engines engine-own,engine  # what lent KV saves
     PYTHONPATH=. python benchmarks/rollout.py --wait-policies ACTIVE,PASSIVE        # OpenMP spin vs sleep, CPU
 
 --workload erl runs what the local trainer runs, with its defaults (configs/local: the real
@@ -169,8 +170,11 @@ def erl_workload(args) -> None:
     rates = {}
     for name in args.engines.split(","):
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
-        policy = build_policy(trainer.model, trainer.tokenizer, kind, max_batch_size=tc.gen_batch_size,
-                              compile=mode or False)
+        own = kind == "engine-own"  # the engine without KV lent between slots
+        policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own else kind,
+                              max_batch_size=tc.gen_batch_size, compile=mode or False)
+        if own:
+            policy.lend = False
         trainer.policy = trainer.workflow.policy = policy  # the workflow's chat tokenizer stays: same tokenizer
         trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
         seed_all(trainer.seed)
@@ -187,7 +191,9 @@ def erl_workload(args) -> None:
             rates[(name, part)] = wall
             print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
                   f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
-                  f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,})"
+                  f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,}, "
+                  f"of them lent by another slot {st.get('shared_tokens', 0):,}), "
+                  f"{st.get('prefill_tokens', 0) / max(st['sequences'], 1):.0f} a sequence"
                   + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
                      # a sequence's first token comes from its prefill, every other from a decode step
                      f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step"
@@ -222,7 +228,7 @@ def main(argv=None):
                     help="erl: the local trainer's eval + collect with its config (see above)")
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
     ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
-                         "engine:<torch.compile mode>)")
+                         "engine:<torch.compile mode>, engine-own: no KV lent between slots)")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

@@ -440,3 +440,84 @@ def test_trainer_config_passes_a_compile_mode_to_the_engine(monkeypatch):
     build_policy(model_of(), TOK, "engine", compile=cfg.rollout_compile)
     assert seen == [{"options": {"triton.cudagraphs": True, "emulate_precision_casts": True}}]
     assert LocalTrainerConfig.from_dict({"rollout_compile": True}).rollout_compile is True
+
+
+def test_sharing_plan_by_hand():
+    """Who lends a prompt's KV: another slot's held tokens (never a slot admitted in the same
+    round: its copy could overwrite them), or a first-wave sequence of this round when that
+    saves MIN_SAME_ROUND (16) more tokens than the best other source."""
+    import numpy as np
+
+    from erl.rollout.prefix import common_prefix, plan_sharing
+
+    base = list(range(100, 130))  # 30 tokens
+    tok = np.full((6, 40), -1, dtype=np.int64)
+    held = [0] * 6
+    tok[0, :10], held[0] = base[:10], 10  # a running sequence (not admitted now)
+    tok[5, :30], held[5] = base, 30  # slot 5's old tokens: it is admitted now, so it lends nothing
+    admitted = [(1, 0, base + [1]),          # A: 10 from slot 0
+                (2, 0, base + [2]),          # B: 30 from A, after A's prefill (30 >= 10 + 16)
+                (3, 0, base[:20] + [7] * 5),  # C: A would give 20 < 10 + 16: slot 0's 10
+                (4, 0, base + [3]),          # D: 30 from A (B waits itself, so it lends nothing)
+                (5, 0, [9] * 20)]            # E: nothing to share
+    plan = plan_sharing(tok, held, admitted)
+    assert plan.reuse == [10, 30, 10, 30, 0]
+    assert common_prefix(tok, base + [1], 30).tolist() == [10, 0, 0, 0, 0, 30]
+    # against a plain column-by-column count, on rows that part at every length up to 300
+    rng = np.random.default_rng(0)
+    prompt = rng.integers(0, 5, 300).tolist()
+    rows = np.tile(np.asarray(prompt), (64, 1))
+    cut = rng.integers(0, 301, 64)
+    for r, c in enumerate(cut):
+        rows[r, c:] = -1
+    for n in (0, 1, 31, 32, 100, 299):
+        naive = [next((i for i in range(n) if rows[r, i] != prompt[i]), n) for r in range(64)]
+        assert common_prefix(rows, prompt, n).tolist() == naive
+    assert plan.lender == [0, 1, 0, 1, -1]
+    assert plan.second == [False, True, False, True, False]
+    # a slot's own KV wins when nothing is longer, and the last prompt token is never lent
+    plan = plan_sharing(tok, held, [(1, 12, base[:10] + [5] * 5), (2, 0, base[:10])])
+    assert (plan.reuse, plan.lender, plan.second) == ([12, 9], [-1, 0], [False, False])
+
+
+def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():
+    """n samples of one prompt (ERL's group): one prefill, the others copy its KV and prefill
+    only their last prompt token; every log-prob still equals a teacher-forced forward."""
+    model = model_of()
+    p = chat_ids(TOK, [{"role": "user", "content": "walk to the lake and back again, twice"}])
+    q = prompts(2)
+    params = SamplingParams(max_new_tokens=5, temperature=1.0)
+    counts = {}
+    for lend in (True, False):
+        engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], lend=lend)
+        torch.manual_seed(0)
+        gens = engine.generate_batch([p] * 8 + q, params)
+        counts[lend] = (engine.stats["prefill_tokens"], engine.stats["shared_tokens"])
+        for prompt, g in zip([p] * 8 + q, gens):
+            assert torch.allclose(forced_logprobs(model, prompt, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
+    assert counts[False] == (8 * len(p) + len(q[0]) + len(q[1]), 0)
+    assert counts[True] == (len(p) + 7 + len(q[0]) + len(q[1]), 7 * (len(p) - 1))
+
+
+def test_a_running_sequence_lends_its_prompt_to_a_later_request():
+    """A request that arrives while another decodes from the same prompt copies that slot's
+    KV (the prompt, not the other's generated tokens) and prefills only its own tail."""
+    model = model_of()
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
+    p = chat_ids(TOK, [{"role": "user", "content": "walk to the lake and back again, twice"}])
+    tail = chat_ids(TOK, [{"role": "user", "content": "ok"}])
+
+    async def go():
+        first = asyncio.ensure_future(engine.generate(p, SamplingParams(max_new_tokens=30, temperature=1.0)))
+        for _ in range(20):  # the first one is admitted and decodes a few tokens
+            await asyncio.sleep(0)
+        assert engine.active and engine.stats["decode_steps"] > 0
+        before = engine.stats["prefill_tokens"]
+        later = await engine.generate(p + tail, SamplingParams(max_new_tokens=4, temperature=1.0))
+        return await first, later, engine.stats["prefill_tokens"] - before
+
+    torch.manual_seed(0)
+    first, later, prefilled = asyncio.run(go())
+    assert prefilled == len(tail) and engine.stats["shared_tokens"] == len(p)
+    for prompt, g in ((p, first), (p + tail, later)):
+        assert torch.allclose(forced_logprobs(model, prompt, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)

@@ -4,7 +4,9 @@ Requests wait in a queue; every engine step admits waiting requests into free sl
 prefill of only the tokens whose KV the slot does not already hold), then decodes one token
 for every active slot. A finished sequence frees its slot at once, so the batch never waits
 for its longest row, and the slot keeps the sequence's KV: the next turn of the same attempt
-(whose prompt extends it, token for token: erl.models.chat) prefills only its new tokens.
+(whose prompt extends it, token for token: erl.models.chat) prefills only its new tokens, and
+a prompt that repeats another slot's tokens (n samples of a task, the task's system prompt
+and grid in its reflection) copies their KV from that slot (erl.rollout.prefix).
 The sampled token's log-prob comes from that step's logits (under logits / temperature, as
 HFPolicy), so no full-vocabulary logits are kept. Shapes are bucketed (rows to powers of
 two, key length to `key_bucket`) so that a compiled decode step (CUDA only) is reused.
@@ -27,6 +29,7 @@ from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.compiling import compile_options, graph_count
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
+from erl.rollout.prefix import common_prefix, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
 logger = logging.getLogger(__name__)
@@ -63,13 +66,15 @@ class RolloutEngine:
     end-of-turn and eos; [] generates exactly max_new_tokens); `eager_casts`: the compiled step
     rounds bf16/fp16 intermediates where eager PyTorch does (inductor's emulate_precision_casts),
     so its log-probs stay those of the trainer's eager forward; `prefix_reuse`: off, every
-    request prefills its whole prompt (for measuring what reuse saves); `refresh`: called before
-    each admission to bring `model` up to date (erl.rollout.merged: a LoRA-merged copy)."""
+    request prefills its whole prompt (for measuring what reuse saves); `lend`: off, a slot reuses
+    only the KV it holds itself, never another slot's (for measuring what lending saves);
+    `refresh`: called before each admission to bring `model` up to date (erl.rollout.merged: a
+    LoRA-merged copy)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True):
+                 eager_casts: bool = True, lend: bool = True):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -78,7 +83,7 @@ class RolloutEngine:
         self.model, self.tokenizer, self.refresh = model, tokenizer, refresh
         self.net = SlotModel(model)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
-        self.prefix_reuse = prefix_reuse
+        self.prefix_reuse, self.lend = prefix_reuse, lend
         self._stops = set(self.stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
         self.max_batch_size = self.max_slots = slots
@@ -106,8 +111,8 @@ class RolloutEngine:
                 if hasattr(dyn, name):
                     setattr(dyn, name, max(getattr(dyn, name), 256))
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
-                      "prefill_tokens": 0, "reused_tokens": 0, "decode_steps": 0, "decode_shapes": 0,
-                      "recompiles": 0}
+                      "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
+                      "decode_shapes": 0, "recompiles": 0}
 
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
@@ -281,10 +286,8 @@ class RolloutEngine:
     def _match(self, prompt: list[int], free: list[int]) -> tuple[int, int]:
         """(slot, reused tokens): the free slot whose kept tokens share the longest prefix
         with the prompt, least recently used among equals. At least one token is prefilled."""
-        n = min(len(prompt) - 1, self.tok.shape[1])
-        same = self.tok[free, :n] == np.asarray(prompt[:n])[None, :]  # -1 past what a slot holds
-        same = np.concatenate([same, np.zeros((len(free), 1), dtype=bool)], axis=1)
-        lengths = same.argmin(axis=1) if self.prefix_reuse else np.zeros(len(free), dtype=np.int64)
+        lengths = (common_prefix(self.tok[free], prompt, len(prompt) - 1) if self.prefix_reuse
+                   else np.zeros(len(free), dtype=np.int64))
         used = np.asarray([self.used[s] for s in free])
         best = int(np.lexsort((used, -lengths))[0])  # longest, then least recently used
         return free[best], int(lengths[best])
@@ -314,7 +317,23 @@ class RolloutEngine:
             self.active[slot] = req
             admitted.append((slot, reuse, req))
         self._ensure(self.n_slots, max(len(r.prompt) for _, _, r in admitted))
-        admitted.sort(key=lambda a: len(a[2].prompt) - a[1])
+        if not (self.prefix_reuse and self.lend):
+            self._prefill_all(admitted)
+        else:  # KV lent by other slots; those lent by this round's sequences after their prefill
+            plan = plan_sharing(self.tok, self.held, [(s, u, r.prompt) for s, u, r in admitted])
+            waves: tuple[list, list] = ([], [])
+            for (slot, _, req), reuse, lender, second in zip(admitted, plan.reuse, plan.lender, plan.second):
+                waves[second].append((slot, reuse, req, lender))
+            for wave in waves:
+                lent = [(lender, slot, reuse) for slot, reuse, _, lender in wave if lender >= 0]
+                if lent:
+                    self.net.copy_prefix(*zip(*lent))
+                    self.stats["shared_tokens"] += sum(n for _, _, n in lent)
+                self._prefill_all([(slot, reuse, req) for slot, reuse, req, _ in wave])
+        self.stats["batches"] += 1
+
+    def _prefill_all(self, admitted: list) -> None:
+        admitted = sorted(admitted, key=lambda a: len(a[2].prompt) - a[1])
         chunk: list = []
         for item in admitted:  # similar suffix lengths together: little padding
             width = round_up(max(len(r.prompt) - u for _, u, r in chunk + [item]), 16)
@@ -324,7 +343,6 @@ class RolloutEngine:
             chunk.append(item)
         if chunk:
             self._prefill(chunk)
-        self.stats["batches"] += 1
 
     def _prefill(self, chunk: list) -> None:
         dev, cap = self.device, self.net.capacity

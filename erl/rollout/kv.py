@@ -77,6 +77,18 @@ class SlotModel:
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
 
+    def copy_prefix(self, src: tuple[int, ...], dst: tuple[int, ...], n: tuple[int, ...]) -> None:
+        """Slot dst[i] takes the KV of slot src[i]'s first n[i] positions (a shared prompt
+        prefix). One indexed copy per tensor, up to the longest n: a row's positions past its
+        own n are rewritten by its prefill or masked until its decode writes them."""
+        if not src:
+            return
+        s = torch.tensor(src, device=self.k[0].device)
+        d = torch.tensor(dst, device=self.k[0].device)
+        m = max(n)
+        for t in self.k + self.v:
+            t[d, :, :m] = t[s, :, :m]
+
     def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
                 write: torch.Tensor, keys: int, mask: torch.Tensor, cos_sin) -> torch.Tensor:
         """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then

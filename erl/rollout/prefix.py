@@ -1,0 +1,80 @@
+"""Which KV a newly admitted sequence can take from another slot instead of prefilling it.
+
+ERL's prompts repeat: the n samples of a task start from one prompt, and every reflection and
+second attempt of a task repeats its system prompt and grid. A slot that holds those tokens'
+KV (a running sequence, a finished one, or one admitted in the same round) can lend it: the
+engine copies the KV rows and prefills only what differs. Pure numpy over token ids; the
+engine does the copies and the forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Borrowing from a sequence admitted in the same round costs one more prefill forward (it
+# must wait for the lender's prefill), so it is worth it only for this many tokens or more.
+MIN_SAME_ROUND = 16
+
+
+def common_prefix(rows: np.ndarray, prompt: list[int], n: int) -> np.ndarray:
+    """Per row of token ids (padded with negatives), how many of the first n prompt tokens it
+    starts with. Compared in growing column blocks, only the rows that match so far: most
+    rows part from the prompt within its first tokens (another task's grid), and a thousand
+    slots times a 600-token prompt, for each admitted sequence, would cost more than it saves."""
+    n = min(n, rows.shape[1])
+    want = np.asarray(prompt[:n], dtype=rows.dtype)
+    lengths = np.zeros(rows.shape[0], dtype=np.int64)
+    alive = np.arange(rows.shape[0])
+    start, block = 0, 32
+    while alive.size and start < n:
+        end = min(start + block, n)
+        same = rows[alive, start:end] == want[None, start:end]
+        full = same.all(axis=1)
+        lengths[alive[~full]] = start + same[~full].argmin(axis=1)
+        alive, start, block = alive[full], end, block * 2
+    lengths[alive] = n
+    return lengths
+
+
+@dataclass
+class Plan:
+    """For each admitted sequence (in the order given): where its prompt's KV starts from."""
+    reuse: list[int]   # tokens whose KV it will hold before its prefill
+    lender: list[int]  # the slot that lends them (-1: its own slot's KV, nothing to copy)
+    second: list[bool]  # True: lent by a sequence of this round, so prefilled after it
+
+
+def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int, list[int]]]) -> Plan:
+    """`tok` [slots, capacity]: the tokens whose KV each slot holds (-1 past `held`);
+    `admitted`: (slot, tokens its own slot already holds, prompt) per sequence of this round.
+    A lender from before the round is any slot not admitted now (so no copy overwrites
+    another copy's source); a lender of this round is a sequence that is not itself waiting
+    for one. At least the prompt's last token is always prefilled (its logits start the reply)."""
+    mine = {slot for slot, _, _ in admitted}
+    others = np.asarray([s for s in range(tok.shape[0]) if s not in mine and held[s] > 0], dtype=np.int64)
+    width = max((len(p) for _, _, p in admitted), default=0)
+    round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
+    round_slots: list[int] = []
+    plan = Plan([], [], [])
+    for slot, own, prompt in admitted:
+        n = len(prompt) - 1
+        best, lender, second = own, -1, False
+        if len(others):
+            lengths = common_prefix(tok[others], prompt, n)
+            k = int(lengths.argmax())
+            if lengths[k] > best:
+                best, lender = int(lengths[k]), int(others[k])
+        if round_slots:
+            lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
+            k = int(lengths.argmax())
+            if lengths[k] >= best + MIN_SAME_ROUND:
+                best, lender, second = int(lengths[k]), round_slots[k], True
+        if not second:
+            round_rows[len(round_slots), :len(prompt)] = prompt
+            round_slots.append(slot)
+        plan.reuse.append(best)
+        plan.lender.append(lender)
+        plan.second.append(second)
+    return plan
