@@ -442,7 +442,7 @@ def test_trainer_config_passes_a_compile_mode_to_the_engine(monkeypatch):
     assert LocalTrainerConfig.from_dict({"rollout_compile": True}).rollout_compile is True
 
 
-def test_sharing_plan_by_hand():
+def test_sharing_plan_and_prefix_lengths_by_hand():
     """Who lends a prompt's KV: another slot's held tokens (never a slot admitted in the same
     round: its copy could overwrite them), or a first-wave sequence of this round when that
     saves MIN_SAME_ROUND (16) more tokens than the best other source."""
@@ -462,7 +462,14 @@ def test_sharing_plan_by_hand():
                 (5, 0, [9] * 20)]            # E: nothing to share
     plan = plan_sharing(tok, held, admitted)
     assert plan.reuse == [10, 30, 10, 30, 0]
+    assert plan.lender == [0, 1, 0, 1, -1]
+    assert plan.second == [False, True, False, True, False]
+    # a slot's own KV wins when nothing is longer, and the last prompt token is never lent
+    plan = plan_sharing(tok, held, [(1, 12, base[:10] + [5] * 5), (2, 0, base[:10])])
+    assert (plan.reuse, plan.lender, plan.second) == ([12, 9], [-1, 0], [False, False])
+
     assert common_prefix(tok, base + [1], 30).tolist() == [10, 0, 0, 0, 0, 30]
+    assert common_prefix(tok, base + [1], 30, among=[5, 0]).tolist() == [30, 10]
     # against a plain column-by-column count, on rows that part at every length up to 300
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 5, 300).tolist()
@@ -473,11 +480,6 @@ def test_sharing_plan_by_hand():
     for n in (0, 1, 31, 32, 100, 299):
         naive = [next((i for i in range(n) if rows[r, i] != prompt[i]), n) for r in range(64)]
         assert common_prefix(rows, prompt, n).tolist() == naive
-    assert plan.lender == [0, 1, 0, 1, -1]
-    assert plan.second == [False, True, False, True, False]
-    # a slot's own KV wins when nothing is longer, and the last prompt token is never lent
-    plan = plan_sharing(tok, held, [(1, 12, base[:10] + [5] * 5), (2, 0, base[:10])])
-    assert (plan.reuse, plan.lender, plan.second) == ([12, 9], [-1, 0], [False, False])
 
 
 def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():

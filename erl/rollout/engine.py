@@ -286,7 +286,7 @@ class RolloutEngine:
     def _match(self, prompt: list[int], free: list[int]) -> tuple[int, int]:
         """(slot, reused tokens): the free slot whose kept tokens share the longest prefix
         with the prompt, least recently used among equals. At least one token is prefilled."""
-        lengths = (common_prefix(self.tok[free], prompt, len(prompt) - 1) if self.prefix_reuse
+        lengths = (common_prefix(self.tok, prompt, len(prompt) - 1, among=free) if self.prefix_reuse
                    else np.zeros(len(free), dtype=np.int64))
         used = np.asarray([self.used[s] for s in free])
         best = int(np.lexsort((used, -lengths))[0])  # longest, then least recently used

@@ -18,15 +18,17 @@ import numpy as np
 MIN_SAME_ROUND = 16
 
 
-def common_prefix(rows: np.ndarray, prompt: list[int], n: int) -> np.ndarray:
-    """Per row of token ids (padded with negatives), how many of the first n prompt tokens it
-    starts with. Compared in growing column blocks, only the rows that match so far: most
-    rows part from the prompt within its first tokens (another task's grid), and a thousand
-    slots times a 600-token prompt, for each admitted sequence, would cost more than it saves."""
+def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None) -> np.ndarray:
+    """For each row of token ids (padded with negatives), or each row listed in `among`, how
+    many of the first n prompt tokens it starts with. Compared in growing column blocks, only
+    the rows that match so far: most rows part from the prompt within its first tokens
+    (another task's grid), and a thousand slots times a 600-token prompt, for each admitted
+    sequence, would cost more than it saves."""
     n = min(n, rows.shape[1])
     want = np.asarray(prompt[:n], dtype=rows.dtype)
+    alive = np.arange(rows.shape[0]) if among is None else np.asarray(among, dtype=np.int64)
     lengths = np.zeros(rows.shape[0], dtype=np.int64)
-    alive = np.arange(rows.shape[0])
+    order = alive.copy()
     start, block = 0, 32
     while alive.size and start < n:
         end = min(start + block, n)
@@ -35,7 +37,7 @@ def common_prefix(rows: np.ndarray, prompt: list[int], n: int) -> np.ndarray:
         lengths[alive[~full]] = start + same[~full].argmin(axis=1)
         alive, start, block = alive[full], end, block * 2
     lengths[alive] = n
-    return lengths
+    return lengths[order]
 
 
 @dataclass
@@ -62,7 +64,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others):
-            lengths = common_prefix(tok[others], prompt, n)
+            lengths = common_prefix(tok, prompt, n, among=others)
             k = int(lengths.argmax())
             if lengths[k] > best:
                 best, lender = int(lengths[k]), int(others[k])
