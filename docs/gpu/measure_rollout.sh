@@ -2,12 +2,13 @@
 # Issue 11's measurements on a quiet GPU (nothing else running: the eighth session's benchmark,
 # squeezed beside four training runs, printed one line), each part under its own time limit,
 # raw output into $OUT (the device tool brings it back):
-#   bash docs/gpu/measure_rollout.sh [PART...]     # default: all parts, ~9 minutes in all
+#   bash docs/gpu/measure_rollout.sh [PART...]     # default: all parts, ~10 minutes in all
 # Parts:
 #   bench      benchmarks/rollout.py: the engine eager and compiled (reduce-overhead, with and
 #              without eager's precision casts: log-prob error against a teacher-forced pass),
 #              plain and static-cache compiled `generate`, batch 512 x 64 new tokens
-#   workload   the local trainer's eval + one ERL collect at preset=gpu, eager engine vs compiled
+#   workload   the local trainer's eval + one ERL collect at preset=gpu: the engine without KV lent
+#              between slots (engine-own), with it, and with it compiled
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
 set -uo pipefail
@@ -23,8 +24,8 @@ part() {  # part NAME SECONDS COMMAND...
 for p in ${@:-bench workload step step_graph}; do
   case $p in
     bench) part bench 150 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 ;;
-    workload) part workload 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
-                --set model.path="$SMOLLM" --engines engine,engine:reduce-overhead ;;
+    workload) part workload 200 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
+                --set model.path="$SMOLLM" --engines engine-own,engine,engine:reduce-overhead ;;
     step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
