@@ -523,3 +523,27 @@ def test_a_running_sequence_lends_its_prompt_to_a_later_request():
     assert prefilled == len(tail) and engine.stats["shared_tokens"] == len(p)
     for prompt, g in ((p, first), (p + tail, later)):
         assert torch.allclose(forced_logprobs(model, prompt, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
+
+
+def test_running_sequences_keep_their_kv_when_the_cache_grows():
+    """Two sequences decode in an 8-slot cache; 18 more requests then grow it to 32 slots.
+    The growth used to copy the old cache only when the slot count stayed the same, so the
+    running sequences (and any sequence they lent a prefix to) attended zeros from then on."""
+    model = model_of()
+    engine = RolloutEngine(model, TOK, slots=32, stop_ids=[])
+    ps = prompts(20)
+
+    async def go():
+        first = [asyncio.ensure_future(engine.generate(p, SamplingParams(max_new_tokens=30, temperature=1.0)))
+                 for p in ps[:2]]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert engine.n_slots == 8 and engine.stats["decode_steps"] > 0
+        later = await asyncio.gather(*[engine.generate(p, SamplingParams(max_new_tokens=4, temperature=1.0))
+                                       for p in ps[2:]])
+        assert engine.n_slots == 32
+        return await asyncio.gather(*first) + later
+
+    torch.manual_seed(0)
+    for p, g in zip(ps, asyncio.run(go())):
+        assert torch.allclose(forced_logprobs(model, p, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)

@@ -69,10 +69,10 @@ class SlotModel:
         old_k, old_v = self.k, self.v
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        if old_k and old_k[0].shape[0] == slots and old_k[0].dtype == dtype:
-            n = min(old_k[0].shape[2], capacity)
+        if old_k and old_k[0].dtype == dtype:  # more slots or positions: the running sequences keep their KV
+            rows, n = min(old_k[0].shape[0], slots), min(old_k[0].shape[2], capacity)
             for new, old in zip(self.k + self.v, old_k + old_v):
-                new[:, :, :n] = old[:, :, :n]
+                new[:rows, :, :n] = old[:rows, :, :n]
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
