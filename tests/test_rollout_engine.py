@@ -468,6 +468,14 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
     plan = plan_sharing(tok, held, [(1, 12, base[:10] + [5] * 5), (2, 0, base[:10])])
     assert (plan.reuse, plan.lender, plan.second) == ([12, 9], [-1, 0], [False, False])
 
+    # two tasks' samples that share a 20-token system prompt: each task's first sample leads
+    # its group (it does not wait for the other task's to gain the 20), its twins take all of it
+    sys_ = base[:20]
+    p1, p2 = sys_ + [1] * 10, sys_ + [2] * 10
+    plan = plan_sharing(np.full((4, 40), -1, dtype=np.int64), [0] * 4,
+                        [(0, 0, p1), (1, 0, p2), (2, 0, p1), (3, 0, p2)])
+    assert (plan.reuse, plan.lender, plan.second) == ([0, 0, 29, 29], [-1, -1, 0, 1], [False, False, True, True])
+
     assert common_prefix(tok, base + [1], 30).tolist() == [10, 0, 0, 0, 0, 30]
     assert common_prefix(tok, base + [1], 30, among=[5, 0]).tolist() == [30, 10]
     # against a plain column-by-column count, on rows that part at every length up to 300

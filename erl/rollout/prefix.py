@@ -9,6 +9,7 @@ engine does the copies and the forwards.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,12 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     `admitted`: (slot, tokens its own slot already holds, prompt) per sequence of this round.
     A lender from before the round is any slot not admitted now (so no copy overwrites
     another copy's source); a lender of this round is a sequence that is not itself waiting
-    for one. At least the prompt's last token is always prefilled (its logits start the reply)."""
+    for one. The first of several equal prompts (a task's n samples) never waits: it lends
+    its whole prompt to the others, where waiting for another task's sample would gain only
+    the shared system prompt. At least the prompt's last token is always prefilled (its
+    logits start the reply)."""
+    counts = Counter(tuple(p) for _, _, p in admitted)
+    seen: set[tuple] = set()
     mine = {slot for slot, _, _ in admitted}
     others = np.asarray([s for s in range(tok.shape[0]) if s not in mine and held[s] > 0], dtype=np.int64)
     width = max((len(p) for _, _, p in admitted), default=0)
@@ -61,6 +67,9 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     round_slots: list[int] = []
     plan = Plan([], [], [])
     for slot, own, prompt in admitted:
+        key = tuple(prompt)
+        leads = counts[key] > 1 and key not in seen
+        seen.add(key)
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others):
@@ -68,7 +77,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
             k = int(lengths.argmax())
             if lengths[k] > best:
                 best, lender = int(lengths[k]), int(others[k])
-        if round_slots:
+        if round_slots and not leads:
             lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
             k = int(lengths.argmax())
             if lengths[k] >= best + MIN_SAME_ROUND:
