@@ -72,12 +72,12 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         seen.add(key)
         n = len(prompt) - 1
         best, lender, second = own, -1, False
-        if len(others):
+        if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
             lengths = common_prefix(tok, prompt, n, among=others)
             k = int(lengths.argmax())
             if lengths[k] > best:
                 best, lender = int(lengths[k]), int(others[k])
-        if round_slots and not leads:
+        if round_slots and not leads and best + MIN_SAME_ROUND <= n:
             lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
             k = int(lengths.argmax())
             if lengths[k] >= best + MIN_SAME_ROUND:
