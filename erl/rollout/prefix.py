@@ -58,7 +58,8 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     its whole prompt to the others, where waiting for another task's sample would gain only
     the shared system prompt. At least the prompt's last token is always prefilled (its
     logits start the reply)."""
-    counts = Counter(tuple(p) for _, _, p in admitted)
+    keys = [tuple(p) for _, _, p in admitted]
+    counts = Counter(keys)
     seen: set[tuple] = set()
     mine = {slot for slot, _, _ in admitted}
     others = np.asarray([s for s in range(tok.shape[0]) if s not in mine and held[s] > 0], dtype=np.int64)
@@ -66,8 +67,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
     round_slots: list[int] = []
     plan = Plan([], [], [])
-    for slot, own, prompt in admitted:
-        key = tuple(prompt)
+    for (slot, own, prompt), key in zip(admitted, keys):
         leads = counts[key] > 1 and key not in seen
         seen.add(key)
         n = len(prompt) - 1
