@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -168,7 +169,8 @@ def erl_workload(args) -> None:
           f"gen_batch_size {tc.gen_batch_size}", flush=True)
     memory = copy.deepcopy(trainer.memory)
     rates = {}
-    for name in args.engines.split(","):
+    names = args.engines.split(",")
+    for name in names:
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
         own = kind == "engine-own"  # the engine without KV lent between slots
         policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own else kind,
@@ -180,13 +182,15 @@ def erl_workload(args) -> None:
         seed_all(trainer.seed)
         for part in ("eval", "collect"):
             policy.reset_stats()
-            t = time.perf_counter()
-            if part == "eval":
-                trainer.evaluate(data["val"])
-            else:
-                trainer.collect(trainer.next_tasks())
-                trainer.cursor = 0  # the next policy collects the same tasks
-            wall = time.perf_counter() - t
+            profile = args.profile_cuda and part == "collect" and name == names[-1]
+            with cuda_profile(profile):
+                t = time.perf_counter()
+                if part == "eval":
+                    trainer.evaluate(data["val"])
+                else:
+                    trainer.collect(trainer.next_tasks())
+                    trainer.cursor = 0  # the next policy collects the same tasks
+                wall = time.perf_counter() - t
             st = policy.stats
             rates[(name, part)] = wall
             print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
@@ -198,10 +202,31 @@ def erl_workload(args) -> None:
                      # a sequence's first token comes from its prefill, every other from a decode step
                      f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step"
                      if "decode_steps" in st else ""), flush=True)
-    names = args.engines.split(",")
+            if "decode_seconds" in st:  # where the engine's time went (each forward ends in a GPU wait)
+                other = st["generate_seconds"] - st["decode_seconds"] - st["prefill_seconds"]
+                print(f"{'':>15} engine time: decode {st['decode_seconds']:.1f} s "
+                      f"({1e3 * st['decode_seconds'] / max(st['decode_steps'], 1):.1f} ms a step), prefill "
+                      f"{st['prefill_seconds']:.1f} s ({st['prefill_forwards']} forwards, "
+                      f"{1e3 * st['prefill_seconds'] / max(st['prefill_forwards'], 1):.1f} ms each), admission "
+                      f"planning and bookkeeping {other:.1f} s; outside the engine {wall - st['generate_seconds']:.1f} s",
+                      flush=True)
     for part in ("eval", "collect"):
         for a in names[1:]:
             print(f"ratio {part} wall {names[0]} / {a}: {rates[(names[0], part)] / rates[(a, part)]:.2f}")
+
+
+@contextlib.contextmanager
+def cuda_profile(on: bool):
+    """torch.profiler around a block: GPU kernel time by op, printed after it (the wall time of a
+    profiled block is not comparable with an unprofiled one)."""
+    if not on:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        yield
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
 
 
 def wait_policies(values: list[str], rest: list[str]) -> None:
@@ -229,6 +254,8 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
     ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
                          "engine:<torch.compile mode>, engine-own: no KV lent between slots)")
+    ap.add_argument("--profile-cuda", action="store_true",
+                    help="--workload erl: torch.profiler over the last policy's collect (GPU time by kernel)")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

@@ -9,6 +9,8 @@
 #              plain and static-cache compiled `generate`, batch 512 x 64 new tokens
 #   workload   the local trainer's eval + one ERL collect at preset=gpu: the engine without KV lent
 #              between slots (engine-own), with it, and with it compiled
+#   profile    the engine's collect of the same workload under torch.profiler: GPU time by kernel, and
+#              the engine's split of its time (decode, prefill, admission planning)
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
 set -uo pipefail
@@ -26,9 +28,11 @@ for p in ${@:-bench workload step step_graph}; do
     bench) part bench 150 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 ;;
     workload) part workload 200 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
                 --set model.path="$SMOLLM" --engines engine-own,engine,engine:reduce-overhead ;;
+    profile) part profile 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
+               --set model.path="$SMOLLM" --engines engine --profile-cuda ;;
     step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
-    *) echo "measure_rollout.sh: unknown part '$p' (bench, workload, step, step_graph)" >&2; exit 2 ;;
+    *) echo "measure_rollout.sh: unknown part '$p' (bench, workload, profile, step, step_graph)" >&2; exit 2 ;;
   esac
 done

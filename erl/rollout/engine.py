@@ -112,7 +112,10 @@ class RolloutEngine:
                     setattr(dyn, name, max(getattr(dyn, name), 256))
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
-                      "decode_shapes": 0, "recompiles": 0}
+                      "decode_shapes": 0, "recompiles": 0, "prefill_forwards": 0,
+                      # wall time of prefill / decode forwards with their sampling (which waits for the
+                      # GPU: .cpu()); the rest of generate_seconds is admission planning and bookkeeping
+                      "prefill_seconds": 0.0, "decode_seconds": 0.0}
 
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
@@ -345,6 +348,7 @@ class RolloutEngine:
             self._prefill(chunk)
 
     def _prefill(self, chunk: list) -> None:
+        start = time.perf_counter()
         dev, cap = self.device, self.net.capacity
         width = round_up(max(len(r.prompt) - u for _, u, r in chunk), 16)
         ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
@@ -364,8 +368,11 @@ class RolloutEngine:
             self.tok[s, :len(r.prompt)] = r.prompt
             self.held[s] = len(r.prompt)
         self._take([s for s, _, _ in chunk], logits)
+        self.stats["prefill_forwards"] += 1
+        self.stats["prefill_seconds"] += time.perf_counter() - start
 
     def _decode_step(self) -> None:
+        start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
         need = max(self.held[s] for s in slots)  # the furthest position a slot writes now
@@ -399,6 +406,7 @@ class RolloutEngine:
         index = slots if full else list(range(len(slots)))  # not full: active slots come first
         self._take(slots, logits[torch.tensor(index, device=dev)])
         self.stats["decode_steps"] += 1
+        self.stats["decode_seconds"] += time.perf_counter() - start
 
     # ---- sampling --------------------------------------------------------------------
     def _take(self, slots: list[int], logits: torch.Tensor) -> None:
