@@ -171,18 +171,25 @@ def erl_workload(args) -> None:
     rates = {}
     names = args.engines.split(",")
     for name in names:
+        name, *opts = name.split("+")  # engine+admit_ratio=0.5: an engine attribute set for this run
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
         own = kind == "engine-own"  # the engine without KV lent between slots
-        policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own else kind,
-                              max_batch_size=tc.gen_batch_size, compile=mode or False)
-        if own:
-            policy.lend = False
+        eager = kind == "engine-eager"  # the engine without CUDA graphs
+        policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own or eager else kind,
+                              max_batch_size=tc.gen_batch_size, compile=mode or False,
+                              cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own)
+        for opt in opts:
+            key, _, value = opt.partition("=")
+            if not hasattr(policy, key):
+                raise SystemExit(f"--engines: {type(policy).__name__} has no attribute {key!r}")
+            setattr(policy, key, type(getattr(policy, key))(float(value)))
+        name = "+".join([name, *opts])
         trainer.policy = trainer.workflow.policy = policy  # the workflow's chat tokenizer stays: same tokenizer
         trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
         seed_all(trainer.seed)
         for part in ("eval", "collect"):
             policy.reset_stats()
-            profile = args.profile_cuda and part == "collect" and name == names[-1]
+            profile = args.profile_cuda and part == "eval" and name == names[-1]
             with cuda_profile(profile):
                 t = time.perf_counter()
                 if part == "eval":
@@ -200,7 +207,8 @@ def erl_workload(args) -> None:
                   f"{st.get('prefill_tokens', 0) / max(st['sequences'], 1):.0f} a sequence"
                   + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
                      # a sequence's first token comes from its prefill, every other from a decode step
-                     f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step"
+                     f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step, "
+                     f"{st['graphs_recorded']} CUDA graphs recorded"
                      if "decode_steps" in st else ""), flush=True)
             if "decode_seconds" in st:  # where the engine's time went (each forward ends in a GPU wait)
                 other = st["generate_seconds"] - st["decode_seconds"] - st["prefill_seconds"]
@@ -248,14 +256,14 @@ def main(argv=None):
     ap.add_argument("--compile-mode", default=None,
                     help="also time the engine with torch.compile in this mode (default on CUDA: "
                          "reduce-overhead; 'none' to skip)")
-    ap.add_argument("--skip", default="", help="comma list of: eager,compiled,hf_policy,dynamic,static")
+    ap.add_argument("--skip", default="", help="comma list of: eager,graphs,compiled,hf_policy,dynamic,static")
     ap.add_argument("--workload", default="synthetic", choices=["synthetic", "erl"],
                     help="erl: the local trainer's eval + collect with its config (see above)")
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
     ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
-                         "engine:<torch.compile mode>, engine-own: no KV lent between slots)")
+                         "engine:<torch.compile mode>, engine-own: no KV lent between slots, engine-eager: no CUDA graphs; +attr=value sets an engine attribute, e.g. engine+admit_ratio=0.5)")
     ap.add_argument("--profile-cuda", action="store_true",
-                    help="--workload erl: torch.profiler over the last policy's collect (GPU time by kernel)")
+                    help="--workload erl: torch.profiler over the last policy's eval (GPU time by kernel)")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")
@@ -295,13 +303,16 @@ def main(argv=None):
     prompts = prompts_for(args.batch, model.config.vocab_size)
     params = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7)
     rates = {}
-    engines = [("engine eager", False, True)] * ("eager" not in skip)
+    engines = [("engine eager", False, True, False)] * ("eager" not in skip)
+    if cuda and "graphs" not in skip:  # the eager forward recorded as CUDA graphs (the trainer's default on CUDA)
+        engines += [("engine cuda graphs", False, True, True)]
     if args.compile_mode and "compiled" not in skip:  # with eager's precision casts (the default) and without
-        engines += [(f"engine compiled ({args.compile_mode})", args.compile_mode, True),
-                    (f"engine compiled ({args.compile_mode}, inductor's own casts)", args.compile_mode, False)]
-    for name, mode, casts in engines:
+        engines += [(f"engine compiled ({args.compile_mode})", args.compile_mode, True, False),
+                    (f"engine compiled ({args.compile_mode}, inductor's own casts)", args.compile_mode, False, False)]
+    for name, mode, casts, graphs in engines:
         try:
-            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode, eager_casts=casts)
+            engine = RolloutEngine(model, tok, slots=args.batch, stop_ids=[], compile=mode, eager_casts=casts,
+                                   cuda_graphs=graphs)
             gens, dt, stats = run_engine(engine, prompts, params, device)
         except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
             print(f"{name}: FAILED {type(exc).__name__}: {exc}", flush=True)

@@ -4,11 +4,11 @@
 # raw output into $OUT (the device tool brings it back):
 #   bash docs/gpu/measure_rollout.sh [PART...]     # default: all parts, ~10 minutes in all
 # Parts:
-#   bench      benchmarks/rollout.py: the engine eager and compiled (reduce-overhead, with and
-#              without eager's precision casts: log-prob error against a teacher-forced pass),
-#              plain and static-cache compiled `generate`, batch 512 x 64 new tokens
-#   workload   the local trainer's eval + one ERL collect at preset=gpu: the engine without KV lent
-#              between slots (engine-own), with it, and with it compiled
+#   bench      benchmarks/rollout.py: the engine eager and with CUDA graphs (log-prob error against
+#              a teacher-forced pass), plain and static-cache compiled `generate`, batch 512 x 64 new tokens
+#   bench_compiled  the engine compiled (reduce-overhead, with and without eager's precision casts)
+#   workload   the local trainer's eval + one ERL collect at preset=gpu: the engine eager, with CUDA
+#              graphs (the default), admitting in larger batches, without KV lent between slots
 #   profile    the engine's collect of the same workload under torch.profiler: GPU time by kernel, and
 #              the engine's split of its time (decode, prefill, admission planning)
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
@@ -25,14 +25,16 @@ part() {  # part NAME SECONDS COMMAND...
 }
 for p in ${@:-bench workload step step_graph}; do
   case $p in
-    bench) part bench 150 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 ;;
-    workload) part workload 200 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
-                --set model.path="$SMOLLM" --engines engine-own,engine,engine:reduce-overhead ;;
+    bench) part bench 120 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 --skip compiled ;;
+    bench_compiled) part bench_compiled 200 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 \
+                      --skip eager,graphs ;;
+    workload) part workload 220 python3 benchmarks/rollout.py --workload erl --set preset=gpu --set model.path="$SMOLLM" \
+                --engines engine-eager,engine,engine+admit_ratio=0.5,engine+admit_ratio=1,engine-own ;;
     profile) part profile 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
                --set model.path="$SMOLLM" --engines engine --profile-cuda ;;
     step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
-    *) echo "measure_rollout.sh: unknown part '$p' (bench, workload, profile, step, step_graph)" >&2; exit 2 ;;
+    *) echo "measure_rollout.sh: unknown part '$p' (bench, bench_compiled, workload, profile, step, step_graph)" >&2; exit 2 ;;
   esac
 done

@@ -28,6 +28,7 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.compiling import compile_options, graph_count
+from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.prefix import common_prefix, plan_sharing
 from erl.rollout.sampling import check_request, sample
@@ -69,12 +70,13 @@ class RolloutEngine:
     request prefills its whole prompt (for measuring what reuse saves); `lend`: off, a slot reuses
     only the KV it holds itself, never another slot's (for measuring what lending saves);
     `refresh`: called before each admission to bring `model` up to date (erl.rollout.merged: a
-    LoRA-merged copy)."""
+    LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
+    forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -84,6 +86,9 @@ class RolloutEngine:
         self.net = SlotModel(model)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
         self.prefix_reuse, self.lend = prefix_reuse, lend
+        # An admission (a prefill forward) waits for min(free slots, max(8, admit_ratio x decoding
+        # sequences)) requests, or until the oldest has waited admit_wait decode steps.
+        self.admit_ratio, self.admit_wait = 0.0, 8
         self._stops = set(self.stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
         self.max_batch_size = self.max_slots = slots
@@ -104,6 +109,8 @@ class RolloutEngine:
         except ValueError as exc:
             raise ValueError(f"RolloutEngine: {exc}") from None
         self._decode = torch.compile(self.net.forward, options=options) if self.compile else self.net.forward
+        self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
+                       else None)
         self._shapes: set[tuple] = set()
         if self.compile:  # one graph per (rows, key length, capacity) bucket
             dyn = torch._dynamo.config
@@ -112,7 +119,7 @@ class RolloutEngine:
                     setattr(dyn, name, max(getattr(dyn, name), 256))
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
-                      "decode_shapes": 0, "recompiles": 0, "prefill_forwards": 0,
+                      "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
                       # wall time of prefill / decode forwards with their sampling (which waits for the
                       # GPU: .cpu()); the rest of generate_seconds is admission planning and bookkeeping
                       "prefill_seconds": 0.0, "decode_seconds": 0.0}
@@ -232,8 +239,9 @@ class RolloutEngine:
     def _step(self) -> None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
             free = self.max_slots - len(self.active)
-            if self.waiting and free and (not self.active or len(self.waiting) >= min(free, 8)
-                                          or self.waiting[0].waited >= 8):
+            enough = min(free, max(8, int(self.admit_ratio * len(self.active))))
+            if self.waiting and free and (not self.active or len(self.waiting) >= enough
+                                          or self.waiting[0].waited >= self.admit_wait):
                 self._admit()
             if self.active:
                 self._decode_step()
@@ -395,9 +403,14 @@ class RolloutEngine:
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         pos_t = torch.tensor(pos, device=dev)[:, None]
-        logits = self._decode(torch.tensor(ids, device=dev)[:, None], pos_t,
-                              None if full else torch.tensor(rows, device=dev), pos_t, keys,
-                              torch.zeros(len(rows), dtype=torch.long, device=dev))
+        args = (torch.tensor(ids, device=dev)[:, None], pos_t, None if full else torch.tensor(rows, device=dev), pos_t,
+                keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
+        if self.graphs is not None:
+            recorded = self.graphs.captured
+            logits = self.graphs(self.net.k[0], *args)
+            self.stats["graphs_recorded"] += self.graphs.captured - recorded
+        else:
+            logits = self._decode(*args)
         if self.compile:
             self.stats["recompiles"] += graph_count() - graphs
         for s in slots:

@@ -43,6 +43,7 @@ class LocalTrainerConfig:
     gen_batch_size: int = 64
     rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
     rollout_compile: bool | str = False  # torch.compile the engine's decode step: true (mode default) or a mode
+    rollout_cuda_graphs: bool = True  # CUDA: the engine replays its eager decode step as CUDA graphs
     rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -67,6 +68,8 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
+        if not isinstance(self.rollout_cuda_graphs, bool):
+            raise ConfigError(f"trainer.rollout_cuda_graphs must be true or false, got {self.rollout_cuda_graphs!r}")
         if not isinstance(self.rollout_merge_lora, bool):
             raise ConfigError(f"trainer.rollout_merge_lora must be true or false, got {self.rollout_merge_lora!r}")
         if not isinstance(self.rollout_compile, bool):

@@ -1,0 +1,82 @@
+"""CUDA graphs of the engine's eager decode step.
+
+On a GPU a decode step of a small model is bound by the host, not the device: SmolLM2-135M's
+forward is ~1,200 kernel launches, ~33 ms of Python and dispatch for ~4 ms of GPU work
+(torch.profiler over the ERL workload's eval, docs/gpu/rollout_engine). A CUDA graph records
+those launches once per shape and replays them with one call. The graph is a recording of
+the eager forward itself, so its log-probs are eager's to the bit, unlike torch.compile's fused
+kernels (their bf16 intermediates drift by ~3e-2 nats).
+
+A graph reads its inputs from, and writes its logits to, tensors it owns, and reads the weights
+and the KV cache at the addresses they had when it was recorded: in-place weight updates
+(optimizer steps, LoRA re-merges, checkpoint loads) are seen by the next replay, a new cache
+(growth, a reset) drops every graph.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class DecodeGraphs:
+    """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
+    key length, all slots or not) is met, recorded right after (recording runs no kernel, so
+    the KV write is not repeated), and replayed from then on."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor]):
+        self.forward = forward
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, torch.Tensor]] = {}
+        self.cache: Any = None  # the cache tensor the graphs were recorded against
+        self.pool: Any = None
+        self.enabled = True
+        self.captured = 0  # graphs recorded in this process (the benchmark reports it)
+
+    def drop(self) -> None:
+        self.graphs.clear()
+        self.pool = None  # memory of the dropped graphs goes back once nothing holds their outputs
+
+    def __call__(self, cache: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None,
+                 write: torch.Tensor, keys: int, last: torch.Tensor) -> torch.Tensor:
+        if cache is not self.cache:
+            self.drop()
+            self.cache = cache
+        key = (ids.shape[0], keys, rows is None)
+        entry = self.graphs.get(key)
+        if entry is not None:
+            graph, inputs, out = entry
+            for dst, src in zip(inputs, (ids, pos, rows, write, last)):
+                if dst is not None:
+                    dst.copy_(src)
+            graph.replay()
+            return out
+        out = self.forward(ids, pos, rows, write, keys, last)  # this step's result; warms cuBLAS/cuDNN for the shape
+        if self.enabled:
+            self._record(key, ids, pos, rows, write, keys, last)
+        return out
+
+    def _record(self, key: tuple, *args) -> None:
+        ids, pos, rows, write, keys, last = args
+        inputs = [None if t is None else t.clone() for t in (ids, pos, rows, write, last)]
+        graph = torch.cuda.CUDAGraph()
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        dev = ids.device.type
+        try:
+            # autocast's weight-cast cache would hand the recording a cast made before it (stale
+            # after the next optimizer step): the recorded forward casts the weights itself
+            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
+                                cache_enabled=False), torch.cuda.graph(graph, pool=self.pool):
+                out = self.forward(inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
+        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
+            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
+                           type(exc).__name__, str(exc).split("\n")[0])
+            self.enabled = False
+            self.drop()
+            return
+        self.graphs[key] = (graph, inputs, out)
+        self.captured += 1

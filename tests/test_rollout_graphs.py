@@ -1,0 +1,139 @@
+"""The engine's CUDA graphs (erl.rollout.graphs): on a GPU they replay the eager decode step to the
+bit; on CPU the same bookkeeping runs with a recording that re-runs the forward, so which shape
+is recorded when, what a replay reads and when graphs are dropped is checked everywhere."""
+
+import contextlib
+import logging
+
+import pytest
+import torch
+
+from erl.core.interfaces import SamplingParams
+from erl.rollout.engine import RolloutEngine
+from erl.rollout.graphs import DecodeGraphs
+from test_rollout_engine import TOK, forced_logprobs, model_of, prompts
+
+
+class FakeGraph:
+    """Stands for torch.cuda.CUDAGraph: replay() re-runs the recorded call into the recorded output."""
+    replays = 0
+
+    def replay(self):
+        FakeGraph.replays += 1
+        self.out.copy_(self.fn())
+
+
+def fake_graphs(monkeypatch, engine, fail=False):
+    """Give a CPU engine DecodeGraphs whose recordings are FakeGraphs."""
+    recording = {}
+
+    def forward(*args):
+        out = engine.net.forward(*args)
+        graph = recording.get("graph")
+        if graph is not None:  # inside the recording: what a replay will run, on the recorded inputs
+            graph.fn, graph.out = (lambda: engine.net.forward(*args)), out
+        return out
+
+    @contextlib.contextmanager
+    def record(graph, pool=None):
+        if fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        recording["graph"] = graph
+        try:
+            yield
+        finally:
+            recording.pop("graph")
+
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", record)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
+    engine.graphs = DecodeGraphs(forward)
+    FakeGraph.replays = 0
+    return engine
+
+
+def sampled(engine, n=12, tokens=None):
+    torch.manual_seed(3)
+    params = SamplingParams(max_new_tokens=tokens or 24, temperature=0.8)
+    return engine.generate_batch(prompts(n), params)
+
+
+def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
+    """Each shape is run eagerly once (that step's result), recorded, then replayed with the step's
+    own inputs copied in: the tokens and log-probs are the eager engine's, and a cache that grows
+    (new tensors) drops every graph recorded against the old one."""
+    eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    got = sampled(engine)
+    assert [g.token_ids for g in got] == [g.token_ids for g in eager]
+    assert [g.logprobs for g in got] == [g.logprobs for g in eager]
+    st = engine.stats
+    assert st["graphs_recorded"] == st["decode_shapes"] and FakeGraph.replays == st["decode_steps"] - st["decode_shapes"]
+    assert engine.graphs.cache is engine.net.k[0]
+    before = dict(engine.graphs.graphs)
+    longer = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
+    assert engine.net.capacity > 128 and len(longer[0].token_ids) == 4
+    assert engine.graphs.cache is engine.net.k[0] and not set(before) & set(engine.graphs.graphs)
+
+
+def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
+    """Graphs read the weights where they live: after an in-place update (optimizer step, LoRA
+    re-merge, weight sync) a replayed step agrees with a teacher-forced pass of the new weights."""
+    model = model_of()
+    engine = fake_graphs(monkeypatch, RolloutEngine(model, TOK, slots=16, stop_ids=[]))
+    sampled(engine)
+    recorded = engine.stats["graphs_recorded"]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    engine.forget()  # what the engine does itself when the weights' version moves
+    gens = sampled(engine)
+    assert engine.stats["graphs_recorded"] == recorded  # the same graphs, replayed
+    for p, g in zip(prompts(12), gens):
+        assert torch.allclose(forced_logprobs(model, p, g, 0.8), torch.tensor(g.logprobs), atol=1e-4)
+
+
+def test_a_recording_that_fails_leaves_eager_decoding_and_says_so(monkeypatch, caplog):
+    eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]), fail=True)
+    with caplog.at_level(logging.WARNING, logger="erl.rollout.graphs"):
+        got = sampled(engine)
+    assert [g.token_ids for g in got] == [g.token_ids for g in eager] and not engine.graphs.enabled
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["RolloutEngine: CUDA graph recording failed"]
+    assert engine.stats["graphs_recorded"] == 0 and FakeGraph.replays == 0
+
+
+def test_graphs_are_cuda_only_and_the_trainer_flag_is_checked():
+    from erl.core.config import ConfigError
+    from erl.trainers.local.config import LocalTrainerConfig
+
+    assert RolloutEngine(model_of(), TOK, slots=2).graphs is None  # a CPU model
+    with pytest.raises(ConfigError, match="trainer.rollout_cuda_graphs must be true or false"):
+        LocalTrainerConfig.from_dict({"rollout_cuda_graphs": "yes"})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("autocast", [False, True])
+def test_cuda_graphs_replay_eager_decoding_to_the_bit(autocast):
+    """Real CUDA graphs, bf16 weights or fp32 weights under bf16 autocast (the local trainer's
+    GPU setting, whose weight-cast cache must not leak into a recording), across an in-place update."""
+    def run(graphs):
+        model = model_of().to("cuda", torch.float32 if autocast else torch.bfloat16)
+        for p in model.parameters():
+            p.requires_grad_(autocast)
+        engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], cuda_graphs=graphs)
+        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        out = []
+        with ctx:
+            out += sampled(engine)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1.5)
+            out += sampled(engine)
+        return out, engine.stats
+    eager, _ = run(False)
+    graphs, stats = run(True)
+    assert stats["graphs_recorded"] > 0 and stats["decode_steps"] > 2 * stats["graphs_recorded"]
+    assert [g.token_ids for g in graphs] == [g.token_ids for g in eager]
+    assert max(abs(a - b) for g, e in zip(graphs, eager) for a, b in zip(g.logprobs, e.logprobs)) < 1e-6
