@@ -117,23 +117,46 @@ def test_graphs_are_cuda_only_and_the_trainer_flag_is_checked():
 @pytest.mark.parametrize("autocast", [False, True])
 def test_cuda_graphs_replay_eager_decoding_to_the_bit(autocast):
     """Real CUDA graphs, bf16 weights or fp32 weights under bf16 autocast (the local trainer's
-    GPU setting, whose weight-cast cache must not leak into a recording), across an in-place update."""
+    GPU setting, whose weight-cast cache must not leak into a recording), across an in-place update.
+    Autocast is entered per rollout phase, as the trainer does: its cast cache lives as long as
+    the region (eager decoding inside one region spanning an update would use stale casts)."""
     def run(graphs):
         model = model_of().to("cuda", torch.float32 if autocast else torch.bfloat16)
         for p in model.parameters():
             p.requires_grad_(autocast)
         engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], cuda_graphs=graphs)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
         out = []
-        with ctx:
-            out += sampled(engine)
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.mul_(1.5)
-            out += sampled(engine)
+        for phase in range(2):
+            if phase:
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.mul_(1.5)
+            with torch.autocast("cuda", dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+                out += sampled(engine)
         return out, engine.stats
     eager, _ = run(False)
     graphs, stats = run(True)
     assert stats["graphs_recorded"] > 0 and stats["decode_steps"] > 2 * stats["graphs_recorded"]
     assert [g.token_ids for g in graphs] == [g.token_ids for g in eager]
     assert max(abs(a - b) for g, e in zip(graphs, eager) for a, b in zip(g.logprobs, e.logprobs)) < 1e-6
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0])
+def test_admissions_wait_for_a_batch_as_large_as_admit_ratio_times_the_decoding_rows(ratio):
+    """Ten sequences decode; eight requests arrive. At ratio 0 (CPU's default) eight are enough;
+    at ratio 1 (CUDA's: a forward there costs about the same for 8 rows as for 800) they wait for
+    ten, or until the oldest has waited admit_wait decode steps."""
+    engine = RolloutEngine(model_of(), TOK, slots=32, stop_ids=[])
+    engine.admit_ratio = ratio
+    long = SamplingParams(max_new_tokens=40, temperature=0)
+    engine.waiting.extend(engine._request(p, long) for p in prompts(10))
+    engine.step()
+    assert len(engine.active) == 10
+    engine.waiting.extend(engine._request(p, long) for p in prompts(18)[10:])
+    engine.step()
+    assert (len(engine.active), len(engine.waiting)) == ((18, 0) if ratio == 0 else (10, 8))
+    for _ in range(7):
+        engine.step()
+    assert len(engine.waiting) == (0 if ratio == 0 else 8)  # the oldest has waited 8 steps now
+    engine.step()
+    assert (len(engine.active), len(engine.waiting)) == (18, 0)

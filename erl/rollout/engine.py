@@ -86,15 +86,18 @@ class RolloutEngine:
         self.net = SlotModel(model)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
         self.prefix_reuse, self.lend = prefix_reuse, lend
-        # An admission (a prefill forward) waits for min(free slots, max(8, admit_ratio x decoding
-        # sequences)) requests, or until the oldest has waited admit_wait decode steps.
-        self.admit_ratio, self.admit_wait = 0.0, 8
         self._stops = set(self.stop_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.stop_ids or [0])[0]
         self.max_batch_size = self.max_slots = slots
         cfg = unwrap(model).config
         self.max_len = int(max_len or cfg.max_position_embeddings)
         self.device = next(model.parameters()).device
+        # An admission (a prefill forward) waits for min(free slots, max(8, admit_ratio x decoding
+        # sequences)) requests, or until the oldest has waited admit_wait decode steps. On a GPU a
+        # small model's forward costs about the same for 8 rows as for 800 (host-bound): the ERL
+        # collect at 64 x 8 made 106 admissions at ratio 0 and 21 at ratio 1, 13.9 -> 12.3 s
+        # (docs/gpu/rollout_graphs/workload_graphs.txt); on CPU a forward costs by its rows.
+        self.admit_ratio, self.admit_wait = (1.0 if self.device.type == "cuda" else 0.0), 8
         self.compile = bool(compile)
         self.key_bucket = key_bucket
         self.prefill_budget = prefill_budget or (16384 if self.device.type == "cuda" else 2048)
