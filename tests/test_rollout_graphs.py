@@ -11,7 +11,7 @@ import torch
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.graphs import DecodeGraphs
-from test_rollout_engine import TOK, forced_logprobs, model_of, prompts
+from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, run_all
 
 
 class FakeGraph:
@@ -160,3 +160,28 @@ def test_admissions_wait_for_a_batch_as_large_as_admit_ratio_times_the_decoding_
     assert len(engine.waiting) == (0 if ratio == 0 else 8)  # the oldest has waited 8 steps now
     engine.step()
     assert (len(engine.active), len(engine.waiting)) == (18, 0)
+
+
+@pytest.mark.parametrize("span_ratio", [1, 2])
+def test_decoding_a_span_of_slots_in_place_keeps_exact_logprobs(span_ratio):
+    """A decode step runs either the first `span` slots in place (a view of the cache; idle slots
+    among them write only the scratch column) or the active slots gathered. Ragged lengths make
+    the active slots sparse, so both paths run; every log-prob still equals a teacher-forced pass."""
+    from erl.rollout.engine import row_bucket
+
+    model = model_of()
+    engine = RolloutEngine(model, TOK, slots=32, stop_ids=[])
+    engine.span_ratio = span_ratio
+    seen = []  # (rows in the forward, in place?, rows a gather would take)
+    forward = engine.net.forward
+    engine._decode = lambda ids, pos, rows, *rest: seen.append(
+        (ids.shape[0], rows is None, row_bucket(len(engine.active), 32))) or forward(ids, pos, rows, *rest)
+    ps = prompts(24)
+    params = [SamplingParams(max_new_tokens=2 + (5 * k) % 13 + (k == 23) * 8, temperature=0.7) for k in range(24)]
+    torch.manual_seed(1)
+    gens = run_all(engine, ps, params)
+    for p, g in zip(ps, gens):
+        assert torch.allclose(forced_logprobs(model, p, g, 0.7), torch.tensor(g.logprobs), atol=1e-4)
+    assert {view for _, view, _ in seen} == {True, False}
+    wider = [n > least for n, view, least in seen if view]  # a span wider than a gather's rows
+    assert any(wider) == (span_ratio == 2) and all(n <= span_ratio * least for n, _, least in seen)

@@ -98,9 +98,11 @@ class RolloutEngine:
         # collect at 64 x 8 made 106 admissions at ratio 0 and 21 at ratio 1, 13.9 -> 12.3 s
         # (docs/gpu/rollout_graphs/workload_graphs.txt); on CPU a forward costs by its rows.
         self.admit_ratio, self.admit_wait = (1.0 if self.device.type == "cuda" else 0.0), 8
+        self.span_ratio = 2 if self.device.type == "cuda" else 1  # see _decode_step
         self.compile = bool(compile)
         self.key_bucket = key_bucket
-        self.prefill_budget = prefill_budget or (16384 if self.device.type == "cuda" else 2048)
+        # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
+        self.prefill_budget = prefill_budget or (32768 if self.device.type == "cuda" else 2048)
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
         self.reset()  # no slots yet
@@ -390,9 +392,15 @@ class RolloutEngine:
         self._ensure(self.n_slots, need + 1)
         cap = self.net.capacity
         b = row_bucket(len(slots), self.n_slots)
-        full = b == self.n_slots
-        rows = list(range(self.n_slots)) if full else slots + [next(s for s in range(self.n_slots)
-                                                                     if s not in self.active)] * (b - len(slots))
+        # The first `span` slots hold every active one: decode them all in place (a view of the
+        # cache) rather than gather the active rows' K/V into a copy, when that is at most
+        # span_ratio times the rows (on a GPU the copy costs twice what attention reads).
+        span = row_bucket(slots[-1] + 1, self.n_slots)
+        full = span <= self.span_ratio * b
+        if full:
+            b = span
+        rows = list(range(b)) if full else slots + [next(s for s in range(self.n_slots)
+                                                          if s not in self.active)] * (b - len(slots))
         ids = [self.pad_id] * len(rows)
         pos = [cap - 1] * len(rows)  # idle rows write to the scratch column
         for i, s in enumerate(rows):
@@ -419,7 +427,7 @@ class RolloutEngine:
         for s in slots:
             self.tok[s, self.held[s]] = self.active[s].out[-1]
             self.held[s] += 1
-        index = slots if full else list(range(len(slots)))  # not full: active slots come first
+        index = slots if full else list(range(len(slots)))  # gathered: active slots come first
         self._take(slots, logits[torch.tensor(index, device=dev)])
         self.stats["decode_steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - start

@@ -103,8 +103,8 @@ class SlotModel:
         kc, vc = self.k[idx], self.v[idx]
         kc[slot[:, None], :, write] = k.transpose(1, 2).to(kc.dtype)
         vc[slot[:, None], :, write] = v.to(vc.dtype)
-        if rows is None:  # every slot: a view, no copy
-            ks, vs = kc[:, :, :keys], vc[:, :, :keys]
+        if rows is None:  # the first n slots: a view, no copy
+            ks, vs = kc[:n, :, :keys], vc[:n, :, :keys]
         else:
             ks, vs = kc[rows, :, :keys], vc[rows, :, :keys]
         # Grouped-query attention without repeating K/V: the query heads that share a KV head
@@ -117,7 +117,7 @@ class SlotModel:
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
                 keys: int, last: torch.Tensor) -> torch.Tensor:
-        """ids, pos, write [n, T]; rows [n] slot ids (None: all slots, in order); last [n]:
+        """ids, pos, write [n, T]; rows [n] slot ids (None: the first n slots, in order); last [n]:
         the position in T whose logits are returned ([n, vocab], float32)."""
         h = self.inner.embed_tokens(ids)
         n, t = ids.shape
