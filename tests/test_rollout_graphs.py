@@ -7,11 +7,11 @@ import logging
 
 import pytest
 import torch
+from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, run_all
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.graphs import DecodeGraphs
-from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, run_all
 
 
 class FakeGraph:
@@ -167,7 +167,7 @@ def test_decoding_a_span_of_slots_in_place_keeps_exact_logprobs(span_ratio):
     """A decode step runs either the first `span` slots in place (a view of the cache; idle slots
     among them write only the scratch column) or the active slots gathered. Ragged lengths make
     the active slots sparse, so both paths run; every log-prob still equals a teacher-forced pass."""
-    from erl.rollout.engine import row_bucket
+    from erl.rollout.layout import row_bucket
 
     model = model_of()
     engine = RolloutEngine(model, TOK, slots=32, stop_ids=[])

@@ -14,6 +14,21 @@ def compile_options(compile: bool | str, eager_casts: bool) -> dict:
     return {**torch._inductor.list_mode_options()[mode], **({"emulate_precision_casts": True} if eager_casts else {})}
 
 
+def compiled(forward, compile: bool | str, eager_casts: bool):
+    """torch.compile of the decode step. dynamic=None: the first key length compiles a static
+    graph, the next one a graph with a symbolic length that serves every later bucket; CUDA
+    graphs (reduce-overhead) are then recorded per (rows, key length, capacity) bucket, so
+    dynamo may keep up to 256 of them."""
+    import torch
+
+    options = compile_options(compile, eager_casts)
+    dyn = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dyn, name):
+            setattr(dyn, name, max(getattr(dyn, name), 256))
+    return torch.compile(forward, options=options)
+
+
 def check_mode(mode: str) -> None:
     """A ValueError unless `mode` is one of torch.compile's modes (torch's own list): the engine
     and the trainer's config (trainer.rollout_compile) refuse a misspelt mode by this one check."""

@@ -9,7 +9,8 @@ a prompt that repeats another slot's tokens (n samples of a task, the task's sys
 and grid in its reflection) copies their KV from that slot (erl.rollout.prefix).
 The sampled token's log-prob comes from that step's logits (under logits / temperature, as
 HFPolicy), so no full-vocabulary logits are kept. Shapes are bucketed (rows to powers of
-two, key length to `key_bucket`) so that a compiled decode step (CUDA only) is reused.
+two, key length to `key_bucket`; erl.rollout.layout) so that a decode step's CUDA graph
+(erl.rollout.graphs) or compiled graph is reused.
 """
 
 from __future__ import annotations
@@ -27,25 +28,14 @@ import torch
 
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
-from erl.rollout.compiling import compile_options, graph_count
+from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
+from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
 from erl.rollout.prefix import common_prefix, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
 logger = logging.getLogger(__name__)
-
-
-def round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
-def row_bucket(n: int, most: int) -> int:
-    """Decode batch rows: the next power of two (at least 8), at most `most`."""
-    b = 8
-    while b < n:
-        b *= 2
-    return min(b, most)
 
 
 @dataclass
@@ -107,21 +97,13 @@ class RolloutEngine:
         self.waiting: deque[_Request] = deque()
         self.reset()  # no slots yet
         self._worker: asyncio.Task | None = None
-        # dynamic=None: the first key length compiles a static graph, the next one a graph with a
-        # symbolic length that serves every later bucket; CUDA graphs are then recorded per bucket.
         try:
-            options = compile_options(compile, eager_casts) if self.compile else None
+            self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
         except ValueError as exc:
             raise ValueError(f"RolloutEngine: {exc}") from None
-        self._decode = torch.compile(self.net.forward, options=options) if self.compile else self.net.forward
         self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
         self._shapes: set[tuple] = set()
-        if self.compile:  # one graph per (rows, key length, capacity) bucket
-            dyn = torch._dynamo.config
-            for name in ("recompile_limit", "cache_size_limit"):
-                if hasattr(dyn, name):
-                    setattr(dyn, name, max(getattr(dyn, name), 256))
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
                       "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
@@ -299,14 +281,16 @@ class RolloutEngine:
         self.used += [0] * (slots - self.n_slots)
         self.n_slots = slots
 
-    def _match(self, prompt: list[int], free: list[int]) -> tuple[int, int]:
-        """(slot, reused tokens): the free slot whose kept tokens share the longest prefix
-        with the prompt, least recently used among equals. At least one token is prefilled."""
-        lengths = (common_prefix(self.tok, prompt, len(prompt) - 1, among=free) if self.prefix_reuse
-                   else np.zeros(len(free), dtype=np.int64))
-        used = np.asarray([self.used[s] for s in free])
-        best = int(np.lexsort((used, -lengths))[0])  # longest, then least recently used
-        return free[best], int(lengths[best])
+    def _match(self, prompt: list[int], free: np.ndarray, taken: np.ndarray, used: np.ndarray,
+               scans: dict) -> int:
+        """The index in `free` of the untaken slot whose kept tokens share the longest prefix
+        with the prompt, least recently used among equals. At least one token is prefilled.
+        `scans`: prefix lengths over `free` by prompt, so a task's n equal prompts scan once."""
+        key = tuple(prompt)
+        if key not in scans:
+            scans[key] = (common_prefix(self.tok, prompt, len(prompt) - 1, among=free) if self.prefix_reuse
+                          else np.zeros(len(free), dtype=np.int64))
+        return int(np.lexsort((used, -scans[key], taken))[0])  # untaken, longest, least recently used
 
     def _weights_version(self) -> int:
         """Changes whenever any weight is written in place (optimizer step, weight sync, load)."""
@@ -326,12 +310,17 @@ class RolloutEngine:
             self._ensure(grow, self.net.capacity - 1 if self.net.k else 0)
             free = [s for s in range(self.n_slots) if s not in self.active]
         admitted = []
+        free_at = np.asarray(free, dtype=np.int64)
+        taken = np.zeros(len(free), dtype=bool)
+        used = np.asarray(self.used, dtype=np.int64)[free_at]
+        scans: dict = {}
         for _ in range(min(want, len(free))):
             req = self.waiting.popleft()
-            slot, reuse = self._match(req.prompt, free)
-            free.remove(slot)
+            i = self._match(req.prompt, free_at, taken, used, scans)
+            taken[i] = True
+            slot = int(free_at[i])
             self.active[slot] = req
-            admitted.append((slot, reuse, req))
+            admitted.append((slot, int(scans[tuple(req.prompt)][i]), req))
         self._ensure(self.n_slots, max(len(r.prompt) for _, _, r in admitted))
         if not (self.prefix_reuse and self.lend):
             self._prefill_all(admitted)
@@ -349,37 +338,20 @@ class RolloutEngine:
         self.stats["batches"] += 1
 
     def _prefill_all(self, admitted: list) -> None:
-        admitted = sorted(admitted, key=lambda a: len(a[2].prompt) - a[1])
-        chunk: list = []
-        for item in admitted:  # similar suffix lengths together: little padding
-            width = round_up(max(len(r.prompt) - u for _, u, r in chunk + [item]), 16)
-            if chunk and width * (len(chunk) + 1) > self.prefill_budget:
-                self._prefill(chunk)
-                chunk = []
-            chunk.append(item)
-        if chunk:
+        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget):
             self._prefill(chunk)
 
     def _prefill(self, chunk: list) -> None:
+        """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
-        dev, cap = self.device, self.net.capacity
-        width = round_up(max(len(r.prompt) - u for _, u, r in chunk), 16)
-        ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-        starts = torch.tensor([u for _, u, _ in chunk])
-        for i, (_, u, r) in enumerate(chunk):
-            ids[i, :len(r.prompt) - u] = torch.tensor(r.prompt[u:])
-            self.stats["prefill_tokens"] += len(r.prompt) - u
-            self.stats["reused_tokens"] += u
-        pos = starts[:, None] + torch.arange(width)[None, :]
-        keys = min(round_up(max(len(r.prompt) for _, _, r in chunk), self.key_bucket), cap)
-        rows = torch.tensor([s for s, _, _ in chunk])
-        last = torch.tensor([len(r.prompt) - u - 1 for _, u, r in chunk])
-        logits = self.net.forward(ids.to(dev), pos.to(dev), rows.to(dev), pos.clamp(max=cap - 1).to(dev),
-                                  keys, last.to(dev))
-        for s, _, r in chunk:
+        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
+        logits = self.net.forward(*(t.to(self.device) if torch.is_tensor(t) else t for t in inputs))
+        for s, u, prompt in chunk:
             self.tok[s] = -1
-            self.tok[s, :len(r.prompt)] = r.prompt
-            self.held[s] = len(r.prompt)
+            self.tok[s, :len(prompt)] = prompt
+            self.held[s] = len(prompt)
+            self.stats["prefill_tokens"] += len(prompt) - u
+            self.stats["reused_tokens"] += u
         self._take([s for s, _, _ in chunk], logits)
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_seconds"] += time.perf_counter() - start
@@ -391,21 +363,13 @@ class RolloutEngine:
         need = max(self.held[s] for s in slots)  # the furthest position a slot writes now
         self._ensure(self.n_slots, need + 1)
         cap = self.net.capacity
-        b = row_bucket(len(slots), self.n_slots)
-        # The first `span` slots hold every active one: decode them all in place (a view of the
-        # cache) rather than gather the active rows' K/V into a copy, when that is at most
-        # span_ratio times the rows (on a GPU the copy costs twice what attention reads).
-        span = row_bucket(slots[-1] + 1, self.n_slots)
-        full = span <= self.span_ratio * b
-        if full:
-            b = span
-        rows = list(range(b)) if full else slots + [next(s for s in range(self.n_slots)
-                                                          if s not in self.active)] * (b - len(slots))
-        ids = [self.pad_id] * len(rows)
-        pos = [cap - 1] * len(rows)  # idle rows write to the scratch column
+        rows, full = decode_rows(slots, self.n_slots, self.span_ratio)
+        b = len(rows)
+        ids = [self.pad_id] * b
+        pos = [cap - 1] * b  # idle rows write to the scratch column
         for i, s in enumerate(rows):
             req = self.active.get(s)
-            if req is not None and (full or i < len(slots)):
+            if req is not None:
                 ids[i], pos[i] = req.out[-1], self.held[s]
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))

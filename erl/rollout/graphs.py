@@ -16,7 +16,8 @@ and the KV cache at the addresses they had when it was recorded: in-place weight
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

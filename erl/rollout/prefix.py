@@ -67,21 +67,33 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
     round_slots: list[int] = []
     plan = Plan([], [], [])
+    # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan,
+    # and a round lender that holds the whole prompt stays the first to do so.
+    held_best: dict[tuple, tuple[int, int]] = {}
+    round_best: dict[tuple, tuple[int, int]] = {}
     for (slot, own, prompt), key in zip(admitted, keys):
         leads = counts[key] > 1 and key not in seen
         seen.add(key)
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
-            lengths = common_prefix(tok, prompt, n, among=others)
-            k = int(lengths.argmax())
-            if lengths[k] > best:
-                best, lender = int(lengths[k]), int(others[k])
+            if key not in held_best:
+                lengths = common_prefix(tok, prompt, n, among=others)
+                k = int(lengths.argmax())
+                held_best[key] = int(lengths[k]), int(others[k])
+            length, k = held_best[key]
+            if length > best:
+                best, lender = length, k
         if round_slots and not leads and best + MIN_SAME_ROUND <= n:
-            lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
-            k = int(lengths.argmax())
-            if lengths[k] >= best + MIN_SAME_ROUND:
-                best, lender, second = int(lengths[k]), round_slots[k], True
+            length, k = round_best.get(key, (-1, -1))
+            if length < 0:
+                lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
+                i = int(lengths.argmax())
+                length, k = int(lengths[i]), round_slots[i]
+                if length == n:
+                    round_best[key] = length, k
+            if length >= best + MIN_SAME_ROUND:
+                best, lender, second = length, k, True
         if not second:
             round_rows[len(round_slots), :len(prompt)] = prompt
             round_slots.append(slot)

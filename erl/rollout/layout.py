@@ -1,0 +1,61 @@
+"""How the engine lays out a forward pass: which rows, how padded, in which shape buckets.
+Pure functions over token ids and slot numbers; the engine runs the forwards."""
+
+from __future__ import annotations
+
+import torch
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def row_bucket(n: int, most: int) -> int:
+    """Decode batch rows: the next power of two (at least 8), at most `most`."""
+    b = 8
+    while b < n:
+        b *= 2
+    return min(b, most)
+
+
+def prefill_chunks(admitted: list, budget: int) -> list[list]:
+    """(slot, reused tokens, prompt) items in chunks of at most `budget` padded tokens, sorted
+    by the length left to prefill so that a chunk pads little."""
+    chunks: list[list] = []
+    chunk: list = []
+    for item in sorted(admitted, key=lambda a: len(a[2]) - a[1]):
+        width = round_up(max(len(p) - u for _, u, p in chunk + [item]), 16)
+        if chunk and width * (len(chunk) + 1) > budget:
+            chunks.append(chunk)
+            chunk = []
+        chunk.append(item)
+    return chunks + [chunk] if chunk else chunks
+
+
+def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple:
+    """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
+    each row prefills its prompt past the reused tokens, padded to a multiple of 16."""
+    width = round_up(max(len(p) - u for _, u, p in chunk), 16)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    for i, (_, u, p) in enumerate(chunk):
+        ids[i, :len(p) - u] = torch.tensor(p[u:])
+    pos = torch.tensor([u for _, u, _ in chunk])[:, None] + torch.arange(width)[None, :]
+    keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
+    rows = torch.tensor([s for s, _, _ in chunk])
+    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
+    return ids, pos, rows, pos.clamp(max=cap - 1), keys, last
+
+
+def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:
+    """The rows of a decode step over the sorted active `slots`, and whether they are the first
+    len(rows) slots in order (a view of the cache, no gather). The first `span` slots hold every
+    active one: they run in place when that is at most span_ratio times the rows a gather would
+    take (on a GPU the gathered copy costs twice what attention reads). Otherwise the active
+    slots come first, padded with one idle slot to the row bucket."""
+    b = row_bucket(len(slots), n_slots)
+    span = row_bucket(slots[-1] + 1, n_slots)
+    if span <= span_ratio * b:
+        return list(range(span)), True
+    active = set(slots)
+    idle = next(s for s in range(n_slots) if s not in active)
+    return slots + [idle] * (b - len(slots)), False
