@@ -3,7 +3,6 @@ bit; on CPU the same bookkeeping runs with a recording that re-runs the forward,
 is recorded when, what a replay reads and when graphs are dropped is checked everywhere."""
 
 import contextlib
-import logging
 
 import pytest
 import torch
@@ -93,13 +92,16 @@ def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
         assert torch.allclose(forced_logprobs(model, p, g, 0.8), torch.tensor(g.logprobs), atol=1e-4)
 
 
-def test_a_recording_that_fails_leaves_eager_decoding_and_says_so(monkeypatch, caplog):
+def test_a_recording_that_fails_leaves_eager_decoding_and_says_so(monkeypatch):
+    from erl.rollout import graphs
+
+    seen = []  # the module's logger (erl's loggers may not propagate to pytest's capture)
+    monkeypatch.setattr(graphs.logger, "warning", lambda msg, *args: seen.append(msg % args))
     eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
     engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]), fail=True)
-    with caplog.at_level(logging.WARNING, logger="erl.rollout.graphs"):
-        got = sampled(engine)
+    got = sampled(engine)
     assert [g.token_ids for g in got] == [g.token_ids for g in eager] and not engine.graphs.enabled
-    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["RolloutEngine: CUDA graph recording failed"]
+    assert [m.split(" (")[0] for m in seen] == ["RolloutEngine: CUDA graph recording failed"]
     assert engine.stats["graphs_recorded"] == 0 and FakeGraph.replays == 0
 
 
