@@ -73,6 +73,8 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     longer = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
     assert engine.net.capacity > 128 and len(longer[0].token_ids) == 4
     assert engine.graphs.cache is engine.net.k[0] and not set(before) & set(engine.graphs.graphs)
+    engine.reset()  # a new phase: the cache goes, and with it the graphs and their hold on it
+    assert engine.graphs.graphs == {} and engine.graphs.cache is None
 
 
 def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):

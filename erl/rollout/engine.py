@@ -95,7 +95,6 @@ class RolloutEngine:
         self.prefill_budget = prefill_budget or (32768 if self.device.type == "cuda" else 2048)
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
-        self.reset()  # no slots yet
         self._worker: asyncio.Task | None = None
         try:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
@@ -103,6 +102,7 @@ class RolloutEngine:
             raise ValueError(f"RolloutEngine: {exc}") from None
         self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
+        self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
@@ -126,6 +126,8 @@ class RolloutEngine:
         self.clock, self._version = 0, -1
 
     def _drop_cache(self) -> None:
+        if self.graphs is not None:  # they read the old cache: free it with them
+            self.graphs.drop()
         self.net.k, self.net.v = [], []
         # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
         # last finished (least recently used slots are reused first).

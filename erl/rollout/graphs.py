@@ -38,12 +38,15 @@ class DecodeGraphs:
         self.captured = 0  # graphs recorded in this process (the benchmark reports it)
 
     def drop(self) -> None:
+        """Forget every graph (their memory goes back once nothing holds their outputs) and the
+        cache they read: held, it could neither be freed nor have its address reused."""
         self.graphs.clear()
-        self.pool = None  # memory of the dropped graphs goes back once nothing holds their outputs
+        self.pool = None
+        self.cache = None
 
     def __call__(self, cache: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None,
                  write: torch.Tensor, keys: int, last: torch.Tensor) -> torch.Tensor:
-        if cache is not self.cache:
+        if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
         key = (ids.shape[0], keys, rows is None)
