@@ -189,3 +189,23 @@ def test_decoding_a_span_of_slots_in_place_keeps_exact_logprobs(span_ratio):
     assert {view for _, view, _ in seen} == {True, False}
     wider = [n > least for n, view, least in seen if view]  # a span wider than a gather's rows
     assert any(wider) == (span_ratio == 2) and all(n <= span_ratio * least for n, _, least in seen)
+
+
+def test_out_of_memory_while_recording_is_the_engines_to_handle(monkeypatch):
+    """Running out of GPU memory while recording is not an unrecordable op: graphs stay on and the
+    engine's own remedy runs (half the slots, a new cache; the sequences in flight start over)."""
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    real = torch.cuda.graph
+    failures = iter([True])
+
+    @contextlib.contextmanager
+    def record(graph, pool=None):
+        if next(failures, False):
+            raise torch.OutOfMemoryError("CUDA out of memory while recording")
+        with real(graph, pool):
+            yield
+
+    monkeypatch.setattr(torch.cuda, "graph", record)
+    gens = sampled(engine)
+    assert engine.graphs.enabled and engine.max_slots == 8 and engine.stats["graphs_recorded"] > 0
+    assert len(gens) == 12 and all(len(g.token_ids) == 24 for g in gens)

@@ -76,6 +76,9 @@ class DecodeGraphs:
             with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
                                 cache_enabled=False), torch.cuda.graph(graph, pool=self.pool):
                 out = self.forward(inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
+        except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
+            self.drop()
+            raise
         except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
             logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
                            type(exc).__name__, str(exc).split("\n")[0])
