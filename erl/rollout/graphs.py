@@ -26,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 class DecodeGraphs:
     """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
-    key length, all slots or not) is met, recorded right after (recording runs no kernel, so
-    the KV write is not repeated), and replayed from then on."""
+    key length, slots in place or gathered) is met, recorded right after (recording runs no
+    kernel, so the KV write is not repeated), and replayed from then on."""
 
     def __init__(self, forward: Callable[..., torch.Tensor]):
         self.forward = forward
