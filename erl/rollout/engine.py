@@ -32,7 +32,7 @@ from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
-from erl.rollout.prefix import common_prefix, plan_sharing
+from erl.rollout.prefix import PrefixScan, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
 logger = logging.getLogger(__name__)
@@ -283,16 +283,13 @@ class RolloutEngine:
         self.used += [0] * (slots - self.n_slots)
         self.n_slots = slots
 
-    def _match(self, prompt: list[int], free: np.ndarray, taken: np.ndarray, used: np.ndarray,
-               scans: dict) -> int:
-        """The index in `free` of the untaken slot whose kept tokens share the longest prefix
-        with the prompt, least recently used among equals. At least one token is prefilled.
-        `scans`: prefix lengths over `free` by prompt, so a task's n equal prompts scan once."""
-        key = tuple(prompt)
-        if key not in scans:
-            scans[key] = (common_prefix(self.tok, prompt, len(prompt) - 1, among=free) if self.prefix_reuse
-                          else np.zeros(len(free), dtype=np.int64))
-        return int(np.lexsort((used, -scans[key], taken))[0])  # untaken, longest, least recently used
+    def _match(self, prompt: list[int], scan: PrefixScan | None, taken: np.ndarray, used: np.ndarray) -> tuple[int, int]:
+        """(index among the admission's free slots, reused tokens): the untaken slot whose kept
+        tokens share the longest prefix with the prompt, least recently used among equals. At
+        least one token is prefilled."""
+        lengths = scan.lengths(prompt) if scan is not None else np.zeros(len(taken), dtype=np.int64)
+        i = int(np.lexsort((used, -lengths, taken))[0])  # untaken, longest, least recently used
+        return i, int(lengths[i])
 
     def _weights_version(self) -> int:
         """Changes whenever any weight is written in place (optimizer step, weight sync, load)."""
@@ -315,14 +312,14 @@ class RolloutEngine:
         free_at = np.asarray(free, dtype=np.int64)
         taken = np.zeros(len(free), dtype=bool)
         used = np.asarray(self.used, dtype=np.int64)[free_at]
-        scans: dict = {}
+        scan = PrefixScan(self.tok, self.held, free_at) if self.prefix_reuse else None
         for _ in range(min(want, len(free))):
             req = self.waiting.popleft()
-            i = self._match(req.prompt, free_at, taken, used, scans)
+            i, reuse = self._match(req.prompt, scan, taken, used)
             taken[i] = True
             slot = int(free_at[i])
             self.active[slot] = req
-            admitted.append((slot, int(scans[tuple(req.prompt)][i]), req))
+            admitted.append((slot, reuse, req))
         self._ensure(self.n_slots, max(len(r.prompt) for _, _, r in admitted))
         if not (self.prefix_reuse and self.lend):
             self._prefill_all(admitted)

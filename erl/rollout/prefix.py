@@ -19,18 +19,20 @@ import numpy as np
 MIN_SAME_ROUND = 16
 
 
-def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None) -> np.ndarray:
+def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None,
+                  start: int = 0) -> np.ndarray:
     """For each row of token ids (padded with negatives), or each row listed in `among`, how
     many of the first n prompt tokens it starts with. Compared in growing column blocks, only
     the rows that match so far: most rows part from the prompt within its first tokens
     (another task's grid), and a thousand slots times a 600-token prompt, for each admitted
-    sequence, would cost more than it saves."""
+    sequence, would cost more than it saves. `start`: the rows are known to match the
+    prompt's first `start` tokens (PrefixScan), so comparing begins there."""
     n = min(n, rows.shape[1])
     want = np.asarray(prompt[:n], dtype=rows.dtype)
     alive = np.arange(rows.shape[0]) if among is None else np.asarray(among, dtype=np.int64)
     lengths = np.zeros(rows.shape[0], dtype=np.int64)
     order = alive.copy()
-    start, block = 0, 32
+    start, block = min(start, n), 32
     while alive.size and start < n:
         end = min(start + block, n)
         same = rows[alive, start:end] == want[None, start:end]
@@ -39,6 +41,37 @@ def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray
         alive, start, block = alive[full], end, block * 2
     lengths[alive] = n
     return lengths[order]
+
+
+class PrefixScan:
+    """Prefix lengths of prompts against fixed slots, for one admission. A slot that holds
+    nothing matches nothing; the tokens that every holding slot starts with (the system prompt
+    every ERL prompt shares) are compared with a prompt once, not once per slot; equal prompts
+    (a task's n samples) scan once. The lengths are common_prefix's, only cheaper."""
+
+    def __init__(self, tok: np.ndarray, held: list[int], slots: np.ndarray):
+        self.tok, self.slots = tok, np.asarray(slots, dtype=np.int64)
+        held_here = np.asarray(held, dtype=np.int64)[self.slots] if len(self.slots) else np.zeros(0, np.int64)
+        self.live = np.nonzero(held_here > 0)[0]
+        self.head: list[int] = []
+        if len(self.live):
+            block = tok[self.slots[self.live], :int(held_here[self.live].min())]
+            differs = (block != block[0]).any(axis=0)
+            self.head = block[0, :int(differs.argmax()) if differs.any() else block.shape[1]].tolist()
+        self.memo: dict[tuple, np.ndarray] = {}
+
+    def lengths(self, prompt: list[int]) -> np.ndarray:
+        """Over `slots`, in order: how many of the prompt's tokens but its last each starts with."""
+        key = tuple(prompt)
+        if key not in self.memo:
+            out = np.zeros(len(self.slots), dtype=np.int64)
+            if len(self.live):
+                k = len(self.head)
+                start = k if prompt[:k] == self.head else 0
+                out[self.live] = common_prefix(self.tok, prompt, len(prompt) - 1, among=self.slots[self.live],
+                                               start=start)
+            self.memo[key] = out
+        return self.memo[key]
 
 
 @dataclass
@@ -67,9 +100,9 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
     round_slots: list[int] = []
     plan = Plan([], [], [])
-    # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan,
-    # and a round lender that holds the whole prompt stays the first to do so.
-    held_best: dict[tuple, tuple[int, int]] = {}
+    # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan
+    # (PrefixScan), and a round lender that holds the whole prompt stays the first to do so.
+    held_scan = PrefixScan(tok, held, others)
     round_best: dict[tuple, tuple[int, int]] = {}
     for (slot, own, prompt), key in zip(admitted, keys):
         leads = counts[key] > 1 and key not in seen
@@ -77,13 +110,10 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
-            if key not in held_best:
-                lengths = common_prefix(tok, prompt, n, among=others)
-                k = int(lengths.argmax())
-                held_best[key] = int(lengths[k]), int(others[k])
-            length, k = held_best[key]
-            if length > best:
-                best, lender = length, k
+            lengths = held_scan.lengths(prompt)
+            k = int(lengths.argmax())
+            if lengths[k] > best:
+                best, lender = int(lengths[k]), int(others[k])
         if round_slots and not leads and best + MIN_SAME_ROUND <= n:
             length, k = round_best.get(key, (-1, -1))
             if length < 0:
