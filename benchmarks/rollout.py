@@ -170,7 +170,7 @@ def erl_workload(args) -> None:
     memory = copy.deepcopy(trainer.memory)
     rates = {}
     names = args.engines.split(",")
-    for name in names:
+    for index, name in enumerate(names):
         name, *opts = name.split("+")  # engine+admit_ratio=0.5: an engine attribute set for this run
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
         own = kind == "engine-own"  # the engine without KV lent between slots
@@ -189,7 +189,7 @@ def erl_workload(args) -> None:
         seed_all(trainer.seed)
         for part in ("eval", "collect"):
             policy.reset_stats()
-            profile = args.profile_cuda and part == "eval" and name == names[-1]
+            profile = args.profile_cuda and part == "eval" and index == len(names) - 1
             with cuda_profile(profile):
                 t = time.perf_counter()
                 if part == "eval":
