@@ -25,6 +25,14 @@ def check_ints(section: str, obj: Any, names: tuple, minimum: int) -> None:
             raise ConfigError(f"{section}.{name} must be an integer >= {minimum}, got {v!r}")
 
 
+def check_bools(section: str, obj: Any, names: tuple) -> None:
+    """Each named attribute of `obj` is true or false (YAML's `yes` or a 1 is not)."""
+    for name in names:
+        v = getattr(obj, name)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{section}.{name} must be true or false, got {v!r}")
+
+
 def check_numbers(section: str, obj: Any, names: tuple) -> None:
     """Each named attribute of `obj` is a finite number >= 0 (nan and inf compare false, so a
     plain `v < 0` lets them through)."""

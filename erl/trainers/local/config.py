@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
+from erl.core.config import ConfigError, check_bools, check_ints, check_keys, check_numbers
 from erl.core.losses import LossSettings, loss_setting_errors
 from erl.rollout.compiling import check_mode
 
@@ -68,10 +68,7 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        if not isinstance(self.rollout_cuda_graphs, bool):
-            raise ConfigError(f"trainer.rollout_cuda_graphs must be true or false, got {self.rollout_cuda_graphs!r}")
-        if not isinstance(self.rollout_merge_lora, bool):
-            raise ConfigError(f"trainer.rollout_merge_lora must be true or false, got {self.rollout_merge_lora!r}")
+        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora"))
         if not isinstance(self.rollout_compile, bool):
             try:
                 check_mode(str(self.rollout_compile))

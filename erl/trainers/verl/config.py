@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from erl.core.config import ConfigError, ErlConfig, check_ints, check_keys
+from erl.core.config import ConfigError, ErlConfig, check_bools, check_ints, check_keys
 from erl.core.losses import LossSettings
 from erl.trainers.verl.loss import loss_settings
 
@@ -83,8 +83,7 @@ class ErlTrainerConfig:
         out = cls(**check_keys("erl_trainer", data, cls))
         check_ints("erl_trainer", out, ("eval_tasks", "max_context_tokens"), 1)
         check_ints("erl_trainer", out, ("log_episodes",), 0)
-        if not isinstance(out.progress, bool):
-            raise ConfigError(f"erl_trainer.progress must be true or false, got {out.progress!r}")
+        check_bools("erl_trainer", out, ("progress",))
         if not out.memory_actor or not isinstance(out.memory_actor, str):
             raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
         if isinstance(out.seed, bool) or not isinstance(out.seed, int) or out.seed < 0:
