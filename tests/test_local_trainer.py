@@ -275,21 +275,41 @@ def test_micro_batching_gives_the_full_batch_gradient(tmp_path):
     from erl.core.samples import episode_to_samples
     from erl.trainers.local.run import build
 
-    def trainer_with(micro: int):
-        cfg = base_cfg(tmp_path / str(micro), micro_batch_size=micro, grad_clip=0.0)
+    def trainer_with(micro: int, tokens: int = 0):
+        cfg = base_cfg(tmp_path / f"{micro}-{tokens}", micro_batch_size=micro, micro_batch_tokens=tokens,
+                       grad_clip=0.0)
         return build(cfg)[0]
 
-    small, full = trainer_with(1), trainer_with(64)
+    small, full, budget = trainer_with(1), trainer_with(64), trainer_with(64, tokens=60)
     rows = [r for ep in small.collect(small.next_tasks()) for r in episode_to_samples(ep)]
     for i, r in enumerate(rows):  # rewards that differ within every group: non-zero advantages
         r.reward = float(i % 2)
     grads = []
-    for t in (small, full):
+    for t in (small, full, budget):
         t.optimizer.step = lambda: None  # keep the accumulated gradient instead of applying it
         t.update(rows)
         grads.append(torch.cat([p.grad.flatten() for p in t.model.parameters() if p.grad is not None]))
     assert grads[0].abs().sum() > 0
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads[2], grads[1], rtol=1e-4, atol=1e-7)  # a token budget: other chunks, same sum
+
+
+def test_micro_batches_hold_at_most_their_rows_and_padded_tokens():
+    from erl.core.types import Segment, TokenSample
+    from erl.trainers.local.batch import micro_batch_indices
+
+    def row(p: int, r: int) -> TokenSample:
+        return TokenSample(prompt_ids=[1] * p, response_ids=[2] * r, response_mask=[1] * r, logprobs=[0.0] * r,
+                           segment=Segment.ATTEMPT1, reward=0.0)
+
+    rows = [row(5, 5), row(2, 2), row(3, 9), row(8, 1), row(2, 3)]  # totals 10, 4, 12, 9, 5
+    # by length: 1 (4), 4 (5), 3 (9), 0 (10), 2 (12); rows only: 2 a chunk
+    assert micro_batch_indices(rows, 2) == [[1, 4], [3, 0], [2]]
+    # 20 padded tokens: [1, 4] is 2 x (2 + 3) = 10; + row 3 -> 3 x (8 + 3) = 33 > 20; [3, 0] is 2 x (8 + 5) = 26 > 20
+    assert micro_batch_indices(rows, 8, max_tokens=20) == [[1, 4], [3], [0], [2]]
+    assert micro_batch_indices(rows, 8, max_tokens=33) == [[1, 4, 3], [0, 2]]  # 33; then 2 x (5 + 9) = 28
+    assert micro_batch_indices(rows, 8, max_tokens=3) == [[1], [4], [3], [0], [2]]  # too long: alone
+    assert micro_batch_indices(rows, 8, kinds=[0, 1, 0, 1, 1], max_tokens=28) == [[0, 2], [1, 4], [3]]
 
 
 def test_erl_eval_command_prints_a_table_and_writes_json(tmp_path):

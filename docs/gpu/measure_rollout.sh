@@ -13,6 +13,8 @@
 #              the engine's split of its time (decode, prefill, admission planning)
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
+#   update     benchmarks/update_batches.py: one ERL step's update at several micro-batch settings, and
+#              a cProfile of its collect (the host's split of a rollout)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export PYTHONPATH=$PWD:/tmp/ov/site PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -35,6 +37,9 @@ for p in ${@:-bench workload step step_graph}; do
     step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
-    *) echo "measure_rollout.sh: unknown part '$p' (bench, bench_compiled, workload, profile, step, step_graph)" >&2; exit 2 ;;
+    update) part update 200 python3 benchmarks/update_batches.py --set preset=gpu --set model.path="$SMOLLM" \
+              --profile-collect 45 ;;
+    *) echo "measure_rollout.sh: unknown part '$p' (bench, bench_compiled, workload, profile, step, step_graph, update)" >&2
+       exit 2 ;;
   esac
 done

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from erl.core.logprobs import token_logprobs
 from erl.core.losses import token_entropy
 from erl.core.padding import pad_rows
 from erl.core.types import TokenSample
@@ -74,19 +75,36 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
     logits = out.logits[:, :-1, :].float()
     if temperature > 0:
         logits = logits / temperature
+    if not with_entropy:  # no [B, R, vocab] log-softmax and gradient of it kept: larger micro-batches fit
+        return token_logprobs(logits, batch.responses), None
     logp = torch.log_softmax(logits, dim=-1)
     chosen = logp.gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
-    return chosen, (token_entropy(logp) if with_entropy else None)
+    return chosen, token_entropy(logp)
 
 
-def micro_batch_indices(samples: list[TokenSample], size: int, kinds: list[int] | None = None) -> list[list[int]]:
+def micro_batch_indices(samples: list[TokenSample], size: int, kinds: list[int] | None = None,
+                        max_tokens: int = 0) -> list[list[int]]:
     """Row indices sorted by length so each micro-batch pads little; deterministic order.
     `kinds`: rows of different kinds never share a micro-batch (the trainer keeps distillation
-    rows, policy-gradient rows and rows with no gradient apart, so it can skip the last)."""
+    rows, policy-gradient rows and rows with no gradient apart, so it can skip the last).
+    `max_tokens` > 0: a micro-batch also holds at most this many padded tokens (rows x (longest
+    prompt + longest response), the PaddedBatch it becomes), as verl's dynamic batch size does:
+    many short rows or few long ones, one launch-bound pass each; a longer row goes alone."""
     kinds = kinds or [0] * len(samples)
-    chunks = []
+    chunks: list[list[int]] = []
     for kind in sorted(set(kinds)):
         rows = [i for i in range(len(samples)) if kinds[i] == kind]
         order = sorted(rows, key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids))
-        chunks += [order[k:k + size] for k in range(0, len(order), size)]
+        chunk: list[int] = []
+        width_p = width_r = 0
+        for i in order:
+            p = max(width_p, len(samples[i].prompt_ids))
+            r = max(width_r, len(samples[i].response_ids))
+            if chunk and (len(chunk) == size or (max_tokens and (len(chunk) + 1) * (p + r) > max_tokens)):
+                chunks.append(chunk)
+                chunk, p, r = [], len(samples[i].prompt_ids), len(samples[i].response_ids)
+            chunk.append(i)
+            width_p, width_r = p, r
+        if chunk:
+            chunks.append(chunk)
     return chunks

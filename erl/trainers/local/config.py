@@ -21,6 +21,7 @@ class LocalTrainerConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     micro_batch_size: int = 8
+    micro_batch_tokens: int = 0  # > 0: also at most this many padded tokens a micro-batch (verl's dynamic bsz)
     ppo_epochs: int = 1
     # the loss's keys, under LossSettings' names and with its defaults (declared there)
     clip_low: float = LossSettings.clip_low
@@ -57,7 +58,7 @@ class LocalTrainerConfig:
         check_ints("trainer", self, ("total_steps", "tasks_per_step", "micro_batch_size", "ppo_epochs",
                                      "gen_batch_size", "max_context_tokens", "eval_tasks"), 1)
         check_ints("trainer", self, ("warmup_steps", "eval_every", "save_every", "keep_checkpoints",
-                                     "max_consecutive_skips", "log_episodes"), 0)
+                                     "max_consecutive_skips", "log_episodes", "micro_batch_tokens"), 0)
         check_numbers("trainer", self, ("lr", "weight_decay", "grad_clip", "eval_temperature", "time_budget_s",
                                         "save_every_minutes"))
         if self.lr <= 0:

@@ -130,7 +130,7 @@ class LocalTrainer(ErlDriver):
         idle = (self.loss.idle_rows(adv.cpu(), segments) if cfg.ppo_epochs == 1
                 else torch.zeros(len(samples), dtype=torch.bool))
         kinds = [2 if idle[i] else int(segments[i] == DISTILL_ID) for i in range(len(samples))]
-        chunks = micro_batch_indices(samples, cfg.micro_batch_size, kinds)
+        chunks = micro_batch_indices(samples, cfg.micro_batch_size, kinds, cfg.micro_batch_tokens)
         skip = [bool(idle[idx].all()) for idx in chunks]
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
