@@ -166,6 +166,42 @@ def test_a_finished_slot_is_refilled_while_others_decode():
     assert engine.stats["sequences"] == 4 and engine.stats["generated_tokens"] == 18
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_overlap_lets_episodes_run_while_a_step_decodes_and_their_next_turn_joins_one_step_later(overlap):
+    """A decodes 10 tokens alone; B takes two turns of 2, and reads the engine's step count when
+    its second ends. Without overlap B's second turn is admitted at step 2 (its first ended at
+    step 1), ends there, and B reads 2. With overlap B runs its host code while step 2 decodes,
+    so its second turn joins at step 3, and B wakes while step 4 decodes: it reads 4. Tokens
+    and log-probs stay exact either way, and the run is the same every time (no timing in it)."""
+    model = model_of()
+    a_prompt, b_prompt = prompts(2)
+
+    def run():
+        engine = RolloutEngine(model, TOK, slots=2, stop_ids=[], overlap=overlap)
+        params = SamplingParams(max_new_tokens=2, temperature=1.0)
+
+        async def b_episode():
+            first = await engine.generate(b_prompt, params)
+            second_prompt = b_prompt + first.token_ids + prompts(3)[2]
+            second = await engine.generate(second_prompt, params)
+            return second_prompt, second, engine.stats["decode_steps"]
+
+        async def go():
+            a = engine.generate(a_prompt, SamplingParams(max_new_tokens=10, temperature=1.0))
+            return await asyncio.gather(a, b_episode())
+
+        torch.manual_seed(3)
+        return engine, asyncio.run(go())
+
+    engine, (a, (b2_prompt, b2, b2_step)) = run()
+    assert b2_step == (4 if overlap else 2)
+    assert engine.stats["decode_steps"] == 9 and engine.stats["batches"] == 2
+    for prompt, gen in ((a_prompt, a), (b2_prompt, b2)):
+        assert torch.allclose(forced_logprobs(model, prompt, gen, 1.0), torch.tensor(gen.logprobs), atol=1e-4)
+    _, (a_again, (_, b2_again, _)) = run()
+    assert (a_again.token_ids, b2_again.token_ids) == (a.token_ids, b2.token_ids)
+
+
 def test_next_turn_prefills_only_its_new_tokens_and_matches_a_fresh_prefill():
     model = model_of()
     engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])

@@ -61,12 +61,14 @@ class RolloutEngine:
     only the KV it holds itself, never another slot's (for measuring what lending saves);
     `refresh`: called before each admission to bring `model` up to date (erl.rollout.merged: a
     LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
-    forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time)."""
+    forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time);
+    `overlap` (default: on CUDA): while the GPU decodes a step, the episodes woken by the step
+    before run their host code (templates, env steps), so their new requests join one step later."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -89,6 +91,8 @@ class RolloutEngine:
         # (docs/gpu/rollout_graphs/workload_graphs.txt); on CPU a forward costs by its rows.
         self.admit_ratio, self.admit_wait = (1.0 if self.device.type == "cuda" else 0.0), 8
         self.span_ratio = 2 if self.device.type == "cuda" else 1  # see _decode_step
+        # On a CPU the forward runs in the host thread: nothing to overlap, and requests join sooner.
+        self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.compile = bool(compile)
         self.key_bucket = key_bucket
         # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
@@ -183,8 +187,13 @@ class RolloutEngine:
                     size = len(self.waiting)
                     for _ in range(2):
                         await asyncio.sleep(0)
-            self.step()
-            await asyncio.sleep(0)  # episodes submit their next turns while others decode
+            if self.overlap:
+                pending = self.launch()
+                await asyncio.sleep(0)  # episodes run their host code while the GPU decodes
+                self.finish(pending)
+            else:
+                self.step()
+                await asyncio.sleep(0)  # episodes submit their next turns while others decode
 
     def _fail(self, exc: BaseException) -> None:
         """Fail every pending request and start clean (a half-written cache is not reused)."""
@@ -210,12 +219,18 @@ class RolloutEngine:
 
     # ---- one engine step ---------------------------------------------------------------
     def step(self) -> None:
+        """Admit waiting requests, decode one token for every active sequence, deliver them."""
+        self.finish(self.launch())
+
+    def launch(self) -> tuple | None:
+        """The step up to its decode forward and sampling, queued on the device and not waited
+        for; `finish` takes the tokens. None: nothing to finish (no sequence decoding)."""
         start = time.perf_counter()
         try:
-            self._step()
+            return self._launch()
         except torch.OutOfMemoryError as exc:
             if self._shrink(exc):
-                return
+                return None
             # one slot does not fit: say what to change; _run / generate_batch fail the requests
             raise torch.OutOfMemoryError(
                 f"RolloutEngine: out of GPU memory with a KV cache of {self.n_slots} slots x {self.net.capacity} "
@@ -225,17 +240,26 @@ class RolloutEngine:
         finally:
             self.stats["generate_seconds"] += time.perf_counter() - start
 
-    def _step(self) -> None:
+    def finish(self, pending: tuple | None) -> None:
+        if pending is None:
+            return
+        start = time.perf_counter()
+        self._deliver(*pending)
+        spent = time.perf_counter() - start
+        self.stats["decode_seconds"] += spent
+        self.stats["generate_seconds"] += spent
+
+    def _launch(self) -> tuple | None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
             free = self.max_slots - len(self.active)
             enough = min(free, max(8, int(self.admit_ratio * len(self.active))))
             if self.waiting and free and (not self.active or len(self.waiting) >= enough
                                           or self.waiting[0].waited >= self.admit_wait):
                 self._admit()
-            if self.active:
-                self._decode_step()
+            pending = self._decode_step() if self.active else None
             for req in self.waiting:
                 req.waited += 1
+        return pending
 
     def _shrink(self, exc: BaseException) -> bool:
         """Out of GPU memory: halve the slots (as HFPolicy halves its batch), free the cache and
@@ -355,7 +379,7 @@ class RolloutEngine:
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_seconds"] += time.perf_counter() - start
 
-    def _decode_step(self) -> None:
+    def _decode_step(self) -> tuple:
         start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
@@ -391,15 +415,30 @@ class RolloutEngine:
             self.tok[s, self.held[s]] = self.active[s].out[-1]
             self.held[s] += 1
         index = slots if full else list(range(len(slots)))  # gathered: active slots come first
-        self._take(slots, logits[torch.tensor(index, device=dev)])
+        pending = self._sampled(slots, logits[torch.tensor(index, device=dev)])
         self.stats["decode_steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - start
+        return pending
 
     # ---- sampling --------------------------------------------------------------------
+    def _sampled(self, slots: list[int], logits: torch.Tensor) -> tuple:
+        """One token per slot sampled from its logits [n, vocab], on their way to the host."""
+        tokens, logps = sample(logits, [self.active[s].params for s in slots])
+        if logits.device.type != "cuda":
+            return slots, tokens, logps, None
+        done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
+        tokens, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
+        done.record()
+        return slots, tokens, logps, done
+
     def _take(self, slots: list[int], logits: torch.Tensor) -> None:
-        """Sample one token per slot from its logits [n, vocab]; finish sequences that end."""
+        self._deliver(*self._sampled(slots, logits))
+
+    def _deliver(self, slots: list[int], tokens: torch.Tensor, logps: torch.Tensor, done: Any) -> None:
+        """Append each slot's sampled token; finish the sequences that end."""
+        if done is not None:
+            done.synchronize()
         reqs = [self.active[s] for s in slots]
-        tokens, logps = sample(logits, [r.params for r in reqs])
         for s, req, t, lp in zip(slots, reqs, tokens.tolist(), logps.tolist()):
             req.out.append(t)
             req.logps.append(lp)

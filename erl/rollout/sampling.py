@@ -43,25 +43,27 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
-    top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy)."""
+    top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy),
+    on logits' device: which branches run is read from `params` on the host, so nothing here
+    waits for the GPU and the engine can overlap the next step's host work with this one."""
     dev = logits.device
     temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
     greedy = temps == 0
     scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     logp = torch.log_softmax(scaled, dim=-1)
     tokens = logits.argmax(-1)
-    if not bool(greedy.all()):
+    if any(p.temperature != 0 for p in params):
         cut = scaled.clone()
         top_k = [int(p.extra.get("top_k") or 0) for p in params]
         if any(top_k):
             k = torch.tensor([t if t > 0 else cut.shape[-1] for t in top_k], device=dev)
             kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
             cut = cut.masked_fill(cut < kth, float("-inf"))
-        top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
-        if bool((top_p < 1).any()):
+        if any(p.top_p < 1 for p in params):
+            top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
             probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
             drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
             cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         drawn = draw(torch.softmax(cut, dim=-1))
         tokens = torch.where(greedy, tokens, drawn)
-    return tokens.cpu(), logp.gather(-1, tokens[:, None]).squeeze(-1).cpu()
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
