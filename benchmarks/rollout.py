@@ -184,11 +184,15 @@ def erl_workload(args) -> None:
                 raise SystemExit(f"--engines: {type(policy).__name__} has no attribute {key!r}")
             setattr(policy, key, type(getattr(policy, key))(float(value)))
         name = "+".join([name, *opts])
+        requests: list = []
+        if args.ceiling and index == len(names) - 1:
+            policy.generate = recorded(policy.generate, requests)
         trainer.policy = trainer.workflow.policy = policy  # the workflow's chat tokenizer stays: same tokenizer
         trainer.memory = trainer.workflow.memory = copy.deepcopy(memory)
         seed_all(trainer.seed)
         for part in ("eval", "collect"):
             policy.reset_stats()
+            requests.clear()  # the ceiling runs the collect's requests
             profile = args.profile_cuda and part == "eval" and index == len(names) - 1
             with cuda_profile(profile):
                 t = time.perf_counter()
@@ -221,6 +225,58 @@ def erl_workload(args) -> None:
     for part in ("eval", "collect"):
         for a in names[1:]:
             print(f"ratio {part} wall {names[0]} / {a}: {rates[(names[0], part)] / rates[(a, part)]:.2f}")
+    if args.ceiling:
+        made = sum(n for _, n in requests)
+        inside = made / rates[(names[-1], "collect")]
+        best, raw = static_ceiling(trainer.model, trainer.tokenizer, requests, args.batch or 512, trainer.device)
+        print(f"{names[-1]} inside the trainer's collect: {inside:,.0f} generated tok/s (collect wall time); static-cache "
+              f"compiled generate on the same {len(requests)} requests, batches of {args.batch or 512}: {best:,.0f} tok/s "
+              f"of requested tokens ({raw:,.0f} counting every row's padded steps); ratio {inside / best:.2f}", flush=True)
+
+
+def recorded(generate, requests: list):
+    """`generate` that also notes each request's prompt and how many tokens it produced."""
+    async def call(prompt_ids, params):
+        gen = await generate(prompt_ids, params)
+        requests.append((list(prompt_ids), len(gen.token_ids)))
+        return gen
+    return call
+
+
+def static_ceiling(model, tok, requests: list, batch: int, device) -> tuple[float, float]:
+    """Static-cache compiled `generate` over recorded (prompt, produced tokens) requests: sorted
+    by produced tokens, in batches of `batch`, each generating its longest request's count
+    (rounded up to 16, so few shapes compile); prompts left-padded to one width. Run twice, the
+    second timed. Returns (requested tokens / s, batch rows x steps / s)."""
+    from transformers import GenerationConfig
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    width = -(-max(len(p) for p, _ in requests) // 64) * 64
+    order = sorted(requests, key=lambda r: r[1])
+    groups = [order[i:i + batch] for i in range(0, len(order), batch)]
+    was_training = model.training
+    model.eval()
+    total = raw = 0
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for timed_pass in (False, True):
+            start = time.perf_counter()
+            for group in groups:
+                new = -(-max(n for _, n in group) // 16) * 16
+                ids = torch.full((len(group), width), pad)
+                att = torch.zeros((len(group), width), dtype=torch.long)
+                for i, (p, _) in enumerate(group):
+                    ids[i, width - len(p):] = torch.tensor(p)
+                    att[i, width - len(p):] = 1
+                cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0,
+                                       top_k=0, pad_token_id=pad, eos_token_id=None, cache_implementation="static")
+                model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=cfg)
+                if timed_pass:
+                    total += sum(n for _, n in group)
+                    raw += len(group) * new
+            sync(device)
+            dt = time.perf_counter() - start
+    model.train(was_training)
+    return total / dt, raw / dt
 
 
 @contextlib.contextmanager
@@ -262,6 +318,9 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
     ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
                          "engine:<torch.compile mode>, engine-own: no KV lent between slots, engine-eager: no CUDA graphs; +attr=value sets an engine attribute, e.g. engine+admit_ratio=0.5)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="--workload erl: also run static-cache compiled generate on the requests of the last "
+                         "policy's collect (batches of --batch, default 512) and print the ratio")
     ap.add_argument("--profile-cuda", action="store_true",
                     help="--workload erl: torch.profiler over the last policy's eval (GPU time by kernel)")
     ap.add_argument("--wait-policies", default=None,
