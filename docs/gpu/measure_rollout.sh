@@ -13,6 +13,8 @@
 #              the engine's split of its time (decode, prefill, admission planning)
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
+#   ceiling    the engine's generated tokens/s inside the trainer's ERL collect at preset=gpu against
+#              static-cache compiled `generate` on the same requests, batches of 512
 #   update     benchmarks/update_batches.py: one ERL step's update at several micro-batch settings, and
 #              a cProfile of its collect (the host's split of a rollout)
 set -uo pipefail
@@ -37,9 +39,12 @@ for p in ${@:-bench workload step step_graph}; do
     step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
+    ceiling) part ceiling 300 python3 benchmarks/rollout.py --workload erl --set preset=gpu --set model.path="$SMOLLM" \
+               --engines engine --ceiling --batch 512 ;;
     update) part update 200 python3 benchmarks/update_batches.py --set preset=gpu --set model.path="$SMOLLM" \
-              --profile-collect 45 ;;
-    *) echo "measure_rollout.sh: unknown part '$p' (bench, bench_compiled, workload, profile, step, step_graph, update)" >&2
+              --profile-collect 45 \
+              --micro 32:0 128:0 1024:16384 1024:32768 1024:65536 ;;
+    *) echo "measure_rollout.sh: unknown part '$p' (bench, bench_compiled, workload, profile, step, step_graph, ceiling, update)" >&2
        exit 2 ;;
   esac
 done
