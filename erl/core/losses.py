@@ -54,10 +54,20 @@ def aggregate(loss_mat: torch.Tensor, mask: torch.Tensor, mode: str = "token-mea
     raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {mode!r}")
 
 
-def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
-                  loss_agg_mode: str = "token-mean", clip_ratio_c: float = CLIP_RATIO_C,
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+def floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def ppo_clip_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+    """ppo_clip_terms with its metrics as floats."""
+    loss, metrics = ppo_clip_terms(*args, **kwargs)
+    return loss, floats(metrics)
+
+
+def ppo_clip_terms(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                   mask: torch.Tensor, clip_low: float = 0.2, clip_high: float = 0.28,
+                   loss_agg_mode: str = "token-mean", clip_ratio_c: float = CLIP_RATIO_C,
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)) per token, r = pi / pi_old, and for
     A < 0 at most -A * clip_ratio_c (dual-clip).
 
@@ -82,8 +92,7 @@ def ppo_clip_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages
         clipfrac = masked_mean((clipped > unclipped).float(), mask)
         clipfrac_lower = masked_mean((negative & (losses > -adv * clip_ratio_c)).float(), mask)
         approx_kl = masked_mean(-log_ratio, mask)
-    return loss, {"pg_clipfrac": float(clipfrac), "pg_clipfrac_lower": float(clipfrac_lower),
-                  "ppo_kl": float(approx_kl)}
+    return loss, {"pg_clipfrac": clipfrac, "pg_clipfrac_lower": clipfrac_lower, "ppo_kl": approx_kl}
 
 
 def distill_nll_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -214,13 +223,19 @@ def needs_old_logprobs(ppo_epochs: int) -> bool:
     return ppo_epochs > 1
 
 
-def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
-                   response_mask: torch.Tensor, segment_ids: torch.Tensor, *, distill_mode: str = "sft",
-                   distill_coef: float = 1.0, clip_low: float = 0.2, clip_high: float = 0.28,
-                   clip_ratio_c: float = CLIP_RATIO_C, ref_logprobs: torch.Tensor | None = None,
-                   kl_coef: float = 0.0, kl_kind: str = "low_var_kl", loss_agg_mode: str = "token-mean",
-                   entropy: torch.Tensor | None = None, entropy_coeff: float = 0.0,
-                   ) -> tuple[torch.Tensor, dict[str, float]]:
+def erl_actor_loss(*args, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
+    """erl_actor_terms with its metrics as floats (each a wait for the device)."""
+    total, metrics = erl_actor_terms(*args, **kwargs)
+    return total, floats(metrics)
+
+
+def erl_actor_terms(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, advantages: torch.Tensor,
+                    response_mask: torch.Tensor, segment_ids: torch.Tensor, *, distill_mode: str = "sft",
+                    distill_coef: float = 1.0, clip_low: float = 0.2, clip_high: float = 0.28,
+                    clip_ratio_c: float = CLIP_RATIO_C, ref_logprobs: torch.Tensor | None = None,
+                    kl_coef: float = 0.0, kl_kind: str = "low_var_kl", loss_agg_mode: str = "token-mean",
+                    entropy: torch.Tensor | None = None, entropy_coeff: float = 0.0,
+                    has_distill: bool | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """policy-gradient loss + kl_coef * KL - entropy_coeff * entropy + distill_coef * NLL.
 
     sft mode: distill rows are excluded from the policy-gradient term (so they do not
@@ -228,7 +243,10 @@ def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ad
     are ordinary policy-gradient rows (their advantage is max(r2, 0)); no NLL term.
     The KL and entropy terms cover every generated token, as in verl. `entropy` is the
     per-token entropy [B, T], needed only when entropy_coeff != 0. `old_logprobs` None: an
-    on-policy update (needs_old_logprobs), whose old policy is the current one.
+    on-policy update (needs_old_logprobs), whose old policy is the current one. Metrics are
+    detached 0-dim tensors, so a trainer can sum them over micro-batches without waiting for
+    the device; `has_distill`: whether a distillation row has a trained token, if the caller
+    knows (None: read from the tensors, which waits).
     """
     if old_logprobs is None:
         old_logprobs = logprobs.detach()
@@ -240,27 +258,29 @@ def erl_actor_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor | None, ad
         pg_mask, sft_mask = mask, torch.zeros_like(mask)
     else:
         raise ValueError(f"distill_mode must be sft, raft or none, got {distill_mode!r}")
-    pg_loss, metrics = ppo_clip_loss(logprobs, old_logprobs, advantages, pg_mask, clip_low, clip_high,
+    pg_loss, metrics = ppo_clip_terms(logprobs, old_logprobs, advantages, pg_mask, clip_low, clip_high,
                                      loss_agg_mode, clip_ratio_c)
     total = pg_loss
-    metrics["pg_loss"] = float(pg_loss.detach())
+    metrics["pg_loss"] = pg_loss.detach()
     if ref_logprobs is not None and kl_coef > 0:
         kl = aggregate(kl_penalty(logprobs, ref_logprobs, kl_kind), mask, loss_agg_mode)
         total = total + kl_coef * kl
-        metrics["kl"] = float(kl.detach())
+        metrics["kl"] = kl.detach()
     if entropy_coeff != 0:
         if entropy is None:
             raise ValueError("erl_actor_loss: entropy_coeff != 0 needs the per-token entropy")
         ent = aggregate(entropy, mask, loss_agg_mode)
         total = total - entropy_coeff * ent
-        metrics["entropy"] = float(ent.detach())
+        metrics["entropy"] = ent.detach()
     elif entropy is not None:
-        metrics["entropy"] = float(aggregate(entropy.detach(), mask, loss_agg_mode))
-    if distill_mode == "sft" and bool(sft_mask.any()):
+        metrics["entropy"] = aggregate(entropy.detach(), mask, loss_agg_mode)
+    if has_distill is None:
+        has_distill = bool(sft_mask.any())
+    if distill_mode == "sft" and has_distill:
         nll = distill_nll_loss(logprobs, sft_mask)
         total = total + distill_coef * nll
-        metrics["distill_nll"] = float(nll.detach())
-    metrics["total"] = float(total.detach())
+        metrics["distill_nll"] = nll.detach()
+    metrics["total"] = total.detach()
     return total, metrics
 
 

@@ -31,7 +31,7 @@ from erl.models.chat import ChatTokenizer
 from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
+from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket, to_device
 from erl.rollout.prefix import PrefixScan, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
@@ -368,7 +368,7 @@ class RolloutEngine:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
         inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
-        logits = self.net.forward(*(t.to(self.device) if torch.is_tensor(t) else t for t in inputs))
+        logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt
@@ -400,8 +400,10 @@ class RolloutEngine:
         graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
-        pos_t = torch.tensor(pos, device=dev)[:, None]
-        args = (torch.tensor(ids, device=dev)[:, None], pos_t, None if full else torch.tensor(rows, device=dev), pos_t,
+        # every input is on the GPU before the forward is queued: a copy after it would wait for it
+        index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
+        pos_t = to_device(pos, dev)[:, None]
+        args = (to_device(ids, dev)[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         if self.graphs is not None:
             recorded = self.graphs.captured
@@ -414,8 +416,7 @@ class RolloutEngine:
         for s in slots:
             self.tok[s, self.held[s]] = self.active[s].out[-1]
             self.held[s] += 1
-        index = slots if full else list(range(len(slots)))  # gathered: active slots come first
-        pending = self._sampled(slots, logits[torch.tensor(index, device=dev)])
+        pending = self._sampled(slots, logits[index])
         self.stats["decode_steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - start
         return pending

@@ -6,6 +6,17 @@ from __future__ import annotations
 import torch
 
 
+def to_device(values, device: torch.device | str, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Host values (a list or a CPU tensor) as a tensor on `device`. To a GPU through pinned
+    memory without waiting: a copy from pageable memory synchronizes the stream, so the host
+    would wait for every kernel queued before it (the engine's decode step, the update's last
+    micro-batch) instead of preparing the next one meanwhile."""
+    t = values.to(dtype) if torch.is_tensor(values) else torch.tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from erl.core.interfaces import SamplingParams
+from erl.rollout.layout import to_device
 
 SUPPORTED_EXTRA = ("top_k",)
 
@@ -47,7 +48,7 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
     on logits' device: which branches run is read from `params` on the host, so nothing here
     waits for the GPU and the engine can overlap the next step's host work with this one."""
     dev = logits.device
-    temps = torch.tensor([p.temperature for p in params], device=dev, dtype=logits.dtype)
+    temps = to_device([p.temperature for p in params], dev, logits.dtype)
     greedy = temps == 0
     scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     logp = torch.log_softmax(scaled, dim=-1)
@@ -56,11 +57,11 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
         cut = scaled.clone()
         top_k = [int(p.extra.get("top_k") or 0) for p in params]
         if any(top_k):
-            k = torch.tensor([t if t > 0 else cut.shape[-1] for t in top_k], device=dev)
+            k = to_device([t if t > 0 else cut.shape[-1] for t in top_k], dev)
             kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
             cut = cut.masked_fill(cut < kth, float("-inf"))
         if any(p.top_p < 1 for p in params):
-            top_p = torch.tensor([p.top_p for p in params], device=dev, dtype=logits.dtype)
+            top_p = to_device([p.top_p for p in params], dev, logits.dtype)
             probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
             drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
             cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))

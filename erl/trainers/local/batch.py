@@ -10,6 +10,7 @@ from erl.core.logprobs import token_logprobs
 from erl.core.losses import token_entropy
 from erl.core.padding import pad_rows
 from erl.core.types import TokenSample
+from erl.rollout.layout import to_device
 
 
 @dataclass
@@ -27,7 +28,7 @@ class PaddedBatch:
     rewards: torch.Tensor  # [B]
 
     def to(self, device: torch.device | str) -> PaddedBatch:
-        fields = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        fields = {k: (to_device(v, device, v.dtype) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return PaddedBatch(**fields)
 
 

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 
-def grads_finite(model: torch.nn.Module) -> bool:
+def grads_finite(model: torch.nn.Module) -> torch.Tensor:
+    """A 0-dim bool tensor, not read back: one multi-tensor norm kernel, and no wait for the
+    device until the caller reads it (the update reads all micro-batches' flags at once)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
-        return True
-    # One multi-tensor norm kernel and one device sync, not a reduction and sync per tensor.
-    return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads)).float().sum()))
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).float().sum())
 
 
 def nonfinite_facts(where: str, rows: list, batch: Any, logp: torch.Tensor | None, adv: torch.Tensor,

@@ -17,11 +17,12 @@ import torch
 
 from erl.core.advantages import DISTILL_ID
 from erl.core.config import ErlConfig
-from erl.core.losses import erl_actor_loss, loss_units, needs_old_logprobs
+from erl.core.losses import erl_actor_terms, loss_units, needs_old_logprobs
 from erl.core.metrics import episode_metrics, sample_metrics
 from erl.core.types import SEGMENT_IDS, TokenSample
 from erl.progress import gather_with_bar, task_bar
 from erl.rollout.build import build_policy
+from erl.rollout.layout import to_device
 from erl.trainers.driver import ErlDriver, Schedule
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import (
@@ -146,40 +147,49 @@ class LocalTrainer(ErlDriver):
         # (trained tokens, or rows), so the summed gradient is the step's aggregate, as in verl.
         sizes = [loss_units([sum(samples[i].response_mask) for i in idx], self.loss.loss_agg_mode) for idx in chunks]
         weights = [n / max(sum(sizes), 1) for n in sizes]
-        totals: dict[str, float] = {}
+        # rows of sft distillation with a trained token: known here, so the loss need not ask the GPU
+        distill = [self.loss.distill_mode == "sft" and any(kinds[i] == 1 and sum(samples[i].response_mask) > 0
+                                                            for i in idx) for idx in chunks]
+        totals: dict[str, Any] = {}
         self.model.train()
         bad: dict | None = None  # facts about the first non-finite micro-batch or gradient
         for _ in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
+            # Nothing in this loop waits for the GPU (no float(), no check read back), so the host
+            # queues the next micro-batch while the GPU runs this one; the checks are read once after.
+            checks: list[tuple] = []  # (chunk, loss, gradient finite, batch, log-probs): facts if not finite
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
                 if skip[c]:  # loss and gradient exactly 0: only its metrics' zeros
                     batch = pad_samples(rows, self.policy.pad_id)
                     zeros = torch.zeros(batch.responses.shape)
-                    _, metrics = erl_actor_loss(zeros, zeros, adv[idx].cpu().float(), batch.response_mask,
-                                                batch.segment_ids, **self.loss.kwargs())
+                    _, metrics = erl_actor_terms(zeros, zeros, adv[idx].cpu().float(), batch.response_mask,
+                                                 batch.segment_ids, **self.loss.kwargs())
                     for k, v in metrics.items():
                         totals[k] = totals.get(k, 0.0) + float(v) * weights[c]
                     continue
                 batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=self.loss.entropy_coeff != 0)
                 logp = logp.float()
-                loss, metrics = erl_actor_loss(
-                    logp, old.get(c), adv[idx].to(self.device), batch.response_mask, batch.segment_ids,
-                    ref_logprobs=ref.get(c), entropy=entropy, **self.loss.kwargs())
-                if not torch.isfinite(loss):  # backward of a NaN would poison every gradient
-                    if bad is None:
-                        bad = nonfinite_facts("loss", rows, batch, logp, adv[idx], loss, self.precision)
-                        bad["chunk"] = c
-                    continue
-                weight = weights[c]
-                (loss * weight).backward()
-                if bad is None and not grads_finite(self.model):  # find the micro-batch, not only the step
-                    bad = nonfinite_facts("grad", rows, batch, logp, adv[idx], loss, self.precision)
-                    bad["chunk"] = c
-                    bad["nonfinite_grads"] = [n for n, p in self.model.named_parameters()
-                                              if p.grad is not None and not torch.isfinite(p.grad).all()][:8]
+                loss, metrics = erl_actor_terms(
+                    logp, old.get(c), to_device(adv[idx], self.device, adv.dtype), batch.response_mask,
+                    batch.segment_ids, ref_logprobs=ref.get(c), entropy=entropy, has_distill=distill[c],
+                    **self.loss.kwargs())
+                # a non-finite loss poisons the gradient it adds to: the step is then refused as a whole
+                (loss * weights[c]).backward()
+                checks.append((c, loss.detach(), grads_finite(self.model), batch, logp.detach()))
                 for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + float(v) * weight
+                    totals[k] = totals.get(k, 0.0) + v * weights[c]
+            if checks:
+                finite = torch.stack([ok.to(loss.device) & torch.isfinite(loss) for _, loss, ok, _, _ in checks]).cpu()
+                if not bool(finite.all()):
+                    c, loss, _, batch, logp = checks[int((~finite).to(torch.int8).argmax())]
+                    where = "grad" if bool(torch.isfinite(loss)) else "loss"
+                    rows = [samples[i] for i in chunks[c]]
+                    bad = nonfinite_facts(where, rows, batch, logp, adv[chunks[c]], loss, self.precision)
+                    bad["chunk"] = c
+                    if where == "grad":
+                        bad["nonfinite_grads"] = [n for n, p in self.model.named_parameters()
+                                                  if p.grad is not None and not torch.isfinite(p.grad).all()][:8]
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if all(skip):  # AdamW must still see zero, not absent, gradients
                 for p in trainable:
@@ -196,7 +206,7 @@ class LocalTrainer(ErlDriver):
         if bad is not None:
             return self._skip(bad, samples, chunks)
         self.consecutive_skips = 0
-        totals = {f"loss/{k}": v / cfg.ppo_epochs for k, v in totals.items()}
+        totals = {f"loss/{k}": float(v) / cfg.ppo_epochs for k, v in totals.items()}
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["train/skipped"] = 0.0
