@@ -27,7 +27,7 @@ from pathlib import Path
 import erl.cli  # noqa: F401 -- erl-train's OpenMP wait policy, set before torch loads OpenMP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_step import local_trainer  # noqa: E402 -- erl-train's config, with overrides
+from local_step import local_trainer  # erl-train's config, with overrides
 
 
 def main(argv: list[str] | None = None) -> int:
