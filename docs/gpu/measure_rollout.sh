@@ -11,7 +11,7 @@
 #              graphs (the default), admitting in larger batches, without KV lent between slots
 #   profile    the engine's collect of the same workload under torch.profiler: GPU time by kernel, and
 #              the engine's split of its time (decode, prefill, admission planning)
-#   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (3 steps)
+#   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (1 warm-up + 2 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
 #   ceiling    the engine's generated tokens/s inside the trainer's ERL collect at preset=gpu against
 #              static-cache compiled `generate` on the same requests, batches of 512
@@ -33,10 +33,10 @@ for p in ${@:-bench workload step step_graph}; do
     bench_compiled) part bench_compiled 200 python3 benchmarks/rollout.py --device cuda --batch 512 --new-tokens 64 \
                       --skip eager,graphs ;;
     workload) part workload 220 python3 benchmarks/rollout.py --workload erl --set preset=gpu --set model.path="$SMOLLM" \
-                --engines engine-eager,engine,engine+admit_ratio=0.5,engine+admit_ratio=1,engine-own ;;
+                --engines ${ENGINES:-engine-eager,engine,engine+admit_ratio=0.5,engine+admit_ratio=1,engine-own} ;;
     profile) part profile 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
                --set model.path="$SMOLLM" --engines engine --profile-cuda ;;
-    step) part step 120 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --steps 3 ;;
+    step) part step 200 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --warmup 1 --steps 2 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
     ceiling) part ceiling 300 python3 benchmarks/rollout.py --workload erl --set preset=gpu --set model.path="$SMOLLM" \
