@@ -14,7 +14,7 @@ SUPPORTED_EXTRA = ("top_k",)
 
 def check_request(prompt_ids: list[int], params: SamplingParams, max_len: int) -> list[int]:
     """The prompt as ints, or a ValueError that names what the engine cannot do."""
-    prompt = [int(t) for t in prompt_ids]
+    prompt = list(map(int, prompt_ids))
     if not prompt:
         raise ValueError("RolloutEngine: empty prompt")
     if len(prompt) >= max_len:
