@@ -193,7 +193,7 @@ def erl_workload(args) -> None:
         for part in ("eval", "collect"):
             policy.reset_stats()
             requests.clear()  # the ceiling runs the collect's requests
-            profile = args.profile_cuda and part == "eval" and index == len(names) - 1
+            profile = args.profile_cuda == part and index == len(names) - 1
             with cuda_profile(profile):
                 t = time.perf_counter()
                 if part == "eval":
@@ -291,6 +291,7 @@ def cuda_profile(on: bool):
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         yield
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30), flush=True)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)  # the host's side
 
 
 def wait_policies(values: list[str], rest: list[str]) -> None:
@@ -321,8 +322,9 @@ def main(argv=None):
     ap.add_argument("--ceiling", action="store_true",
                     help="--workload erl: also run static-cache compiled generate on the requests of the last "
                          "policy's collect (batches of --batch, default 512) and print the ratio")
-    ap.add_argument("--profile-cuda", action="store_true",
-                    help="--workload erl: torch.profiler over the last policy's eval (GPU time by kernel)")
+    ap.add_argument("--profile-cuda", nargs="?", const="eval", default=None, choices=["eval", "collect"],
+                    help="--workload erl: torch.profiler over the last policy's eval (or collect): GPU time by "
+                         "kernel, host time by op")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

@@ -35,7 +35,7 @@ for p in ${@:-bench workload step step_graph}; do
     workload) part workload 220 python3 benchmarks/rollout.py --workload erl --set preset=gpu --set model.path="$SMOLLM" \
                 --engines ${ENGINES:-engine-eager,engine,engine+admit_ratio=0.5,engine+admit_ratio=1,engine-own} ;;
     profile) part profile 150 python3 benchmarks/rollout.py --workload erl --set preset=gpu \
-               --set model.path="$SMOLLM" --engines engine --profile-cuda ;;
+               --set model.path="$SMOLLM" --engines engine --profile-cuda ${PROFILE_PART:-eval} ;;
     step) part step 200 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" --warmup 1 --steps 2 ;;
     step_graph) part step_graph 150 python3 benchmarks/local_step.py --set preset=gpu --set model.path="$SMOLLM" \
                   --set trainer.rollout_compile=reduce-overhead --steps 3 ;;
