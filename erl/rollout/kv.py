@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from erl.rollout.layout import to_device
+
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
 
@@ -83,8 +85,7 @@ class SlotModel:
         own n are rewritten by its prefill or masked until its decode writes them."""
         if not src:
             return
-        s = torch.tensor(src, device=self.k[0].device)
-        d = torch.tensor(dst, device=self.k[0].device)
+        s, d = to_device(src, self.k[0].device), to_device(dst, self.k[0].device)
         m = max(n)
         for t in self.k + self.v:
             t[d, :, :m] = t[s, :, :m]
