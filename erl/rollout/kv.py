@@ -125,8 +125,12 @@ class SlotModel:
         cos_sin = self.inner.rotary_emb(h, pos)
         slot = rows if rows is not None else torch.arange(n, device=ids.device)
         g = self.heads // self.kv_heads  # a query row per (query head of a KV head, position)
-        mask = torch.arange(keys, device=ids.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
-        mask = mask[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
+        seen = torch.arange(keys, device=ids.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
+        seen = seen[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
+        # Additive, in the attention's dtype, made once: a boolean mask is converted inside every
+        # layer's attention call (30 new tensors of this size a forward instead of one).
+        mask = torch.zeros(seen.shape, dtype=self.k[0].dtype, device=ids.device)
+        mask.masked_fill_(~seen, float("-inf"))
         for i, layer in enumerate(self.layers):
             r = h
             h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
