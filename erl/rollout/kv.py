@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erl.rollout.layout import to_device
+from erl.rollout.layout import attention_kernels, to_device
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -131,11 +131,12 @@ class SlotModel:
         # layer's attention call (30 new tensors of this size a forward instead of one).
         mask = torch.zeros(seen.shape, dtype=self.k[0].dtype, device=ids.device)
         mask.masked_fill_(~seen, float("-inf"))
-        for i, layer in enumerate(self.layers):
-            r = h
-            h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
-                                 cos_sin)
-            r = h
-            h = r + layer.mlp(layer.post_attention_layernorm(h))
+        with attention_kernels():
+            for i, layer in enumerate(self.layers):
+                r = h
+                h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
+                                     cos_sin)
+                r = h
+                h = r + layer.mlp(layer.post_attention_layernorm(h))
         h = h[torch.arange(h.shape[0], device=h.device), last]
         return self.base.lm_head(self.inner.norm(h)).float()

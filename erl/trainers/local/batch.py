@@ -10,7 +10,7 @@ from erl.core.logprobs import token_logprobs
 from erl.core.losses import token_entropy
 from erl.core.padding import pad_rows
 from erl.core.types import TokenSample
-from erl.rollout.layout import to_device
+from erl.rollout.layout import attention_kernels, to_device
 
 
 @dataclass
@@ -71,8 +71,9 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
         batch.attention_mask, kernel)
     # Only the last R + 1 positions need the LM head: on a 49k vocabulary the prompt's
     # logits would cost more than the rest of the forward pass.
-    out = model(input_ids=batch.input_ids, attention_mask=mask,
-                position_ids=batch.position_ids, use_cache=False, logits_to_keep=R + 1)
+    with attention_kernels():  # its backward runs outside it, but autograd reuses the forward's kernel
+        out = model(input_ids=batch.input_ids, attention_mask=mask,
+                    position_ids=batch.position_ids, use_cache=False, logits_to_keep=R + 1)
     logits = out.logits[:, :-1, :].float()
     if temperature > 0:
         logits = logits / temperature
