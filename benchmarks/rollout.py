@@ -111,9 +111,12 @@ def run_generate(model, prompts, new, device, pad, static: bool):
 
 
 def logprob_error(model, gens, prompts, temperature, device, rows=8):
-    """Max |engine log-prob - teacher-forced log-prob| over a few sequences."""
+    """Max |engine log-prob - teacher-forced log-prob| over a few sequences, under the attention
+    kernels the trainer's forward uses (erl.rollout.layout.attention_kernels)."""
+    from erl.rollout.layout import attention_kernels
+
     worst = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), attention_kernels():
         for p, g in list(zip(prompts, gens))[:rows]:
             ids = torch.tensor([p + g.token_ids], device=device)
             logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float() / temperature
