@@ -111,18 +111,18 @@ def run_generate(model, prompts, new, device, pad, static: bool):
 
 
 def logprob_error(model, gens, prompts, temperature, device, rows=8):
-    """Max |engine log-prob - teacher-forced log-prob| over a few sequences, under the attention
-    kernels the trainer's forward uses (erl.rollout.layout.attention_kernels)."""
-    from erl.rollout.layout import attention_kernels
+    """Max |engine log-prob - the trainer's log-prob| over a few sequences: the local trainer's
+    teacher-forced forward (erl.trainers.local.batch.response_logprobs, its kernels and masks)."""
+    from erl.core.types import TokenSample
+    from erl.trainers.local.batch import pad_samples, response_logprobs
 
-    worst = 0.0
-    with torch.no_grad(), attention_kernels():
-        for p, g in list(zip(prompts, gens))[:rows]:
-            ids = torch.tensor([p + g.token_ids], device=device)
-            logits = model(input_ids=ids).logits[0, len(p) - 1:-1].float() / temperature
-            ref = torch.log_softmax(logits, -1).gather(-1, ids[0, len(p):, None]).squeeze(-1).cpu()
-            worst = max(worst, float((ref - torch.tensor(g.logprobs)).abs().max()))
-    return worst
+    pairs = list(zip(prompts, gens))[:rows]
+    samples = [TokenSample(prompt_ids=p, response_ids=g.token_ids, response_mask=[1] * len(g.token_ids),
+                           logprobs=[0.0] * len(g.token_ids)) for p, g in pairs]
+    with torch.no_grad():
+        ref, _ = response_logprobs(model, pad_samples(samples, 0).to(device), temperature)
+    return max(float((ref[i, :len(g.token_ids)].float().cpu() - torch.tensor(g.logprobs)).abs().max())
+               for i, (_, g) in enumerate(pairs))
 
 
 def multi_turn(model, tok, args, device, reuse: bool):
