@@ -400,7 +400,8 @@ class RolloutEngine:
         graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
-        # every input is on the GPU before the forward is queued: a copy after it would wait for it
+        # every input, the gather index too, goes up before the forward is queued: a pageable copy
+        # after it would wait for the forward (to_device avoids the wait anyway)
         index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
         pos_t = to_device(pos, dev)[:, None]
         args = (to_device(ids, dev)[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
