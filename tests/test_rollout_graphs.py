@@ -209,3 +209,40 @@ def test_out_of_memory_while_recording_is_the_engines_to_handle(monkeypatch):
     gens = sampled(engine)
     assert engine.graphs.enabled and engine.max_slots == 8 and engine.stats["graphs_recorded"] > 0
     assert len(gens) == 12 and all(len(g.token_ids) == 24 for g in gens)
+
+
+def test_engine_and_trainer_forwards_run_attention_without_cudnn(monkeypatch):
+    """cuDNN's attention planned every new prefill / micro-batch shape on the host (1.85 ms a
+    call on an H200): the engine's forward and the trainer's log-prob forward switch it off
+    around attention, and only there."""
+    import torch.nn.functional as F
+
+    from erl.core.types import TokenSample
+    from erl.trainers.local.batch import pad_samples, response_logprobs
+
+    seen = []
+    real = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(torch.backends.cuda.cudnn_sdp_enabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model = model_of()
+    RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(prompts(2), SamplingParams(max_new_tokens=3))
+    n_engine = len(seen)
+    row = TokenSample(prompt_ids=[5, 6, 7], response_ids=[8, 9], response_mask=[1, 1], logprobs=[0.0, 0.0])
+    response_logprobs(model, pad_samples([row], 0))
+    assert n_engine > 0 and len(seen) > n_engine and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored outside
+
+
+def test_host_values_reach_the_device_with_their_dtype():
+    from erl.rollout.layout import to_device
+
+    assert to_device([1, 2], "cpu").dtype == torch.long
+    t = to_device([0.5, 1.0], torch.device("cpu"), torch.bfloat16)
+    assert t.dtype == torch.bfloat16 and t.tolist() == [0.5, 1.0]
+    assert to_device(torch.tensor([3, 4], dtype=torch.int32), "cpu").tolist() == [3, 4]
+    if torch.cuda.is_available():  # through pinned memory, without a wait: the values still arrive
+        assert to_device(list(range(1000)), "cuda").sum().item() == 499500
