@@ -238,7 +238,7 @@ def test_engine_and_trainer_forwards_run_attention_without_cudnn(monkeypatch):
 
 
 def test_host_values_reach_the_device_with_their_dtype():
-    from erl.rollout.layout import to_device
+    from erl.rollout.device import to_device
 
     assert to_device([1, 2], "cpu").dtype == torch.long
     t = to_device([0.5, 1.0], torch.device("cpu"), torch.bfloat16)

@@ -29,9 +29,10 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.compiling import compiled, graph_count
+from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket, to_device
+from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
 from erl.rollout.prefix import PrefixScan, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
@@ -111,8 +112,8 @@ class RolloutEngine:
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
                       "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
-                      # wall time of prefill / decode forwards with their sampling (which waits for the
-                      # GPU: .cpu()); the rest of generate_seconds is admission planning and bookkeeping
+                      # wall time of prefill / decode forwards with their sampling and the wait for their
+                      # tokens (_deliver); the rest of generate_seconds is admission planning and bookkeeping
                       "prefill_seconds": 0.0, "decode_seconds": 0.0}
 
     def reset_stats(self) -> dict:

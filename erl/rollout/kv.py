@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from erl.rollout.layout import attention_kernels, to_device
+from erl.rollout.device import attention_kernels, to_device
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 

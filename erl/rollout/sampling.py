@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from erl.core.interfaces import SamplingParams
-from erl.rollout.layout import to_device
+from erl.rollout.device import to_device
 
 SUPPORTED_EXTRA = ("top_k",)
 

@@ -10,7 +10,7 @@ from erl.core.logprobs import token_logprobs
 from erl.core.losses import token_entropy
 from erl.core.padding import pad_rows
 from erl.core.types import TokenSample
-from erl.rollout.layout import attention_kernels, to_device
+from erl.rollout.device import attention_kernels, to_device
 
 
 @dataclass

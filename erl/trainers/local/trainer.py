@@ -22,7 +22,7 @@ from erl.core.metrics import episode_metrics, sample_metrics
 from erl.core.types import SEGMENT_IDS, TokenSample
 from erl.progress import gather_with_bar, task_bar
 from erl.rollout.build import build_policy
-from erl.rollout.layout import to_device
+from erl.rollout.device import to_device
 from erl.trainers.driver import ErlDriver, Schedule
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import (
