@@ -37,6 +37,7 @@ import torch
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
+from erl.rollout.layout import round_up
 
 SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                 "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,
@@ -91,22 +92,26 @@ def run_engine(engine, prompts, params, device):
     return gens, dt, dict(engine.stats)
 
 
-def run_generate(model, prompts, new, device, pad, static: bool):
+def generate_exactly(model, prompts, new, device, pad, static: bool, temperature: float = 0.7, width: int = 0):
+    """One `generate` of exactly `new` tokens for every prompt, left-padded to `width` (0: the
+    longest prompt); static: the static cache, whose decode transformers compiles on CUDA."""
     from transformers import GenerationConfig
 
-    width = max(map(len, prompts))
+    width = width or max(map(len, prompts))
     ids = torch.full((len(prompts), width), pad)
     att = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
         ids[i, width - len(p):] = torch.tensor(p)
         att[i, width - len(p):] = 1
-    cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=0.7, top_k=0,
-                           pad_token_id=pad, eos_token_id=None,
-                           cache_implementation="static" if static else None)
-    ids, att = ids.to(device), att.to(device)
+    cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=temperature, top_k=0,
+                           pad_token_id=pad, eos_token_id=None, cache_implementation="static" if static else None)
+    return model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=cfg)
+
+
+def run_generate(model, prompts, new, device, pad, static: bool):
     with torch.no_grad():
         for _ in range(2):  # the second run is timed (the first compiles)
-            _, dt = timed(device, lambda: model.generate(input_ids=ids, attention_mask=att, generation_config=cfg))
+            _, dt = timed(device, lambda: generate_exactly(model, prompts, new, device, pad, static))
     return len(prompts) * new / dt
 
 
@@ -251,10 +256,8 @@ def static_ceiling(model, tok, requests: list, batch: int, device) -> tuple[floa
     by produced tokens, in batches of `batch`, each generating its longest request's count
     (rounded up to 16, so few shapes compile); prompts left-padded to one width. Run twice, the
     second timed. Returns (requested tokens / s, batch rows x steps / s)."""
-    from transformers import GenerationConfig
-
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    width = -(-max(len(p) for p, _ in requests) // 64) * 64
+    width = round_up(max(len(p) for p, _ in requests), 64)
     order = sorted(requests, key=lambda r: r[1])
     groups = [order[i:i + batch] for i in range(0, len(order), batch)]
     was_training = model.training
@@ -264,15 +267,8 @@ def static_ceiling(model, tok, requests: list, batch: int, device) -> tuple[floa
         for timed_pass in (False, True):
             start = time.perf_counter()
             for group in groups:
-                new = -(-max(n for _, n in group) // 16) * 16
-                ids = torch.full((len(group), width), pad)
-                att = torch.zeros((len(group), width), dtype=torch.long)
-                for i, (p, _) in enumerate(group):
-                    ids[i, width - len(p):] = torch.tensor(p)
-                    att[i, width - len(p):] = 1
-                cfg = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=True, temperature=1.0,
-                                       top_k=0, pad_token_id=pad, eos_token_id=None, cache_implementation="static")
-                model.generate(input_ids=ids.to(device), attention_mask=att.to(device), generation_config=cfg)
+                new = round_up(max(n for _, n in group), 16)
+                generate_exactly(model, [p for p, _ in group], new, device, pad, True, temperature=1.0, width=width)
                 if timed_pass:
                     total += sum(n for _, n in group)
                     raw += len(group) * new
