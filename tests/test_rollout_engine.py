@@ -484,7 +484,7 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
     saves MIN_SAME_ROUND (16) more tokens than the best other source."""
     import numpy as np
 
-    from erl.rollout.prefix import common_prefix, plan_sharing
+    from erl.rollout.prefix import PrefixScan, common_prefix, plan_sharing
 
     base = list(range(100, 130))  # 30 tokens
     tok = np.full((6, 40), -1, dtype=np.int64)
@@ -512,6 +512,15 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
                         [(0, 0, p1), (1, 0, p2), (2, 0, p1), (3, 0, p2)])
     assert (plan.reuse, plan.lender, plan.second) == ([0, 0, 29, 29], [-1, -1, 0, 1], [False, False, True, True])
 
+    # one scan over every slot (the engine's, shared with its slot choice) plans the same
+    assert plan_sharing(tok, held, admitted, scan=PrefixScan(tok, held, np.arange(6))) == \
+        plan_sharing(tok, held, admitted)
+    # the second wave (B and D) saves 2 x (30 - 10) = 40 tokens: kept at min_wave 40; below it
+    # there is no second wave, and B and D take slot 0's 10 tokens like A
+    assert plan_sharing(tok, held, admitted, min_wave=40).second == [False, True, False, True, False]
+    plan = plan_sharing(tok, held, admitted, min_wave=41)
+    assert (plan.reuse, plan.lender, plan.second) == ([10, 10, 10, 10, 0], [0, 0, 0, 0, -1], [False] * 5)
+
     assert common_prefix(tok, base + [1], 30).tolist() == [10, 0, 0, 0, 0, 30]
     assert common_prefix(tok, base + [1], 30, among=[5, 0]).tolist() == [30, 10]
     # against a plain column-by-column count, on rows that part at every length up to 300
@@ -526,6 +535,19 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
         assert common_prefix(rows, prompt, n).tolist() == naive
 
 
+def test_prefill_chunks_by_hand():
+    """Admitted (slot, reused, prompt) items, shortest rest first, in chunks of at most `budget`
+    padded tokens (rows x the chunk's longest rest, rounded up to 16)."""
+    from erl.rollout.layout import prefill_chunks
+
+    items = [(0, 0, [1] * 10), (1, 4, [1] * 24), (2, 0, [1] * 5), (3, 0, [1] * 40)]  # rests 10, 20, 5, 40
+    # 5 and 10 pad to 16 (2 x 16 = 32); adding 20 would make 3 x 32 = 96 > 64; then 2 x 48 > 64
+    assert [[s for s, _, _ in c] for c in prefill_chunks(items, 64)] == [[2, 0], [1], [3]]
+    assert [[s for s, _, _ in c] for c in prefill_chunks(items, 192)] == [[2, 0, 1, 3]]
+    assert [[s for s, _, _ in c] for c in prefill_chunks(items, 1)] == [[2], [0], [1], [3]]
+    assert prefill_chunks([], 64) == []
+
+
 def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():
     """n samples of one prompt (ERL's group): one prefill, the others copy its KV and prefill
     only their last prompt token; every log-prob still equals a teacher-forced forward."""
@@ -534,15 +556,21 @@ def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():
     q = prompts(2)
     params = SamplingParams(max_new_tokens=5, temperature=1.0)
     counts = {}
-    for lend in (True, False):
+    # min_wave: a second wave that saves fewer tokens is not worth its forward (the GPU default)
+    for lend, min_wave in ((True, 0), (False, 0), (True, 7 * (len(p) - 1) + 1)):
         engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], lend=lend)
+        engine.min_wave = min_wave
         torch.manual_seed(0)
         gens = engine.generate_batch([p] * 8 + q, params)
-        counts[lend] = (engine.stats["prefill_tokens"], engine.stats["shared_tokens"])
+        counts[lend, min_wave > 0] = (engine.stats["prefill_tokens"], engine.stats["shared_tokens"],
+                                      engine.stats["prefill_forwards"])
         for prompt, g in zip([p] * 8 + q, gens):
             assert torch.allclose(forced_logprobs(model, prompt, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
-    assert counts[False] == (8 * len(p) + len(q[0]) + len(q[1]), 0)
-    assert counts[True] == (len(p) + 7 + len(q[0]) + len(q[1]), 7 * (len(p) - 1))
+    alone = 8 * len(p) + len(q[0]) + len(q[1])
+    forwards = counts[False, False][2]
+    assert counts[False, False] == (alone, 0, forwards)
+    assert counts[True, False] == (len(p) + 7 + len(q[0]) + len(q[1]), 7 * (len(p) - 1), forwards + 1)
+    assert counts[True, True] == (alone, 0, forwards)
 
 
 def test_a_running_sequence_lends_its_prompt_to_a_later_request():

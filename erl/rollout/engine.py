@@ -98,6 +98,9 @@ class RolloutEngine:
         self.key_bucket = key_bucket
         # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
         self.prefill_budget = prefill_budget or (32768 if self.device.type == "cuda" else 2048)
+        # ... and so a second prefill wave (sequences that copy KV from one prefilled in the same
+        # admission) must save about a forward's worth of tokens (erl.rollout.prefix.plan_sharing)
+        self.min_wave = self.prefill_budget if self.device.type == "cuda" else 0
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
         self._worker: asyncio.Task | None = None
@@ -308,11 +311,12 @@ class RolloutEngine:
         self.used += [0] * (slots - self.n_slots)
         self.n_slots = slots
 
-    def _match(self, prompt: list[int], scan: PrefixScan | None, taken: np.ndarray, used: np.ndarray) -> tuple[int, int]:
+    def _match(self, prompt: list[int], scan: PrefixScan | None, free_at: np.ndarray, taken: np.ndarray,
+               used: np.ndarray) -> tuple[int, int]:
         """(index among the admission's free slots, reused tokens): the untaken slot whose kept
         tokens share the longest prefix with the prompt, least recently used among equals. At
         least one token is prefilled."""
-        lengths = scan.lengths(prompt) if scan is not None else np.zeros(len(taken), dtype=np.int64)
+        lengths = scan.lengths(prompt)[free_at] if scan is not None else np.zeros(len(taken), dtype=np.int64)
         i = int(np.lexsort((used, -lengths, taken))[0])  # untaken, longest, least recently used
         return i, int(lengths[i])
 
@@ -337,10 +341,11 @@ class RolloutEngine:
         free_at = np.asarray(free, dtype=np.int64)
         taken = np.zeros(len(free), dtype=bool)
         used = np.asarray(self.used, dtype=np.int64)[free_at]
-        scan = PrefixScan(self.tok, self.held, free_at) if self.prefix_reuse else None
+        # one scan of every slot serves the slot choice (free slots) and the lending plan (the rest)
+        scan = PrefixScan(self.tok, self.held, np.arange(self.n_slots)) if self.prefix_reuse else None
         for _ in range(min(want, len(free))):
             req = self.waiting.popleft()
-            i, reuse = self._match(req.prompt, scan, taken, used)
+            i, reuse = self._match(req.prompt, scan, free_at, taken, used)
             taken[i] = True
             slot = int(free_at[i])
             self.active[slot] = req
@@ -349,7 +354,7 @@ class RolloutEngine:
         if not (self.prefix_reuse and self.lend):
             self._prefill_all(admitted)
         else:  # KV lent by other slots; those lent by this round's sequences after their prefill
-            plan = plan_sharing(self.tok, self.held, [(s, u, r.prompt) for s, u, r in admitted])
+            plan = plan_sharing(self.tok, self.held, [(s, u, r.prompt) for s, u, r in admitted], self.min_wave, scan)
             waves: tuple[list, list] = ([], [])
             for (slot, _, req), reuse, lender, second in zip(admitted, plan.reuse, plan.lender, plan.second):
                 waves[second].append((slot, reuse, req, lender))

@@ -24,7 +24,7 @@ def prefill_chunks(admitted: list, budget: int) -> list[list]:
     chunks: list[list] = []
     chunk: list = []
     for item in sorted(admitted, key=lambda a: len(a[2]) - a[1]):
-        width = round_up(max(len(p) - u for _, u, p in chunk + [item]), 16)
+        width = round_up(len(item[2]) - item[1], 16)  # sorted: the longest of the chunk so far
         if chunk and width * (len(chunk) + 1) > budget:
             chunks.append(chunk)
             chunk = []

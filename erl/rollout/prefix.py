@@ -82,7 +82,8 @@ class Plan:
     second: list[bool]  # True: lent by a sequence of this round, so prefilled after it
 
 
-def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int, list[int]]]) -> Plan:
+def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int, list[int]]],
+                 min_wave: int = 0, scan: PrefixScan | None = None) -> Plan:
     """`tok` [slots, capacity]: the tokens whose KV each slot holds (-1 past `held`);
     `admitted`: (slot, tokens its own slot already holds, prompt) per sequence of this round.
     A lender from before the round is any slot not admitted now (so no copy overwrites
@@ -90,7 +91,11 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     for one. The first of several equal prompts (a task's n samples) never waits: it lends
     its whole prompt to the others, where waiting for another task's sample would gain only
     the shared system prompt. At least the prompt's last token is always prefilled (its
-    logits start the reply)."""
+    logits start the reply). `min_wave`: the second wave (the sequences that wait for a lender
+    of this round) must save at least this many prefill tokens in all, or there is none and
+    they prefill from their other sources in the first: on a GPU a forward costs about the same
+    for a few thousand tokens as for one (erl.rollout.engine). `scan`: a PrefixScan over every
+    slot (the engine's, shared with its slot choice), instead of one over the lenders only."""
     keys = [tuple(p) for _, _, p in admitted]
     counts = Counter(keys)
     seen: set[tuple] = set()
@@ -102,18 +107,29 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     plan = Plan([], [], [])
     # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan
     # (PrefixScan), and a round lender that holds the whole prompt stays the first to do so.
-    held_scan = PrefixScan(tok, held, others)
+    cols = None
+    if scan is None:
+        scan = PrefixScan(tok, held, others)
+    else:  # the shared scan's columns of the lenders
+        at = np.full(tok.shape[0], -1, dtype=np.int64)
+        at[scan.slots] = np.arange(len(scan.slots))
+        cols = at[others]
+        assert (cols >= 0).all(), "plan_sharing: the scan must cover every slot that may lend"
     round_best: dict[tuple, tuple[int, int]] = {}
+    alone: list[tuple[int, int]] = []  # (reuse, lender) of each sequence without this round's lenders
     for (slot, own, prompt), key in zip(admitted, keys):
         leads = counts[key] > 1 and key not in seen
         seen.add(key)
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
-            lengths = held_scan.lengths(prompt)
+            lengths = scan.lengths(prompt)
+            if cols is not None:
+                lengths = lengths[cols]
             k = int(lengths.argmax())
             if lengths[k] > best:
                 best, lender = int(lengths[k]), int(others[k])
+        alone.append((best, lender))
         if round_slots and not leads and best + MIN_SAME_ROUND <= n:
             length, k = round_best.get(key, (-1, -1))
             if length < 0:
@@ -130,4 +146,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         plan.reuse.append(best)
         plan.lender.append(lender)
         plan.second.append(second)
+    if sum(r - a for r, (a, _), w in zip(plan.reuse, alone, plan.second) if w) < min_wave:
+        plan.reuse, plan.lender = [a for a, _ in alone], [k for _, k in alone]
+        plan.second = [False] * len(alone)
     return plan
