@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import copy
 import os
 import random
 import subprocess
@@ -262,10 +263,13 @@ def static_ceiling(model, tok, requests: list, batch: int, device) -> tuple[floa
     width = round_up(max(len(p) for p, _ in requests), 64)
     new = round_up(max(n for _, n in requests), 16)
     groups = [requests[i:i + batch] for i in range(0, len(requests), batch)]
+    # a bf16 copy on CUDA: the trainer's fp32 weights under autocast give the static cache fp32
+    # rows and bf16 keys (index_copy_ refuses), and a bf16 model is the faster, fairer ceiling
+    model = copy.deepcopy(model).to(torch.bfloat16) if device.type == "cuda" else model
     was_training = model.training
     model.eval()
     total = raw = 0
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad():
         for timed_pass in (False, True):
             start = time.perf_counter()
             for group in groups:

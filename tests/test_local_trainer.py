@@ -413,3 +413,26 @@ def test_step_benchmark_side_by_side(tmp_path, capsys):
     assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
     text = capsys.readouterr().out
     assert "ERL / RLVR step time" in text and "old_log_prob" not in text and "RLVR 4 first attempts a task" in text
+
+
+def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
+    """frozen_heap: what was alive before (the trainer's model, tasks, memory) is frozen for the
+    rollout, new objects are still collected, and everything rejoins the collector after it,
+    also when the rollout fails."""
+    import gc
+
+    from erl.trainers.driver import frozen_heap
+
+    assert gc.get_freeze_count() == 0
+    with frozen_heap():
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        cycle = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # a cycle made during the rollout is still freed
+        assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), frozen_heap():
+        raise RuntimeError("episode failed")
+    assert gc.get_freeze_count() == 0

@@ -73,8 +73,17 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     longer = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
     assert engine.net.capacity > 128 and len(longer[0].token_ids) == 4
     assert engine.graphs.cache is engine.net.k[0] and not set(before) & set(engine.graphs.graphs)
-    engine.reset()  # a new phase: the cache goes, and with it the graphs and their hold on it
-    assert engine.graphs.graphs == {} and engine.graphs.cache is None
+    # a new phase: no slots, but the cache's tensors and the graphs recorded against them stay, so
+    # the same requests sample what a new eager engine samples and no shape is recorded again
+    kept, cache = dict(engine.graphs.graphs), engine.net.k[0]
+    engine.reset()
+    assert engine.n_slots == 0 and engine.net.capacity == 0
+    assert engine.graphs.graphs == kept and engine.graphs.cache is cache is engine.net.k[0]
+    recorded, replays = engine.stats["graphs_recorded"], FakeGraph.replays
+    again = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
+    assert again[0].token_ids == longer[0].token_ids and again[0].logprobs == longer[0].logprobs
+    assert engine.stats["graphs_recorded"] == recorded and FakeGraph.replays == replays + 3  # 4 tokens: 3 decode steps
+    assert engine.graphs.cache is cache  # the longer prompt's capacity still fits: the same tensors
 
 
 def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):

@@ -110,7 +110,8 @@ class RolloutEngine:
             raise ValueError(f"RolloutEngine: {exc}") from None
         self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
-        self.reset()  # no slots yet
+        self._clear_slots()  # no slots yet
+        self.clock, self._version = 0, -1
         self._shapes: set[tuple] = set()
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
@@ -124,19 +125,25 @@ class RolloutEngine:
         return old
 
     def reset(self) -> None:
-        """Back to a new engine's state: no cache, no slot history. Slot choice (and so which
-        row of a decode step, and which random draw, a request gets) depends on that history,
-        so a trainer resets before each phase: a step then samples the same tokens whether
-        the process ran the earlier steps or resumed from their checkpoint."""
+        """Back to a new engine's state: no slots, no held KV, no slot history. Slot choice (and
+        so which row of a decode step, and which random draw, a request gets) depends on that
+        history, so a trainer resets before each phase: a step then samples the same tokens
+        whether the process ran the earlier steps or resumed from their checkpoint. The cache's
+        tensors stay allocated, and with them the CUDA graphs recorded against them: recording
+        a phase's decode shapes again cost ~60 ms each (eager run + capture)."""
         if self.active or self.waiting:
             raise RuntimeError("RolloutEngine.reset with requests in flight")
-        self._drop_cache()
+        self._clear_slots()
         self.clock, self._version = 0, -1
 
-    def _drop_cache(self) -> None:
-        if self.graphs is not None:  # they read the old cache: free it with them
-            self.graphs.drop()
-        self.net.k, self.net.v = [], []
+    def _clear_slots(self, release: bool = False) -> None:
+        """No slots in use; `release`: also free the cache's tensors and the graphs that read them."""
+        if release:
+            if self.graphs is not None:
+                self.graphs.drop()
+            self.net.release()
+        else:
+            self.net.clear()
         # Per slot: the tokens whose KV it holds (tok[s, :held[s]], -1 after) and when it
         # last finished (least recently used slots are reused first).
         self.tok = np.full((0, 0), -1, dtype=np.int64)
@@ -280,7 +287,7 @@ class RolloutEngine:
             req.out, req.logps = [], []
         self.active.clear()
         self.waiting.extendleft(reversed(again))
-        self._drop_cache()
+        self._clear_slots(release=True)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return True
@@ -335,7 +342,7 @@ class RolloutEngine:
         want = min(len(self.waiting), self.max_slots - len(self.active))
         if len(free) < want:
             grow = row_bucket(len(self.active) + want, self.max_slots)
-            self._ensure(grow, self.net.capacity - 1 if self.net.k else 0)
+            self._ensure(grow, self.net.capacity - 1 if self.net.capacity else 0)
             free = [s for s in range(self.n_slots) if s not in self.active]
         admitted = []
         free_at = np.asarray(free, dtype=np.int64)

@@ -58,26 +58,45 @@ class SlotModel:
         attn = self.layers[0].self_attn
         self.rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.scaling = getattr(attn, "scaling", self.head_dim ** -0.5)
+        # The cache tensors can be larger than the engine's slots and capacity (`cap`): a reset
+        # keeps them (and the CUDA graphs recorded against them) and only forgets what they hold.
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
+        self.cap = 0
 
     @property
     def capacity(self) -> int:
-        return self.k[0].shape[2] if self.k else 0
+        return self.cap
 
-    def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
-        """(Re)allocate the cache, keeping what the old one held (growth copies it over)."""
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
+    def clear(self) -> None:
+        """No positions in use; the tensors stay allocated (a new phase reuses them)."""
+        self.cap = 0
+
+    def release(self) -> None:
+        """Free the tensors (out of memory, a new precision)."""
+        self.k, self.v, self.cap = [], [], 0
+
+    def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
+        """Room for `slots` x `capacity` positions. The tensors stay when they are large enough
+        (a slot's positions keep their place, so the running sequences keep their KV); otherwise
+        larger ones take over the first `slots_now` x `cap` positions. True: new tensors."""
+        self.cap, old_cap = capacity, self.cap
+        if self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity:
+            return False
         old_k, old_v = self.k, self.v
+        if old_k and old_k[0].dtype == dtype:  # never shrink: a later phase may need the old size again
+            slots, capacity = max(slots, old_k[0].shape[0]), max(capacity, old_k[0].shape[2])
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        if old_k and old_k[0].dtype == dtype:  # more slots or positions: the running sequences keep their KV
-            rows, n = min(old_k[0].shape[0], slots), min(old_k[0].shape[2], capacity)
+        if old_k and old_k[0].dtype == dtype:  # the running sequences keep their KV
+            n = min(old_cap, capacity)
             for new, old in zip(self.k + self.v, old_k + old_v):
-                new[:rows, :, :n] = old[:rows, :, :n]
+                new[:old.shape[0], :, :n] = old[:, :, :n]
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
+        return True
 
     def copy_prefix(self, src: tuple[int, ...], dst: tuple[int, ...], n: tuple[int, ...]) -> None:
         """Slot dst[i] takes the KV of slot src[i]'s first n[i] positions (a shared prompt

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import resource
 import sys
@@ -64,6 +65,19 @@ GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # 
 
 class NonFiniteStepError(RuntimeError):
     """Too many updates in a row were refused for a non-finite loss or gradient."""
+
+
+@contextlib.contextmanager
+def frozen_heap():
+    """The objects alive before a rollout (model, tasks, memory, earlier steps' records) stay out
+    of the garbage collector's full passes during it (gc.freeze, as vLLM does after start-up): a
+    rollout allocates fast enough to set off such passes, and each one walked every object the
+    trainer holds. They rejoin the collector afterwards, so nothing is kept longer."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def seed_all(seed: int) -> None:
@@ -187,7 +201,7 @@ class ErlDriver:
         async def gather():
             return list(await asyncio.gather(*runs))
 
-        with self.rollout_context():
+        with self.rollout_context(), frozen_heap():
             return asyncio.run(gather())
 
     def evaluate(self, tasks: list[dict] | None = None, temperature: float | None = None) -> dict[str, float]:
@@ -200,7 +214,7 @@ class ErlDriver:
         t0 = time.perf_counter()
         self.fresh_policy()
         attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
-        with self.rollout_context(), task_bar(len(tasks), "eval", self.progress) as bar:
+        with self.rollout_context(), frozen_heap(), task_bar(len(tasks), "eval", self.progress) as bar:
             trajs = asyncio.run(gather_with_bar(attempts, bar))
         return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}
 
