@@ -116,9 +116,9 @@ def run_generate(model, prompts, new, device, pad, static: bool):
     return len(prompts) * new / dt
 
 
-def logprob_error(model, gens, prompts, temperature, device, rows=8):
-    """Max |engine log-prob - the trainer's log-prob| over a few sequences: the local trainer's
-    teacher-forced forward (erl.trainers.local.batch.response_logprobs, its kernels and masks)."""
+def forced_logprobs(model, gens, prompts, temperature, device, rows=8) -> list[torch.Tensor]:
+    """The local trainer's teacher-forced log-probs (erl.trainers.local.batch.response_logprobs,
+    its kernels and masks) of the first `rows` generations, one float32 CPU tensor each."""
     from erl.core.types import TokenSample
     from erl.trainers.local.batch import pad_samples, response_logprobs
 
@@ -127,8 +127,24 @@ def logprob_error(model, gens, prompts, temperature, device, rows=8):
                            logprobs=[0.0] * len(g.token_ids)) for p, g in pairs]
     with torch.no_grad():
         ref, _ = response_logprobs(model, pad_samples(samples, 0).to(device), temperature)
-    return max(float((ref[i, :len(g.token_ids)].float().cpu() - torch.tensor(g.logprobs)).abs().max())
-               for i, (_, g) in enumerate(pairs))
+    return [ref[i, :len(g.token_ids)].float().cpu() for i, (_, g) in enumerate(pairs)]
+
+
+def max_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def logprob_error(model, gens, prompts, temperature, device, rows=8) -> str:
+    """Max |engine log-prob - the trainer's| over a few sequences; for a bf16 model also both
+    against an fp32 copy's forward (how far each bf16 computation is from the exact one)."""
+    engine = [torch.tensor(g.logprobs) for g in gens[:rows]]
+    trainer = forced_logprobs(model, gens, prompts, temperature, device, rows)
+    text = f"{max_error(engine, trainer):.2e}"
+    if next(model.parameters()).dtype != torch.float32:
+        exact = forced_logprobs(copy.deepcopy(model).float(), gens, prompts, temperature, device, rows)
+        text += (f" (against an fp32 forward: engine {max_error(engine, exact):.2e}, "
+                 f"the trainer's bf16 forward {max_error(trainer, exact):.2e})")
+    return text
 
 
 def multi_turn(model, tok, args, device, reuse: bool):
@@ -389,7 +405,7 @@ def main(argv=None):
         print(f"{name}: {rates[name]:,.0f} tok/s | prefill {stats['prefill_tokens']:,} tokens in "
               f"{stats['batches']} admissions, {stats['decode_steps']} decode steps | decode shapes "
               f"{stats['decode_shapes']}, recompiles in the timed run {stats['recompiles']} | "
-              f"max |logp - teacher-forced| {err:.2e}", flush=True)
+              f"max |logp - teacher-forced| {err}", flush=True)
     if "hf_policy" not in skip and not cuda:
         from erl.rollout.hf_policy import HFPolicy
 
