@@ -48,3 +48,44 @@ def test_a_scan_over_empty_slots_matches_nothing():
     scan = PrefixScan(tok, [0] * 4, np.arange(4))
     assert scan.lengths([1, 2, 3]).tolist() == [0, 0, 0, 0] and scan.head == []
     assert PrefixScan(tok, [0] * 4, np.arange(0)).lengths([1, 2]).tolist() == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_lent_prefix_is_held_by_its_lender_and_none_is_missed(seed):
+    """plan_sharing on random prompts over a small vocabulary (long accidental matches too),
+    with and without the engine's shared scan: a sequence copies only tokens its lender holds
+    (a slot from before the round) or prefills first (a first-wave sequence of the round), as
+    long as the best lender from before the round offers, and waits only to gain 16 more."""
+    from erl.rollout.prefix import MIN_SAME_ROUND, plan_sharing
+
+    rng = np.random.default_rng(seed)
+    system = rng.integers(0, 4, 30).tolist()
+    tasks = [system + rng.integers(0, 4, 25).tolist() for _ in range(3)]
+    tok = np.full((40, 200), -1, dtype=np.int64)
+    held = [0] * 40
+    for s in range(0, 40, 2):  # every other slot holds an earlier sequence of some task
+        row = tasks[s % 3] + rng.integers(0, 4, int(rng.integers(0, 80))).tolist()
+        tok[s, :len(row)] = row
+        held[s] = len(row)
+    free = [s for s in range(40) if s % 4 in (1, 2)]  # admitted now: empty slots and holding ones
+    admitted = []
+    for s in free:
+        prompt = tasks[int(rng.integers(0, 3))] + rng.integers(0, 4, int(rng.integers(1, 40))).tolist()
+        if rng.random() < 0.3 and admitted:
+            prompt = list(admitted[-1][2])  # a task's n samples: equal prompts
+        admitted.append((s, 0, prompt))
+    mine = {s for s, _, _ in admitted}
+    for scan in (None, PrefixScan(tok, held, np.arange(40))):
+        plan = plan_sharing(tok, held, admitted, scan=scan)
+        first = {s: p for (s, _, p), w in zip(admitted, plan.second) if not w}
+        for (slot, _, prompt), reuse, lender, second in zip(admitted, plan.reuse, plan.lender, plan.second):
+            n = len(prompt) - 1
+            alone = max([by_hand(tok[o, :held[o]], prompt) for o in range(40) if o not in mine and held[o]] + [0])
+            assert reuse <= n
+            if second:
+                assert lender in first and first[lender][:reuse] == prompt[:reuse]
+                assert reuse >= alone + MIN_SAME_ROUND
+            else:
+                assert reuse == alone
+                if lender >= 0:
+                    assert lender not in mine and tok[lender, :reuse].tolist() == prompt[:reuse]

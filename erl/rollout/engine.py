@@ -324,7 +324,9 @@ class RolloutEngine:
         tokens share the longest prefix with the prompt, least recently used among equals. At
         least one token is prefilled."""
         lengths = scan.lengths(prompt)[free_at] if scan is not None else np.zeros(len(taken), dtype=np.int64)
-        i = int(np.lexsort((used, -lengths, taken))[0])  # untaken, longest, least recently used
+        # untaken, longest, least recently used (slot clocks stay below 2**32), lowest slot: one
+        # argmax over a combined key, a tenth of a lexsort's cost at a thousand slots
+        i = int(np.where(taken, np.iinfo(np.int64).min, (lengths << 32) - used).argmax())
         return i, int(lengths[i])
 
     def _weights_version(self) -> int:

@@ -104,6 +104,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     width = max((len(p) for _, _, p in admitted), default=0)
     round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
     round_slots: list[int] = []
+    round_head = 0  # how many tokens every first-wave prompt starts with: comparisons start there
     plan = Plan([], [], [])
     # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan
     # (PrefixScan), and a round lender that holds the whole prompt stays the first to do so.
@@ -133,7 +134,9 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         if round_slots and not leads and best + MIN_SAME_ROUND <= n:
             length, k = round_best.get(key, (-1, -1))
             if length < 0:
-                lengths = common_prefix(round_rows[:len(round_slots)], prompt, n)
+                first = round_rows[0, :round_head]
+                start = round_head if len(prompt) >= round_head and (first == prompt[:round_head]).all() else 0
+                lengths = common_prefix(round_rows[:len(round_slots)], prompt, n, start=start)
                 i = int(lengths.argmax())
                 length, k = int(lengths[i]), round_slots[i]
                 if length == n:
@@ -142,6 +145,8 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
                 best, lender, second = length, k, True
         if not second:
             round_rows[len(round_slots), :len(prompt)] = prompt
+            round_head = len(prompt) if not round_slots else \
+                int(common_prefix(round_rows[:1], prompt, min(round_head, len(prompt)))[0])
             round_slots.append(slot)
         plan.reuse.append(best)
         plan.lender.append(lender)
