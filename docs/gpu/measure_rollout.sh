@@ -14,7 +14,7 @@
 #   step       benchmarks/local_step.py: ERL / RLVR step time side by side at preset=gpu (1 warm-up + 2 steps)
 #   step_graph the same with trainer.rollout_compile=reduce-overhead (CUDA graphs in the decode)
 #   ceiling    the engine's generated tokens/s inside the trainer's ERL collect at preset=gpu against
-#              static-cache compiled `generate` on the same requests, batches of 512
+#              static-cache compiled `generate` on the same requests (one compiled shape), batches of 512
 #   update     benchmarks/update_batches.py: one ERL step's update at several micro-batch settings, and
 #              a cProfile of its collect (the host's split of a rollout)
 set -uo pipefail

@@ -9,8 +9,9 @@ kernels (their bf16 intermediates drift by ~3e-2 nats).
 
 A graph reads its inputs from, and writes its logits to, tensors it owns, and reads the weights
 and the KV cache at the addresses they had when it was recorded: in-place weight updates
-(optimizer steps, LoRA re-merges, checkpoint loads) are seen by the next replay, a new cache
-(growth, a reset) drops every graph.
+(optimizer steps, LoRA re-merges, checkpoint loads) are seen by the next replay, new cache
+tensors (grown past their size, freed after running out of memory) drop every graph; a reset
+keeps both (erl.rollout.kv.SlotModel.clear).
 """
 
 from __future__ import annotations

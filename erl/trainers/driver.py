@@ -185,8 +185,8 @@ class ErlDriver:
 
     def fresh_policy(self) -> None:
         """A policy with a cache (the rollout engine) starts each phase as a new one would
-        (`reset`): a resumed process has no cache from earlier phases, and resume must
-        reproduce the next step exactly."""
+        (`reset`): a resumed process has no slot history from earlier phases, and resume
+        must reproduce the next step exactly."""
         reset = getattr(self.policy, "reset", None)
         if callable(reset):
             reset()
