@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 
 class DecodeGraphs:
     """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
-    key length, slots in place or gathered) is met, recorded right after (recording runs no
-    kernel, so the KV write is not repeated), and replayed from then on."""
+    width: 1 for a decode step, key length, slots in place or gathered) is met, recorded right
+    after (recording runs no kernel, so the KV write is not repeated), and replayed from then on.
+    Prefill forwards too, in bucketed shapes (erl.rollout.layout.prefill_inputs)."""
 
     def __init__(self, forward: Callable[..., torch.Tensor]):
         self.forward = forward
@@ -36,6 +37,7 @@ class DecodeGraphs:
         self.cache: Any = None  # the cache tensor the graphs were recorded against
         self.pool: Any = None
         self.enabled = True
+        self.limit = 512  # graphs kept at most (each holds its logits); later new shapes run eagerly
         self.captured = 0  # graphs recorded in this process (the benchmark reports it)
 
     def drop(self) -> None:
@@ -50,7 +52,7 @@ class DecodeGraphs:
         if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
-        key = (ids.shape[0], keys, rows is None)
+        key = (*ids.shape, keys, rows is None)  # decode steps are [rows, 1], prefills [rows, width]
         entry = self.graphs.get(key)
         if entry is not None:
             graph, inputs, out = entry
@@ -60,7 +62,7 @@ class DecodeGraphs:
             graph.replay()
             return out
         out = self.forward(ids, pos, rows, write, keys, last)  # this step's result; warms cuBLAS/cuDNN for the shape
-        if self.enabled:
+        if self.enabled and len(self.graphs) < self.limit:
             self._record(key, ids, pos, rows, write, keys, last)
         return out
 
