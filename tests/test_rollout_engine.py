@@ -546,24 +546,6 @@ def test_prefill_chunks_by_hand():
     assert [[s for s, _, _ in c] for c in prefill_chunks(items, 192)] == [[2, 0, 1, 3]]
     assert [[s for s, _, _ in c] for c in prefill_chunks(items, 1)] == [[2], [0], [1], [3]]
     assert prefill_chunks([], 64) == []
-    # GPU buckets: widths 16, 16, 32, 64, so the four rows take 4 x 64 = 256 > 192 padded tokens
-    assert [[s for s, _, _ in c] for c in prefill_chunks(items, 192, buckets=True)] == [[2, 0, 1], [3]]
-
-
-def test_bucketed_prefill_inputs_by_hand():
-    """Two rows (slot 3 past 2 reused tokens, slot 5 from scratch) padded to 4 rows of width 16;
-    the padding rows read slot 3's first key and write only the scratch position cap - 1 = 39;
-    the key length is the longest prompt (5) rounded up to key_bucket x a power of two (8)."""
-    from erl.rollout.layout import prefill_inputs
-
-    ids, pos, rows, write, keys, last = prefill_inputs([(3, 2, [1, 2, 3, 4, 5]), (5, 0, [7, 8])], 0, 40, 8, rows_to=4)
-    assert ids.shape == (4, 16) and ids[0, :4].tolist() == [3, 4, 5, 0] and ids[1, :3].tolist() == [7, 8, 0]
-    assert pos[0, :3].tolist() == [2, 3, 4] and pos[1, :2].tolist() == [0, 1] and pos[2:].eq(0).all()
-    assert rows.tolist() == [3, 5, 3, 3] and last.tolist() == [2, 1, 0, 0] and keys == 8
-    assert write[:2].equal(pos[:2]) and write[2:].eq(39).all()
-    # unbucketed: the rows as given, widths to a multiple of 16, keys to a multiple of key_bucket
-    ids, pos, rows, write, keys, last = prefill_inputs([(3, 2, [1] * 20), (5, 0, [7, 8])], 0, 40, 8)
-    assert ids.shape == (2, 32) and rows.tolist() == [3, 5] and keys == 24 and write.equal(pos)
 
 
 def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():
@@ -589,27 +571,6 @@ def test_a_group_of_equal_prompts_prefills_once_and_keeps_exact_logprobs():
     assert counts[False, False] == (alone, 0, forwards)
     assert counts[True, False] == (len(p) + 7 + len(q[0]) + len(q[1]), 7 * (len(p) - 1), forwards + 1)
     assert counts[True, True] == (alone, 0, forwards)
-
-
-def test_bucketed_prefill_shapes_keep_exact_logprobs():
-    """The GPU's prefill layout (rows, widths and key lengths bucketed to powers of two, padding
-    rows writing only the scratch position) on CPU: equal prompts lending KV, then next turns
-    that extend their own slot's KV; every log-prob equals a teacher-forced forward, so no padding
-    row or padded position wrote into KV that a sequence reads."""
-    model = model_of()
-    p = chat_ids(TOK, [{"role": "user", "content": "walk to the lake and back again, twice"}])
-    first = [p] * 5 + prompts(3)
-    tail = chat_ids(TOK, [{"role": "user", "content": "ok"}])
-    params = SamplingParams(max_new_tokens=5, temperature=1.0)
-    engine = RolloutEngine(model, TOK, slots=16, stop_ids=[])
-    engine.bucket_prefill = True
-    torch.manual_seed(0)
-    gens = engine.generate_batch(first, params)
-    later = [q + g.token_ids + tail for q, g in zip(first, gens)]
-    gens2 = engine.generate_batch(later, params)
-    assert engine.stats["reused_tokens"] >= sum(len(q) for q in first)  # the next turns kept their KV
-    for prompt, g in zip(first + later, gens + gens2):
-        assert torch.allclose(forced_logprobs(model, prompt, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
 
 
 def test_a_running_sequence_lends_its_prompt_to_a_later_request():

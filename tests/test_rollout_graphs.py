@@ -51,12 +51,6 @@ def fake_graphs(monkeypatch, engine, fail=False):
     return engine
 
 
-def bucketed(engine):
-    """Prefill shapes as on a GPU (erl.rollout.layout.prefill_inputs' buckets)."""
-    engine.bucket_prefill = True
-    return engine
-
-
 def sampled(engine, n=12, tokens=None):
     torch.manual_seed(3)
     params = SamplingParams(max_new_tokens=tokens or 24, temperature=0.8)
@@ -67,15 +61,13 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     """Each shape is run eagerly once (that step's result), recorded, then replayed with the step's
     own inputs copied in: the tokens and log-probs are the eager engine's, and a cache that grows
     (new tensors) drops every graph recorded against the old one."""
-    eager = sampled(bucketed(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[])))
-    engine = fake_graphs(monkeypatch, bucketed(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[])))
+    eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
     got = sampled(engine)
     assert [g.token_ids for g in got] == [g.token_ids for g in eager]
     assert [g.logprobs for g in got] == [g.logprobs for g in eager]
     st = engine.stats
-    prefill_shapes = {k for k in engine.graphs.graphs if k[1] > 1}  # (rows, width, keys, in place)
-    assert prefill_shapes and st["graphs_recorded"] == len(engine.graphs.graphs) == st["decode_shapes"] + len(prefill_shapes)
-    assert FakeGraph.replays == st["decode_steps"] + st["prefill_forwards"] - st["graphs_recorded"]
+    assert st["graphs_recorded"] == st["decode_shapes"] and FakeGraph.replays == st["decode_steps"] - st["decode_shapes"]
     assert engine.graphs.cache is engine.net.k[0]
     before = dict(engine.graphs.graphs)
     longer = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
@@ -90,7 +82,7 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     recorded, replays = engine.stats["graphs_recorded"], FakeGraph.replays
     again = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
     assert again[0].token_ids == longer[0].token_ids and again[0].logprobs == longer[0].logprobs
-    assert engine.stats["graphs_recorded"] == recorded and FakeGraph.replays == replays + 4  # a prefill, 3 decode steps
+    assert engine.stats["graphs_recorded"] == recorded and FakeGraph.replays == replays + 3  # 4 tokens: 3 decode steps
     assert engine.graphs.cache is cache  # the longer prompt's capacity still fits: the same tensors
 
 

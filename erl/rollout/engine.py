@@ -101,11 +101,6 @@ class RolloutEngine:
         # ... and so a second prefill wave (sequences that copy KV from one prefilled in the same
         # admission) must save about a forward's worth of tokens (erl.rollout.prefix.plan_sharing)
         self.min_wave = self.prefill_budget if self.device.type == "cuda" else 0
-        # Prefill shapes bucketed (rows, widths and key lengths to powers of two) so that they
-        # recur: their forwards are then replayed as CUDA graphs like decode steps (`prefill_graphs`),
-        # and eager runs (graphs off) take the same shapes, hence the same kernels and log-probs.
-        self.bucket_prefill = self.device.type == "cuda"
-        self.prefill_graphs = True
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
         self._worker: asyncio.Task | None = None
@@ -381,23 +376,14 @@ class RolloutEngine:
         self.stats["batches"] += 1
 
     def _prefill_all(self, admitted: list) -> None:
-        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget,
-                                    self.bucket_prefill):
+        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget):
             self._prefill(chunk)
 
     def _prefill(self, chunk: list) -> None:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
-        rows_to = row_bucket(len(chunk), self.n_slots) if self.bucket_prefill else 0
-        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket, rows_to)
-        args = [to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs]
-        if self.graphs is not None and self.prefill_graphs:
-            recorded = self.graphs.captured
-            logits = self.graphs(self.net.k[0], *args)
-            self.stats["graphs_recorded"] += self.graphs.captured - recorded
-        else:
-            logits = self.net.forward(*args)
-        logits = logits[:len(chunk)]
+        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
+        logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt

@@ -27,9 +27,8 @@ logger = logging.getLogger(__name__)
 
 class DecodeGraphs:
     """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
-    width: 1 for a decode step, key length, slots in place or gathered) is met, recorded right
-    after (recording runs no kernel, so the KV write is not repeated), and replayed from then on.
-    Prefill forwards too, in bucketed shapes (erl.rollout.layout.prefill_inputs)."""
+    key length, slots in place or gathered) is met, recorded right after (recording runs no
+    kernel, so the KV write is not repeated), and replayed from then on."""
 
     def __init__(self, forward: Callable[..., torch.Tensor]):
         self.forward = forward
@@ -37,7 +36,6 @@ class DecodeGraphs:
         self.cache: Any = None  # the cache tensor the graphs were recorded against
         self.pool: Any = None
         self.enabled = True
-        self.limit = 512  # graphs kept at most (each holds its logits); later new shapes run eagerly
         self.captured = 0  # graphs recorded in this process (the benchmark reports it)
 
     def drop(self) -> None:
@@ -52,7 +50,7 @@ class DecodeGraphs:
         if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
-        key = (*ids.shape, keys, rows is None)  # decode steps are [rows, 1], prefills [rows, width]
+        key = (ids.shape[0], keys, rows is None)
         entry = self.graphs.get(key)
         if entry is not None:
             graph, inputs, out = entry
@@ -62,7 +60,7 @@ class DecodeGraphs:
             graph.replay()
             return out
         out = self.forward(ids, pos, rows, write, keys, last)  # this step's result; warms cuBLAS/cuDNN for the shape
-        if self.enabled and len(self.graphs) < self.limit:
+        if self.enabled:
             self._record(key, ids, pos, rows, write, keys, last)
         return out
 

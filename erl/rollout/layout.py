@@ -10,26 +10,21 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def pow2_at_least(n: int, lo: int) -> int:
-    b = lo
+def row_bucket(n: int, most: int) -> int:
+    """Decode batch rows: the next power of two (at least 8), at most `most`."""
+    b = 8
     while b < n:
         b *= 2
-    return b
+    return min(b, most)
 
 
-def prefill_width(rest: int, buckets: bool) -> int:
-    """A prefill row's padded length: a multiple of 16, or with `buckets` a power of two (so that
-    a forward's shape recurs and its CUDA graph is replayed)."""
-    return pow2_at_least(rest, 16) if buckets else round_up(rest, 16)
-
-
-def prefill_chunks(admitted: list, budget: int, buckets: bool = False) -> list[list]:
+def prefill_chunks(admitted: list, budget: int) -> list[list]:
     """(slot, reused tokens, prompt) items in chunks of at most `budget` padded tokens, sorted
     by the length left to prefill so that a chunk pads little."""
     chunks: list[list] = []
     chunk: list = []
     for item in sorted(admitted, key=lambda a: len(a[2]) - a[1]):
-        width = prefill_width(len(item[2]) - item[1], buckets)  # sorted: the longest of the chunk so far
+        width = round_up(len(item[2]) - item[1], 16)  # sorted: the longest of the chunk so far
         if chunk and width * (len(chunk) + 1) > budget:
             chunks.append(chunk)
             chunk = []
@@ -37,34 +32,18 @@ def prefill_chunks(admitted: list, budget: int, buckets: bool = False) -> list[l
     return chunks + [chunk] if chunk else chunks
 
 
-def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int, rows_to: int = 0) -> tuple:
+def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple:
     """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
-    each row prefills its prompt past the reused tokens, padded to a multiple of 16. `rows_to`:
-    bucketed shapes instead (rows padded to `rows_to`, widths and key lengths to powers of two
-    times 16 and `key_bucket`), so that a CUDA graph of the forward is replayed; a padding row
-    reads its slot's first key and writes only the scratch position cap - 1."""
-    buckets = rows_to > 0
-    width = prefill_width(max(len(p) - u for _, u, p in chunk), buckets)
-    n = max(rows_to, len(chunk))
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    each row prefills its prompt past the reused tokens, padded to a multiple of 16."""
+    width = round_up(max(len(p) - u for _, u, p in chunk), 16)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     for i, (_, u, p) in enumerate(chunk):
         ids[i, :len(p) - u] = torch.tensor(p[u:])
-    start = torch.tensor([u for _, u, _ in chunk] + [0] * (n - len(chunk)))
-    pos = start[:, None] + torch.arange(width)[None, :]
-    pos[len(chunk):] = 0
-    longest = max(len(p) for _, _, p in chunk)
-    keys = min(key_bucket * pow2_at_least(-(-longest // key_bucket), 1) if buckets else round_up(longest, key_bucket),
-               cap)
-    rows = torch.tensor([s for s, _, _ in chunk] + [chunk[0][0]] * (n - len(chunk)))
-    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk] + [0] * (n - len(chunk)))
-    write = pos.clamp(max=cap - 1)
-    write[len(chunk):] = cap - 1
-    return ids, pos, rows, write, keys, last
-
-
-def row_bucket(n: int, most: int) -> int:
-    """Decode batch rows: the next power of two (at least 8), at most `most`."""
-    return min(pow2_at_least(n, 8), most)
+    pos = torch.tensor([u for _, u, _ in chunk])[:, None] + torch.arange(width)[None, :]
+    keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
+    rows = torch.tensor([s for s, _, _ in chunk])
+    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
+    return ids, pos, rows, pos.clamp(max=cap - 1), keys, last
 
 
 def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:
