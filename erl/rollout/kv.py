@@ -76,13 +76,13 @@ class SlotModel:
         """Free the tensors (out of memory, a new precision)."""
         self.k, self.v, self.cap = [], [], 0
 
-    def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> bool:
-        """Room for `slots` x `capacity` positions. The tensors stay when they are large enough
-        (a slot's positions keep their place, so the running sequences keep their KV); otherwise
-        larger ones take over the first `slots_now` x `cap` positions. True: new tensors."""
+    def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
+        """Room for `slots` x `capacity` positions. The tensors stay when they are large enough (a
+        slot's positions keep their place, so the running sequences keep their KV); otherwise
+        larger ones are made and take over the positions in use."""
         self.cap, old_cap = capacity, self.cap
         if self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity:
-            return False
+            return
         old_k, old_v = self.k, self.v
         if old_k and old_k[0].dtype == dtype:  # never shrink: a later phase may need the old size again
             slots, capacity = max(slots, old_k[0].shape[0]), max(capacity, old_k[0].shape[2])
@@ -96,7 +96,6 @@ class SlotModel:
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
-        return True
 
     def copy_prefix(self, src: tuple[int, ...], dst: tuple[int, ...], n: tuple[int, ...]) -> None:
         """Slot dst[i] takes the KV of slot src[i]'s first n[i] positions (a shared prompt
