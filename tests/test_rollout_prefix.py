@@ -89,3 +89,18 @@ def test_every_lent_prefix_is_held_by_its_lender_and_none_is_missed(seed):
                 assert reuse == alone
                 if lender >= 0:
                     assert lender not in mine and tok[lender, :reuse].tolist() == prompt[:reuse]
+
+
+def test_pick_slot_orders_as_a_lexsort_would():
+    """Untaken first, then the longest prefix, then the least recently used, then the lowest
+    index: the order np.lexsort((used, -lengths, taken)) gives, on random small values (many ties)."""
+    from erl.rollout.prefix import pick_slot
+
+    assert pick_slot(np.array([3, 5, 5, 5]), np.array([0, 9, 2, 2]), np.array([False, False, False, True])) == 2
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        n = int(rng.integers(1, 40))
+        lengths, used = rng.integers(0, 4, n), rng.integers(0, 5, n)
+        taken = rng.random(n) < 0.5
+        taken[int(rng.integers(0, n))] = False
+        assert pick_slot(lengths, used, taken) == int(np.lexsort((used, -lengths, taken))[0])

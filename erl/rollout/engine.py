@@ -33,7 +33,7 @@ from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
-from erl.rollout.prefix import PrefixScan, plan_sharing
+from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
 from erl.rollout.sampling import check_request, sample
 
 logger = logging.getLogger(__name__)
@@ -324,9 +324,7 @@ class RolloutEngine:
         tokens share the longest prefix with the prompt, least recently used among equals. At
         least one token is prefilled."""
         lengths = scan.lengths(prompt)[free_at] if scan is not None else np.zeros(len(taken), dtype=np.int64)
-        # untaken, longest, least recently used (slot clocks stay below 2**32), lowest slot: one
-        # argmax over a combined key, a tenth of a lexsort's cost at a thousand slots
-        i = int(np.where(taken, np.iinfo(np.int64).min, (lengths << 32) - used).argmax())
+        i = pick_slot(lengths, used, taken)
         return i, int(lengths[i])
 
     def _weights_version(self) -> int:

@@ -43,6 +43,13 @@ def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray
     return lengths[order]
 
 
+def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
+    """The untaken slot with the longest prefix, least recently used among equals (slot clocks
+    stay below 2**32), lowest index among those: one argmax over a combined key, a tenth of a
+    lexsort's cost at a thousand slots."""
+    return int(np.where(taken, np.iinfo(np.int64).min, (lengths.astype(np.int64) << 32) - used).argmax())
+
+
 class PrefixScan:
     """Prefix lengths of prompts against fixed slots, for one admission. A slot that holds
     nothing matches nothing; the tokens that every holding slot starts with (the system prompt
