@@ -8,6 +8,8 @@
 #         never commit the built overlay)
 #         SET=agents bash scripts/build_overlay.sh   -> agents.tar.xz: LangGraph / langchain-core /
 #         bm25s for the HotpotQA and LangGraph experiments (a second, small archive; unpack both)
+#         SET=local bash scripts/build_overlay.sh    -> local.tar.xz: Hydra and gguf only, for the local
+#         trainer and the benchmarks (small enough to travel beside two of the model's parts)
 # Needs:  pip with PyPI access, any local python3 (>=3.8), xz. Re-runnable: starts from scratch.
 # On the device:  mkdir -p /tmp/ov && tar -xJf .ovl/overlay.tar.xz -C /tmp/ov
 #                 export PYTHONPATH=$PWD:/tmp/ov/site RAY_AUTH_MODE=disabled
@@ -57,8 +59,12 @@ if [ "$SET" = agents ]; then
     distro==1.9.0 httpx2==2.16.2 httpcore2==2.16.2 websockets==17.4 truststore==0.10.5   # langsmith's
     bm25s==0.3.16
   )
+elif [ "$SET" = local ]; then
+  # The local trainer and the benchmarks on the device, without verl: erl-train's config (Hydra)
+  # and the GGUF reader that converts the carried model (a few hundred KiB, beside the model's parts)
+  PKGS=(hydra-core==1.3.8 omegaconf==2.3.0 gguf==0.19.0)
 elif [ "$SET" != core ]; then
-  echo "$0: SET must be core or agents, got '$SET'" >&2; exit 2
+  echo "$0: SET must be core, agents or local, got '$SET'" >&2; exit 2
 fi
 # Deliberately left out: wandb (20+ MiB, only with trainer.logger=wandb), vllm/sglang (too big),
 # transfer_queue (verl.trainer.ppo.v1 only), mathruler/openai/modelopt (optional paths).
@@ -68,7 +74,7 @@ echo "[1/5] downloading wheels for cp312 manylinux x86_64"
 pip download "${PIPQ[@]}" --no-deps "${PLAT[@]}" -d "$WORK/wheels" "${PKGS[@]}"
 
 # antlr4-python3-runtime 4.9.3 (hydra's parser runtime) exists only as an sdist: build a pure wheel here.
-if [ "$SET" = core ]; then
+if [ "$SET" != agents ]; then
   echo "[2/5] building antlr4-python3-runtime==4.9.3 wheel from sdist (pure python)"
   pip wheel "${PIPQ[@]}" --no-deps --no-binary=:all: -w "$WORK/wheels" antlr4-python3-runtime==4.9.3
 fi
@@ -92,7 +98,7 @@ if command -v strip >/dev/null; then
 fi
 du -sh "$S"
 
-NAME=$([ "$SET" = core ] && echo overlay || echo agents)
+NAME=$([ "$SET" = core ] && echo overlay || echo "$SET")
 echo "[5/5] packing"
 tar -C "$WORK" -cf - site | xz -T0 -9 > "$OUTDIR/$NAME.tar.xz"
 ls -la "$OUTDIR/$NAME.tar.xz"

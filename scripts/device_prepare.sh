@@ -2,7 +2,8 @@
 # Prepare the offline GPU machine (the `run` device tool) for the verl trainer; source it:
 #   source scripts/device_prepare.sh
 # - unpacks the overlay built by scripts/build_overlay.sh (.ovl/overlay.tar.xz, carried) into /tmp/ov,
-#   and .ovl/agents.tar.xz (SET=agents: LangGraph, bm25s) when carried,
+#   and .ovl/agents.tar.xz (SET=agents: LangGraph, bm25s) or .ovl/local.tar.xz (SET=local: Hydra and
+#   gguf, for the local trainer without verl) when carried,
 # - collects the SmolLM2 GGUF parts carried in .model/p*/ into /tmp/m (they survive while the
 #   machine stays warm, so the parts can come in consecutive calls),
 # - once all parts are there: joins them, checks the sha256 and converts the model into
@@ -14,8 +15,13 @@ GGUF_SHA=${GGUF_SHA:-b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea37372811
 GGUF_PARTS=${GGUF_PARTS:-3}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-if [ ! -d /tmp/ov/site ] && [ -f "$ROOT/.ovl/overlay.tar.xz" ]; then
+# each archive is unpacked when carried and not yet there (by a package of its own: the small local
+# overlay unpacked first must not hide verl's)
+if [ ! -d /tmp/ov/site/verl ] && [ -f "$ROOT/.ovl/overlay.tar.xz" ]; then
   mkdir -p /tmp/ov && tar -xJf "$ROOT/.ovl/overlay.tar.xz" -C /tmp/ov && echo "overlay unpacked"
+fi
+if [ ! -d /tmp/ov/site/hydra ] && [ -f "$ROOT/.ovl/local.tar.xz" ]; then  # SET=local build_overlay.sh
+  mkdir -p /tmp/ov && tar -xJf "$ROOT/.ovl/local.tar.xz" -C /tmp/ov && echo "local overlay unpacked"
 fi
 if [ ! -d /tmp/ov/site/langgraph ] && [ -f "$ROOT/.ovl/agents.tar.xz" ]; then  # SET=agents build_overlay.sh
   mkdir -p /tmp/ov && tar -xJf "$ROOT/.ovl/agents.tar.xz" -C /tmp/ov && echo "agents overlay unpacked"
