@@ -110,8 +110,7 @@ class RolloutEngine:
             raise ValueError(f"RolloutEngine: {exc}") from None
         self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
-        self._clear_slots()  # no slots yet
-        self.clock, self._version = 0, -1
+        self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,

@@ -84,12 +84,13 @@ class SlotModel:
         if self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity:
             return
         old_k, old_v = self.k, self.v
-        if old_k and old_k[0].dtype == dtype:  # never shrink: a later phase may need the old size again
+        keep = bool(old_k) and old_k[0].dtype == dtype  # else a new precision: nothing held is of use
+        if keep:  # never shrink: a later phase may need the old size again
             slots, capacity = max(slots, old_k[0].shape[0]), max(capacity, old_k[0].shape[2])
         shape = (slots, self.kv_heads, capacity, self.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        if old_k and old_k[0].dtype == dtype:  # the running sequences keep their KV
+        if keep:  # the running sequences keep their KV
             n = min(old_cap, capacity)
             for new, old in zip(self.k + self.v, old_k + old_v):
                 new[:old.shape[0], :, :n] = old[:, :, :n]
