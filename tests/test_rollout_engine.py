@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from erl.core.interfaces import SamplingParams
-from erl.models.chat import chat_ids
+from erl.models.chat import ChatTokenizer, chat_ids
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.build import build_policy
 from erl.rollout.engine import RolloutEngine
@@ -167,21 +167,27 @@ def test_a_finished_slot_is_refilled_while_others_decode():
 
 
 @pytest.mark.parametrize("overlap", [False, True])
-def test_overlap_lets_episodes_run_while_a_step_decodes_and_their_next_turn_joins_one_step_later(overlap):
+@pytest.mark.parametrize("encode", [False, True])
+def test_overlap_lets_episodes_run_while_a_step_decodes_and_their_next_turn_joins_one_step_later(overlap, encode):
     """A decodes 10 tokens alone; B takes two turns of 2, and reads the engine's step count when
     its second ends. Without overlap B's second turn is admitted at step 2 (its first ended at
     step 1), ends there, and B reads 2. With overlap B runs its host code while step 2 decodes,
     so its second turn joins at step 3, and B wakes while step 4 decodes: it reads 4. Tokens
-    and log-probs stay exact either way, and the run is the same every time (no timing in it)."""
+    and log-probs stay exact either way, and the run is the same every time (no timing in it).
+    `encode`: B's host code awaits a batched encoding of a new chat (ChatTokenizer.warm, three
+    turns of the event loop) and still joins as soon."""
     model = model_of()
     a_prompt, b_prompt = prompts(2)
 
     def run():
         engine = RolloutEngine(model, TOK, slots=2, stop_ids=[], overlap=overlap)
         params = SamplingParams(max_new_tokens=2, temperature=1.0)
+        chat = ChatTokenizer(TOK)
 
         async def b_episode():
             first = await engine.generate(b_prompt, params)
+            if encode:
+                assert await chat.prompt_ids_async([{"role": "user", "content": "a new chat"}])
             second_prompt = b_prompt + first.token_ids + prompts(3)[2]
             second = await engine.generate(second_prompt, params)
             return second_prompt, second, engine.stats["decode_steps"]

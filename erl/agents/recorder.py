@@ -112,7 +112,7 @@ class AttemptRecorder:
             self.traj.info["truncated"] = True
             self.stopped = f"the chat holds {chars} characters, more than {self.max_context_tokens} tokens can hold"
             raise ContextLimitExceeded(self.stopped)
-        ids = self.turns.prompt_ids(guided, tools, plain=msgs if self.guidance else None)
+        ids = await self.turns.prompt_ids_async(guided, tools, plain=msgs if self.guidance else None)
         if not steps:
             self.traj.info.update(prompt_ids=list(ids), messages=guided, tools=tools,
                                   plain_prompt_ids=list(self.turns.plain_ids) if self.guidance else list(ids))

@@ -49,12 +49,21 @@ def bag_of_words(text: str) -> Counter:
     return Counter(t.lower() for t in _TOKEN.findall(text))
 
 
-def cosine(a: Counter, b: Counter) -> float:
-    """Cosine of two count vectors; 0.0 when either is empty (no evidence of similarity)."""
+def _squares(bag: Counter) -> int:
+    return sum(n * n for n in bag.values())
+
+
+def cosine(a: Counter, b: Counter, a_squares: int | None = None, b_squares: int | None = None) -> float:
+    """Cosine of two count vectors; 0.0 when either is empty (no evidence of similarity).
+    `*_squares`: a vector's sum of squared counts, if known (the memory keeps its entries')."""
     if not a or not b:
         return 0.0
+    if len(b) < len(a):
+        a, b, a_squares, b_squares = b, a, b_squares, a_squares
     dot = sum(n * b[t] for t, n in a.items() if t in b)
-    return dot / math.sqrt(sum(n * n for n in a.values()) * sum(n * n for n in b.values()))
+    sa = _squares(a) if a_squares is None else a_squares
+    sb = _squares(b) if b_squares is None else b_squares
+    return dot / math.sqrt(sa * sb)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
@@ -102,7 +111,7 @@ class ReflectionMemory:
         self.top_k = _check_int("top_k", top_k, 0)
         self._lock = threading.RLock()
         self._entries: list[MemoryEntry] = []  # insertion order, which state_dict preserves
-        self._bags: dict[int, Counter] = {}  # added -> bag of words of the entry's query (a cache)
+        self._bags: dict[int, tuple[Counter, int]] = {}  # added -> the entry query's bag of words, its squares
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._next_id = 0
 
@@ -146,10 +155,16 @@ class ReflectionMemory:
         _check_str("query", query)
         k = self.top_k if k is None else _check_int("k", k, 0)
         bag = bag_of_words(query)
+        squares = _squares(bag)
+
+        def scored(keep) -> list[tuple[float, MemoryEntry]]:
+            return [(cosine(bag, *self._bags[e.added], squares), e) for e in self._entries if keep(e)]
         with self._lock:
-            scored = [(cosine(bag, self._bags[e.added]), e) for e in self._entries]
-            same = sorted((se for se in scored if se[1].key == key), key=_rank)
-            other = sorted((se for se in scored if se[1].key != key and se[0] > 0), key=_rank)
+            same = sorted(scored(lambda e: e.key == key), key=_rank)
+            # other keys are scored only when the task's own entries are too few (ERL's retrievals
+            # of a step scored the whole memory each: ~0.3 s of an ERL collect's host time)
+            other = [] if len(same) >= k else sorted(
+                (se for se in scored(lambda e: e.key != key) if se[0] > 0), key=_rank)
             chosen = [e for _, e in (same + other)[:k]]
             for e in chosen:
                 e.uses += 1
@@ -233,7 +248,8 @@ class ReflectionMemory:
 
     def _insert(self, entry: MemoryEntry) -> None:
         self._entries.append(entry)
-        self._bags[entry.added] = bag_of_words(entry.query)
+        bag = bag_of_words(entry.query)
+        self._bags[entry.added] = bag, _squares(bag)
 
     def _remove(self, entry: MemoryEntry) -> None:
         self._entries.remove(entry)

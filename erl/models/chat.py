@@ -9,6 +9,7 @@ turns may be extended is decided in one place, erl.rollout.turns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
 from functools import cached_property
@@ -27,13 +28,23 @@ def chat_text(tokenizer: Any, messages: list[dict], add_generation_prompt: bool 
                                          add_generation_prompt=add_generation_prompt, **kwargs)
 
 
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Ids of each text, without extra special tokens (a chat template already wrote them).
+    A fast tokenizer's Rust backend encodes a batch on every core and without offsets, as
+    `tokenizer.encode` would token for token; the backend is skipped while it holds truncation
+    or padding settings left by an earlier call, which `tokenizer.encode` would clear first."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.truncation is not None or backend.padding is not None:
+        return [list(tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # tokenizers < 0.21: no fast
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 def chat_ids(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True,
              tools: list[dict] | None = None) -> list[int]:
-    """Render then encode without extra special tokens: the template already wrote them.
-    (Rendering to text first sidesteps the return-type differences of apply_chat_template
-    across transformers versions.)"""
-    text = chat_text(tokenizer, messages, add_generation_prompt, tools)
-    return list(tokenizer.encode(text, add_special_tokens=False))
+    """Render then encode. (Rendering to text first sidesteps the return-type differences of
+    apply_chat_template across transformers versions.)"""
+    return encode_texts(tokenizer, [chat_text(tokenizer, messages, add_generation_prompt, tools)])[0]
 
 # A throw-away conversation: the tokens a template puts after it are what new messages cost.
 _BASE = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
@@ -50,22 +61,73 @@ class ChatTokenizer:
             )
         self.tokenizer = tokenizer
         self._cache: OrderedDict[str, list[int]] = OrderedDict()  # least recently used first
+        # Per event loop: texts that episodes await (`warm`), encoded together at the loop's next turn.
+        self._pending: dict[asyncio.AbstractEventLoop, tuple[dict[str, str], list[asyncio.Future]]] = {}
+
+    @staticmethod
+    def _key(messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> str:
+        return json.dumps([messages, add_generation_prompt, tools or None], sort_keys=True, default=str)
+
+    def _remember(self, key: str, ids: list[int]) -> None:
+        self._cache[key] = ids
+        self._cache.move_to_end(key)
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
 
     def _ids(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> list[int]:
         """chat_ids, remembered: the same chat (by its JSON) renders to the same ids. A copy
         is returned, so a caller that edits its list cannot change what is remembered."""
-        key = json.dumps([messages, add_generation_prompt, tools or None], sort_keys=True, default=str)
+        key = self._key(messages, add_generation_prompt, tools)
         ids = self._cache.get(key)
         if ids is None:
-            ids = self._cache[key] = chat_ids(self.tokenizer, messages, add_generation_prompt, tools)
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        else:
-            self._cache.move_to_end(key)
+            ids = chat_ids(self.tokenizer, messages, add_generation_prompt, tools)
+        self._remember(key, ids)
         return list(ids)
+
+    async def warm(self, chats: list[tuple[list[dict], bool, list[dict] | None]]) -> None:
+        """Encode into the cache those of `chats` ((messages, add_generation_prompt, tools)) it
+        lacks, in one batch with every chat that other episodes ask for in the same turn of the
+        event loop: a step's reflections and second attempts are new chats of ~500 tokens each,
+        and the Rust tokenizer encodes a batch on every core (one at a time, they were the
+        largest host cost of an ERL collect on the GPU: docs/gpu/rollout_waves). The ids then
+        come from the synchronous methods, which find them cached."""
+        keys = {self._key(*chat): chat for chat in chats}
+        keys = {k: c for k, c in keys.items() if k not in self._cache}
+        if not keys:
+            return
+        loop = asyncio.get_running_loop()
+        if loop not in self._pending:
+            self._pending[loop] = ({}, [])
+            loop.call_soon(self._flush, loop)
+        texts, waiters = self._pending[loop]
+        for key, (messages, add_generation_prompt, tools) in keys.items():
+            texts.setdefault(key, chat_text(self.tokenizer, messages, add_generation_prompt, tools))
+        # a future per waiter: a cancelled episode cancels only its own; the others resume one
+        # turn after the batch (the engine's _settle counts on it)
+        waiters.append(done := loop.create_future())
+        await done
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        texts, waiters = self._pending.pop(loop)
+        try:
+            for key, ids in zip(texts, encode_texts(self.tokenizer, list(texts.values()))):
+                self._remember(key, ids)
+        except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure
+            for done in waiters:
+                if not done.done():
+                    done.set_exception(exc)
+        else:
+            for done in waiters:
+                if not done.done():
+                    done.set_result(None)
 
     def prompt_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         return self._ids(messages, True, tools)
+
+    async def prompt_ids_async(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """prompt_ids, encoded in a batch with other episodes' (`warm`)."""
+        await self.warm([(messages, True, tools)])
+        return self.prompt_ids(messages, tools)
 
     def _base_ids(self, tools: list[dict] | None = None) -> list[int]:
         return self._ids(_BASE, False, tools)
@@ -98,11 +160,16 @@ class ChatTokenizer:
             return close[1:]
         return close
 
+    @staticmethod
+    def continuation_chat(new_messages: list[dict]) -> list[dict]:
+        """The chat whose rendering continuation_ids cuts the new messages' ids from."""
+        return _BASE + list(new_messages)
+
     def continuation_ids(self, new_messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Ids of new (non-assistant) messages after a closed assistant turn, plus the
         generation prompt for the next assistant turn. Rendered with the tool schemas, as
         some templates render tool turns differently when tools are given."""
-        full = self._ids(_BASE + list(new_messages), True, tools)
+        full = self._ids(self.continuation_chat(new_messages), True, tools)
         base = self._base_ids(tools)
         if full[: len(base)] != base:
             raise ValueError("chat template renders earlier turns differently when messages are appended")

@@ -191,19 +191,26 @@ class RolloutEngine:
 
     async def _loop(self) -> None:
         while self.waiting or self.active:
-            if not self.active:  # let every runnable episode reach its request first
-                size = -1
-                while size != len(self.waiting):
-                    size = len(self.waiting)
-                    for _ in range(2):
-                        await asyncio.sleep(0)
+            if not self.active:
+                await self._settle()
             if self.overlap:
                 pending = self.launch()
-                await asyncio.sleep(0)  # episodes run their host code while the GPU decodes
+                await self._settle()  # episodes run their host code while the GPU decodes
                 self.finish(pending)
             else:
                 self.step()
-                await asyncio.sleep(0)  # episodes submit their next turns while others decode
+                await self._settle()  # episodes submit their next turns while others decode
+
+    async def _settle(self) -> None:
+        """Yield until the runnable episodes have reached their requests: until the queue stops
+        growing over three turns of the event loop, the turns an episode takes when it awaits a
+        batched encoding (erl.models.chat.ChatTokenizer.warm: it registers, the batch is
+        encoded, it resumes). Deterministic: the loop runs its callbacks in order."""
+        size = -1
+        while size != len(self.waiting):
+            size = len(self.waiting)
+            for _ in range(3):
+                await asyncio.sleep(0)
 
     def _fail(self, exc: BaseException) -> None:
         """Fail every pending request and start clean (a half-written cache is not reused)."""

@@ -44,7 +44,7 @@ async def run_attempt(
     turns = TurnPrompts(chat)
     history = list(agent.chat_completions)
     messages = apply_guidance(history, guidance, placement)
-    ids = turns.prompt_ids(messages, plain=history if guidance else None)
+    ids = await turns.prompt_ids_async(messages, plain=history if guidance else None)
     traj = Trajectory(name=name, task=task)
     traj.info["prompt_ids"] = list(ids)
     traj.info["plain_prompt_ids"] = list(turns.plain_ids) if guidance else list(ids)
@@ -68,7 +68,7 @@ async def run_attempt(
             break
         history = list(agent.chat_completions)
         messages = apply_guidance(history, guidance, placement)
-        ids = turns.prompt_ids(messages, plain=history if guidance else None)
+        ids = await turns.prompt_ids_async(messages, plain=history if guidance else None)
         if max_context_tokens is not None and len(ids) >= max_context_tokens:
             traj.info["truncated"] = True  # the context is full: the attempt ends unfinished
             break

@@ -70,7 +70,7 @@ class ErlWorkflow:
         cfg = self.config
         messages = render_reflection_request(first.info.get("messages", []), first, first.reward,
                                              memories, tag=cfg.reflection_tag)
-        ids = self.chat.prompt_ids(messages)
+        ids = await self.chat.prompt_ids_async(messages)
         gen = await self.policy.generate(ids, self._params(cfg.max_reflection_tokens))
         traj = Trajectory(name=Segment.REFLECTION.value, task=task, steps=[Step(
             prompt_ids=ids, response_ids=list(gen.token_ids), logprobs=list(gen.logprobs),

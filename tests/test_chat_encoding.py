@@ -1,0 +1,119 @@
+"""Chat encoding off the hot path: the Rust backend without offsets, one batch for the chats that
+concurrent episodes ask for (ChatTokenizer.warm), and cheap snapshots of an agent's chat."""
+
+import asyncio
+
+import pytest
+
+from erl.core.types import Step
+from erl.models import chat as chat_mod
+from erl.models.chat import ChatTokenizer, chat_text, encode_texts
+from erl.models.tiny import build_tiny_tokenizer
+from erl.rollout.turns import TurnPrompts, snapshot
+
+TOK = build_tiny_tokenizer()
+
+
+def chat_of(k):
+    return [{"role": "system", "content": "Walk to the goal."}, {"role": "user", "content": f"obs {k} " * (k + 1)}]
+
+
+def test_the_backend_encodes_as_the_tokenizer_does_and_yields_to_leftover_truncation():
+    texts = [chat_text(TOK, chat_of(k)) for k in range(4)]
+    assert encode_texts(TOK, texts) == [TOK.encode(t, add_special_tokens=False) for t in texts]
+    TOK.backend_tokenizer.enable_truncation(max_length=3)  # as an earlier tokenizer(..., truncation=True) leaves it
+    try:
+        assert [len(ids) for ids in encode_texts(TOK, texts)] == [len(TOK.encode(t, add_special_tokens=False))
+                                                                   for t in texts]
+        assert all(len(ids) > 3 for ids in encode_texts(TOK, texts))  # not truncated
+    finally:
+        TOK.backend_tokenizer.no_truncation()
+
+
+def test_chats_awaited_in_one_turn_of_the_loop_are_encoded_in_one_batch(monkeypatch):
+    batches = []
+    real = chat_mod.encode_texts
+
+    def counted(tokenizer, texts):
+        batches.append(len(texts))
+        return real(tokenizer, texts)
+    monkeypatch.setattr(chat_mod, "encode_texts", counted)
+    chat = ChatTokenizer(TOK)
+
+    async def episode(k):
+        first = await chat.prompt_ids_async(chat_of(k))
+        await asyncio.sleep(0)
+        again = await chat.prompt_ids_async(chat_of(k))  # cached: no batch, no wait
+        return first, again
+
+    async def go():
+        return await asyncio.gather(*[episode(k) for k in range(5)], episode(0))
+
+    results = asyncio.run(go())
+    # five distinct chats (the sixth episode repeats the first's), one batch of five
+    assert batches == [5]
+    fresh = ChatTokenizer(TOK)
+    for k, (first, again) in zip([0, 1, 2, 3, 4, 0], results):
+        assert first == again == fresh.prompt_ids(chat_of(k))
+
+
+def test_a_failed_batch_fails_every_episode_that_waits_for_it(monkeypatch):
+    def broken(tokenizer, texts):
+        raise RuntimeError("tokenizer crashed")
+    monkeypatch.setattr(chat_mod, "encode_texts", broken)
+    chat = ChatTokenizer(TOK)
+
+    async def go():
+        return await asyncio.gather(*[chat.prompt_ids_async(chat_of(k)) for k in range(3)], return_exceptions=True)
+
+    assert [str(e) for e in asyncio.run(go())] == ["tokenizer crashed"] * 3
+    monkeypatch.undo()
+    assert asyncio.run(chat.prompt_ids_async(chat_of(0))) == ChatTokenizer(TOK).prompt_ids(chat_of(0))
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_turn_prompts_async_equal_the_synchronous_ones_across_turns(plain):
+    """A first call (with and without its plain twin), a call that extends it, a rewritten chat."""
+    reply = {"role": "assistant", "content": "go"}
+    calls = [chat_of(1), chat_of(1) + [reply, {"role": "user", "content": "obs 2"}], chat_of(3)]
+
+    def run(use_async):
+        turns, out = TurnPrompts(ChatTokenizer(TOK)), []
+        for messages in calls:
+            kwargs = {"plain": messages[1:]} if plain else {}
+            ids = (asyncio.run(turns.prompt_ids_async(messages, **kwargs)) if use_async
+                   else turns.prompt_ids(messages, **kwargs))
+            out.append((ids, turns.plain_ids))
+            turns.replied(Step(prompt_ids=ids, response_ids=TOK.encode("go", add_special_tokens=False)), reply)
+        return out
+
+    assert run(True) == run(False)
+
+
+def test_a_snapshot_is_out_of_reach_of_in_place_edits():
+    parts = [{"type": "text", "text": "see"}]
+    calls = [{"id": "c1", "function": {"name": "move", "arguments": {"dir": "up"}}}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": "", "tool_calls": calls}]
+    copy = snapshot(messages)
+    assert copy == messages
+    parts[0]["text"] = "changed"
+    calls[0]["function"]["arguments"]["dir"] = "down"
+    messages[0]["content"] = "replaced"
+    messages.append({"role": "user", "content": "more"})
+    assert copy == [{"role": "user", "content": [{"type": "text", "text": "see"}]},
+                    {"role": "assistant", "content": "",
+                     "tool_calls": [{"id": "c1", "function": {"name": "move", "arguments": {"dir": "up"}}}]}]
+
+
+def test_an_episode_cancelled_while_it_waits_leaves_the_batch_to_the_others():
+    chat = ChatTokenizer(TOK)
+
+    async def go():
+        tasks = [asyncio.ensure_future(chat.prompt_ids_async(chat_of(k))) for k in range(3)]
+        await asyncio.sleep(0)  # all three wait for the batch
+        tasks[1].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    first, cancelled, third = asyncio.run(go())
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert (first, third) == (ChatTokenizer(TOK).prompt_ids(chat_of(0)), ChatTokenizer(TOK).prompt_ids(chat_of(2)))
