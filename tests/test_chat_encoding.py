@@ -117,3 +117,33 @@ def test_an_episode_cancelled_while_it_waits_leaves_the_batch_to_the_others():
     first, cancelled, third = asyncio.run(go())
     assert isinstance(cancelled, asyncio.CancelledError)
     assert (first, third) == (ChatTokenizer(TOK).prompt_ids(chat_of(0)), ChatTokenizer(TOK).prompt_ids(chat_of(2)))
+
+
+def test_a_batching_policy_waits_for_episodes_that_await_their_encoding():
+    """Batches of at most 3: E1, E2 and L1 go first, L2 is left over. E1 and E2 then encode a new
+    chat before their second request; the drain that serves L2 waits for them (2 batches, not
+    3: waiting two turns of the loop, as it used to, sent L2 alone)."""
+    from erl.core.interfaces import Generation, SamplingParams
+    from erl.rollout.batching import BatchingPolicy
+
+    class Recording(BatchingPolicy):
+        def __init__(self):
+            super().__init__(TOK, max_batch_size=3)
+            self.batches = []
+
+        def generate_batch(self, prompts, params):
+            self.batches.append([p[0] for p in prompts])
+            return [Generation(token_ids=[1], logprobs=[0.0], text="x", finish_reason="stop") for _ in prompts]
+
+    policy, chat, params = Recording(), ChatTokenizer(TOK), SamplingParams(max_new_tokens=1)
+
+    async def episode(k):
+        await policy.generate([k], params)
+        await chat.prompt_ids_async(chat_of(k))
+        await policy.generate([10 + k], params)
+
+    async def go():
+        await asyncio.gather(episode(1), episode(2), policy.generate([3], params), policy.generate([4], params))
+
+    asyncio.run(go())
+    assert policy.batches == [[1, 2, 3], [4, 11, 12]]

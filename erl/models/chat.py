@@ -103,7 +103,7 @@ class ChatTokenizer:
         for key, (messages, add_generation_prompt, tools) in keys.items():
             texts.setdefault(key, chat_text(self.tokenizer, messages, add_generation_prompt, tools))
         # a future per waiter: a cancelled episode cancels only its own; the others resume one
-        # turn after the batch (the engine's _settle counts on it)
+        # turn after the batch (erl.rollout.batching.settle counts on it)
         waiters.append(done := loop.create_future())
         await done
 

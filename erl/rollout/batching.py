@@ -10,9 +10,22 @@ Subclasses implement `generate_batch`: HF `generate` here, verl's workers in the
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from erl.core.interfaces import Generation, SamplingParams
+
+
+async def settle(waiting: Callable[[], int]) -> None:
+    """Yield until the runnable episodes have reached their requests: until `waiting()` (the
+    queue's length) stops growing over three turns of the event loop, the turns an episode
+    takes when it awaits a batched encoding (erl.models.chat.ChatTokenizer.warm: it registers,
+    the batch is encoded, it resumes). Deterministic: the loop runs its callbacks in order."""
+    size = -1
+    while size != waiting():
+        size = waiting()
+        for _ in range(3):
+            await asyncio.sleep(0)
 
 
 class BatchingPolicy:
@@ -45,11 +58,7 @@ class BatchingPolicy:
 
     async def _drain(self) -> None:
         while self._queue:
-            size = -1
-            while size != len(self._queue):  # every runnable episode has now reached its request
-                size = len(self._queue)
-                for _ in range(2):
-                    await asyncio.sleep(0)
+            await settle(lambda: len(self._queue))
             params = self._queue[0][1]
             batch = [r for r in self._queue if r[1] == params][: self.max_batch_size]
             self._queue = [r for r in self._queue if not any(r is b for b in batch)]

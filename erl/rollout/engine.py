@@ -28,6 +28,7 @@ import torch
 
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
+from erl.rollout.batching import settle
 from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
@@ -192,25 +193,14 @@ class RolloutEngine:
     async def _loop(self) -> None:
         while self.waiting or self.active:
             if not self.active:
-                await self._settle()
+                await settle(lambda: len(self.waiting))
             if self.overlap:
                 pending = self.launch()
-                await self._settle()  # episodes run their host code while the GPU decodes
+                await settle(lambda: len(self.waiting))  # episodes run their host code while the GPU decodes
                 self.finish(pending)
             else:
                 self.step()
-                await self._settle()  # episodes submit their next turns while others decode
-
-    async def _settle(self) -> None:
-        """Yield until the runnable episodes have reached their requests: until the queue stops
-        growing over three turns of the event loop, the turns an episode takes when it awaits a
-        batched encoding (erl.models.chat.ChatTokenizer.warm: it registers, the batch is
-        encoded, it resumes). Deterministic: the loop runs its callbacks in order."""
-        size = -1
-        while size != len(self.waiting):
-            size = len(self.waiting)
-            for _ in range(3):
-                await asyncio.sleep(0)
+                await settle(lambda: len(self.waiting))  # episodes submit their next turns while others decode
 
     def _fail(self, exc: BaseException) -> None:
         """Fail every pending request and start clean (a half-written cache is not reused)."""
