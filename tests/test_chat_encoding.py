@@ -5,10 +5,12 @@ import asyncio
 
 import pytest
 
+from erl.core.interfaces import Generation, SamplingParams
 from erl.core.types import Step
 from erl.models import chat as chat_mod
 from erl.models.chat import ChatTokenizer, chat_text, encode_texts
 from erl.models.tiny import build_tiny_tokenizer
+from erl.rollout.batching import BatchingPolicy
 from erl.rollout.turns import TurnPrompts, snapshot
 
 TOK = build_tiny_tokenizer()
@@ -123,9 +125,6 @@ def test_a_batching_policy_waits_for_episodes_that_await_their_encoding():
     """Batches of at most 3: E1, E2 and L1 go first, L2 is left over. E1 and E2 then encode a new
     chat before their second request; the drain that serves L2 waits for them (2 batches, not
     3: waiting two turns of the loop, as it used to, sent L2 alone)."""
-    from erl.core.interfaces import Generation, SamplingParams
-    from erl.rollout.batching import BatchingPolicy
-
     class Recording(BatchingPolicy):
         def __init__(self):
             super().__init__(TOK, max_batch_size=3)

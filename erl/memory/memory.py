@@ -158,7 +158,8 @@ class ReflectionMemory:
         squares = _squares(bag)
 
         def scored(keep) -> list[tuple[float, MemoryEntry]]:
-            return [(cosine(bag, *self._bags[e.added], squares), e) for e in self._entries if keep(e)]
+            return [(cosine(bag, self._bags[e.added][0], squares, self._bags[e.added][1]), e)
+                    for e in self._entries if keep(e)]
         with self._lock:
             same = sorted(scored(lambda e: e.key == key), key=_rank)
             # other keys are scored only when the task's own entries are too few (ERL's retrievals

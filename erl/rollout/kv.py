@@ -58,29 +58,25 @@ class SlotModel:
         attn = self.layers[0].self_attn
         self.rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.scaling = getattr(attn, "scaling", self.head_dim ** -0.5)
-        # The cache tensors can be larger than the engine's slots and capacity (`cap`): a reset
+        # The cache tensors can be larger than the engine's slots and capacity (`capacity`): a reset
         # keeps them (and the CUDA graphs recorded against them) and only forgets what they hold.
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        self.cap = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.cap
+        self.capacity = 0  # positions a slot may use: at most the tensors' size
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
-        self.cap = 0
+        self.capacity = 0
 
     def release(self) -> None:
         """Free the tensors (out of memory, a new precision)."""
-        self.k, self.v, self.cap = [], [], 0
+        self.k, self.v, self.capacity = [], [], 0
 
     def allocate(self, slots: int, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
         """Room for `slots` x `capacity` positions. The tensors stay when they are large enough (a
         slot's positions keep their place, so the running sequences keep their KV); otherwise
         larger ones are made and take over the positions in use."""
-        self.cap, old_cap = capacity, self.cap
+        self.capacity, old_cap = capacity, self.capacity
         if self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity:
             return
         old_k, old_v = self.k, self.v

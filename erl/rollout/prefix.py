@@ -101,8 +101,8 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     logits start the reply). `min_wave`: the second wave (the sequences that wait for a lender
     of this round) must save at least this many prefill tokens in all, or there is none and
     they prefill from their other sources in the first: on a GPU a forward costs about the same
-    for a few thousand tokens as for one (erl.rollout.engine). `scan`: a PrefixScan over every
-    slot (the engine's, shared with its slot choice), instead of one over the lenders only."""
+    for a few thousand tokens as for one (erl.rollout.engine). `scan`: a PrefixScan covering
+    every slot that may lend (the engine's, shared with its slot choice; default: one over every slot)."""
     keys = [tuple(p) for _, _, p in admitted]
     counts = Counter(keys)
     seen: set[tuple] = set()
@@ -115,14 +115,12 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     plan = Plan([], [], [])
     # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan
     # (PrefixScan), and a round lender that holds the whole prompt stays the first to do so.
-    cols = None
     if scan is None:
-        scan = PrefixScan(tok, held, others)
-    else:  # the shared scan's columns of the lenders
-        at = np.full(tok.shape[0], -1, dtype=np.int64)
-        at[scan.slots] = np.arange(len(scan.slots))
-        cols = at[others]
-        assert (cols >= 0).all(), "plan_sharing: the scan must cover every slot that may lend"
+        scan = PrefixScan(tok, held, np.arange(tok.shape[0]))
+    at = np.full(tok.shape[0], -1, dtype=np.int64)  # the scan's columns of the lenders
+    at[scan.slots] = np.arange(len(scan.slots))
+    cols = at[others]
+    assert (cols >= 0).all(), "plan_sharing: the scan must cover every slot that may lend"
     round_best: dict[tuple, tuple[int, int]] = {}
     alone: list[tuple[int, int]] = []  # (reuse, lender) of each sequence without this round's lenders
     for (slot, own, prompt), key in zip(admitted, keys):
@@ -131,9 +129,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         n = len(prompt) - 1
         best, lender, second = own, -1, False
         if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
-            lengths = scan.lengths(prompt)
-            if cols is not None:
-                lengths = lengths[cols]
+            lengths = scan.lengths(prompt)[cols]
             k = int(lengths.argmax())
             if lengths[k] > best:
                 best, lender = int(lengths[k]), int(others[k])

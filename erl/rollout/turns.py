@@ -81,11 +81,29 @@ class TurnPrompts:
                    plain: list[dict] | None = None) -> list[int]:
         """`plain`: the same chat without the reflection, if it has one. Where the call starts
         a new sequence, its ids become `plain_ids` (what consolidation re-bases onto)."""
-        # A snapshot: agents mutate their chat lists (and messages) in place between calls.
+        return self._ids(plain, *self._sending(messages, tools))
+
+    async def prompt_ids_async(self, messages: list[dict], tools: list[dict] | None = None,
+                               plain: list[dict] | None = None) -> list[int]:
+        """prompt_ids, with whatever it must encode encoded in a batch with other episodes'
+        (ChatTokenizer.warm)."""
+        messages, tools, new = self._sending(messages, tools)
+        if new is None:
+            chats = [(messages, True, tools)] + ([(plain, True, tools)] if plain is not None else [])
+        else:
+            chats = [(self.chat.continuation_chat(new), True, tools)]
+        await self.chat.warm(chats)
+        return self._ids(plain, messages, tools, new)
+
+    def _sending(self, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list | None, list | None]:
+        """The call's chat as sent (a snapshot: agents mutate their chat lists and messages in
+        place between calls) and its new messages if it extends the last call (new_messages)."""
         messages, tools = snapshot(messages), copy.deepcopy(tools) or None
         self._sent = (messages, tools)
         self.plain_ids = None
-        new = self.new_messages(messages, tools)
+        return messages, tools, self.new_messages(messages, tools)
+
+    def _ids(self, plain: list[dict] | None, messages: list[dict], tools: list | None, new: list | None) -> list[int]:
         if new is None:
             ids = self.chat.prompt_ids(messages, tools)
             if plain is not None:
@@ -94,18 +112,6 @@ class TurnPrompts:
         prev = self._last[2]
         prev.suffix_ids = self.chat.glue_ids(prev.response_ids)
         return prev.prompt_ids + prev.response_ids + prev.suffix_ids + self.chat.continuation_ids(new, tools)
-
-    async def prompt_ids_async(self, messages: list[dict], tools: list[dict] | None = None,
-                               plain: list[dict] | None = None) -> list[int]:
-        """prompt_ids, with whatever it must encode encoded in a batch with other episodes'
-        (ChatTokenizer.warm)."""
-        new = self.new_messages(messages, tools)
-        if new is None:
-            chats = [(messages, True, tools)] + ([(plain, True, tools)] if plain is not None else [])
-        else:
-            chats = [(self.chat.continuation_chat(new), True, tools or None)]
-        await self.chat.warm(chats)
-        return self.prompt_ids(messages, tools, plain)
 
     def replied(self, step: Step, reply: dict) -> None:
         if self._sent is None:

@@ -34,6 +34,7 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -191,18 +192,23 @@ class ErlDriver:
         if callable(reset):
             reset()
 
+    def run_phase(self, gathered: Coroutine[Any, Any, list]) -> list:
+        """Run one phase's episodes (a coroutine gathering them) the way every phase runs: a fresh
+        policy, the trainer's rollout context, the heap from before frozen out of full GC passes."""
+        self.fresh_policy()
+        with self.rollout_context(), frozen_heap():
+            return asyncio.run(gathered)
+
     def collect(self, tasks: list[dict]) -> list[Episode]:
         """n episodes per task (2n first attempts in rlvr mode: the workflow's config says)."""
         self.workflow.step = self.step_count
-        self.fresh_policy()
         n = self.erl.first_attempts_per_task
         runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
 
         async def gather():
             return list(await asyncio.gather(*runs))
 
-        with self.rollout_context(), frozen_heap():
-            return asyncio.run(gather())
+        return self.run_phase(gather())
 
     def evaluate(self, tasks: list[dict] | None = None, temperature: float | None = None) -> dict[str, float]:
         """First attempt only: no reflection, no memory: what the deployed model does."""
@@ -212,10 +218,9 @@ class ErlDriver:
         t = self.eval_temperature if temperature is None else temperature
         self.seed_sampling(step_seed(self.seed, EVAL_SEED_OFFSET + self.step_count))
         t0 = time.perf_counter()
-        self.fresh_policy()
         attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
-        with self.rollout_context(), frozen_heap(), task_bar(len(tasks), "eval", self.progress) as bar:
-            trajs = asyncio.run(gather_with_bar(attempts, bar))
+        with task_bar(len(tasks), "eval", self.progress) as bar:
+            trajs = self.run_phase(gather_with_bar(attempts, bar))
         return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}
 
     # ---- one step ----------------------------------------------------------------------

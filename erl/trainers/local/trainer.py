@@ -7,7 +7,6 @@ Every piece of math comes from erl.core; this file only orchestrates.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import replace
 from pathlib import Path
@@ -105,10 +104,9 @@ class LocalTrainer(ErlDriver):
         t = self.eval_temperature if temperature is None else temperature
         cfg = replace(self.erl, mode="no_memory", temperature=t)
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
-        self.fresh_policy()
         runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
-        with self.rollout_context(), task_bar(len(tasks), "eval (with reflection)", self.progress) as bar:
-            episodes = asyncio.run(gather_with_bar(runs, bar))
+        with task_bar(len(tasks), "eval (with reflection)", self.progress) as bar:
+            episodes = self.run_phase(gather_with_bar(runs, bar))
         m = episode_metrics(episodes)
         return {"eval/success": m["attempt1/success"], "eval/success_after_reflection": m["episode/success"],
                 "eval/reflection_rate": m["reflection/rate"],
