@@ -245,7 +245,8 @@ def erl_workload(args) -> None:
                       f"({1e3 * st['decode_seconds'] / max(st['decode_steps'], 1):.1f} ms a step), prefill "
                       f"{st['prefill_seconds']:.1f} s ({st['prefill_forwards']} forwards, "
                       f"{1e3 * st['prefill_seconds'] / max(st['prefill_forwards'], 1):.1f} ms each), admission "
-                      f"planning and bookkeeping {other:.1f} s; outside the engine {wall - st['generate_seconds']:.1f} s",
+                      f"planning and bookkeeping {other:.1f} s; outside the engine {wall - st['generate_seconds']:.1f} s; "
+                      f"the host waited for the GPU {st.get('gpu_wait_seconds', 0.0):.1f} s",
                       flush=True)
     for part in ("eval", "collect"):
         for a in names[1:]:

@@ -232,6 +232,33 @@ def test_next_turn_prefills_only_its_new_tokens_and_matches_a_fresh_prefill():
     assert engine.stats["prefill_tokens"] - before == len(second)
 
 
+def test_a_sequence_that_ends_on_its_first_token_keeps_its_prompts_kv_and_frees_its_slot():
+    """A prefill's tokens reach the host with its step's decode (RolloutEngine.finish), which
+    already ran a row for every admitted sequence: one that ends on its first token wastes that
+    row (dropped, not delivered), holds its prompt's KV only, and its next turn prefills the
+    rest exactly as a fresh engine would."""
+    model = model_of()
+    engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    ps = prompts(3)
+    params = [SamplingParams(max_new_tokens=n, temperature=1.0) for n in (1, 5, 1)]
+    torch.manual_seed(0)
+    gens = run_all(engine, ps, params)
+    assert [len(g.token_ids) for g in gens] == [1, 5, 1]
+    assert engine.stats["decode_steps"] == 4 and engine.stats["generated_tokens"] == 7
+    for p, g in zip(ps, gens):
+        assert torch.allclose(forced_logprobs(model, p, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
+    held = sorted(engine.held)
+    assert held == sorted([0, len(ps[0]), len(ps[1]) + 4, len(ps[2])])
+    greedy = SamplingParams(max_new_tokens=4, temperature=0.0)
+    second = ps[0] + gens[0].token_ids + chat_ids(TOK, [{"role": "user", "content": "ok"}])
+    before = engine.stats["prefill_tokens"]
+    again = engine.generate_batch([second], greedy)[0]
+    assert engine.stats["prefill_tokens"] - before == len(second) - len(ps[0])
+    fresh = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch([second], greedy)[0]
+    assert again.token_ids == fresh.token_ids
+    assert torch.allclose(torch.tensor(again.logprobs), torch.tensor(fresh.logprobs), atol=1e-5)
+
+
 def test_lora_adapters_are_used():
     from peft import LoraConfig, get_peft_model
 

@@ -104,6 +104,7 @@ class RolloutEngine:
         self.min_wave = self.prefill_budget if self.device.type == "cuda" else 0
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
+        self._firsts: list[tuple] = []
         self._worker: asyncio.Task | None = None
         try:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
@@ -116,9 +117,12 @@ class RolloutEngine:
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
                       "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
-                      # wall time of prefill / decode forwards with their sampling and the wait for their
-                      # tokens (_deliver); the rest of generate_seconds is admission planning and bookkeeping
-                      "prefill_seconds": 0.0, "decode_seconds": 0.0}
+                      # wall time of queueing prefill / decode forwards with their sampling, and of the decode's
+                      # delivery (_deliver: the wait for its and its prefills' tokens); the rest of
+                      # generate_seconds is admission planning and bookkeeping
+                      "prefill_seconds": 0.0, "decode_seconds": 0.0,
+                      # of those, the host waiting for sampled tokens (the GPU still busy)
+                      "gpu_wait_seconds": 0.0}
 
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
@@ -248,22 +252,27 @@ class RolloutEngine:
             self.stats["generate_seconds"] += time.perf_counter() - start
 
     def finish(self, pending: tuple | None) -> None:
+        """Deliver a launched step: first tokens of the sequences it admitted, then its decode's."""
         if pending is None:
             return
         start = time.perf_counter()
-        self._deliver(*pending)
+        firsts, decoded = pending
+        for sampled in firsts:
+            self._deliver(sampled)
+        self._deliver(decoded, decoded=True)
         spent = time.perf_counter() - start
         self.stats["decode_seconds"] += spent
         self.stats["generate_seconds"] += spent
 
     def _launch(self) -> tuple | None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
+            self._firsts: list[tuple] = []  # the first tokens sampled by this step's prefills, not yet delivered
             free = self.max_slots - len(self.active)
             enough = min(free, max(8, int(self.admit_ratio * len(self.active))))
             if self.waiting and free and (not self.active or len(self.waiting) >= enough
                                           or self.waiting[0].waited >= self.admit_wait):
                 self._admit()
-            pending = self._decode_step() if self.active else None
+            pending = (self._firsts, self._decode_step()) if self.active else None
             for req in self.waiting:
                 req.waited += 1
         return pending
@@ -384,7 +393,9 @@ class RolloutEngine:
             self.held[s] = len(prompt)
             self.stats["prefill_tokens"] += len(prompt) - u
             self.stats["reused_tokens"] += u
-        self._take([s for s, _, _ in chunk], logits)
+        # Not waited for: the step's decode reads these tokens on the device, and the host delivers
+        # them with the decode's (finish), so it runs the episodes' code while the GPU prefills.
+        self._firsts.append(self._sampled([s for s, _, _ in chunk], logits))
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_seconds"] += time.perf_counter() - start
 
@@ -399,10 +410,15 @@ class RolloutEngine:
         b = len(rows)
         ids = [self.pad_id] * b
         pos = [cap - 1] * b  # idle rows write to the scratch column
+        fresh: list[int] = []  # rows of sequences admitted in this step: their token is on the device
         for i, s in enumerate(rows):
             req = self.active.get(s)
             if req is not None:
-                ids[i], pos[i] = req.out[-1], self.held[s]
+                pos[i] = self.held[s]
+                if req.out:
+                    ids[i] = req.out[-1]
+                else:
+                    fresh.append(i)
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
@@ -413,7 +429,12 @@ class RolloutEngine:
         # after it would wait for the forward (to_device avoids the wait anyway)
         index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
         pos_t = to_device(pos, dev)[:, None]
-        args = (to_device(ids, dev)[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
+        ids_t = to_device(ids, dev)
+        if fresh:  # their tokens, sampled by this step's prefills, go from there to here on the device
+            where = {s: i for i, s in enumerate(s for sampled in self._firsts for s in sampled[0])}
+            drawn = torch.cat([sampled[4] for sampled in self._firsts])
+            ids_t[to_device(fresh, dev)] = drawn[to_device([where[rows[i]] for i in fresh], dev)]
+        args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         if self.graphs is not None:
             recorded = self.graphs.captured
@@ -423,9 +444,6 @@ class RolloutEngine:
             logits = self._decode(*args)
         if self.compile:
             self.stats["recompiles"] += graph_count() - graphs
-        for s in slots:
-            self.tok[s, self.held[s]] = self.active[s].out[-1]
-            self.held[s] += 1
         pending = self._sampled(slots, logits[index])
         self.stats["decode_steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - start
@@ -433,24 +451,32 @@ class RolloutEngine:
 
     # ---- sampling --------------------------------------------------------------------
     def _sampled(self, slots: list[int], logits: torch.Tensor) -> tuple:
-        """One token per slot sampled from its logits [n, vocab], on their way to the host."""
+        """(slots, tokens, log-probs, event, tokens on the device): one token per slot sampled from
+        its logits [n, vocab], on their way to the host (the event: they have arrived)."""
         tokens, logps = sample(logits, [self.active[s].params for s in slots])
         if logits.device.type != "cuda":
-            return slots, tokens, logps, None
+            return slots, tokens, logps, None, tokens
         done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
-        tokens, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
+        on_host, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
         done.record()
-        return slots, tokens, logps, done
+        return slots, on_host, logps, done, tokens
 
-    def _take(self, slots: list[int], logits: torch.Tensor) -> None:
-        self._deliver(*self._sampled(slots, logits))
-
-    def _deliver(self, slots: list[int], tokens: torch.Tensor, logps: torch.Tensor, done: Any) -> None:
-        """Append each slot's sampled token; finish the sequences that end."""
+    def _deliver(self, sampled: tuple, decoded: bool = False) -> None:
+        """Append each slot's sampled token; finish the sequences that end. `decoded`: a decode
+        step's tokens, whose forward wrote the KV of each slot's previous token. A sequence that
+        ended on its first token (delivered just before) decoded one spare row: it is skipped."""
+        slots, tokens, logps, done, _ = sampled
         if done is not None:
+            start = time.perf_counter()
             done.synchronize()
-        reqs = [self.active[s] for s in slots]
-        for s, req, t, lp in zip(slots, reqs, tokens.tolist(), logps.tolist()):
+            self.stats["gpu_wait_seconds"] += time.perf_counter() - start
+        for s, t, lp in zip(slots, tokens.tolist(), logps.tolist()):
+            req = self.active.get(s)
+            if req is None:
+                continue
+            if decoded:
+                self.tok[s, self.held[s]] = req.out[-1]
+                self.held[s] += 1
             req.out.append(t)
             req.logps.append(lp)
             room = len(req.prompt) + len(req.out) >= self.max_len
