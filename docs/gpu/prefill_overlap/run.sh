@@ -19,7 +19,7 @@ for what in ${@:-head base}; do
   set_=(--set preset=gpu --set model.path=/tmp/smollm2)
   case $what in
     head*|base*) run "step_$what" "$root" 240 python3 benchmarks/local_step.py "${set_[@]}" --warmup 1 --steps "${STEPS:-3}" ;;
-    workload*) run "$what" "$root" 200 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines engine,engine ;;
+    workload*) run "$what" "$root" 240 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines "${ENGINES:-engine,engine}" ;;
     rlvr*) run "$what" "$root" 200 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --set erl.mode=rlvr \
              --engines engine,engine ;;
     profile*) run "$what" "$root" 200 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines engine,engine \
