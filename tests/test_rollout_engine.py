@@ -259,34 +259,6 @@ def test_a_sequence_that_ends_on_its_first_token_keeps_its_prompts_kv_and_frees_
     assert torch.allclose(torch.tensor(again.logprobs), torch.tensor(fresh.logprobs), atol=1e-5)
 
 
-def test_compiled_layers_share_one_compilation_and_keep_tokens_and_logprobs():
-    """compile_layers: one torch.compile of the decoder layer serves both layers (parameters are
-    its inputs): a prefill, a decode over slots in place and one over gathered slots are three
-    graphs, not three per layer, and a second run builds none. aot_eager runs dynamo's tracing
-    and guards without inductor's C++ build (about a minute on a CI core; the GPU test runs it)."""
-    model = model_of()
-    ps = prompts(12)
-    params = [SamplingParams(max_new_tokens=3 + 2 * k, temperature=0.7, top_p=0.9) for k in range(12)]
-    torch._dynamo.reset()
-    runs = []
-    for layers in (False, True):
-        engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], compile_layers=layers)
-        engine.compile_backend = "aot_eager"
-        torch.manual_seed(1)
-        runs.append(run_all(engine, ps, params))
-    assert engine.net.compiled and engine.stats["recompiles"] == 3
-    for p, eager, compiled in zip(ps, *runs):
-        assert compiled.token_ids == eager.token_ids
-        assert torch.allclose(forced_logprobs(model, p, compiled, 0.7), torch.tensor(compiled.logprobs), atol=1e-4)
-    engine.reset()
-    engine.reset_stats()
-    run_all(engine, ps, params)
-    assert engine.stats["recompiles"] == 0
-    engine.compile_layers = False  # switched back: the eager layer function
-    run_all(engine, ps[:2], params[:2])
-    assert not engine.net.compiled
-
-
 def test_lora_adapters_are_used():
     from peft import LoraConfig, get_peft_model
 

@@ -29,10 +29,10 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import settle
-from erl.rollout.compiling import compile_options, compiled, graph_count
+from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
-from erl.rollout.kv import SlotModel, decoder_layer, unsupported_reason, unwrap
+from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
 from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
 from erl.rollout.sampling import check_request, sample
@@ -65,16 +65,12 @@ class RolloutEngine:
     LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
     forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time);
     `overlap` (default: on CUDA): while the GPU decodes a step, the episodes woken by the step
-    before run their host code (templates, env steps), so their new requests join one step later;
-    `compile_layers` (default: on CUDA, unless `compile`): the forwards run their decoder layers
-    through one dynamic-shape torch.compile shared by every layer (erl.rollout.kv.SlotModel.compile),
-    which the decode's CUDA graphs record."""
+    before run their host code (templates, env steps), so their new requests join one step later."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
-                 compile_layers: bool | None = None):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -100,10 +96,6 @@ class RolloutEngine:
         # On a CPU the forward runs in the host thread: nothing to overlap, and requests join sooner.
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.compile = bool(compile)
-        self.eager_casts = eager_casts
-        self.compile_backend = "inductor"  # of compile_layers (tests: aot_eager, without inductor's C++ build)
-        self.compile_layers = (self.device.type == "cuda" and not self.compile) if compile_layers is None \
-            else bool(compile_layers)
         self.key_bucket = key_bucket
         # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
         self.prefill_budget = prefill_budget or (32768 if self.device.type == "cuda" else 2048)
@@ -273,7 +265,6 @@ class RolloutEngine:
         self.stats["generate_seconds"] += spent
 
     def _launch(self) -> tuple | None:
-        self._layers()
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
             self._firsts: list[tuple] = []  # the first tokens sampled by this step's prefills, not yet delivered
             free = self.max_slots - len(self.active)
@@ -285,14 +276,6 @@ class RolloutEngine:
             for req in self.waiting:
                 req.waited += 1
         return pending
-
-    def _layers(self) -> None:
-        """The layers compiled or eager, as `compile_layers` now says (a benchmark may switch it)."""
-        if self.compile_layers != self.net.compiled:
-            if self.compile_layers:
-                self.net.compile(compile_options(True, self.eager_casts), self.compile_backend)
-            else:
-                self.net.layer = decoder_layer
 
     def _shrink(self, exc: BaseException) -> bool:
         """Out of GPU memory: halve the slots (as HFPolicy halves its batch), free the cache and
@@ -403,10 +386,7 @@ class RolloutEngine:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
         inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
-        graphs = graph_count() if self.compile_layers else 0
         logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
-        if self.compile_layers:
-            self.stats["recompiles"] += graph_count() - graphs
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt
@@ -442,7 +422,7 @@ class RolloutEngine:
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
-        graphs = graph_count() if self.compile or self.compile_layers else 0  # eager: no graphs, no lookup
+        graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         # every input, the gather index too, goes up before the forward is queued: a pageable copy
@@ -462,7 +442,7 @@ class RolloutEngine:
             self.stats["graphs_recorded"] += self.graphs.captured - recorded
         else:
             logits = self._decode(*args)
-        if self.compile or self.compile_layers:
+        if self.compile:
             self.stats["recompiles"] += graph_count() - graphs
         pending = self._sampled(slots, logits[index])
         self.stats["decode_steps"] += 1

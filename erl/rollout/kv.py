@@ -44,39 +44,6 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def decoder_layer(layer: Any, h: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, slot: torch.Tensor,
-                  rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor, cos: torch.Tensor,
-                  sin: torch.Tensor, shape: tuple[int, int, int, float], rotary: Any) -> torch.Tensor:
-    """One decoder layer for queries h [n, T, hidden] over the layer's cache kc, vc: write their
-    K/V at `write` (row `slot`), attend to the row's first `keys` positions as `mask` allows.
-    `shape`: (query heads, KV heads, head dim, scaling). A plain function of its layer, so one
-    torch.compile of it serves every layer (SlotModel.compile)."""
-    heads, kv_heads, head_dim, scaling = shape
-    attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    n, t, _ = x.shape
-    q = attn.q_proj(x).view(n, t, -1, head_dim)
-    k = attn.k_proj(x).view(n, t, -1, head_dim)
-    v = attn.v_proj(x).view(n, t, -1, head_dim)
-    if hasattr(attn, "q_norm"):  # Qwen3
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    q, k = rotary(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-    kc[slot[:, None], :, write] = k.transpose(1, 2).to(kc.dtype)
-    vc[slot[:, None], :, write] = v.to(vc.dtype)
-    if rows is None:  # the first n slots: a view, no copy
-        ks, vs = kc[:n, :, :keys], vc[:n, :, :keys]
-    else:
-        ks, vs = kc[rows, :, :keys], vc[rows, :, :keys]
-    # Grouped-query attention without repeating K/V: the query heads that share a KV head
-    # become extra query rows of that head.
-    g = heads // kv_heads
-    q = q.to(kc.dtype).reshape(n, kv_heads, g * t, head_dim)
-    out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=scaling)
-    out = out.reshape(n, heads, t, head_dim).transpose(1, 2).reshape(n, t, -1)
-    h = h + attn.o_proj(out)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
-
-
 class SlotModel:
     """Forward passes that read and write the slot cache; no sampling, no bookkeeping."""
 
@@ -96,24 +63,6 @@ class SlotModel:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.capacity = 0  # positions a slot may use: at most the tensors' size
-        self.layer = decoder_layer
-
-    def compile(self, options: dict, backend: str = "inductor") -> None:
-        """Run the layers through one torch.compile of decoder_layer, dynamic in rows, width and
-        key length. A layer's parameters are the compiled code's inputs, so the 30 layers of
-        SmolLM2 share one compilation (a handful in all: a decode step's width of 1, rows in place
-        or gathered, keys up to the cache's end are their own cases); a forward then launches a
-        few fused kernels a layer instead of ~40 eager ones, whose host cost bounded it on a GPU."""
-        dyn = torch._dynamo.config
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(dyn, name):
-                setattr(dyn, name, max(getattr(dyn, name), 64))
-        self.layer = torch.compile(decoder_layer, dynamic=True, backend=backend,
-                                   options=options if backend == "inductor" else None)
-
-    @property
-    def compiled(self) -> bool:
-        return self.layer is not decoder_layer
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -156,6 +105,32 @@ class SlotModel:
         for t in self.k + self.v:
             t[d, :, :m] = t[s, :, :m]
 
+    def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
+                write: torch.Tensor, keys: int, mask: torch.Tensor, cos_sin) -> torch.Tensor:
+        """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then
+        attend to the row's first `keys` positions as `mask` allows."""
+        n, t, _ = h.shape
+        q = attn.q_proj(h).view(n, t, -1, self.head_dim)
+        k = attn.k_proj(h).view(n, t, -1, self.head_dim)
+        v = attn.v_proj(h).view(n, t, -1, self.head_dim)
+        if hasattr(attn, "q_norm"):  # Qwen3
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = self.rotary(q.transpose(1, 2), k.transpose(1, 2), *cos_sin)
+        kc, vc = self.k[idx], self.v[idx]
+        kc[slot[:, None], :, write] = k.transpose(1, 2).to(kc.dtype)
+        vc[slot[:, None], :, write] = v.to(vc.dtype)
+        if rows is None:  # the first n slots: a view, no copy
+            ks, vs = kc[:n, :, :keys], vc[:n, :, :keys]
+        else:
+            ks, vs = kc[rows, :, :keys], vc[rows, :, :keys]
+        # Grouped-query attention without repeating K/V: the query heads that share a KV head
+        # become extra query rows of that head.
+        g = self.heads // self.kv_heads
+        q = q.to(kc.dtype).reshape(n, self.kv_heads, g * t, self.head_dim)
+        out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
+        out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
+        return attn.o_proj(out)
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
                 keys: int, last: torch.Tensor) -> torch.Tensor:
         """ids, pos, write [n, T]; rows [n] slot ids (None: the first n slots, in order); last [n]:
@@ -171,9 +146,12 @@ class SlotModel:
         # layer's attention call (30 new tensors of this size a forward instead of one).
         mask = torch.zeros(seen.shape, dtype=self.k[0].dtype, device=ids.device)
         mask.masked_fill_(~seen, float("-inf"))
-        shape = (self.heads, self.kv_heads, self.head_dim, self.scaling)
         with attention_kernels():
-            for layer, kc, vc in zip(self.layers, self.k, self.v):
-                h = self.layer(layer, h, kc, vc, slot, rows, write, keys, mask, *cos_sin, shape, self.rotary)
+            for i, layer in enumerate(self.layers):
+                r = h
+                h = r + self._attend(i, layer.self_attn, layer.input_layernorm(h), slot, rows, write, keys, mask,
+                                     cos_sin)
+                r = h
+                h = r + layer.mlp(layer.post_attention_layernorm(h))
         h = h[torch.arange(h.shape[0], device=h.device), last]
         return self.base.lm_head(self.inner.norm(h)).float()
