@@ -321,6 +321,32 @@ def test_rollout_decodes_with_a_lora_merged_copy_that_follows_every_update():
         assert torch.allclose(merged.model(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
 
 
+def test_a_merged_copy_in_the_autocast_dtype_samples_the_same_tokens_and_logprobs():
+    """Under bf16 autocast a merged copy whose linear weights are stored in bf16 (cast_linears,
+    lm_head untied from the fp32 embedding) samples exactly what the fp32 copy samples, since
+    autocast would cast each weight to the same bf16 values; it follows updates the same way,
+    and outside autocast the engine refuses it by name."""
+    model = lora_model()
+    ps, params = prompts(4), SamplingParams(max_new_tokens=6, temperature=1.0)
+    plain, lowered = build_policy(model, TOK, "engine"), build_policy(model, TOK, "engine", autocast_dtype=torch.bfloat16)
+    base = lowered.model
+    assert base.lm_head.weight.dtype == torch.bfloat16 and base.model.embed_tokens.weight.dtype == torch.float32
+    assert base.model.layers[1].mlp.down_proj.weight.dtype == torch.bfloat16
+    assert plain.model.lm_head.weight.dtype == torch.float32
+    for update in range(2):
+        runs = []
+        for engine in (plain, lowered):
+            torch.manual_seed(update)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                runs.append(engine.generate_batch(ps, params))
+        for a, b in zip(*runs):
+            assert a.token_ids == b.token_ids and a.logprobs == b.logprobs
+        with torch.no_grad():
+            next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.3)
+    with pytest.raises(RuntimeError, match="run it under torch.autocast"):
+        lowered.generate_batch(ps[:1], params)
+
+
 def test_no_merged_copy_when_other_weights_train_too():
     """A LoRA model whose embeddings also train (peft's modules_to_save, say) would need them
     synced as well: the engine then decodes with the model itself; a plain model likewise."""

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False, merge_lora: bool = True, cuda_graphs: bool = True,
-                 lend: bool = True) -> Any:
+                 lend: bool = True, autocast_dtype: Any = None) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
     model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: the engine for a
     supported architecture, else HFPolicy. Measured on both devices in the trainer's own
@@ -25,7 +25,9 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     and it trained FrozenLake ERL for 40 steps there (docs/gpu/rollout_engine/training). Out of
     GPU memory both halve their batch and go on (logged). `merge_lora`: the engine decodes with
     a LoRA-merged copy of a LoRA model (erl.rollout.merged); `cuda_graphs`: its decode steps replay
-    CUDA graphs of the eager forward (erl.rollout.graphs; CUDA only); `lend`: KV lent between slots."""
+    CUDA graphs of the eager forward (erl.rollout.graphs; CUDA only); `lend`: KV lent between slots;
+    `autocast_dtype`: every rollout runs under autocast of this dtype, so the merged copy keeps
+    its linear weights in it (erl.rollout.merged.cast_linears: the same numbers, fewer kernels)."""
     from erl.rollout.hf_policy import HFPolicy
 
     if engine not in ("auto", "engine", "hf"):
@@ -35,7 +37,7 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     reason = unsupported_reason(model)
     if reason is None:
         # LoRA adapters folded into a copy: fewer ops per decode step, one more copy of the weights
-        merged = MergedLoRA.of(model) if merge_lora else None
+        merged = MergedLoRA.of(model, autocast_dtype) if merge_lora else None
         if merged is not None:
             logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
                         "re-merged after each update", len(merged.pairs))

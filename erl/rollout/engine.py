@@ -301,7 +301,12 @@ class RolloutEngine:
         kind = self.device.type
         if torch.is_autocast_enabled(kind):
             return torch.get_autocast_dtype(kind)
-        return self.net.inner.embed_tokens.weight.dtype
+        dtype = self.net.inner.embed_tokens.weight.dtype
+        linear = self.net.layers[0].self_attn.q_proj.weight.dtype
+        if linear != dtype:  # erl.rollout.merged.cast_linears
+            raise RuntimeError(f"RolloutEngine: the model's linear weights are {linear} and its embedding {dtype}: "
+                               f"run it under torch.autocast(dtype={linear})")
+        return dtype
 
     def _ensure(self, slots: int, need: int) -> None:
         """Grow the cache to `slots` rows and > `need` positions (the last one is scratch)."""

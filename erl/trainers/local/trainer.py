@@ -71,7 +71,8 @@ class LocalTrainer(ErlDriver):
         self.loss = trainer.loss(erl)
         policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
                               compile=trainer.rollout_compile, merge_lora=trainer.rollout_merge_lora,
-                              cuda_graphs=trainer.rollout_cuda_graphs)
+                              cuda_graphs=trainer.rollout_cuda_graphs,
+                              autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None)
         schedule = Schedule(total_steps=trainer.total_steps, eval_every=trainer.eval_every,
                             save_every=trainer.save_every, save_every_minutes=trainer.save_every_minutes,
                             time_budget_s=trainer.time_budget_s, max_consecutive_skips=trainer.max_consecutive_skips)
