@@ -239,7 +239,7 @@ def erl_workload(args) -> None:
                      f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step, "
                      f"{st['graphs_recorded']} CUDA graphs recorded"
                      if "decode_steps" in st else ""), flush=True)
-            if "decode_seconds" in st:  # where the engine's time went (each forward ends in a GPU wait)
+            if "decode_seconds" in st:  # where the engine's time went (a decode's delivery waits for the GPU)
                 other = st["generate_seconds"] - st["decode_seconds"] - st["prefill_seconds"]
                 print(f"{'':>15} engine time: decode {st['decode_seconds']:.1f} s "
                       f"({1e3 * st['decode_seconds'] / max(st['decode_steps'], 1):.1f} ms a step), prefill "

@@ -266,7 +266,7 @@ class RolloutEngine:
 
     def _launch(self) -> tuple | None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
-            self._firsts: list[tuple] = []  # the first tokens sampled by this step's prefills, not yet delivered
+            self._firsts = []  # what this step's prefills sample: first tokens, delivered with its decode's
             free = self.max_slots - len(self.active)
             enough = min(free, max(8, int(self.admit_ratio * len(self.active))))
             if self.waiting and free and (not self.active or len(self.waiting) >= enough
