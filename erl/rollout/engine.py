@@ -195,16 +195,19 @@ class RolloutEngine:
             self._fail(exc)
 
     async def _loop(self) -> None:
+        def queued() -> int:
+            return len(self.waiting)
+
         while self.waiting or self.active:
             if not self.active:
-                await settle(lambda: len(self.waiting))
+                await settle(queued)
             if self.overlap:
                 pending = self.launch()
-                await settle(lambda: len(self.waiting))  # episodes run their host code while the GPU decodes
+                await settle(queued)  # episodes run their host code while the GPU prefills and decodes
                 self.finish(pending)
             else:
                 self.step()
-                await settle(lambda: len(self.waiting))  # episodes submit their next turns while others decode
+                await settle(queued)  # episodes submit their next turns while others decode
 
     def _fail(self, exc: BaseException) -> None:
         """Fail every pending request and start clean (a half-written cache is not reused)."""
