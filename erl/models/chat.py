@@ -74,10 +74,12 @@ class ChatTokenizer:
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    def _ids(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None) -> list[int]:
-        """chat_ids, remembered: the same chat (by its JSON) renders to the same ids. A copy
-        is returned, so a caller that edits its list cannot change what is remembered."""
-        key = self._key(messages, add_generation_prompt, tools)
+    def _ids(self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None,
+             key: str | None = None) -> list[int]:
+        """chat_ids, remembered: the same chat (by its JSON, `key` when the caller has it) renders
+        to the same ids. A copy is returned, so a caller that edits its list cannot change what is
+        remembered."""
+        key = key or self._key(messages, add_generation_prompt, tools)
         ids = self._cache.get(key)
         if ids is None:
             ids = chat_ids(self.tokenizer, messages, add_generation_prompt, tools)
@@ -91,7 +93,9 @@ class ChatTokenizer:
         and the Rust tokenizer encodes a batch on every core (one at a time, they were the
         largest host cost of an ERL collect on the GPU: docs/gpu/rollout_waves). The ids then
         come from the synchronous methods, which find them cached."""
-        keys = {self._key(*chat): chat for chat in chats}
+        await self._warm({self._key(*chat): chat for chat in chats})
+
+    async def _warm(self, keys: dict[str, tuple]) -> None:
         keys = {k: c for k, c in keys.items() if k not in self._cache}
         if not keys:
             return
@@ -126,8 +130,9 @@ class ChatTokenizer:
 
     async def prompt_ids_async(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """prompt_ids, encoded in a batch with other episodes' (`warm`)."""
-        await self.warm([(messages, True, tools)])
-        return self.prompt_ids(messages, tools)
+        key = self._key(messages, True, tools)  # a chat's JSON, made once for both lookups
+        await self._warm({key: (messages, True, tools)})
+        return self._ids(messages, True, tools, key)
 
     def _base_ids(self, tools: list[dict] | None = None) -> list[int]:
         return self._ids(_BASE, False, tools)
