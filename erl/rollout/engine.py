@@ -21,7 +21,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +49,15 @@ class _Request:
     logps: list[float] = field(default_factory=list)
     result: Generation | None = None
     waited: int = 0  # decode steps spent in the queue
+
+
+class _Sampled(NamedTuple):
+    """One token per slot, on its way to the host (`done`: arrived; None on CPU), and on the device."""
+    slots: list[int]
+    tokens: torch.Tensor
+    logps: torch.Tensor
+    done: Any
+    on_device: torch.Tensor
 
 
 class RolloutEngine:
@@ -104,7 +113,7 @@ class RolloutEngine:
         self.min_wave = self.prefill_budget if self.device.type == "cuda" else 0
         self.active: dict[int, _Request] = {}
         self.waiting: deque[_Request] = deque()
-        self._firsts: list[tuple] = []
+        self._firsts: list[_Sampled] = []  # what a step's prefills sample: first tokens, delivered with its decode's
         self._worker: asyncio.Task | None = None
         try:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
@@ -269,7 +278,7 @@ class RolloutEngine:
 
     def _launch(self) -> tuple | None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
-            self._firsts = []  # what this step's prefills sample: first tokens, delivered with its decode's
+            self._firsts = []
             free = self.max_slots - len(self.active)
             enough = min(free, max(8, int(self.admit_ratio * len(self.active))))
             if self.waiting and free and (not self.active or len(self.waiting) >= enough
@@ -407,7 +416,7 @@ class RolloutEngine:
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_seconds"] += time.perf_counter() - start
 
-    def _decode_step(self) -> tuple:
+    def _decode_step(self) -> _Sampled:
         start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
@@ -439,8 +448,8 @@ class RolloutEngine:
         pos_t = to_device(pos, dev)[:, None]
         ids_t = to_device(ids, dev)
         if fresh:  # their tokens, sampled by this step's prefills, go from there to here on the device
-            where = {s: i for i, s in enumerate(s for sampled in self._firsts for s in sampled[0])}
-            drawn = torch.cat([sampled[4] for sampled in self._firsts])
+            where = {s: i for i, s in enumerate(s for sampled in self._firsts for s in sampled.slots)}
+            drawn = torch.cat([sampled.on_device for sampled in self._firsts])
             ids_t[to_device(fresh, dev)] = drawn[to_device([where[rows[i]] for i in fresh], dev)]
         args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
@@ -458,27 +467,25 @@ class RolloutEngine:
         return pending
 
     # ---- sampling --------------------------------------------------------------------
-    def _sampled(self, slots: list[int], logits: torch.Tensor) -> tuple:
-        """(slots, tokens, log-probs, event, tokens on the device): one token per slot sampled from
-        its logits [n, vocab], on their way to the host (the event: they have arrived)."""
+    def _sampled(self, slots: list[int], logits: torch.Tensor) -> _Sampled:
+        """One token per slot sampled from its logits [n, vocab], and its log-prob."""
         tokens, logps = sample(logits, [self.active[s].params for s in slots])
         if logits.device.type != "cuda":
-            return slots, tokens, logps, None, tokens
+            return _Sampled(slots, tokens, logps, None, tokens)
         done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
         on_host, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
         done.record()
-        return slots, on_host, logps, done, tokens
+        return _Sampled(slots, on_host, logps, done, tokens)
 
-    def _deliver(self, sampled: tuple, decoded: bool = False) -> None:
+    def _deliver(self, sampled: _Sampled, decoded: bool = False) -> None:
         """Append each slot's sampled token; finish the sequences that end. `decoded`: a decode
         step's tokens, whose forward wrote the KV of each slot's previous token. A sequence that
         ended on its first token (delivered just before) decoded one spare row: it is skipped."""
-        slots, tokens, logps, done, _ = sampled
-        if done is not None:
+        if sampled.done is not None:
             start = time.perf_counter()
-            done.synchronize()
+            sampled.done.synchronize()
             self.stats["gpu_wait_seconds"] += time.perf_counter() - start
-        for s, t, lp in zip(slots, tokens.tolist(), logps.tolist()):
+        for s, t, lp in zip(sampled.slots, sampled.tokens.tolist(), sampled.logps.tolist()):
             req = self.active.get(s)
             if req is None:
                 continue

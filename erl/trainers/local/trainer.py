@@ -72,7 +72,7 @@ class LocalTrainer(ErlDriver):
         policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
                               compile=trainer.rollout_compile, merge_lora=trainer.rollout_merge_lora,
                               cuda_graphs=trainer.rollout_cuda_graphs,
-                              autocast_dtype=torch.bfloat16 if self.precision == "bf16" else None)
+                              autocast_dtype=self.autocast_dtype)
         schedule = Schedule(total_steps=trainer.total_steps, eval_every=trainer.eval_every,
                             save_every=trainer.save_every, save_every_minutes=trainer.save_every_minutes,
                             time_budget_s=trainer.time_budget_s, max_consecutive_skips=trainer.max_consecutive_skips)
@@ -89,10 +89,14 @@ class LocalTrainer(ErlDriver):
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.checkpoint_config: dict = {}  # the run's config, written into every checkpoint
 
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
     def autocast(self):
         """bf16 autocast keeps fp32 master weights (lr 1e-6 updates vanish in bf16 weights)."""
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def rollout_context(self):
