@@ -1,9 +1,10 @@
-"""CUDA graphs of the engine's eager decode step.
+"""CUDA graphs of the engine's eager forwards: decode steps, and prefills in bucketed shapes.
 
-On a GPU a decode step of a small model is bound by the host, not the device: SmolLM2-135M's
+On a GPU a forward of a small model is bound by the host, not the device: SmolLM2-135M's
 forward is ~1,200 kernel launches, ~33 ms of Python and dispatch for ~4 ms of GPU work
-(torch.profiler over the ERL workload's eval, docs/gpu/rollout_engine). A CUDA graph records
-those launches once per shape and replays them with one call. The graph is a recording of
+(torch.profiler over the ERL workload's eval, docs/gpu/rollout_engine), and queueing a prefill
+took 55-62 ms (docs/gpu/prefill_overlap). A CUDA graph records those launches once per shape
+and replays them with one call. The graph is a recording of
 the eager forward itself, so its log-probs are eager's to the bit, unlike torch.compile's fused
 kernels (their bf16 intermediates drift by ~3e-2 nats).
 
@@ -25,10 +26,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-class DecodeGraphs:
+class ForwardGraphs:
     """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
-    key length, slots in place or gathered) is met, recorded right after (recording runs no
-    kernel, so the KV write is not repeated), and replayed from then on."""
+    tokens a row, key length, slots in place or gathered) is met, recorded right after (recording
+    runs no kernel, so the KV write is not repeated), and replayed from then on."""
 
     def __init__(self, forward: Callable[..., torch.Tensor]):
         self.forward = forward
@@ -50,7 +51,7 @@ class DecodeGraphs:
         if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
-        key = (ids.shape[0], keys, rows is None)
+        key = (*ids.shape, keys, rows is None)
         entry = self.graphs.get(key)
         if entry is not None:
             graph, inputs, out = entry

@@ -10,9 +10,9 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def row_bucket(n: int, most: int) -> int:
-    """Decode batch rows: the next power of two (at least 8), at most `most`."""
-    b = 8
+def row_bucket(n: int, most: int, least: int = 8) -> int:
+    """Batch rows: the next power of two (at least `least`), at most `most`."""
+    b = least
     while b < n:
         b *= 2
     return min(b, most)
@@ -32,18 +32,37 @@ def prefill_chunks(admitted: list, budget: int) -> list[list]:
     return chunks + [chunk] if chunk else chunks
 
 
-def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple:
+def width_bucket(n: int) -> int:
+    """Tokens a prefill row: 16, 24, 32, 48, 64, 96, ... (a power of two or 1.5 times one), at
+    most half of it padding. A prefill's CUDA graph is recorded per shape, and ERL's prompts
+    come in every length (first turns, observations, reflections, guided attempts)."""
+    b = 16
+    while b < n:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+    return b
+
+
+def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int, bucketed: bool = False) -> tuple:
     """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
-    each row prefills its prompt past the reused tokens, padded to a multiple of 16."""
+    each row prefills its prompt past the reused tokens, padded to a multiple of 16. `bucketed`:
+    the shape of a replayed CUDA graph, rows padded to a power of two and width to width_bucket;
+    a padding row writes only the scratch column (cap - 1) of the chunk's first slot."""
+    n = len(chunk)
     width = round_up(max(len(p) - u for _, u, p in chunk), 16)
-    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    b = n
+    if bucketed:
+        b, width = row_bucket(n, 1 << 30, least=1), width_bucket(width)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
     for i, (_, u, p) in enumerate(chunk):
         ids[i, :len(p) - u] = torch.tensor(p[u:])
-    pos = torch.tensor([u for _, u, _ in chunk])[:, None] + torch.arange(width)[None, :]
+    start = [u for _, u, _ in chunk] + [0] * (b - n)
+    pos = torch.tensor(start)[:, None] + torch.arange(width)[None, :]
+    write = pos.clamp(max=cap - 1)
+    write[n:] = cap - 1
     keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
-    rows = torch.tensor([s for s, _, _ in chunk])
-    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
-    return ids, pos, rows, pos.clamp(max=cap - 1), keys, last
+    rows = torch.tensor([s for s, _, _ in chunk] + [chunk[0][0]] * (b - n))
+    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk] + [0] * (b - n))
+    return ids, pos, rows, write, keys, last
 
 
 def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:
