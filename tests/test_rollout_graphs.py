@@ -9,6 +9,7 @@ import torch
 from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, run_all
 
 from erl.core.interfaces import SamplingParams
+from erl.rollout import graphs
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.graphs import ForwardGraphs
 
@@ -36,7 +37,7 @@ def fake_graphs(monkeypatch, engine, fail=False):
         return forward
 
     @contextlib.contextmanager
-    def record(graph, pool=None):
+    def record(graph, pool):
         if fail:
             raise RuntimeError("operation not permitted when stream is capturing")
         recording["graph"] = graph
@@ -46,7 +47,7 @@ def fake_graphs(monkeypatch, engine, fail=False):
             recording.pop("graph")
 
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", record)
+    monkeypatch.setattr(graphs, "capture", record)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
     engine.graphs = ForwardGraphs(recorded(engine.net.forward))
     engine.prefill_graphs = ForwardGraphs(recorded(engine.net.hidden))
@@ -62,16 +63,17 @@ def sampled(engine, n=12, tokens=None):
 
 
 def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
-    """Each shape is run eagerly once (that step's result), recorded, then replayed with the step's
-    own inputs copied in: the tokens and log-probs are the eager engine's, and a cache that grows
-    (new tensors) drops every graph recorded against the old one."""
+    """A cache's first shape runs eagerly once (that step's result) and is recorded; every other
+    step, a new shape's first too, replays a recording with its own inputs copied in. The tokens
+    and log-probs are the eager engine's, and a cache that grows (new tensors) drops every graph
+    recorded against the old one."""
     eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
     engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
     got = sampled(engine)
     assert [g.token_ids for g in got] == [g.token_ids for g in eager]
     assert [g.logprobs for g in got] == [g.logprobs for g in eager]
     st = engine.stats
-    assert st["graphs_recorded"] == st["decode_shapes"] and FakeGraph.replays == st["decode_steps"] - st["decode_shapes"]
+    assert st["graphs_recorded"] == st["decode_shapes"] and FakeGraph.replays == st["decode_steps"] - 1
     assert engine.graphs.cache is engine.net.k[0]
     before = dict(engine.graphs.graphs)
     longer = engine.generate_batch([prompts(1)[0] * 8], SamplingParams(max_new_tokens=4, temperature=0))
@@ -165,7 +167,6 @@ def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
 
 
 def test_a_recording_that_fails_leaves_eager_decoding_and_says_so(monkeypatch):
-    from erl.rollout import graphs
 
     seen = []  # the module's logger (erl's loggers may not propagate to pytest's capture)
     monkeypatch.setattr(graphs.logger, "warning", lambda msg, *args: seen.append(msg % args))
@@ -267,17 +268,17 @@ def test_out_of_memory_while_recording_is_the_engines_to_handle(monkeypatch):
     """Running out of GPU memory while recording is not an unrecordable op: graphs stay on and the
     engine's own remedy runs (half the slots, a new cache; the sequences in flight start over)."""
     engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
-    real = torch.cuda.graph
+    real = graphs.capture  # the fake's
     failures = iter([True])
 
     @contextlib.contextmanager
-    def record(graph, pool=None):
+    def record(graph, pool):
         if next(failures, False):
             raise torch.OutOfMemoryError("CUDA out of memory while recording")
         with real(graph, pool):
             yield
 
-    monkeypatch.setattr(torch.cuda, "graph", record)
+    monkeypatch.setattr(graphs, "capture", record)
     gens = sampled(engine)
     assert engine.graphs.enabled and engine.max_slots == 8 and engine.stats["graphs_recorded"] > 0
     assert len(gens) == 12 and all(len(g.token_ids) == 24 for g in gens)

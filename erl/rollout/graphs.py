@@ -17,6 +17,7 @@ keeps both (erl.rollout.kv.SlotModel.clear).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,10 +27,39 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+_streams: dict[Any, torch.cuda.Stream] = {}
+
+
+@contextlib.contextmanager
+def capture(graph: torch.cuda.CUDAGraph, pool: Any):
+    """torch.cuda.graph without what its entry does first: torch.cuda.synchronize() and emptying
+    the device and pinned-host caching allocators. Before every new shape, that made the host wait
+    for the GPU's queue, and the copies and tensors after it allocate afresh; a prefill recorded
+    this way cost ~100 ms, twice an eager one (docs/gpu/prefill_graphs/call2/workload_ab.txt).
+    Captured on a side stream (the default stream cannot capture), as torch.cuda.graph does."""
+    main = torch.cuda.current_stream()
+    side = _streams.get(main.device)
+    if side is None:
+        side = _streams[main.device] = torch.cuda.Stream(main.device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        graph.capture_begin(pool=pool)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # the capture is void; the first error is the one to see
+                graph.capture_end()
+            raise
+        graph.capture_end()
+    main.wait_stream(side)
+
+
 class ForwardGraphs:
-    """`forward(ids, pos, rows, write, keys, last)` run eagerly the first time a shape (rows,
-    tokens a row, key length, slots in place or gathered) is met, recorded right after (recording
-    runs no kernel, so the KV write is not repeated), and replayed from then on."""
+    """`forward(ids, pos, rows, write, keys, last)` recorded the first time a shape (rows, tokens
+    a row, key length, slots in place or gathered) is met, and replayed, that time too. Recording
+    runs no kernel, so the replay writes the KV once. The first shape of a cache runs eagerly
+    before its recording: libraries that initialise lazily (cuBLAS handles and workspaces) must
+    not do so inside a capture."""
 
     def __init__(self, forward: Callable[..., torch.Tensor]):
         self.forward = forward
@@ -53,19 +83,25 @@ class ForwardGraphs:
             self.cache = cache
         key = (*ids.shape, keys, rows is None)
         entry = self.graphs.get(key)
-        if entry is not None:
-            graph, inputs, out = entry
-            for dst, src in zip(inputs, (ids, pos, rows, write, last)):
+        if entry is None:
+            if not self.enabled:
+                return self.forward(ids, pos, rows, write, keys, last)
+            if not self.graphs:  # the cache's first shape: this step's result, then the recording
+                out = self.forward(ids, pos, rows, write, keys, last)
+                self._record(key, ids, pos, rows, write, keys, last)
+                return out
+            entry = self._record(key, ids, pos, rows, write, keys, last)
+            if entry is None:  # the recording failed (and said so): eager from now on
+                return self.forward(ids, pos, rows, write, keys, last)
+        else:
+            for dst, src in zip(entry[1], (ids, pos, rows, write, last)):
                 if dst is not None:
                     dst.copy_(src)
-            graph.replay()
-            return out
-        out = self.forward(ids, pos, rows, write, keys, last)  # this step's result; warms cuBLAS/cuDNN for the shape
-        if self.enabled:
-            self._record(key, ids, pos, rows, write, keys, last)
-        return out
+        entry[0].replay()
+        return entry[2]
 
-    def _record(self, key: tuple, *args) -> None:
+    def _record(self, key: tuple, *args) -> tuple | None:
+        """A graph of the forward on copies of `args` (its inputs from then on), or None."""
         ids, pos, rows, write, keys, last = args
         inputs = [None if t is None else t.clone() for t in (ids, pos, rows, write, last)]
         graph = torch.cuda.CUDAGraph()
@@ -76,16 +112,17 @@ class ForwardGraphs:
             # autocast's weight-cast cache would hand the recording a cast made before it (stale
             # after the next optimizer step): the recorded forward casts the weights itself
             with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
-                                cache_enabled=False), torch.cuda.graph(graph, pool=self.pool):
+                                cache_enabled=False), capture(graph, self.pool):
                 out = self.forward(inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
         except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
             self.drop()
             raise
-        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
-            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
+        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: run on eagerly, say so once
+            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); running its forwards eagerly from now on",
                            type(exc).__name__, str(exc).split("\n")[0])
             self.enabled = False
             self.drop()
-            return
-        self.graphs[key] = (graph, inputs, out)
+            return None
+        self.graphs[key] = entry = (graph, inputs, out)
         self.captured += 1
+        return entry

@@ -32,20 +32,22 @@ def prefill_chunks(admitted: list, budget: int) -> list[list]:
     return chunks + [chunk] if chunk else chunks
 
 
-def width_bucket(n: int) -> int:
-    """Tokens a prefill row: 16, 24, 32, 48, 64, 96, ... (a power of two or 1.5 times one), at
-    most half of it padding. A prefill's CUDA graph is recorded per shape, and ERL's prompts
-    come in every length (first turns, observations, reflections, guided attempts)."""
-    b = 16
+def width_bucket(n: int, unit: int = 16) -> int:
+    """The least of unit x 1, 1.5, 2, 3, 4, 6, 8, ... (a power of two or 1.5 times one) that holds
+    n: at most a third of it padding. A prefill's CUDA graph is recorded per shape (tokens a row,
+    keys), and ERL's prompts come in every length (first turns, observations, reflections,
+    guided attempts)."""
+    b, step = unit, 0
     while b < n:
-        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+        b = b * 3 // 2 if step % 2 == 0 else b * 4 // 3
+        step += 1
     return b
 
 
 def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int, bucketed: bool = False) -> tuple:
     """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
     each row prefills its prompt past the reused tokens, padded to a multiple of 16. `bucketed`:
-    the shape of a replayed CUDA graph, rows padded to a power of two and width to width_bucket;
+    the shape of a replayed CUDA graph, rows padded to a power of two, width and keys to width_bucket;
     a padding row writes only the scratch column (cap - 1) of the chunk's first slot."""
     n = len(chunk)
     width = round_up(max(len(p) - u for _, u, p in chunk), 16)
@@ -59,7 +61,8 @@ def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int, bucketed
     pos = torch.tensor(start)[:, None] + torch.arange(width)[None, :]
     write = pos.clamp(max=cap - 1)
     write[n:] = cap - 1
-    keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
+    longest = max(len(p) for _, _, p in chunk)
+    keys = min(width_bucket(longest, key_bucket) if bucketed else round_up(longest, key_bucket), cap)
     rows = torch.tensor([s for s, _, _ in chunk] + [chunk[0][0]] * (b - n))
     last = torch.tensor([len(p) - u - 1 for _, u, p in chunk] + [0] * (b - n))
     return ids, pos, rows, write, keys, last
