@@ -73,7 +73,7 @@ class RolloutEngine:
     `refresh`: called before each admission to bring `model` up to date (erl.rollout.merged: a
     LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
     forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time);
-    `graph_prefills` (attribute, on with `cuda_graphs`): prefills too, padded to bucketed shapes
+    `graph_prefills` (with `cuda_graphs`): prefills too, padded to bucketed shapes
     (erl.rollout.layout.prefill_inputs);
     `overlap` (default: on CUDA): while the GPU decodes a step, the episodes woken by the step
     before run their host code (templates, env steps), so their new requests join one step later."""
@@ -81,7 +81,8 @@ class RolloutEngine:
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
+                 graph_prefills: bool = True):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -127,7 +128,7 @@ class RolloutEngine:
         # holds [rows, hidden], not [rows, vocab]); queueing one eagerly cost 55-62 ms of host time
         # for 35 prefills of an ERL collect (docs/gpu/prefill_overlap).
         self.prefill_graphs = ForwardGraphs(self.net.hidden) if self.graphs is not None else None
-        self.graph_prefills = self.prefill_graphs is not None
+        self.graph_prefills = graph_prefills and self.prefill_graphs is not None
         self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
         self._prefill_shapes: set[tuple] = set()
