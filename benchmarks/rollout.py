@@ -237,8 +237,7 @@ def erl_workload(args) -> None:
                   + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
                      # a sequence's first token comes from its prefill, every other from a decode step
                      f"{(st['generated_tokens'] - st['sequences']) / max(st['decode_steps'], 1):.0f} rows a decode step, "
-                     f"CUDA graphs recorded: {st['graphs_recorded']} decode, {st.get('prefill_graphs_recorded', 0)} "
-                     f"prefill ({st.get('prefill_shapes', 0)} prefill shapes so far)"
+                     f"{st['graphs_recorded']} CUDA graphs recorded"
                      if "decode_steps" in st else ""), flush=True)
             if "decode_seconds" in st:  # where the engine's time went (a decode's delivery waits for the GPU)
                 other = st["generate_seconds"] - st["decode_seconds"] - st["prefill_seconds"]

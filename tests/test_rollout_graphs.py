@@ -11,7 +11,7 @@ from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, run_all
 from erl.core.interfaces import SamplingParams
 from erl.rollout import graphs
 from erl.rollout.engine import RolloutEngine
-from erl.rollout.graphs import ForwardGraphs
+from erl.rollout.graphs import DecodeGraphs
 
 
 class FakeGraph:
@@ -24,17 +24,15 @@ class FakeGraph:
 
 
 def fake_graphs(monkeypatch, engine, fail=False):
-    """Give a CPU engine graphs of its decode steps and prefills whose recordings are FakeGraphs."""
+    """Give a CPU engine DecodeGraphs whose recordings are FakeGraphs."""
     recording = {}
 
-    def recorded(fn):
-        def forward(*args):
-            out = fn(*args)
-            graph = recording.get("graph")
-            if graph is not None:  # inside the recording: what a replay will run, on the recorded inputs
-                graph.fn, graph.out = (lambda: fn(*args)), out
-            return out
-        return forward
+    def forward(*args):
+        out = engine.net.forward(*args)
+        graph = recording.get("graph")
+        if graph is not None:  # inside the recording: what a replay will run, on the recorded inputs
+            graph.fn, graph.out = (lambda: engine.net.forward(*args)), out
+        return out
 
     @contextlib.contextmanager
     def record(graph, pool):
@@ -49,9 +47,7 @@ def fake_graphs(monkeypatch, engine, fail=False):
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
     monkeypatch.setattr(graphs, "capture", record)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: object())
-    engine.graphs = ForwardGraphs(recorded(engine.net.forward))
-    engine.prefill_graphs = ForwardGraphs(recorded(engine.net.hidden))
-    engine.graph_prefills = False  # decode graphs only, unless a test turns prefills on
+    engine.graphs = DecodeGraphs(forward)
     FakeGraph.replays = 0
     return engine
 
@@ -92,63 +88,6 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     assert engine.graphs.cache is cache  # the longer prompt's capacity still fits: the same tensors
 
 
-def test_prefills_replay_graphs_of_bucketed_shapes_and_sample_what_eager_prefills_sample(monkeypatch):
-    """Prefills padded to bucketed shapes (rows to a power of two, width to width_bucket) run
-    eagerly once per shape, are recorded, then replayed; a second turn prefills only its new
-    tokens through them. Tokens equal an eager engine's and log-probs a teacher-forced pass."""
-    from erl.models.chat import chat_ids
-
-    model = model_of()
-
-    def turns(engine):
-        torch.manual_seed(5)
-        params = SamplingParams(max_new_tokens=6, temperature=0.8)
-        ps = prompts(11)  # 11 rows: padded to 16
-        first = engine.generate_batch(ps, params)
-        seconds = [p + g.token_ids + chat_ids(TOK, [{"role": "user", "content": "ok " * (k % 3)}])
-                   for k, (p, g) in enumerate(zip(ps, first))]
-        return ps + seconds, first + engine.generate_batch(seconds, params)
-
-    _, eager = turns(RolloutEngine(model, TOK, slots=16, stop_ids=[]))
-    engine = fake_graphs(monkeypatch, RolloutEngine(model, TOK, slots=16, stop_ids=[]))
-    engine.graph_prefills = True
-    ps, got = turns(engine)
-    assert [g.token_ids for g in got] == [g.token_ids for g in eager]
-    for p, g, e in zip(ps, got, eager):
-        assert torch.allclose(torch.tensor(g.logprobs), torch.tensor(e.logprobs), atol=1e-5)
-        assert torch.allclose(forced_logprobs(model, p, g, 0.8), torch.tensor(g.logprobs), atol=1e-4)
-    st = engine.stats
-    assert st["prefill_forwards"] >= 2 and st["prefill_graphs_recorded"] == st["prefill_shapes"] >= 1
-    replays, counts = FakeGraph.replays, (st["decode_steps"], st["prefill_forwards"], st["graphs_recorded"])
-    assert st["reused_tokens"] > 0  # the second turns extended their slots' KV
-    # the same turns again, after a reset (a new phase: slots forgotten, graphs kept): every
-    # prefill shape is replayed, none recorded
-    engine.reset()
-    _, again = turns(engine)
-    assert [g.token_ids for g in again] == [g.token_ids for g in got]
-    st = engine.stats
-    assert st["prefill_graphs_recorded"] == st["prefill_shapes"] and st["graphs_recorded"] == counts[2]
-    assert FakeGraph.replays - replays == st["decode_steps"] - counts[0] + st["prefill_forwards"] - counts[1]
-
-
-def test_a_bucketed_prefills_padding_writes_only_the_scratch_column():
-    from erl.rollout.layout import prefill_inputs, width_bucket
-
-    assert [width_bucket(n) for n in (16, 17, 33, 49, 65, 100, 129, 200, 300)] == [16, 24, 48, 64, 96, 128, 192,
-                                                                                  256, 384]
-    # (slot, reused tokens, prompt): 70, 5 and 5 new tokens; a cache of 90 positions
-    chunk = [(5, 0, list(range(1, 71))), (2, 10, list(range(1, 16))), (7, 3, list(range(1, 9)))]
-    ids, pos, rows, write, keys, last = prefill_inputs(chunk, 0, 90, 32, bucketed=True)
-    assert ids.shape == (4, 96) and keys == 90  # 3 rows -> 4; 70 tokens -> 80 (16s) -> 96; 96 keys > cap
-    assert ids[0, :70].tolist() == list(range(1, 71)) and ids[0, 70:].eq(0).all()
-    assert ids[1, :5].tolist() == [11, 12, 13, 14, 15] and ids[1, 5:].eq(0).all() and ids[3].eq(0).all()
-    assert rows.tolist() == [5, 2, 7, 5] and last.tolist() == [69, 4, 4, 0]
-    assert pos[1, :3].tolist() == [10, 11, 12] and pos[3, :2].tolist() == [0, 1]
-    assert write[0, -1] == 89 and write[1, 0] == 10 and write[3].eq(89).all()  # the padding row: scratch only
-    plain = prefill_inputs(chunk, 0, 90, 32)
-    assert plain[0].shape == (3, 80) and plain[2].tolist() == [5, 2, 7]
-
-
 def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
     """Graphs read the weights where they live: after an in-place update (optimizer step, LoRA
     re-merge, weight sync) a replayed step agrees with a teacher-forced pass of the new weights."""
@@ -167,7 +106,6 @@ def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
 
 
 def test_a_recording_that_fails_leaves_eager_decoding_and_says_so(monkeypatch):
-
     seen = []  # the module's logger (erl's loggers may not propagate to pytest's capture)
     monkeypatch.setattr(graphs.logger, "warning", lambda msg, *args: seen.append(msg % args))
     eager = sampled(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
@@ -200,7 +138,6 @@ def test_cuda_graphs_replay_eager_decoding_to_the_bit(autocast):
         for p in model.parameters():
             p.requires_grad_(autocast)
         engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], cuda_graphs=graphs)
-        engine.graph_prefills = True  # eager: the same bucketed prefill shapes, run eagerly
         out = []
         for phase in range(2):
             if phase:
@@ -213,7 +150,6 @@ def test_cuda_graphs_replay_eager_decoding_to_the_bit(autocast):
     eager, _ = run(False)
     graphs, stats = run(True)
     assert stats["graphs_recorded"] > 0 and stats["decode_steps"] > 2 * stats["graphs_recorded"]
-    assert 0 < stats["prefill_graphs_recorded"] < stats["prefill_forwards"]
     assert [g.token_ids for g in graphs] == [g.token_ids for g in eager]
     assert max(abs(a - b) for g, e in zip(graphs, eager) for a, b in zip(g.logprobs, e.logprobs)) < 1e-6
 

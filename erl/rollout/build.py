@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_size: int = 64,
                  compile: bool | str = False, merge_lora: bool = True, cuda_graphs: bool = True,
-                 lend: bool = True, autocast_dtype: Any = None, graph_prefills: bool = True) -> Any:
+                 lend: bool = True, autocast_dtype: Any = None) -> Any:
     """The rollout policy a trainer uses. engine: `engine` (RolloutEngine, an error if the
     model is unsupported), `hf` (HFPolicy: batched `generate`), `auto`: the engine for a
     supported architecture, else HFPolicy. Measured on both devices in the trainer's own
@@ -25,8 +25,7 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
     and it trained FrozenLake ERL for 40 steps there (docs/gpu/rollout_engine/training). Out of
     GPU memory both halve their batch and go on (logged). `merge_lora`: the engine decodes with
     a LoRA-merged copy of a LoRA model (erl.rollout.merged); `cuda_graphs`: its decode steps replay
-    CUDA graphs of the eager forward (erl.rollout.graphs; CUDA only), and its prefills too with
-    `graph_prefills` (padded to bucketed shapes); `lend`: KV lent between slots;
+    CUDA graphs of the eager forward (erl.rollout.graphs; CUDA only); `lend`: KV lent between slots;
     `autocast_dtype`: every rollout runs under autocast of this dtype, so the merged copy keeps
     its linear weights in it (erl.rollout.merged.cast_linears: the same numbers, fewer kernels)."""
     from erl.rollout.hf_policy import HFPolicy
@@ -43,8 +42,7 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
             logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
                         "re-merged after each update", len(merged.pairs))
         return RolloutEngine(merged.model if merged else model, tokenizer, slots=max_batch_size, compile=compile,
-                             refresh=merged.refresh if merged else None, cuda_graphs=cuda_graphs, lend=lend,
-                             graph_prefills=graph_prefills)
+                             refresh=merged.refresh if merged else None, cuda_graphs=cuda_graphs, lend=lend)
     if engine == "engine":
         raise ValueError(f"rollout_engine=engine: {reason}; use rollout_engine=hf or auto")
     logger.warning("rollout engine off (%s): using HFPolicy (batched generate)", reason)

@@ -31,7 +31,7 @@ from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import settle
 from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.device import to_device
-from erl.rollout.graphs import ForwardGraphs
+from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
 from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
@@ -73,16 +73,13 @@ class RolloutEngine:
     `refresh`: called before each admission to bring `model` up to date (erl.rollout.merged: a
     LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
     forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time);
-    `graph_prefills` (with `cuda_graphs`): prefills too, padded to bucketed shapes
-    (erl.rollout.layout.prefill_inputs);
     `overlap` (default: on CUDA): while the GPU decodes a step, the episodes woken by the step
     before run their host code (templates, env steps), so their new requests join one step later."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
-                 graph_prefills: bool = True):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -122,20 +119,13 @@ class RolloutEngine:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
         except ValueError as exc:
             raise ValueError(f"RolloutEngine: {exc}") from None
-        self.graphs = (ForwardGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
+        self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
-        # Prefills replay graphs of their layers (the head runs on the real rows only, so a graph
-        # holds [rows, hidden], not [rows, vocab]); queueing one eagerly cost 55-62 ms of host time
-        # for 35 prefills of an ERL collect (docs/gpu/prefill_overlap).
-        self.prefill_graphs = ForwardGraphs(self.net.hidden) if self.graphs is not None else None
-        self.graph_prefills = graph_prefills and self.prefill_graphs is not None
         self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
-        self._prefill_shapes: set[tuple] = set()
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
                       "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
                       "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
-                      "prefill_shapes": 0, "prefill_graphs_recorded": 0,
                       # wall time of queueing prefill / decode forwards with their sampling, and of the decode's
                       # delivery (_deliver: the wait for its and its prefills' tokens); the rest of
                       # generate_seconds is admission planning and bookkeeping
@@ -162,9 +152,8 @@ class RolloutEngine:
     def _clear_slots(self, release: bool = False) -> None:
         """No slots in use; `release`: also free the cache's tensors and the graphs that read them."""
         if release:
-            for graphs in (self.graphs, self.prefill_graphs):
-                if graphs is not None:
-                    graphs.drop()
+            if self.graphs is not None:
+                self.graphs.drop()
             self.net.release()
         else:
             self.net.clear()
@@ -413,18 +402,8 @@ class RolloutEngine:
     def _prefill(self, chunk: list) -> None:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
-        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket, bucketed=self.graph_prefills)
-        args = [to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs]
-        if not self.graph_prefills:
-            logits = self.net.forward(*args)
-        elif self.prefill_graphs is None:  # bucketed but eager (the graphs' reference in a GPU test)
-            logits = self.net.head(self.net.hidden(*args)[:len(chunk)])
-        else:
-            recorded = self.prefill_graphs.captured
-            logits = self.net.head(self.prefill_graphs(self.net.k[0], *args)[:len(chunk)])
-            self.stats["prefill_graphs_recorded"] += self.prefill_graphs.captured - recorded
-            self._prefill_shapes.add((tuple(inputs[0].shape), inputs[4]))
-            self.stats["prefill_shapes"] = len(self._prefill_shapes)
+        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
+        logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt

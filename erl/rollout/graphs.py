@@ -1,10 +1,11 @@
-"""CUDA graphs of the engine's eager forwards: decode steps, and prefills in bucketed shapes.
+"""CUDA graphs of the engine's eager decode step.
 
-On a GPU a forward of a small model is bound by the host, not the device: SmolLM2-135M's
+On a GPU a decode step of a small model is bound by the host, not the device: SmolLM2-135M's
 forward is ~1,200 kernel launches, ~33 ms of Python and dispatch for ~4 ms of GPU work
-(torch.profiler over the ERL workload's eval, docs/gpu/rollout_engine), and queueing a prefill
-took 55-62 ms (docs/gpu/prefill_overlap). A CUDA graph records those launches once per shape
-and replays them with one call. The graph is a recording of
+(torch.profiler over the ERL workload's eval, docs/gpu/rollout_engine). A CUDA graph records
+those launches once per shape and replays them with one call. Prefills are not recorded: their
+shapes (rows, tokens, keys) rarely recur, and padded to recurring buckets they cost the GPU more
+than they saved the host (docs/gpu/prefill_graphs). The graph is a recording of
 the eager forward itself, so its log-probs are eager's to the bit, unlike torch.compile's fused
 kernels (their bf16 intermediates drift by ~3e-2 nats).
 
@@ -33,10 +34,11 @@ _streams: dict[Any, torch.cuda.Stream] = {}
 @contextlib.contextmanager
 def capture(graph: torch.cuda.CUDAGraph, pool: Any):
     """torch.cuda.graph without what its entry does first: torch.cuda.synchronize() and emptying
-    the device and pinned-host caching allocators. Before every new shape, that made the host wait
-    for the GPU's queue, and the copies and tensors after it allocate afresh; a prefill recorded
-    this way cost ~100 ms, twice an eager one (docs/gpu/prefill_graphs/call2/workload_ab.txt).
-    Captured on a side stream (the default stream cannot capture), as torch.cuda.graph does."""
+    the device and pinned-host caching allocators. At every new shape that made the host wait for
+    the GPU's queue, and the copies and tensors after it allocate afresh: with prefills recorded
+    too, an eager run and recording cost ~100 ms against ~55 ms for the eager run alone
+    (docs/gpu/prefill_graphs/call2/workload_ab.txt). Captured on a side stream (the default
+    stream cannot capture), as torch.cuda.graph does."""
     main = torch.cuda.current_stream()
     side = _streams.get(main.device)
     if side is None:
@@ -54,9 +56,9 @@ def capture(graph: torch.cuda.CUDAGraph, pool: Any):
     main.wait_stream(side)
 
 
-class ForwardGraphs:
-    """`forward(ids, pos, rows, write, keys, last)` recorded the first time a shape (rows, tokens
-    a row, key length, slots in place or gathered) is met, and replayed, that time too. Recording
+class DecodeGraphs:
+    """`forward(ids, pos, rows, write, keys, last)` recorded the first time a shape (rows, key
+    length, slots in place or gathered) is met, and replayed, that time too. Recording
     runs no kernel, so the replay writes the KV once. The first shape of a cache runs eagerly
     before its recording: libraries that initialise lazily (cuBLAS handles and workspaces) must
     not do so inside a capture."""
@@ -81,7 +83,7 @@ class ForwardGraphs:
         if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
-        key = (*ids.shape, keys, rows is None)
+        key = (ids.shape[0], keys, rows is None)
         entry = self.graphs.get(key)
         if entry is None:
             if not self.enabled:
@@ -118,7 +120,7 @@ class ForwardGraphs:
             self.drop()
             raise
         except Exception as exc:  # noqa: BLE001 -- an unrecordable op: run on eagerly, say so once
-            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); running its forwards eagerly from now on",
+            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
                            type(exc).__name__, str(exc).split("\n")[0])
             self.enabled = False
             self.drop()

@@ -135,15 +135,6 @@ class SlotModel:
                 keys: int, last: torch.Tensor) -> torch.Tensor:
         """ids, pos, write [n, T]; rows [n] slot ids (None: the first n slots, in order); last [n]:
         the position in T whose logits are returned ([n, vocab], float32)."""
-        return self.head(self.hidden(ids, pos, rows, write, keys, last))
-
-    def head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits [n, vocab], float32, of the last layer's hidden states h [n, hidden]."""
-        return self.base.lm_head(self.inner.norm(h)).float()
-
-    def hidden(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
-               keys: int, last: torch.Tensor) -> torch.Tensor:
-        """`forward` up to the last layer's hidden state at `last` ([n, hidden]), before the head."""
         h = self.inner.embed_tokens(ids)
         n, t = ids.shape
         cos_sin = self.inner.rotary_emb(h, pos)
@@ -162,4 +153,5 @@ class SlotModel:
                                      cos_sin)
                 r = h
                 h = r + layer.mlp(layer.post_attention_layernorm(h))
-        return h[torch.arange(h.shape[0], device=h.device), last]
+        h = h[torch.arange(h.shape[0], device=h.device), last]
+        return self.base.lm_head(self.inner.norm(h)).float()

@@ -10,9 +10,9 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def row_bucket(n: int, most: int, least: int = 8) -> int:
-    """Batch rows: the next power of two (at least `least`), at most `most`."""
-    b = least
+def row_bucket(n: int, most: int) -> int:
+    """Decode batch rows: the next power of two (at least 8), at most `most`."""
+    b = 8
     while b < n:
         b *= 2
     return min(b, most)
@@ -32,40 +32,18 @@ def prefill_chunks(admitted: list, budget: int) -> list[list]:
     return chunks + [chunk] if chunk else chunks
 
 
-def width_bucket(n: int, unit: int = 16) -> int:
-    """The least of unit x 1, 1.5, 2, 3, 4, 6, 8, ... (a power of two or 1.5 times one) that holds
-    n: at most a third of it padding. A prefill's CUDA graph is recorded per shape (tokens a row,
-    keys), and ERL's prompts come in every length (first turns, observations, reflections,
-    guided attempts)."""
-    b, step = unit, 0
-    while b < n:
-        b = b * 3 // 2 if step % 2 == 0 else b * 4 // 3
-        step += 1
-    return b
-
-
-def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int, bucketed: bool = False) -> tuple:
+def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple:
     """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
-    each row prefills its prompt past the reused tokens, padded to a multiple of 16. `bucketed`:
-    the shape of a replayed CUDA graph, rows padded to a power of two, width and keys to width_bucket;
-    a padding row writes only the scratch column (cap - 1) of the chunk's first slot."""
-    n = len(chunk)
+    each row prefills its prompt past the reused tokens, padded to a multiple of 16."""
     width = round_up(max(len(p) - u for _, u, p in chunk), 16)
-    b = n
-    if bucketed:
-        b, width = row_bucket(n, 1 << 30, least=1), width_bucket(width)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     for i, (_, u, p) in enumerate(chunk):
         ids[i, :len(p) - u] = torch.tensor(p[u:])
-    start = [u for _, u, _ in chunk] + [0] * (b - n)
-    pos = torch.tensor(start)[:, None] + torch.arange(width)[None, :]
-    write = pos.clamp(max=cap - 1)
-    write[n:] = cap - 1
-    longest = max(len(p) for _, _, p in chunk)
-    keys = min(width_bucket(longest, key_bucket) if bucketed else round_up(longest, key_bucket), cap)
-    rows = torch.tensor([s for s, _, _ in chunk] + [chunk[0][0]] * (b - n))
-    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk] + [0] * (b - n))
-    return ids, pos, rows, write, keys, last
+    pos = torch.tensor([u for _, u, _ in chunk])[:, None] + torch.arange(width)[None, :]
+    keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
+    rows = torch.tensor([s for s, _, _ in chunk])
+    last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
+    return ids, pos, rows, pos.clamp(max=cap - 1), keys, last
 
 
 def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:

@@ -260,8 +260,8 @@ class ErlDriver:
             "train/skipped_steps": float(self.skipped_steps),
             **self.system_metrics(),
         })
-        if "graphs_recorded" in gen:  # the engine's new CUDA graphs: a step records fewer as its shapes recur
-            metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"] + gen.get("prefill_graphs_recorded", 0))
+        if "graphs_recorded" in gen:  # the engine's new CUDA graphs: fewer a step as its decode shapes recur
+            metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"])
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics

@@ -45,7 +45,6 @@ class LocalTrainerConfig:
     rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
     rollout_compile: bool | str = False  # torch.compile the engine's decode step: true (mode default) or a mode
     rollout_cuda_graphs: bool = True  # CUDA: the engine replays its eager decode step as CUDA graphs
-    rollout_graph_prefills: bool = True  # ... and its prefills, padded to bucketed shapes
     rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -70,7 +69,7 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_graph_prefills", "rollout_merge_lora"))
+        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora"))
         if not isinstance(self.rollout_compile, bool):
             try:
                 check_mode(str(self.rollout_compile))

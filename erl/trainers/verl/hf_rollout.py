@@ -46,8 +46,7 @@ class HFRolloutEngine:
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
         opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
         self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
-                                   compile=opts.get("compile", False), cuda_graphs=opts.get("cuda_graphs", True),
-                                   graph_prefills=opts.get("graph_prefills", True))
+                                   compile=opts.get("compile", False), cuda_graphs=opts.get("cuda_graphs", True))
         self.synced = 0
 
     # ---- verl's rollout interface ----------------------------------------------------
