@@ -260,7 +260,7 @@ class ErlDriver:
             "train/skipped_steps": float(self.skipped_steps),
             **self.system_metrics(),
         })
-        if "graphs_recorded" in gen:  # the engine's new CUDA graphs: fewer a step as its decode shapes recur
+        if getattr(self.policy, "graphs", None) is not None:  # the engine's new CUDA graphs: fewer as shapes recur
             metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"])
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
