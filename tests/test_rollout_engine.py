@@ -347,6 +347,48 @@ def test_a_merged_copy_in_the_autocast_dtype_samples_the_same_tokens_and_logprob
         lowered.generate_batch(ps[:1], params)
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "lora"])
+def test_a_norms_output_is_cast_once_for_the_projections_that_read_it(monkeypatch, kind):
+    """Under autocast the slot forward casts each norm's output to bf16 once, where autocast casts
+    it per projection (q, k, v; gate, up): the same logits to the bit, 3 cast kernels a layer fewer
+    (2 layers here), with bf16 linear weights (the merged copy), fp32 ones and peft adapters alike."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from erl.rollout.kv import SlotModel
+    from erl.rollout.merged import cast_linears
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    model = lora_model() if kind == "lora" else model_of(kind)
+    if kind == "llama":
+        cast_linears(model, torch.bfloat16)
+
+    def run():
+        net = SlotModel(model)
+        net.allocate(3, 64, torch.bfloat16, torch.device("cpu"))
+        ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 0], [12, 13, 0, 0]])
+        pos = torch.arange(4).expand(3, 4)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Casts() as casts:
+            out = net.forward(ids, pos, torch.tensor([0, 1, 2]), pos, 64, torch.tensor([3, 2, 1]))
+        return out, casts.n["_to_copy"]
+
+    once, fewer = run()
+    monkeypatch.setattr(SlotModel, "compute_cast", staticmethod(lambda device_type: lambda x: x))
+    per_projection, more = run()
+    assert torch.equal(once, per_projection)
+    # peft casts the input of an adapter to its float32 weights first: layer 1's q and v adapters cast it back
+    assert more - fewer == 3 * 2 - (2 if kind == "lora" else 0)
+
+
 def test_no_merged_copy_when_other_weights_train_too():
     """A LoRA model whose embeddings also train (peft's modules_to_save, say) would need them
     synced as well: the engine then decodes with the model itself; a plain model likewise."""
