@@ -255,3 +255,22 @@ def test_host_values_reach_the_device_with_their_dtype():
     assert to_device(torch.tensor([3, 4], dtype=torch.int32), "cpu").tolist() == [3, 4]
     if torch.cuda.is_available():  # through pinned memory, without a wait: the values still arrive
         assert to_device(list(range(1000)), "cuda").sum().item() == 499500
+
+
+def test_a_training_step_reports_the_cuda_graphs_its_engine_recorded(monkeypatch, tmp_path):
+    """`rollout/graphs_recorded`: new decode graphs of the step's collect, for an engine with graphs
+    (faked on CPU), so a run shows when its shapes stop being new; absent for one without."""
+    from test_local_trainer import base_cfg
+
+    from erl.trainers.local.run import build
+
+    trainer, _ = build(base_cfg(tmp_path, eval_every=0))  # no eval inside a step: only the collect records
+    assert "rollout/graphs_recorded" not in trainer.step()  # a CPU engine: no graphs
+    engine = fake_graphs(monkeypatch, trainer.policy)
+    counts = []
+    for _ in range(2):
+        before = engine.stats["graphs_recorded"]
+        metrics = trainer.step()
+        counts.append(metrics["rollout/graphs_recorded"])
+        assert counts[-1] == engine.stats["graphs_recorded"] - before
+    assert counts[0] > 0

@@ -119,7 +119,7 @@ class DecodeGraphs:
         except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
             self.drop()
             raise
-        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: run on eagerly, say so once
+        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
             logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
                            type(exc).__name__, str(exc).split("\n")[0])
             self.enabled = False

@@ -232,6 +232,8 @@ class ErlDriver:
         episodes = self.collect(self.next_tasks())
         t1 = time.perf_counter()
         gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
+        if getattr(self.policy, "graphs", None) is not None:  # the engine's new CUDA graphs: fewer as shapes recur
+            gen["graphs_recorded"] = self.policy.stats["graphs_recorded"] - before["graphs_recorded"]
         reflection_time = self.workflow.take_reflection_time()
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
@@ -260,7 +262,7 @@ class ErlDriver:
             "train/skipped_steps": float(self.skipped_steps),
             **self.system_metrics(),
         })
-        if getattr(self.policy, "graphs", None) is not None:  # the engine's new CUDA graphs: fewer as shapes recur
+        if "graphs_recorded" in gen:
             metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"])
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
