@@ -31,7 +31,9 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
             m = trainer.step()
             if i >= warmup:
                 runs[name].append(m)
-    out = {name: {k: statistics.median(float(m.get(k, 0.0)) for m in ms) for k in KEYS} for name, ms in runs.items()}
+    # a key no step logged is left out (the report skips it); one logged as 0 stays, as 0
+    out = {name: {k: statistics.median(float(m.get(k, 0.0)) for m in ms) for k in KEYS if any(k in m for m in ms)}
+           for name, ms in runs.items()}
     out["ratio/step_time"] = out["erl"]["time/step"] / max(out["rlvr"]["time/step"], 1e-9)
     out["ratio/rollout_time"] = out["erl"]["time/rollout"] / max(out["rlvr"]["time/rollout"], 1e-9)
     out["ratio/update_time"] = out["erl"]["time/update"] / max(out["rlvr"]["time/update"], 1e-9)
@@ -42,9 +44,9 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
 def report(res: dict) -> str:
     lines = [f"{'median over ' + str(res['steps']) + ' steps':34s} {'ERL':>12s} {'RLVR (GRPO)':>12s}"]
     for k in KEYS:
-        if not (res["erl"][k] or res["rlvr"][k]):  # a time the trainer does not have (the local one: no old_log_prob)
+        if k not in res["erl"] and k not in res["rlvr"]:  # a metric the trainer does not log (the local one: no old_log_prob)
             continue
-        lines.append(f"{k:34s} {res['erl'][k]:12.3f} {res['rlvr'][k]:12.3f}")
+        lines.append(f"{k:34s} {res['erl'].get(k, 0.0):12.3f} {res['rlvr'].get(k, 0.0):12.3f}")
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
     return "\n".join(lines)
