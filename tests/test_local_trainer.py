@@ -431,8 +431,8 @@ def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
         cycle.append(cycle)
         del cycle
         assert gc.collect() >= 1  # a cycle made during the rollout is still freed
-        # ... and the frozen stay frozen; one may still die by reference count (another thread
-        # dropping its last reference: CI saw 2 of 964,519 go during this collect)
+        # ... and the frozen stay frozen; one may still die by reference count when its last
+        # reference goes (a finalizer, another thread: CI saw 2 of 964,519 go during this collect)
         assert frozen - 100 < gc.get_freeze_count() <= frozen
     assert gc.get_freeze_count() == 0
     with pytest.raises(RuntimeError), frozen_heap():
