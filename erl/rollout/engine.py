@@ -313,12 +313,7 @@ class RolloutEngine:
         kind = self.device.type
         if torch.is_autocast_enabled(kind):
             return torch.get_autocast_dtype(kind)
-        dtype = self.net.inner.embed_tokens.weight.dtype
-        linear = self.net.layers[0].self_attn.q_proj.weight.dtype
-        if linear != dtype:  # erl.rollout.merged.cast_linears
-            raise RuntimeError(f"RolloutEngine: the model's linear weights are {linear} and its embedding {dtype}: "
-                               f"run it under torch.autocast(dtype={linear})")
-        return dtype
+        return self.net.inner.embed_tokens.weight.dtype
 
     def _ensure(self, slots: int, need: int) -> None:
         """Grow the cache to `slots` rows and > `need` positions (the last one is scratch)."""
@@ -327,6 +322,10 @@ class RolloutEngine:
         same = bool(self.net.k) and self.net.k[0].dtype == dtype
         if same and slots <= self.n_slots and need < cap:
             return
+        linear = self.net.layers[0].self_attn.q_proj.weight.dtype
+        if not torch.is_autocast_enabled(self.device.type) and linear != dtype:  # merged.cast_linears
+            raise RuntimeError(f"RolloutEngine: the model's linear weights are {linear} and its embedding {dtype}: "
+                               f"run it under torch.autocast(dtype={linear})")
         if not same:  # a new precision: the held KV is of no use
             self.forget()
         slots = max(slots, self.n_slots)

@@ -19,6 +19,7 @@ keeps both (erl.rollout.kv.SlotModel.clear).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-_streams: dict[Any, torch.cuda.Stream] = {}
+@functools.cache
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
 
 
 @contextlib.contextmanager
@@ -40,9 +43,7 @@ def capture(graph: torch.cuda.CUDAGraph, pool: Any):
     (docs/gpu/prefill_graphs/call2/workload_ab.txt). Captured on a side stream (the default
     stream cannot capture), as torch.cuda.graph does."""
     main = torch.cuda.current_stream()
-    side = _streams.get(main.device)
-    if side is None:
-        side = _streams[main.device] = torch.cuda.Stream(main.device)
+    side = _side_stream(main.device)
     side.wait_stream(main)
     with torch.cuda.stream(side):
         graph.capture_begin(pool=pool)
@@ -83,22 +84,21 @@ class DecodeGraphs:
         if cache is not self.cache:  # a new cache (grown, reset, shrunk after running out of memory)
             self.drop()
             self.cache = cache
+        args = (ids, pos, rows, write, keys, last)
         key = (ids.shape[0], keys, rows is None)
         entry = self.graphs.get(key)
-        if entry is None:
-            if not self.enabled:
-                return self.forward(ids, pos, rows, write, keys, last)
-            if not self.graphs:  # the cache's first shape: this step's result, then the recording
-                out = self.forward(ids, pos, rows, write, keys, last)
-                self._record(key, ids, pos, rows, write, keys, last)
-                return out
-            entry = self._record(key, ids, pos, rows, write, keys, last)
-            if entry is None:  # the recording failed (and said so): eager from now on
-                return self.forward(ids, pos, rows, write, keys, last)
-        else:
+        if entry is not None:
             for dst, src in zip(entry[1], (ids, pos, rows, write, last)):
                 if dst is not None:
                     dst.copy_(src)
+        elif self.enabled and not self.graphs:  # the cache's first shape: this step's result, then the recording
+            out = self.forward(*args)
+            self._record(key, *args)
+            return out
+        elif self.enabled:
+            entry = self._record(key, *args)  # None: the recording failed (and said so)
+        if entry is None:
+            return self.forward(*args)
         entry[0].replay()
         return entry[2]
 
