@@ -218,8 +218,8 @@ def erl_workload(args) -> None:
         for part in ("eval", "collect"):
             policy.reset_stats()
             requests.clear()  # the ceiling runs the collect's requests
-            profile = args.profile_cuda == part and index == len(names) - 1
-            with cuda_profile(profile):
+            last = index == len(names) - 1
+            with cuda_profile(last and args.profile_cuda == part), host_profile(last and args.profile_host == part):
                 t = time.perf_counter()
                 if part == "eval":
                     trainer.evaluate(data["val"])
@@ -317,6 +317,27 @@ def cuda_profile(on: bool):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)  # the host's side
 
 
+@contextlib.contextmanager
+def host_profile(on: bool):
+    """cProfile around a block: where the host's Python time goes (functions by own time, then by
+    time including callees). The profiler slows Python code (~1.5-2x), so compare shares, not seconds."""
+    if not on:
+        yield
+        return
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        yield
+    finally:
+        prof.disable()
+        for key in ("tottime", "cumulative"):
+            pstats.Stats(prof, stream=sys.stdout).sort_stats(key).print_stats(35)
+        sys.stdout.flush()
+
+
 def wait_policies(values: list[str], rest: list[str]) -> None:
     """Each OMP_WAIT_POLICY in its own process, printed one after the other."""
     for value in values:
@@ -348,6 +369,9 @@ def main(argv=None):
     ap.add_argument("--profile-cuda", nargs="?", const="eval", default=None, choices=["eval", "collect"],
                     help="--workload erl: torch.profiler over the last policy's eval (or collect): GPU time by "
                          "kernel, host time by op")
+    ap.add_argument("--profile-host", nargs="?", const="collect", default=None, choices=["eval", "collect"],
+                    help="--workload erl: cProfile over the last policy's collect (or eval): the host's Python "
+                         "time by function")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

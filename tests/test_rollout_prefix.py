@@ -46,7 +46,7 @@ def test_prefix_scan_counts_what_a_token_by_token_comparison_counts(seed):
 def test_a_scan_over_empty_slots_matches_nothing():
     tok = np.full((4, 16), -1, dtype=np.int64)
     scan = PrefixScan(tok, [0] * 4, np.arange(4))
-    assert scan.lengths([1, 2, 3]).tolist() == [0, 0, 0, 0] and scan.head == []
+    assert scan.lengths([1, 2, 3]).tolist() == [0, 0, 0, 0] and scan.head == ()
     assert PrefixScan(tok, [0] * 4, np.arange(0)).lengths([1, 2]).tolist() == []
 
 
@@ -104,3 +104,33 @@ def test_pick_slot_orders_as_a_lexsort_would():
         taken = rng.random(n) < 0.5
         taken[int(rng.integers(0, n))] = False
         assert pick_slot(lengths, used, taken) == int(np.lexsort((used, -lengths, taken))[0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_many_prompts_at_once_count_what_each_alone_counts(seed):
+    """prefix_lengths over many prompts (lists or tuples, known-equal heads skipped, prompts past
+    the rows' width, empty ones) and a scan of them all give each prompt's token-by-token counts."""
+    from erl.rollout.prefix import prefix_lengths
+
+    rng = np.random.default_rng(seed)
+    system = rng.integers(0, 3, 12).tolist()
+    tok = np.full((30, 50), -1, dtype=np.int64)
+    held = [0] * 30
+    for s in range(30):
+        if s % 5:
+            row = (system + rng.integers(0, 3, int(rng.integers(0, 45))).tolist())[:50]
+            tok[s, :len(row)] = row
+            held[s] = len(row)
+    prompts = [system + rng.integers(0, 3, int(rng.integers(0, 60))).tolist() for _ in range(25)]
+    prompts += [[], system[:5], [9] + system, list(tok[1, :held[1]]) + [0]]
+    among = np.nonzero(np.asarray(held) > 0)[0]
+    starts = [12 if len(p) >= 12 and p[:12] == system else 0 for p in prompts]
+    got = prefix_lengths(tok, [tuple(p) for p in prompts], among, starts)
+    for p, row in zip(prompts, got):
+        assert row.tolist() == [by_hand(tok[s, :held[s]], p + [0]) for s in among]
+    scan = PrefixScan(tok, held, np.arange(30))
+    assert scan.head == tuple(system)
+    scan.scan([tuple(p) for p in prompts if p] + [prompts[0]])  # a repeat, as a list, scans once
+    assert len(scan.memo) == len({tuple(p) for p in prompts if p})
+    for p in prompts[:-4]:
+        assert scan.lengths(p).tolist() == [by_hand(tok[s, :held[s]], p) for s in range(30)]

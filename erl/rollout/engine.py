@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -36,6 +37,7 @@ from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
 from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
 from erl.rollout.sampling import check_request, sample
+from erl.rollout.versions import WeightsVersion
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ class RolloutEngine:
             raise ValueError(f"RolloutEngine: slots must be >= 1, got {slots}")
         self.model, self.tokenizer, self.refresh = model, tokenizer, refresh
         self.net = SlotModel(model)
+        self._weights_version = WeightsVersion(model)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids if stop_ids is None else list(stop_ids)
         self.prefix_reuse, self.lend = prefix_reuse, lend
         self._stops = set(self.stop_ids)
@@ -348,10 +351,6 @@ class RolloutEngine:
         i = pick_slot(lengths, used, taken)
         return i, int(lengths[i])
 
-    def _weights_version(self) -> int:
-        """Changes whenever any weight is written in place (optimizer step, weight sync, load)."""
-        return sum(p._version for p in self.model.parameters())
-
     def _admit(self) -> None:
         if self.refresh is not None:
             self.refresh()
@@ -371,7 +370,10 @@ class RolloutEngine:
         used = np.asarray(self.used, dtype=np.int64)[free_at]
         # one scan of every slot serves the slot choice (free slots) and the lending plan (the rest)
         scan = PrefixScan(self.tok, self.held, np.arange(self.n_slots)) if self.prefix_reuse else None
-        for _ in range(min(want, len(free))):
+        count = min(want, len(free))
+        if scan is not None:
+            scan.scan([r.prompt for r in itertools.islice(self.waiting, count)])
+        for _ in range(count):
             req = self.waiting.popleft()
             i, reuse = self._match(req.prompt, scan, free_at, taken, used)
             taken[i] = True

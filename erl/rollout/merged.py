@@ -20,12 +20,15 @@ from typing import Any
 
 import torch
 
+from erl.rollout.versions import WeightsVersion
+
 
 class MergedLoRA:
     """`model`: the plain copy; `refresh()`: re-merge when the source changed (True if it did)."""
 
     def __init__(self, source: Any, pairs: list[tuple[Any, Any]], model: Any):
         self.source, self.pairs, self.model = source, pairs, model
+        self._source_version = WeightsVersion(source)
         self.version = self._source_version()
 
     @classmethod
@@ -52,10 +55,6 @@ class MergedLoRA:
         if not pairs:
             return None
         return cls(model, pairs, plain)
-
-    def _source_version(self) -> int:
-        """Changes whenever a weight of the trained model is written in place."""
-        return sum(p._version for p in self.source.parameters())
 
     @torch.no_grad()
     def refresh(self) -> bool:

@@ -19,28 +19,54 @@ import numpy as np
 MIN_SAME_ROUND = 16
 
 
+def prefix_lengths(rows: np.ndarray, prompts: list[list[int]], among: np.ndarray | None = None,
+                   starts: list[int] | None = None) -> np.ndarray:
+    """[len(prompts), rows] (or rows listed in `among`): how many of each prompt's tokens each row
+    of token ids (padded with negatives) starts with. `starts`: each prompt is known to match every
+    row in its first starts[i] tokens, so comparing begins there. All prompts at once, over the
+    (prompt, row) pairs that still match: the first compared column of a thousand slots is sorted
+    once and each prompt finds the rows with its token by binary search (most rows part from a
+    prompt there: another task's grid), then the surviving pairs go on in growing column blocks.
+    One comparison per prompt and row, per admitted sequence, had cost the GPU collect ~1.3 s
+    (docs/gpu/host_planning)."""
+    among = np.arange(rows.shape[0]) if among is None else np.asarray(among, dtype=np.int64)
+    width = rows.shape[1]
+    lens = np.asarray([min(len(p), width) for p in prompts], dtype=np.int64)
+    # a prompt's columns past its length (and one sentinel past the rows' width) never match a row
+    q = np.full((len(prompts), width + 1), -2, dtype=rows.dtype)
+    for i, (p, k) in enumerate(zip(prompts, lens)):
+        q[i, :k] = p[:k]
+    start = np.minimum(np.zeros(len(prompts), np.int64) if starts is None else np.asarray(starts, np.int64), lens)
+    out = np.repeat(start[:, None], len(among), axis=1)
+    if not len(among) or not len(prompts):
+        return out
+    pis, sis = [], []
+    for col in sorted(set(start.tolist())):  # the rows that share the prompt's token at its first compared column
+        ps = np.nonzero(start == col)[0]
+        keys = rows[among, min(col, width - 1)] if col < width else np.full(len(among), -1, rows.dtype)
+        order = np.argsort(keys, kind="stable")
+        lo = np.searchsorted(keys[order], q[ps, col], "left")
+        hi = np.searchsorted(keys[order], q[ps, col], "right")
+        counts = hi - lo
+        pis.append(np.repeat(ps, counts))
+        sis.append(order[np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)])
+    pi, si = np.concatenate(pis), np.concatenate(sis)
+    pos, block = start[pi] + 1, 1
+    while pi.size:
+        cols = pos[:, None] + np.arange(block)
+        same = rows[among[si][:, None], np.minimum(cols, width - 1)] == q[pi[:, None], np.minimum(cols, width)]
+        full = same.all(axis=1)
+        part = ~full
+        out[pi[part], si[part]] = pos[part] + same[part].argmin(axis=1)
+        pi, si, pos, block = pi[full], si[full], pos[full] + block, block * 2
+    return out
+
+
 def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None,
                   start: int = 0) -> np.ndarray:
-    """For each row of token ids (padded with negatives), or each row listed in `among`, how
-    many of the first n prompt tokens it starts with. Compared in growing column blocks, only
-    the rows that match so far: most rows part from the prompt within its first tokens
-    (another task's grid), and a thousand slots times a 600-token prompt, for each admitted
-    sequence, would cost more than it saves. `start`: the rows are known to match the
-    prompt's first `start` tokens (PrefixScan), so comparing begins there."""
-    n = min(n, rows.shape[1])
-    want = np.asarray(prompt[:n], dtype=rows.dtype)
-    alive = np.arange(rows.shape[0]) if among is None else np.asarray(among, dtype=np.int64)
-    lengths = np.zeros(rows.shape[0], dtype=np.int64)
-    order = alive.copy()
-    start, block = min(start, n), 32
-    while alive.size and start < n:
-        end = min(start + block, n)
-        same = rows[alive, start:end] == want[None, start:end]
-        full = same.all(axis=1)
-        lengths[alive[~full]] = start + same[~full].argmin(axis=1)
-        alive, start, block = alive[full], end, block * 2
-    lengths[alive] = n
-    return lengths[order]
+    """For each row (or each row listed in `among`), how many of the first n prompt tokens it
+    starts with (prefix_lengths for one prompt)."""
+    return prefix_lengths(rows, [list(prompt[:n])], among, [start])[0]
 
 
 def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
@@ -48,6 +74,13 @@ def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
     stay below 2**32), lowest index among those: one argmax over a combined key, a tenth of a
     lexsort's cost at a thousand slots."""
     return int(np.where(taken, np.iinfo(np.int64).min, (lengths.astype(np.int64) << 32) - used).argmax())
+
+
+def shared_head(rows: np.ndarray, n: int) -> tuple[int, ...]:
+    """The tokens that every row (at least n long) starts with."""
+    block = rows[:, :n]
+    differs = (block != block[0]).any(axis=0)
+    return tuple(block[0, :int(differs.argmax()) if differs.any() else block.shape[1]].tolist())
 
 
 class PrefixScan:
@@ -60,25 +93,29 @@ class PrefixScan:
         self.tok, self.slots = tok, np.asarray(slots, dtype=np.int64)
         held_here = np.asarray(held, dtype=np.int64)[self.slots] if len(self.slots) else np.zeros(0, np.int64)
         self.live = np.nonzero(held_here > 0)[0]
-        self.head: list[int] = []
-        if len(self.live):
-            block = tok[self.slots[self.live], :int(held_here[self.live].min())]
-            differs = (block != block[0]).any(axis=0)
-            self.head = block[0, :int(differs.argmax()) if differs.any() else block.shape[1]].tolist()
+        self.head = shared_head(tok[self.slots[self.live]], int(held_here[self.live].min())) if len(self.live) else ()
         self.memo: dict[tuple, np.ndarray] = {}
 
     def lengths(self, prompt: list[int]) -> np.ndarray:
         """Over `slots`, in order: how many of the prompt's tokens but its last each starts with."""
         key = tuple(prompt)
         if key not in self.memo:
-            out = np.zeros(len(self.slots), dtype=np.int64)
-            if len(self.live):
-                k = len(self.head)
-                start = k if prompt[:k] == self.head else 0
-                out[self.live] = common_prefix(self.tok, prompt, len(prompt) - 1, among=self.slots[self.live],
-                                               start=start)
-            self.memo[key] = out
+            self.scan([prompt])
         return self.memo[key]
+
+    def scan(self, prompts: list[list[int]]) -> None:
+        """The lengths of every prompt not yet scanned, in one prefix_lengths over them all (an
+        admission scans its prompts before choosing their slots)."""
+        new = list({tuple(p): p for p in prompts if tuple(p) not in self.memo}.values())
+        if not new:
+            return
+        out = np.zeros((len(new), len(self.slots)), dtype=np.int64)
+        if len(self.live):
+            k = len(self.head)
+            starts = [k if tuple(p[:k]) == self.head else 0 for p in new]  # lists or tuples
+            out[:, self.live] = prefix_lengths(self.tok, [p[:-1] for p in new], self.slots[self.live], starts)
+        for p, row in zip(new, out):
+            self.memo[tuple(p)] = row
 
 
 @dataclass
@@ -104,53 +141,54 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
     for a few thousand tokens as for one (erl.rollout.engine). `scan`: a PrefixScan covering
     every slot that may lend (the engine's, shared with its slot choice; default: one over every slot)."""
     keys = [tuple(p) for _, _, p in admitted]
-    counts = Counter(keys)
-    seen: set[tuple] = set()
+    unique = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # equal prompts (a task's n samples) plan once
     mine = {slot for slot, _, _ in admitted}
     others = np.asarray([s for s in range(tok.shape[0]) if s not in mine and held[s] > 0], dtype=np.int64)
-    width = max((len(p) for _, _, p in admitted), default=0)
-    round_rows = np.full((len(admitted), width), -2, dtype=np.int64)  # first-wave prompts of this round
-    round_slots: list[int] = []
-    round_head = 0  # how many tokens every first-wave prompt starts with: comparisons start there
-    plan = Plan([], [], [])
-    # Equal prompts (a task's n samples) scan once: the held slots do not change during the plan
-    # (PrefixScan), and a round lender that holds the whole prompt stays the first to do so.
     if scan is None:
         scan = PrefixScan(tok, held, np.arange(tok.shape[0]))
+    scan.scan(list(unique))
     at = np.full(tok.shape[0], -1, dtype=np.int64)  # the scan's columns of the lenders
     at[scan.slots] = np.arange(len(scan.slots))
     cols = at[others]
     assert (cols >= 0).all(), "plan_sharing: the scan must cover every slot that may lend"
-    round_best: dict[tuple, tuple[int, int]] = {}
+    # Lenders from before the round (the held slots do not change during the plan: PrefixScan).
+    # A next turn whose own slot holds all but its last token finds nothing longer there.
+    if len(others):
+        lent = np.stack([scan.lengths(key) for key in unique])[:, cols]
+        far, by = lent.max(axis=1), others[lent.argmax(axis=1)]
     alone: list[tuple[int, int]] = []  # (reuse, lender) of each sequence without this round's lenders
-    for (slot, own, prompt), key in zip(admitted, keys):
-        leads = counts[key] > 1 and key not in seen
+    for (_, own, prompt), key in zip(admitted, keys):
+        u = unique[key]
+        better = len(others) and own < len(prompt) - 1 and far[u] > own
+        alone.append((int(far[u]), int(by[u])) if better else (own, -1))
+    # Lenders of this round: prefix lengths between the round's prompts, only for those that may
+    # gain MIN_SAME_ROUND tokens by one (most next turns hold their history in their own slot).
+    wanting = list(dict.fromkeys(key for key, (best, _) in zip(keys, alone) if best + MIN_SAME_ROUND < len(key)))
+    if wanting:
+        width = max(map(len, unique))
+        prompts = np.full((len(unique), width), -1, dtype=np.int64)
+        for key, i in unique.items():
+            prompts[i, :len(key)] = key
+        head = len(shared_head(prompts, min(map(len, unique))))  # the system prompt: compared once
+        between = prefix_lengths(prompts, [list(k[:-1]) for k in wanting], starts=[head] * len(wanting))
+        row_of = {key: i for i, key in enumerate(wanting)}
+    counts = Counter(keys)
+    seen: set[tuple] = set()
+    round_slots: list[int] = []  # first-wave sequences of this round: the round's lenders
+    round_prompts: list[int] = []  # ... and their prompts' columns of `between`
+    plan = Plan([], [], [])
+    for (slot, _, prompt), key, (best, lender) in zip(admitted, keys, alone):
+        leads = counts[key] > 1 and key not in seen  # the first of equal prompts lends, never waits
         seen.add(key)
-        n = len(prompt) - 1
-        best, lender, second = own, -1, False
-        if len(others) and best < n:  # a next turn whose own slot holds all but its last token: nothing longer
-            lengths = scan.lengths(prompt)[cols]
-            k = int(lengths.argmax())
-            if lengths[k] > best:
-                best, lender = int(lengths[k]), int(others[k])
-        alone.append((best, lender))
-        if round_slots and not leads and best + MIN_SAME_ROUND <= n:
-            length, k = round_best.get(key, (-1, -1))
-            if length < 0:
-                first = round_rows[0, :round_head]
-                start = round_head if len(prompt) >= round_head and (first == prompt[:round_head]).all() else 0
-                lengths = common_prefix(round_rows[:len(round_slots)], prompt, n, start=start)
-                i = int(lengths.argmax())
-                length, k = int(lengths[i]), round_slots[i]
-                if length == n:
-                    round_best[key] = length, k
-            if length >= best + MIN_SAME_ROUND:
-                best, lender, second = length, k, True
+        second = False
+        if round_slots and not leads and best + MIN_SAME_ROUND < len(prompt):
+            lengths = between[row_of[key], round_prompts]
+            i = int(lengths.argmax())
+            if lengths[i] >= best + MIN_SAME_ROUND:
+                best, lender, second = int(lengths[i]), round_slots[i], True
         if not second:
-            round_rows[len(round_slots), :len(prompt)] = prompt
-            round_head = len(prompt) if not round_slots else \
-                int(common_prefix(round_rows[:1], prompt, min(round_head, len(prompt)))[0])
             round_slots.append(slot)
+            round_prompts.append(unique[key])
         plan.reuse.append(best)
         plan.lender.append(lender)
         plan.second.append(second)

@@ -3,7 +3,8 @@
 # for the commit in .ovl/base.tar (base*: the session's starting commit, 196e424 in the fourteenth) in the same call,
 # the engine's split of an ERL and an RLVR collect (workload_*), and torch.profiler over an ERL
 # collect (profile_*). Needs /tmp/smollm2 (scripts/device_prepare.sh). STEPS: steps measured (3);
-# WARMUP: steps before them (1); ENGINES: the workload's rollout policies (engine,engine).
+# WARMUP: steps before them (1); ENGINES: the workload's rollout policies (engine,engine); WORKLOAD_ARGS:
+# more arguments for the workload parts (e.g. --profile-host).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/prefill_overlap}; mkdir -p "$OUT" /tmp/base
@@ -20,7 +21,7 @@ for what in ${@:-head base}; do
   set_=(--set preset=gpu --set model.path=/tmp/smollm2)
   case $what in
     head*|base*) run "step_$what" "$root" 240 python3 benchmarks/local_step.py "${set_[@]}" --warmup "${WARMUP:-1}" --steps "${STEPS:-3}" ;;
-    workload*) run "$what" "$root" 240 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines "${ENGINES:-engine,engine}" ;;
+    workload*) run "$what" "$root" 240 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines "${ENGINES:-engine,engine}" ${WORKLOAD_ARGS:-} ;;
     rlvr*) run "$what" "$root" 200 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --set erl.mode=rlvr \
              --engines engine,engine ;;
     profile*) run "$what" "$root" 200 python3 benchmarks/rollout.py --workload erl "${set_[@]}" --engines engine,engine \
