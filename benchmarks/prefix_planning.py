@@ -25,7 +25,7 @@ from erl.rollout import prefix as current
 
 
 def load_base(rev: str) -> types.ModuleType:
-    src = subprocess.run(["git", "show", f"{rev}:erl/rollout/prefix.py"], capture_output=True, text=True)
+    src = subprocess.run(["git", "show", f"{rev}:erl/rollout/prefix.py"], capture_output=True, text=True, check=False)
     if src.returncode:
         raise SystemExit(f"--base {rev}: {src.stderr.strip()} (run from a git checkout)")
     module = types.ModuleType(f"prefix_{rev}")
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     base = load_base(args.base)
     rng = np.random.default_rng(0)
     rounds = [admission(rng, args.slots, args.admitted) for _ in range(args.rounds)]
-    times = {}
+    times, previous = {}, []
     for name, module in ((args.base, base), ("this tree", current)):
         start = time.perf_counter()
         results = [plan(module, *r) for r in rounds]
