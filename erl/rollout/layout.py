@@ -3,6 +3,7 @@ Pure functions over token ids and slot numbers; the engine runs the forwards."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -34,16 +35,17 @@ def prefill_chunks(admitted: list, budget: int) -> list[list]:
 
 def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple:
     """The forward's (ids, pos, rows, write, keys, last) for a chunk of (slot, reused, prompt):
-    each row prefills its prompt past the reused tokens, padded to a multiple of 16."""
+    each row prefills its prompt past the reused tokens, padded to a multiple of 16. Filled in
+    numpy: a tensor made from each row's list cost ~25 us, ~0.1 s of a GPU ERL collect."""
     width = round_up(max(len(p) - u for _, u, p in chunk), 16)
-    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
     for i, (_, u, p) in enumerate(chunk):
-        ids[i, :len(p) - u] = torch.tensor(p[u:])
+        ids[i, :len(p) - u] = p[u:]
     pos = torch.tensor([u for _, u, _ in chunk])[:, None] + torch.arange(width)[None, :]
     keys = min(round_up(max(len(p) for _, _, p in chunk), key_bucket), cap)
     rows = torch.tensor([s for s, _, _ in chunk])
     last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
-    return ids, pos, rows, pos.clamp(max=cap - 1), keys, last
+    return torch.from_numpy(ids), pos, rows, pos.clamp(max=cap - 1), keys, last
 
 
 def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:
