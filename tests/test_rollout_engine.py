@@ -732,3 +732,52 @@ def test_running_sequences_keep_their_kv_when_the_cache_grows():
     torch.manual_seed(0)
     for p, g in zip(ps, asyncio.run(go())):
         assert torch.allclose(forced_logprobs(model, p, g, 1.0), torch.tensor(g.logprobs), atol=1e-4)
+
+
+def two_turns(engine, model_device="cpu", switch=None):
+    """Sampled first turns of 6 prompts (equal pairs: lent KV), then second turns that extend
+    them (KV kept in the slot); `switch` is called between the turns."""
+    torch.manual_seed(3)
+    params = SamplingParams(max_new_tokens=7, temperature=0.8)
+    ps = prompts(3) * 2
+    first = engine.generate_batch(ps, params)
+    if switch is not None:
+        switch(engine)
+    observation = chat_ids(TOK, [{"role": "user", "content": "ok"}])
+    nexts = [p + g.token_ids + observation for p, g in zip(ps, first)]
+    return first + engine.generate_batch(nexts, params)
+
+
+def test_a_position_major_cache_samples_what_the_head_major_one_does():
+    """varlen_decode's cache layout ([slots, capacity, kv_heads, d] seen through a transposed view)
+    and its decode rows (the active slots, never a span with idle ones), here on CPU where the
+    attention itself stays dense: the same tokens and log-probs as the default engine, also
+    when the layout changes between turns (the held KV moves to the new tensors)."""
+    model = model_of()
+    want = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[]))
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
+    engine.varlen_decode = True
+    got = two_turns(engine)
+    assert engine.net.k[0].transpose(1, 2).is_contiguous() and engine.span_ratio == 0
+    switched = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[]),
+                         switch=lambda e: setattr(e, "varlen_decode", True))
+    for other in (got, switched):
+        assert [g.token_ids for g in other] == [g.token_ids for g in want]
+        for g, w in zip(other, want):
+            assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graphs", [False, True])
+def test_varlen_decode_attention_on_cuda_matches_the_dense_rows(graphs):
+    """The memory-efficient kernel's variable-length mode (each row its own keys) against the
+    dense masked rows, fp32 on the GPU, eager and replayed as CUDA graphs."""
+    model = model_of().to("cuda")
+    want = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs))
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs)
+    engine.varlen_decode = True
+    got = two_turns(engine)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)

@@ -136,6 +136,20 @@ class RolloutEngine:
                       # of those, the host waiting for sampled tokens (the GPU still busy)
                       "gpu_wait_seconds": 0.0}
 
+    @property
+    def varlen_decode(self) -> bool:
+        """Decode attention reads each row's own keys in place (erl.rollout.kv: the memory-efficient
+        kernel's variable-length mode, CUDA), not dense rows up to the key bucket; rows are then
+        the active slots, never a span with idle ones in it (nothing is gathered either way)."""
+        return self.net.varlen
+
+    @varlen_decode.setter
+    def varlen_decode(self, on: bool) -> None:
+        if self.active:
+            raise RuntimeError("RolloutEngine.varlen_decode set with sequences decoding")
+        self.net.varlen = bool(on)
+        self.span_ratio = 0 if on else (2 if self.device.type == "cuda" else 1)
+
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
         return old

@@ -63,6 +63,11 @@ class SlotModel:
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.capacity = 0  # positions a slot may use: at most the tensors' size
+        # Decode attention in the memory-efficient kernel's variable-length mode (CUDA): each row
+        # reads its own keys only, where the dense rows read every key up to the bucket, idle rows
+        # too. The kernel takes [tokens, kv_heads, d] rows, so the cache is stored position-major
+        # ([slots, capacity, kv_heads, d]) and seen through a transposed view everywhere else.
+        self.varlen = False
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -77,22 +82,32 @@ class SlotModel:
         slot's positions keep their place, so the running sequences keep their KV); otherwise
         larger ones are made and take over the positions in use."""
         self.capacity, old_cap = capacity, self.capacity
-        if self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity:
+        if (self.k and self.k[0].dtype == dtype and self.k[0].shape[0] >= slots and self.k[0].shape[2] >= capacity
+                and self._position_major() == self.varlen):
             return
         old_k, old_v = self.k, self.v
         keep = bool(old_k) and old_k[0].dtype == dtype  # else a new precision: nothing held is of use
         if keep:  # never shrink: a later phase may need the old size again
             slots, capacity = max(slots, old_k[0].shape[0]), max(capacity, old_k[0].shape[2])
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in self.layers]
-        if keep:  # the running sequences keep their KV
+
+        def zeros() -> torch.Tensor:
+            if self.varlen:
+                return torch.zeros((slots, capacity, self.kv_heads, self.head_dim), dtype=dtype,
+                                   device=device).transpose(1, 2)
+            return torch.zeros((slots, self.kv_heads, capacity, self.head_dim), dtype=dtype, device=device)
+
+        self.k = [zeros() for _ in self.layers]
+        self.v = [zeros() for _ in self.layers]
+        if keep:  # the running sequences keep their KV (across layouts too: both are views)
             n = min(old_cap, capacity)
             for new, old in zip(self.k + self.v, old_k + old_v):
                 new[:old.shape[0], :, :n] = old[:, :, :n]
         if device.type == "cuda":  # CUDA graphs may then write into them in place
             for t in self.k + self.v:
                 torch._dynamo.mark_static_address(t)
+
+    def _position_major(self) -> bool:
+        return bool(self.k) and self.k[0].transpose(1, 2).is_contiguous()
 
     def copy_prefix(self, src: tuple[int, ...], dst: tuple[int, ...], n: tuple[int, ...]) -> None:
         """Slot dst[i] takes the KV of slot src[i]'s first n[i] positions (a shared prompt
@@ -106,7 +121,8 @@ class SlotModel:
             t[d, :, :m] = t[s, :, :m]
 
     def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
-                write: torch.Tensor, keys: int, mask: torch.Tensor, cos_sin) -> torch.Tensor:
+                write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None = None
+                ) -> torch.Tensor:
         """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then
         attend to the row's first `keys` positions as `mask` allows."""
         n, t, _ = h.shape
@@ -119,6 +135,8 @@ class SlotModel:
         q, k = self.rope(q, k, *cos_sin, kc.dtype)
         kc[slot[:, None], :, write] = k
         vc[slot[:, None], :, write] = v.to(vc.dtype)
+        if varlen is not None:
+            return attn.o_proj(self._attend_varlen(q, kc, vc, keys, *varlen))
         if rows is None:  # the first n slots: a view, no copy
             ks, vs = kc[:n, :, :keys], vc[:n, :, :keys]
         else:
@@ -130,6 +148,30 @@ class SlotModel:
         out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
         out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
         return attn.o_proj(out)
+
+    def _attend_varlen(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
+                       cu_k: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Decode attention (q [n, 1, heads, d]) in variable-length mode: query row i is the g
+        query heads of each KV head, its keys the first lengths[i] positions from cu_k[i] in the
+        cache taken as one [slots x capacity] token axis. Returns [n, 1, heads x d]."""
+        n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
+        g = self.heads // kvh
+        qq = q.reshape(n, kvh, g, d).transpose(1, 2).reshape(1, n * g, kvh, d)
+        k = kc.transpose(1, 2).reshape(1, -1, kvh, d)  # position-major storage: a view
+        v = vc.transpose(1, 2).reshape(1, -1, kvh, d)
+        out = torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, g, keys, 0.0, 0, False,
+                                                         scale=self.scaling, seqlen_k=lengths)[0]
+        return out.view(n, g, kvh, d).transpose(1, 2).reshape(n, 1, -1)
+
+    def _varlen_inputs(self, slot: torch.Tensor, pos: torch.Tensor, keys: int) -> tuple:
+        """cu_q, cu_k, lengths of a decode step's rows: a row reads its slot's positions up to the
+        one it writes; an idle row (writing the scratch column past `keys`) reads one."""
+        g = self.heads // self.kv_heads
+        n = slot.shape[0]
+        cu_q = torch.arange(0, (n + 1) * g, g, dtype=torch.int32, device=slot.device)
+        cu_k = torch.cat([slot * self.k[0].shape[2], slot.new_zeros(1)]).to(torch.int32)
+        p = pos[:, 0]
+        return cu_q, cu_k, torch.where(p < keys, p + 1, 1).to(torch.int32)
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +192,17 @@ class SlotModel:
         dtype = torch.get_autocast_dtype(device_type)
         return lambda x: x.to(dtype)
 
+    def _mask(self, pos: torch.Tensor, keys: int) -> torch.Tensor:
+        """[n, 1, g x T, keys]: 0 where a query row may attend a key, -inf where not."""
+        n, t = pos.shape
+        g = self.heads // self.kv_heads  # a query row per (query head of a KV head, position)
+        seen = torch.arange(keys, device=pos.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
+        seen = seen[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
+        # Additive, in the attention's dtype, made once: a boolean mask is converted inside every
+        # layer's attention call (30 new tensors of this size a forward instead of one).
+        mask = torch.zeros(seen.shape, dtype=self.k[0].dtype, device=pos.device)
+        return mask.masked_fill_(~seen, float("-inf"))
+
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
                 keys: int, last: torch.Tensor) -> torch.Tensor:
         """ids, pos, write [n, T]; rows [n] slot ids (None: the first n slots, in order); last [n]:
@@ -158,19 +211,14 @@ class SlotModel:
         n, t = ids.shape
         cos_sin = [c.unsqueeze(2) for c in self.inner.rotary_emb(h, pos)]  # [n, T, 1, d]: over the heads
         slot = rows if rows is not None else torch.arange(n, device=ids.device)
-        g = self.heads // self.kv_heads  # a query row per (query head of a KV head, position)
-        seen = torch.arange(keys, device=ids.device)[None, None, :] <= pos[:, :, None]  # [n, T, keys]
-        seen = seen[:, None, None].expand(n, 1, g, t, keys).reshape(n, 1, g * t, keys)
-        # Additive, in the attention's dtype, made once: a boolean mask is converted inside every
-        # layer's attention call (30 new tensors of this size a forward instead of one).
-        mask = torch.zeros(seen.shape, dtype=self.k[0].dtype, device=ids.device)
-        mask.masked_fill_(~seen, float("-inf"))
+        varlen = self._varlen_inputs(slot, pos, keys) if self.varlen and t == 1 and ids.is_cuda else None
+        mask = None if varlen is not None else self._mask(pos, keys)
         compute = self.compute_cast(ids.device.type)
         with attention_kernels():
             for i, layer in enumerate(self.layers):
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(layer.input_layernorm(h)), slot, rows, write, keys, mask,
-                                     cos_sin)
+                                     cos_sin, varlen)
                 r = h
                 h = r + layer.mlp(compute(layer.post_attention_layernorm(h)))
         h = h[torch.arange(h.shape[0], device=h.device), last]
