@@ -274,3 +274,17 @@ def test_a_training_step_reports_the_cuda_graphs_its_engine_recorded(monkeypatch
         counts.append(metrics["rollout/graphs_recorded"])
         assert counts[-1] == engine.stats["graphs_recorded"] - before
     assert counts[0] > 0
+
+
+def test_decode_rows_with_every_slot_active_need_no_idle_slot_to_pad_with():
+    """varlen_decode asks for gathered rows always (span_ratio 0); once every slot decodes there
+    is no idle slot to pad with and nothing to gather (the GPU workload's StopIteration)."""
+    from erl.rollout.layout import decode_rows
+
+    assert decode_rows(list(range(8)), 8, 0) == (list(range(8)), True)
+    assert decode_rows(list(range(16)), 16, 0) == (list(range(16)), True)
+    # a gap: the active slots first, padded to the bucket (8) with the first idle slot, 3
+    assert decode_rows([0, 1, 2, 4], 8, 0) == ([0, 1, 2, 4, 3, 3, 3, 3], False)
+    assert decode_rows([0, 1, 2, 4], 8, 1) == (list(range(8)), True)  # span 8 <= 1 x bucket 8
+    assert decode_rows([0, 1, 2, 9], 16, 1) == ([0, 1, 2, 9, 3, 3, 3, 3], False)  # span 16 > 8
+    assert decode_rows([0, 1, 2, 9], 16, 2) == (list(range(16)), True)

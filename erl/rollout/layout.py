@@ -53,10 +53,12 @@ def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list
     len(rows) slots in order (a view of the cache, no gather). The first `span` slots hold every
     active one: they run in place when that is at most span_ratio times the rows a gather would
     take (on a GPU the gathered copy costs twice what attention reads). Otherwise the active
-    slots come first, padded with one idle slot to the row bucket."""
+    slots come first, padded with one idle slot to the row bucket. When every slot up to the
+    last is active there is no idle one to pad with, and nothing to gather: a view whatever the
+    ratio (varlen_decode's ratio 0 once the cache is full)."""
     b = row_bucket(len(slots), n_slots)
     span = row_bucket(slots[-1] + 1, n_slots)
-    if span <= span_ratio * b:
+    if span <= span_ratio * b or len(slots) == span:
         return list(range(span)), True
     active = set(slots)
     idle = next(s for s in range(n_slots) if s not in active)
