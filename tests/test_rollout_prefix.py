@@ -33,7 +33,6 @@ def test_prefix_scan_counts_what_a_token_by_token_comparison_counts(seed):
         held[s] = len(row)
     slots = rng.permutation(24)[:18]
     scan = PrefixScan(tok, held, slots)
-    assert (len(scan.head) >= 40) == (seed % 2 == 0)  # the shared system prompt is compared once
     prompts = [tasks[k] + rng.integers(0, 5, 20).tolist() for k in range(4)]
     prompts += [tok[slots[0], :held[slots[0]]].tolist() + [1, 2], system[:30], [7] + system, prompts[0]]
     for prompt in prompts:
@@ -46,7 +45,7 @@ def test_prefix_scan_counts_what_a_token_by_token_comparison_counts(seed):
 def test_a_scan_over_empty_slots_matches_nothing():
     tok = np.full((4, 16), -1, dtype=np.int64)
     scan = PrefixScan(tok, [0] * 4, np.arange(4))
-    assert scan.lengths([1, 2, 3]).tolist() == [0, 0, 0, 0] and scan.head == ()
+    assert scan.lengths([1, 2, 3]).tolist() == [0, 0, 0, 0]
     assert PrefixScan(tok, [0] * 4, np.arange(0)).lengths([1, 2]).tolist() == []
 
 
@@ -108,8 +107,8 @@ def test_pick_slot_orders_as_a_lexsort_would():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_many_prompts_at_once_count_what_each_alone_counts(seed):
-    """prefix_lengths over many prompts (lists or tuples, known-equal heads skipped, prompts past
-    the rows' width, empty ones) and a scan of them all give each prompt's token-by-token counts."""
+    """prefix_lengths over many prompts (lists or tuples, prompts past the rows' width, empty
+    ones, rows with no padding column) and a scan of them all give each prompt's token-by-token counts."""
     from erl.rollout.prefix import prefix_lengths
 
     rng = np.random.default_rng(seed)
@@ -124,13 +123,24 @@ def test_many_prompts_at_once_count_what_each_alone_counts(seed):
     prompts = [system + rng.integers(0, 3, int(rng.integers(0, 60))).tolist() for _ in range(25)]
     prompts += [[], system[:5], [9] + system, list(tok[1, :held[1]]) + [0]]
     among = np.nonzero(np.asarray(held) > 0)[0]
-    starts = [12 if len(p) >= 12 and p[:12] == system else 0 for p in prompts]
-    got = prefix_lengths(tok, [tuple(p) for p in prompts], among, starts)
+    got = prefix_lengths(tok, [tuple(p) for p in prompts], among)
     for p, row in zip(prompts, got):
         assert row.tolist() == [by_hand(tok[s, :held[s]], p + [0]) for s in among]
     scan = PrefixScan(tok, held, np.arange(30))
-    assert scan.head == tuple(system)
     scan.scan([tuple(p) for p in prompts if p] + [prompts[0]])  # a repeat, as a list, scans once
     assert len(scan.memo) == len({tuple(p) for p in prompts if p})
     for p in prompts[:-4]:
         assert scan.lengths(p).tolist() == [by_hand(tok[s, :held[s]], p) for s in range(30)]
+
+
+def test_prefix_lengths_by_hand_at_both_ends_of_the_sorted_rows():
+    """A prompt that sorts before every row, one after every row, and one between rows that
+    share a prefix with it through their neighbours only (the minimum along the sorted rows)."""
+    from erl.rollout.prefix import prefix_lengths
+
+    tok = np.full((4, 6), -1, dtype=np.int64)
+    for s, row in enumerate([[1, 2, 3, 4], [1, 2, 5], [1, 7], [3, 3, 3, 3, 3]]):
+        tok[s, :len(row)] = row
+    got = prefix_lengths(tok, [[0, 1], [9], [1, 2, 4], [1, 2, 3, 4, 8], [3, 3, 3, 3, 3, 3, 3]])
+    assert got.tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [2, 2, 1, 0], [4, 2, 1, 0], [0, 0, 0, 5]]
+    assert prefix_lengths(tok, [[1, 2]], among=[3, 1]).tolist() == [[0, 2]]

@@ -19,54 +19,51 @@ import numpy as np
 MIN_SAME_ROUND = 16
 
 
-def prefix_lengths(rows: np.ndarray, prompts: list[list[int]], among: np.ndarray | None = None,
-                   starts: list[int] | None = None) -> np.ndarray:
+def prefix_lengths(rows: np.ndarray, prompts: list[list[int]], among: np.ndarray | None = None) -> np.ndarray:
     """[len(prompts), rows] (or rows listed in `among`): how many of each prompt's tokens each row
-    of token ids (padded with negatives) starts with. `starts`: each prompt is known to match every
-    row in its first starts[i] tokens, so comparing begins there. All prompts at once, over the
-    (prompt, row) pairs that still match: the first compared column of a thousand slots is sorted
-    once and each prompt finds the rows with its token by binary search (most rows part from a
-    prompt there: another task's grid), then the surviving pairs go on in growing column blocks.
-    One comparison per prompt and row, per admitted sequence, had cost the GPU collect ~1.3 s
-    (docs/gpu/host_planning)."""
+    of token ids (left-aligned, padded with negatives) starts with. Exact, and without comparing
+    each prompt with each row: the rows are sorted once by their bytes (memcmp order is a total
+    order on tokens, so the sort is lexicographic over tokens), and in a sorted list a prompt's
+    common prefix with a row is the least of its common prefix with the row at its insertion
+    point and those of the adjacent rows in between. Comparing pairs instead cost the GPU collect
+    1.3 s (column blocks per prompt) to 5.9 s (all pairs at once): ERL's rows share a system
+    prompt and a task's samples share long histories (docs/gpu/host_planning)."""
     among = np.arange(rows.shape[0]) if among is None else np.asarray(among, dtype=np.int64)
-    width = rows.shape[1]
-    lens = np.asarray([min(len(p), width) for p in prompts], dtype=np.int64)
-    # a prompt's columns past its length (and one sentinel past the rows' width) never match a row
-    q = np.full((len(prompts), width + 1), -2, dtype=rows.dtype)
-    for i, (p, k) in enumerate(zip(prompts, lens)):
-        q[i, :k] = p[:k]
-    start = np.minimum(np.zeros(len(prompts), np.int64) if starts is None else np.asarray(starts, np.int64), lens)
-    out = np.repeat(start[:, None], len(among), axis=1)
+    out = np.zeros((len(prompts), len(among)), dtype=np.int64)
     if not len(among) or not len(prompts):
         return out
-    pis, sis = [], []
-    for col in sorted(set(start.tolist())):  # the rows that share the prompt's token at its first compared column
-        ps = np.nonzero(start == col)[0]
-        keys = rows[among, min(col, width - 1)] if col < width else np.full(len(among), -1, rows.dtype)
-        order = np.argsort(keys, kind="stable")
-        lo = np.searchsorted(keys[order], q[ps, col], "left")
-        hi = np.searchsorted(keys[order], q[ps, col], "right")
-        counts = hi - lo
-        pis.append(np.repeat(ps, counts))
-        sis.append(order[np.repeat(lo, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)])
-    pi, si = np.concatenate(pis), np.concatenate(sis)
-    pos, block = start[pi] + 1, 1
-    while pi.size:
-        cols = pos[:, None] + np.arange(block)
-        same = rows[among[si][:, None], np.minimum(cols, width - 1)] == q[pi[:, None], np.minimum(cols, width)]
-        full = same.all(axis=1)
-        part = ~full
-        out[pi[part], si[part]] = pos[part] + same[part].argmin(axis=1)
-        pi, si, pos, block = pi[full], si[full], pos[full] + block, block * 2
+    held = rows[among]
+    filled = np.nonzero((held >= 0).any(axis=0))[0]
+    width = int(filled[-1]) + 2 if len(filled) else 1  # a padding column ends every row
+    block = np.full((len(among), width), -1, dtype=np.int64)
+    block[:, :width - 1] = held[:, :width - 1]
+    q = np.full((len(prompts), width), -2, dtype=np.int64)  # never equal to a row's token or padding
+    for i, p in enumerate(prompts):
+        k = min(len(p), width - 1)
+        q[i, :k] = p[:k]
+    as_key = np.dtype((np.void, width * 8))
+    order = np.argsort(block.view(as_key).ravel(), kind="stable")
+    ranked = block[order]
+    pos = np.searchsorted(ranked.view(as_key).ravel(), q.view(as_key).ravel())
+
+    def common(a: np.ndarray, b: np.ndarray) -> np.ndarray:  # the last column always differs
+        return ((a == b) & (a >= 0)).argmin(axis=1)
+
+    adjacent = common(ranked[:-1], ranked[1:])
+    n = len(ranked)
+    after = np.where(pos < n, common(ranked[np.minimum(pos, n - 1)], q), 0)
+    before = np.where(pos > 0, common(ranked[np.maximum(pos - 1, 0)], q), 0)
+    for i, (k, a, b) in enumerate(zip(pos.tolist(), after.tolist(), before.tolist())):
+        out[i, order[k:]] = np.minimum.accumulate(np.concatenate(([a], adjacent[k:])))[:n - k]
+        if k:
+            out[i, order[:k][::-1]] = np.minimum.accumulate(np.concatenate(([b], adjacent[:k - 1][::-1])))
     return out
 
 
-def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None,
-                  start: int = 0) -> np.ndarray:
+def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None) -> np.ndarray:
     """For each row (or each row listed in `among`), how many of the first n prompt tokens it
     starts with (prefix_lengths for one prompt)."""
-    return prefix_lengths(rows, [list(prompt[:n])], among, [start])[0]
+    return prefix_lengths(rows, [list(prompt[:n])], among)[0]
 
 
 def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
@@ -76,24 +73,15 @@ def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
     return int(np.where(taken, np.iinfo(np.int64).min, (lengths.astype(np.int64) << 32) - used).argmax())
 
 
-def shared_head(rows: np.ndarray, n: int) -> tuple[int, ...]:
-    """The tokens that every row (at least n long) starts with."""
-    block = rows[:, :n]
-    differs = (block != block[0]).any(axis=0)
-    return tuple(block[0, :int(differs.argmax()) if differs.any() else block.shape[1]].tolist())
-
-
 class PrefixScan:
     """Prefix lengths of prompts against fixed slots, for one admission. A slot that holds
-    nothing matches nothing; the tokens that every holding slot starts with (the system prompt
-    every ERL prompt shares) are compared with a prompt once, not once per slot; equal prompts
-    (a task's n samples) scan once. The lengths are common_prefix's, only cheaper."""
+    nothing matches nothing; equal prompts (a task's n samples) scan once, and the prompts an
+    admission names scan together (one sort of the slots)."""
 
     def __init__(self, tok: np.ndarray, held: list[int], slots: np.ndarray):
         self.tok, self.slots = tok, np.asarray(slots, dtype=np.int64)
         held_here = np.asarray(held, dtype=np.int64)[self.slots] if len(self.slots) else np.zeros(0, np.int64)
         self.live = np.nonzero(held_here > 0)[0]
-        self.head = shared_head(tok[self.slots[self.live]], int(held_here[self.live].min())) if len(self.live) else ()
         self.memo: dict[tuple, np.ndarray] = {}
 
     def lengths(self, prompt: list[int]) -> np.ndarray:
@@ -111,9 +99,7 @@ class PrefixScan:
             return
         out = np.zeros((len(new), len(self.slots)), dtype=np.int64)
         if len(self.live):
-            k = len(self.head)
-            starts = [k if tuple(p[:k]) == self.head else 0 for p in new]  # lists or tuples
-            out[:, self.live] = prefix_lengths(self.tok, [p[:-1] for p in new], self.slots[self.live], starts)
+            out[:, self.live] = prefix_lengths(self.tok, [p[:-1] for p in new], self.slots[self.live])
         for p, row in zip(new, out):
             self.memo[tuple(p)] = row
 
@@ -169,8 +155,7 @@ def plan_sharing(tok: np.ndarray, held: list[int], admitted: list[tuple[int, int
         prompts = np.full((len(unique), width), -1, dtype=np.int64)
         for key, i in unique.items():
             prompts[i, :len(key)] = key
-        head = len(shared_head(prompts, min(map(len, unique))))  # the system prompt: compared once
-        between = prefix_lengths(prompts, [list(k[:-1]) for k in wanting], starts=[head] * len(wanting))
+        between = prefix_lengths(prompts, [list(k[:-1]) for k in wanting])
         row_of = {key: i for i, key in enumerate(wanting)}
     counts = Counter(keys)
     seen: set[tuple] = set()
