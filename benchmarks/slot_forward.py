@@ -1,0 +1,150 @@
+"""One decode step (a recorded CUDA graph) and one eager prefill of the engine's slot forward
+(erl.rollout.kv.SlotModel) with each RMSNorm run by its module (six kernels) and through
+F.rms_norm (one fused kernel on CUDA), side by side: kernels a forward, the host's time to launch,
+the GPU's time, and how far the logits move.
+
+    python benchmarks/slot_forward.py                  # random SmolLM2-135M, bf16 autocast, CUDA
+    python benchmarks/slot_forward.py --device cpu --rows 16 --prefill-rows 2
+
+The rollout of the local trainer is bound by the host (docs/gpu/prefill_overlap: the GPU busy ~35%
+of an ERL collect): a decode graph's replay costs the host ~1.3 ms per thousand nodes, an eager
+prefill its kernels' launches, so kernels a forward are host time on every step. The model is
+the local trainer's rollout copy: linear weights in bf16 (erl.rollout.merged.cast_linears), run
+under bf16 autocast, 1,024 slots of 1,024 positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from erl.rollout.kv import SlotModel
+from erl.rollout.merged import cast_linears
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rollout import SMOLLM2_135M  # the benchmark next to this one
+
+VIEWS = {"view", "_unsafe_view", "t", "unsqueeze", "slice", "transpose", "expand", "select", "reshape",
+         "alias", "as_strided", "detach", "split", "unbind", "squeeze", "_to_copy", "empty_like"}
+
+
+class Kernels(TorchDispatchMode):
+    """Counts the ops of a forward that run a kernel (views and no-op casts do not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.n += name not in VIEWS or (name == "_to_copy" and out.dtype != args[0].dtype)
+        return out
+
+
+def inputs(rows: int, width: int, slots: int, cap: int, device, seed: int) -> tuple:
+    """(ids, pos, rows, write, keys, last) of `rows` sequences spread over the slots, each at a
+    position in [200, cap - width), writing `width` new tokens."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(200, cap - width, (rows,), generator=g)
+    pos = start[:, None] + torch.arange(width)[None, :]
+    ids = torch.randint(0, SMOLLM2_135M["vocab_size"], (rows, width), generator=g)
+    which = torch.randperm(slots, generator=g)[:rows].sort().values
+    last = torch.full((rows,), width - 1)
+    return tuple(t.to(device) for t in (ids, pos, which, pos)) + (cap, last.to(device))
+
+
+def timed_replay(graph, device, reps: int) -> tuple[float, float]:
+    """(host ms to launch a replay, GPU ms a replay) over `reps` replays back to back."""
+    torch.cuda.synchronize(device)
+    host = 0.0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        t = time.perf_counter()
+        graph.replay()
+        host += time.perf_counter() - t
+    end.record()
+    torch.cuda.synchronize(device)
+    return 1e3 * host / reps, start.elapsed_time(end) / reps
+
+
+def timed_eager(fn, device, reps: int) -> tuple[float, float]:
+    """(host ms to queue the forward, wall ms with the GPU's work done)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _: None)
+    host = wall = 0.0
+    for _ in range(reps):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        host += time.perf_counter() - t
+        sync(device)
+        wall += time.perf_counter() - t
+    return 1e3 * host / reps, 1e3 * wall / reps
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", type=int, default=384, help="decode rows (an ERL collect averages 383)")
+    ap.add_argument("--prefill-rows", type=int, default=16)
+    ap.add_argument("--prefill-width", type=int, default=512, help="new tokens a prefill row")
+    ap.add_argument("--slots", type=int, default=1024)
+    ap.add_argument("--capacity", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=50)
+    args = ap.parse_args(argv)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
+    cast_linears(model, torch.bfloat16)
+    net = SlotModel(model)
+    net.allocate(args.slots, args.capacity, torch.bfloat16, device)
+    decode = inputs(args.rows, 1, args.slots, args.capacity, device, 0)
+    prefill = inputs(args.prefill_rows, args.prefill_width, args.slots, args.capacity, device, 1)
+    print(f"slot forward, random SmolLM2-135M (bf16 linears, bf16 autocast) on {device}: decode {args.rows} rows "
+          f"of {args.slots} slots, prefill {args.prefill_rows} x {args.prefill_width} tokens, keys {args.capacity}")
+    results = {}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        for fused in (False, True):
+            net.fused_norms = fused
+            name = "F.rms_norm" if fused else "module norms"
+            counter = Kernels()
+            with counter:
+                logits = net.forward(*decode)
+            row = {"kernels": counter.n, "logits": logits}
+            row["prefill host"], row["prefill wall"] = timed_eager(lambda: net.forward(*prefill), device,
+                                                                   max(args.reps // 5, 2))
+            if device.type == "cuda":
+                side = torch.cuda.Stream(device)
+                side.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(side):
+                    for _ in range(3):
+                        net.forward(*decode)
+                torch.cuda.current_stream(device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    net.forward(*decode)
+                row["replay host"], row["replay gpu"] = timed_replay(graph, device, args.reps)
+            else:
+                row["replay host"], row["replay gpu"] = timed_eager(lambda: net.forward(*decode), device, args.reps)
+            results[name] = row
+            print(f"{name:>13}: {row['kernels']} kernels a decode forward | decode step: host {row['replay host']:.2f} ms "
+                  f"to launch, GPU {row['replay gpu']:.2f} ms | prefill: host {row['prefill host']:.1f} ms to queue, "
+                  f"{row['prefill wall']:.1f} ms done", flush=True)
+    a, b = results["module norms"], results["F.rms_norm"]
+    diff = (a["logits"] - b["logits"]).abs().max().item()
+    print(f"ratios module norms / F.rms_norm: kernels {a['kernels'] / b['kernels']:.2f}, decode launch "
+          f"{a['replay host'] / b['replay host']:.2f}, decode GPU {a['replay gpu'] / b['replay gpu']:.2f}, prefill queue "
+          f"{a['prefill host'] / b['prefill host']:.2f}, prefill done {a['prefill wall'] / b['prefill wall']:.2f}; "
+          f"max |logit difference| {diff:.3g}")
+
+
+if __name__ == "__main__":
+    main()
