@@ -1,7 +1,8 @@
 """One decode step (a recorded CUDA graph) and one eager prefill of the engine's slot forward
-(erl.rollout.kv.SlotModel) with each RMSNorm run by its module (six kernels) and through
-F.rms_norm (one fused kernel on CUDA), side by side: kernels a forward, the host's time to launch,
-the GPU's time, and how far the logits move.
+(erl.rollout.kv.SlotModel), side by side: as the engine runs them, with each RMSNorm through
+F.rms_norm (one fused kernel on CUDA where the module runs six), and with varlen decode
+attention. Kernels a forward, the host's time to launch, the GPU's time, and the logits' distance
+from a float32 forward.
 
     python benchmarks/slot_forward.py                  # random SmolLM2-135M, bf16 autocast, CUDA
     python benchmarks/slot_forward.py --device cpu --rows 16 --prefill-rows 2
@@ -16,6 +17,7 @@ under bf16 autocast, 1,024 slots of 1,024 positions.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -88,6 +90,9 @@ def timed_eager(fn, device, reps: int) -> tuple[float, float]:
     return 1e3 * host / reps, 1e3 * wall / reps
 
 
+VARIANTS = {"module norms": {}, "F.rms_norm": {"fused_norms": True}, "varlen decode": {"varlen": True}}
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -98,28 +103,37 @@ def main(argv=None) -> None:
     ap.add_argument("--capacity", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=50)
     args = ap.parse_args(argv)
+    import copy
+
     from transformers import LlamaConfig, LlamaForCausalLM
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(device).eval()
+    exact = SlotModel(copy.deepcopy(model))  # float32 throughout: the logits' reference
+    exact.allocate(args.slots, args.capacity, torch.float32, device)
     cast_linears(model, torch.bfloat16)
-    net = SlotModel(model)
-    net.allocate(args.slots, args.capacity, torch.bfloat16, device)
     decode = inputs(args.rows, 1, args.slots, args.capacity, device, 0)
     prefill = inputs(args.prefill_rows, args.prefill_width, args.slots, args.capacity, device, 1)
+    with torch.no_grad():
+        want = exact.forward(*decode)
+    del exact
     print(f"slot forward, random SmolLM2-135M (bf16 linears, bf16 autocast) on {device}: decode {args.rows} rows "
           f"of {args.slots} slots, prefill {args.prefill_rows} x {args.prefill_width} tokens, keys {args.capacity}")
     results = {}
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-        for fused in (False, True):
-            net.fused_norms = fused
-            name = "F.rms_norm" if fused else "module norms"
+        for name, flags in VARIANTS.items():
+            if flags.get("varlen") and device.type != "cuda":
+                continue
+            net = SlotModel(model)
+            for key, value in flags.items():
+                setattr(net, key, value)
+            net.allocate(args.slots, args.capacity, torch.bfloat16, device)
             counter = Kernels()
             with counter:
                 logits = net.forward(*decode)
-            row = {"kernels": counter.n, "logits": logits}
-            row["prefill host"], row["prefill wall"] = timed_eager(lambda: net.forward(*prefill), device,
+            row = {"kernels": counter.n, "error": (logits - want).abs().max().item()}
+            row["prefill host"], row["prefill wall"] = timed_eager(functools.partial(net.forward, *prefill), device,
                                                                    max(args.reps // 5, 2))
             if device.type == "cuda":
                 side = torch.cuda.Stream(device)
@@ -132,18 +146,18 @@ def main(argv=None) -> None:
                 with torch.cuda.graph(graph):
                     net.forward(*decode)
                 row["replay host"], row["replay gpu"] = timed_replay(graph, device, args.reps)
+                del graph
             else:
-                row["replay host"], row["replay gpu"] = timed_eager(lambda: net.forward(*decode), device, args.reps)
+                row["replay host"], row["replay gpu"] = timed_eager(functools.partial(net.forward, *decode), device, args.reps)
             results[name] = row
-            print(f"{name:>13}: {row['kernels']} kernels a decode forward | decode step: host {row['replay host']:.2f} ms "
-                  f"to launch, GPU {row['replay gpu']:.2f} ms | prefill: host {row['prefill host']:.1f} ms to queue, "
-                  f"{row['prefill wall']:.1f} ms done", flush=True)
-    a, b = results["module norms"], results["F.rms_norm"]
-    diff = (a["logits"] - b["logits"]).abs().max().item()
-    print(f"ratios module norms / F.rms_norm: kernels {a['kernels'] / b['kernels']:.2f}, decode launch "
-          f"{a['replay host'] / b['replay host']:.2f}, decode GPU {a['replay gpu'] / b['replay gpu']:.2f}, prefill queue "
-          f"{a['prefill host'] / b['prefill host']:.2f}, prefill done {a['prefill wall'] / b['prefill wall']:.2f}; "
-          f"max |logit difference| {diff:.3g}")
+            net.release()
+            print(f"{name:>13}: {row['kernels']} kernels a decode forward, logits within {row['error']:.3g} of "
+                  f"float32 | decode step: host {row['replay host']:.2f} ms to launch, GPU {row['replay gpu']:.2f} ms "
+                  f"| prefill: host {row['prefill host']:.1f} ms to queue, {row['prefill wall']:.1f} ms done", flush=True)
+    a = results["module norms"]
+    for name, b in list(results.items())[1:]:
+        print(f"ratios module norms / {name}: kernels {a['kernels'] / b['kernels']:.2f}, decode GPU "
+              f"{a['replay gpu'] / b['replay gpu']:.2f}, prefill done {a['prefill wall'] / b['prefill wall']:.2f}")
 
 
 if __name__ == "__main__":

@@ -54,12 +54,17 @@ class _Request:
 
 
 class _Sampled(NamedTuple):
-    """One token per slot, on its way to the host (`done`: arrived; None on CPU), and on the device."""
+    """One token per slot, on its way to the host (`done`: arrived; None on CPU), and on the device.
+    `reqs`: the request each slot held when its token was drawn; `epoch`: the engine's then (a
+    token is delivered only to that request, in that epoch: a pipelined step draws spare tokens
+    for sequences that ended in the step before, and a shrink restarts every sequence)."""
     slots: list[int]
     tokens: torch.Tensor
     logps: torch.Tensor
     done: Any
     on_device: torch.Tensor
+    reqs: list
+    epoch: int
 
 
 class RolloutEngine:
@@ -76,12 +81,16 @@ class RolloutEngine:
     LoRA-merged copy); `cuda_graphs`: on CUDA without `compile`, replay each decode shape's eager
     forward as a CUDA graph (erl.rollout.graphs: the same log-probs, a fraction of the host time);
     `overlap` (default: on CUDA): while the GPU decodes a step, the episodes woken by the step
-    before run their host code (templates, env steps), so their new requests join one step later."""
+    before run their host code (templates, env steps), so their new requests join one step later;
+    `pipeline` (default: with overlap): a decode step is queued before the step before it is
+    delivered, its input tokens taken on the device, so the GPU decodes while the host delivers and
+    runs the episodes (a sequence that ended decodes one spare row, dropped)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
-                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None):
+                 eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
+                 pipeline: bool | None = None):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -107,6 +116,8 @@ class RolloutEngine:
         self.span_ratio = 2 if self.device.type == "cuda" else 1  # see _decode_step
         # On a CPU the forward runs in the host thread: nothing to overlap, and requests join sooner.
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
+        self.pipeline = self.overlap if pipeline is None else bool(pipeline)
+        self.epoch = 0  # a shrink or a failure starts a new one: tokens drawn before are not delivered
         self.compile = bool(compile)
         self.key_bucket = key_bucket
         # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
@@ -224,10 +235,16 @@ class RolloutEngine:
         def queued() -> int:
             return len(self.waiting)
 
-        while self.waiting or self.active:
-            if not self.active:
+        prev = None  # pipelined: the step queued last, not yet delivered
+        while self.waiting or self.active or prev is not None:
+            if not self.active and prev is None:
                 await settle(queued)
-            if self.overlap:
+            if self.overlap and self.pipeline:
+                pending = self.launch(prev)  # queued behind `prev` on the device, its inputs read from there
+                self.finish(prev)
+                await settle(queued)  # episodes run their host code while the GPU decodes
+                prev = pending
+            elif self.overlap:
                 pending = self.launch()
                 await settle(queued)  # episodes run their host code while the GPU prefills and decodes
                 self.finish(pending)
@@ -242,6 +259,7 @@ class RolloutEngine:
                 req.future.set_exception(exc)
         self.active.clear()
         self.waiting.clear()
+        self.epoch += 1
         self.forget()
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -262,12 +280,13 @@ class RolloutEngine:
         """Admit waiting requests, decode one token for every active sequence, deliver them."""
         self.finish(self.launch())
 
-    def launch(self) -> tuple | None:
+    def launch(self, prev: tuple | None = None) -> tuple | None:
         """The step up to its decode forward and sampling, queued on the device and not waited
-        for; `finish` takes the tokens. None: nothing to finish (no sequence decoding)."""
+        for; `finish` takes the tokens. None: nothing to finish (no sequence decoding). `prev`: a
+        launched step not yet finished, whose tokens this step's sequences take on the device."""
         start = time.perf_counter()
         try:
-            return self._launch()
+            return self._launch(prev)
         except torch.OutOfMemoryError as exc:
             if self._shrink(exc):
                 return None
@@ -293,7 +312,7 @@ class RolloutEngine:
         self.stats["decode_seconds"] += spent
         self.stats["generate_seconds"] += spent
 
-    def _launch(self) -> tuple | None:
+    def _launch(self, prev: tuple | None) -> tuple | None:
         with self._eval_mode(), torch.no_grad():  # already in eval mode inside _run: no walk
             self._firsts = []
             free = self.max_slots - len(self.active)
@@ -301,7 +320,7 @@ class RolloutEngine:
             if self.waiting and free and (not self.active or len(self.waiting) >= enough
                                           or self.waiting[0].waited >= self.admit_wait):
                 self._admit()
-            pending = (self._firsts, self._decode_step()) if self.active else None
+            pending = (self._firsts, self._decode_step(prev)) if self.active else None
             for req in self.waiting:
                 req.waited += 1
         return pending
@@ -317,6 +336,7 @@ class RolloutEngine:
                        "the %d sequences in flight restart from their prompts (%s)", self.n_slots,
                        self.net.capacity, self.max_slots // 2, len(again), str(exc).split("\n")[0])
         self.max_slots = self.max_batch_size = self.max_slots // 2
+        self.epoch += 1  # a step in flight (pipelined) is not delivered to the restarted sequences
         for req in again:
             req.out, req.logps = [], []
         self.active.clear()
@@ -431,11 +451,16 @@ class RolloutEngine:
         self.stats["prefill_forwards"] += 1
         self.stats["prefill_seconds"] += time.perf_counter() - start
 
-    def _decode_step(self) -> _Sampled:
+    def _decode_step(self, prev: tuple | None = None) -> _Sampled:
         start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
-        need = max(self.held[s] for s in slots)  # the furthest position a slot writes now
+        # Pipelined: the sequences that `prev` decoded have a token not yet delivered; it is this
+        # step's input, at the position after the one `prev` wrote.
+        ahead = {}
+        if prev is not None and prev[1].epoch == self.epoch:
+            ahead = {s: j for j, (s, r) in enumerate(zip(prev[1].slots, prev[1].reqs)) if self.active.get(s) is r}
+        need = max(self.held[s] + (s in ahead) for s in slots)  # the furthest position a slot writes now
         self._ensure(self.n_slots, need + 1)
         cap = self.net.capacity
         rows, full = decode_rows(slots, self.n_slots, self.span_ratio)
@@ -443,11 +468,14 @@ class RolloutEngine:
         ids = [self.pad_id] * b
         pos = [cap - 1] * b  # idle rows write to the scratch column
         fresh: list[int] = []  # rows of sequences admitted in this step: their token is on the device
+        carried: list[tuple[int, int]] = []  # (row, index in prev's tokens): also on the device
         for i, s in enumerate(rows):
             req = self.active.get(s)
             if req is not None:
-                pos[i] = self.held[s]
-                if req.out:
+                pos[i] = min(self.held[s] + (s in ahead), cap - 1)  # a spare row may reach the scratch column
+                if s in ahead:
+                    carried.append((i, ahead[s]))
+                elif req.out:
                     ids[i] = req.out[-1]
                 else:
                     fresh.append(i)
@@ -462,10 +490,14 @@ class RolloutEngine:
         index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
         pos_t = to_device(pos, dev)[:, None]
         ids_t = to_device(ids, dev)
-        if fresh:  # their tokens, sampled by this step's prefills, go from there to here on the device
+        if fresh or carried:  # tokens sampled by prev's decode and this step's prefills, moved on the device
+            sources = ([prev[1]] if carried else []) + self._firsts
             where = {s: i for i, s in enumerate(s for sampled in self._firsts for s in sampled.slots)}
-            drawn = torch.cat([sampled.on_device for sampled in self._firsts])
-            ids_t[to_device(fresh, dev)] = drawn[to_device([where[rows[i]] for i in fresh], dev)]
+            base = len(prev[1].slots) if carried else 0
+            drawn = torch.cat([sampled.on_device for sampled in sources])
+            dst = [i for i, _ in carried] + fresh
+            src = [j for _, j in carried] + [base + where[rows[i]] for i in fresh]
+            ids_t[to_device(dst, dev)] = drawn[to_device(src, dev)]
         args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         if self.graphs is not None:
@@ -484,13 +516,14 @@ class RolloutEngine:
     # ---- sampling --------------------------------------------------------------------
     def _sampled(self, slots: list[int], logits: torch.Tensor) -> _Sampled:
         """One token per slot sampled from its logits [n, vocab], and its log-prob."""
-        tokens, logps = sample(logits, [self.active[s].params for s in slots])
+        reqs = [self.active[s] for s in slots]
+        tokens, logps = sample(logits, [r.params for r in reqs])
         if logits.device.type != "cuda":
-            return _Sampled(slots, tokens, logps, None, tokens)
+            return _Sampled(slots, tokens, logps, None, tokens, reqs, self.epoch)
         done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
         on_host, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
         done.record()
-        return _Sampled(slots, on_host, logps, done, tokens)
+        return _Sampled(slots, on_host, logps, done, tokens, reqs, self.epoch)
 
     def _deliver(self, sampled: _Sampled, decoded: bool = False) -> None:
         """Append each slot's sampled token; finish the sequences that end. `decoded`: a decode
@@ -500,9 +533,11 @@ class RolloutEngine:
             start = time.perf_counter()
             sampled.done.synchronize()
             self.stats["gpu_wait_seconds"] += time.perf_counter() - start
-        for s, t, lp in zip(sampled.slots, sampled.tokens.tolist(), sampled.logps.tolist()):
+        if sampled.epoch != self.epoch:
+            return
+        for s, drew, t, lp in zip(sampled.slots, sampled.reqs, sampled.tokens.tolist(), sampled.logps.tolist()):
             req = self.active.get(s)
-            if req is None:
+            if req is not drew:  # ended (a spare row) or another's since
                 continue
             if decoded:
                 self.tok[s, self.held[s]] = req.out[-1]
