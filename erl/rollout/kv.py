@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from erl.rollout.device import attention_kernels, to_device
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
-# transformers' norms that compute weight * (h / rms(h)) in float32: what F.rms_norm computes
-RMS_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm")
 
 
 def unwrap(model: Any) -> Any:
@@ -70,19 +68,6 @@ class SlotModel:
         # too. The kernel takes [tokens, kv_heads, d] rows, so the cache is stored position-major
         # ([slots, capacity, kv_heads, d]) and seen through a transposed view everywhere else.
         self.varlen = False
-        # A standard RMSNorm (weight x h / rms(h), computed in float32) as one torch.nn.functional
-        # call: one fused kernel on CUDA where the module's forward runs six, in every decode graph
-        # and every prefill (benchmarks/slot_forward.py). On CPU torch runs the same six.
-        self.fused_norms = False
-
-    def norm(self, module: Any, h: torch.Tensor) -> torch.Tensor:
-        """module(h), through F.rms_norm when fused_norms is on and the module is a Llama-style
-        RMSNorm over a float32 h (the residual stream under autocast): then both round once, at the
-        end. Other norms (Gemma's 1 + weight, a bfloat16 stream) run their own forward."""
-        if (self.fused_norms and h.dtype == torch.float32 and type(module).__name__ in RMS_NORMS
-                and module.weight.dtype == torch.float32):
-            return F.rms_norm(h, (h.shape[-1],), module.weight, module.variance_epsilon)
-        return module(h)
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -232,9 +217,9 @@ class SlotModel:
         with attention_kernels():
             for i, layer in enumerate(self.layers):
                 r = h
-                h = r + self._attend(i, layer.self_attn, compute(self.norm(layer.input_layernorm, h)), slot, rows, write,
-                                     keys, mask, cos_sin, varlen)
+                h = r + self._attend(i, layer.self_attn, compute(layer.input_layernorm(h)), slot, rows, write, keys, mask,
+                                     cos_sin, varlen)
                 r = h
-                h = r + layer.mlp(compute(self.norm(layer.post_attention_layernorm, h)))
+                h = r + layer.mlp(compute(layer.post_attention_layernorm(h)))
         h = h[torch.arange(h.shape[0], device=h.device), last]
-        return self.base.lm_head(self.norm(self.inner.norm, h)).float()
+        return self.base.lm_head(self.inner.norm(h)).float()
