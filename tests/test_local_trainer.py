@@ -438,3 +438,29 @@ def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
     with pytest.raises(RuntimeError), frozen_heap():
         raise RuntimeError("episode failed")
     assert gc.get_freeze_count() == 0
+
+
+def test_lora_adapters_start_from_the_seed_whatever_loading_drew(monkeypatch):
+    """A first run converts the registry model inside the process, which draws from torch's global
+    generator; later runs load the cached folder and draw nothing. Both must start training from
+    the same adapters (the README command's first update had differed, 0.0280 against 0.0258)."""
+    import erl.models.tiny as tiny
+    from erl.trainers.local.run import load_policy_model
+
+    build = tiny.build_tiny_model
+
+    def drawing(draws):
+        def build_and_draw(*args, **kwargs):
+            model = build(*args, **kwargs)
+            torch.rand(draws)  # what a conversion's random init would take
+            return model
+        return build_and_draw
+
+    cfg = {"path": "tiny", "lora": {"enabled": True, "r": 4, "alpha": 8}}
+    adapters = []
+    for draws in (0, 1000):
+        monkeypatch.setattr(tiny, "build_tiny_model", drawing(draws))
+        model, _ = load_policy_model(cfg, torch.device("cpu"), seed=3)
+        adapters.append({k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
