@@ -444,7 +444,7 @@ def test_lora_adapters_start_from_the_seed_whatever_loading_drew(monkeypatch):
     """A first run converts the registry model inside the process, which draws from torch's global
     generator; later runs load the cached folder and draw nothing. Both must start training from
     the same adapters (the README command's first update had differed, 0.0280 against 0.0258)."""
-    import erl.models.tiny as tiny
+    from erl.models import tiny
     from erl.trainers.local.run import load_policy_model
 
     build = tiny.build_tiny_model

@@ -94,3 +94,33 @@ def test_a_spare_rows_token_never_reaches_the_next_sequence_in_its_slot():
     assert torch.allclose(torch.tensor(b.logprobs), torch.tensor(alone.logprobs), atol=1e-5)
     # A: prefill + 1 decode step + 1 spare; B the same (its spare ends the run)
     assert engine.stats["decode_steps"] == 4
+
+
+def test_out_of_memory_mid_pipeline_drops_the_step_in_flight():
+    """The engine halves its slots on an out-of-memory step and restarts the sequences in flight
+    from their prompts. Pipelined, the step queued before the failing one is still undelivered:
+    its tokens reach no restarted sequence, so each result is the greedy draw of an engine with
+    memory to spare."""
+    model = model_of()
+    ps = prompts(5)
+    params = SamplingParams(max_new_tokens=6, temperature=0.0)
+    roomy = RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params)
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], overlap=True, pipeline=True)
+    real, rows = engine._decode, []
+
+    def tight(ids, *args):  # two rows fit; wider steps fail from the third decode step on
+        rows.append(ids.shape[0])
+        if ids.shape[0] > 2 and len(rows) >= 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ids, *args)
+
+    engine._decode = tight
+
+    async def go():
+        return await asyncio.gather(*(engine.generate(p, params) for p in ps))
+
+    got = asyncio.run(go())
+    assert engine.max_slots == 2
+    assert [g.token_ids for g in got] == [g.token_ids for g in roomy]
+    for g, r in zip(got, roomy):
+        assert len(g.logprobs) == 6 and g.logprobs == pytest.approx(r.logprobs, abs=1e-5)

@@ -55,16 +55,16 @@ class _Request:
 
 class _Sampled(NamedTuple):
     """One token per slot, on its way to the host (`done`: arrived; None on CPU), and on the device.
-    `reqs`: the request each slot held when its token was drawn; `epoch`: the engine's then (a
-    token is delivered only to that request, in that epoch: a pipelined step draws spare tokens
-    for sequences that ended in the step before, and a shrink restarts every sequence)."""
+    `reqs`: the request each slot held when its token was drawn; a token reaches only that request,
+    and only while it holds the slot (a pipelined step draws spare tokens for sequences that ended
+    in the step before; a shrink or a failure empties the slots before the step in flight is
+    delivered, and the restarted sequences are admitted after it)."""
     slots: list[int]
     tokens: torch.Tensor
     logps: torch.Tensor
     done: Any
     on_device: torch.Tensor
     reqs: list
-    epoch: int
 
 
 class RolloutEngine:
@@ -117,7 +117,6 @@ class RolloutEngine:
         # On a CPU the forward runs in the host thread: nothing to overlap, and requests join sooner.
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.pipeline = self.overlap if pipeline is None else bool(pipeline)
-        self.epoch = 0  # a shrink or a failure starts a new one: tokens drawn before are not delivered
         self.compile = bool(compile)
         self.key_bucket = key_bucket
         # a GPU prefill forward costs its ~1,200 launches whatever its size: fewer, larger ones
@@ -263,7 +262,6 @@ class RolloutEngine:
                 req.future.set_exception(exc)
         self.active.clear()
         self.waiting.clear()
-        self.epoch += 1
         self.forget()
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
@@ -340,7 +338,6 @@ class RolloutEngine:
                        "the %d sequences in flight restart from their prompts (%s)", self.n_slots,
                        self.net.capacity, self.max_slots // 2, len(again), str(exc).split("\n")[0])
         self.max_slots = self.max_batch_size = self.max_slots // 2
-        self.epoch += 1  # a step in flight (pipelined) is not delivered to the restarted sequences
         for req in again:
             req.out, req.logps = [], []
         self.active.clear()
@@ -462,7 +459,7 @@ class RolloutEngine:
         # Pipelined: the sequences that `prev` decoded have a token not yet delivered; it is this
         # step's input, at the position after the one `prev` wrote.
         ahead = {}
-        if prev is not None and prev[1].epoch == self.epoch:
+        if prev is not None:
             ahead = {s: j for j, (s, r) in enumerate(zip(prev[1].slots, prev[1].reqs)) if self.active.get(s) is r}
         need = max(self.held[s] + (s in ahead) for s in slots)  # the furthest position a slot writes now
         self._ensure(self.n_slots, need + 1)
@@ -523,11 +520,11 @@ class RolloutEngine:
         reqs = [self.active[s] for s in slots]
         tokens, logps = sample(logits, [r.params for r in reqs])
         if logits.device.type != "cuda":
-            return _Sampled(slots, tokens, logps, None, tokens, reqs, self.epoch)
+            return _Sampled(slots, tokens, logps, None, tokens, reqs)
         done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
         on_host, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
         done.record()
-        return _Sampled(slots, on_host, logps, done, tokens, reqs, self.epoch)
+        return _Sampled(slots, on_host, logps, done, tokens, reqs)
 
     def _deliver(self, sampled: _Sampled, decoded: bool = False) -> None:
         """Append each slot's sampled token; finish the sequences that end. `decoded`: a decode
@@ -537,8 +534,6 @@ class RolloutEngine:
             start = time.perf_counter()
             sampled.done.synchronize()
             self.stats["gpu_wait_seconds"] += time.perf_counter() - start
-        if sampled.epoch != self.epoch:
-            return
         for s, drew, t, lp in zip(sampled.slots, sampled.reqs, sampled.tokens.tolist(), sampled.logps.tolist()):
             req = self.active.get(s)
             if req is not drew:  # ended (a spare row) or another's since
