@@ -512,6 +512,21 @@ def test_engine_out_of_gpu_memory_names_what_to_lower():
     assert not engine.active and not engine.waiting  # every request failed, none left hanging
 
 
+def two_rows_fit(engine) -> list[int]:
+    """Make the engine's decode steps of more than two rows fail (out of memory) from its third
+    step on; returns the rows of every step it tries."""
+    real, rows = engine._decode, []
+
+    def tight(ids, *args):
+        rows.append(ids.shape[0])
+        if ids.shape[0] > 2 and len(rows) >= 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(ids, *args)
+
+    engine._decode = tight
+    return rows
+
+
 def test_engine_out_of_gpu_memory_halves_its_slots_and_restarts_what_was_in_flight():
     """As HFPolicy halves its batch: the slots are halved (8 -> 4 -> 2 here) and the sequences
     that were decoding start again from their prompts, so each result is one uninterrupted draw:
@@ -523,15 +538,7 @@ def test_engine_out_of_gpu_memory_halves_its_slots_and_restarts_what_was_in_flig
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     roomy = RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params)
     engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
-    real, rows = engine._decode, []
-
-    def tight(ids, *args):  # two rows fit; wider steps fail from the third decode step on
-        rows.append(ids.shape[0])
-        if ids.shape[0] > 2 and len(rows) >= 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(ids, *args)
-
-    engine._decode = tight
+    rows = two_rows_fit(engine)
     seen = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = lambda record: seen.append(record.getMessage())

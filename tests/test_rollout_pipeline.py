@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 import torch
-from test_rollout_engine import TOK, forced_logprobs, model_of, prompts
+from test_rollout_engine import TOK, forced_logprobs, model_of, prompts, two_rows_fit
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
@@ -106,15 +106,7 @@ def test_out_of_memory_mid_pipeline_drops_the_step_in_flight():
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     roomy = RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params)
     engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], overlap=True, pipeline=True)
-    real, rows = engine._decode, []
-
-    def tight(ids, *args):  # two rows fit; wider steps fail from the third decode step on
-        rows.append(ids.shape[0])
-        if ids.shape[0] > 2 and len(rows) >= 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(ids, *args)
-
-    engine._decode = tight
+    two_rows_fit(engine)
 
     async def go():
         return await asyncio.gather(*(engine.generate(p, params) for p in ps))
