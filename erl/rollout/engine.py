@@ -113,7 +113,6 @@ class RolloutEngine:
         # collect at 64 x 8 made 106 admissions at ratio 0 and 21 at ratio 1, 13.9 -> 12.3 s
         # (docs/gpu/rollout_graphs/workload_graphs.txt); on CPU a forward costs by its rows.
         self.admit_ratio, self.admit_wait = (1.0 if self.device.type == "cuda" else 0.0), 8
-        self.span_ratio = 2 if self.device.type == "cuda" else 1  # see _decode_step
         # On a CPU the forward runs in the host thread: nothing to overlap, and requests join sooner.
         self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self.pipeline = self.overlap if pipeline is None else bool(pipeline)
@@ -147,8 +146,8 @@ class RolloutEngine:
                       "gpu_wait_seconds": 0.0}
         # A decode step's attention at 384 rows of 1,024 slots: 14.6 ms of GPU dense, 7.1 ms varlen
         # (docs/gpu/host_planning/call8); once decode steps are pipelined the GPU's time is the step's.
-        if self.device.type == "cuda" and not self.compile:
-            self.varlen_decode = True
+        # The setter also sets span_ratio (erl.rollout.layout.decode_rows).
+        self.varlen_decode = self.device.type == "cuda" and not self.compile
 
     @property
     def varlen_decode(self) -> bool:
@@ -456,11 +455,17 @@ class RolloutEngine:
         start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
-        # Pipelined: the sequences that `prev` decoded have a token not yet delivered; it is this
-        # step's input, at the position after the one `prev` wrote.
-        ahead = {}
-        if prev is not None:
-            ahead = {s: j for j, (s, r) in enumerate(zip(prev[1].slots, prev[1].reqs)) if self.active.get(s) is r}
+        # Input tokens still on the device, by slot: those `prev` drew (pipelined: not yet delivered,
+        # so this step writes one position further on) and those this step's prefills drew.
+        sources = ([prev[1]] if prev is not None else []) + self._firsts
+        where: dict[int, int] = {}  # slot -> index of its input token among the sources' tokens
+        at = 0
+        for sampled in sources:
+            where.update((s, at + j) for j, (s, r) in enumerate(zip(sampled.slots, sampled.reqs))
+                         if self.active.get(s) is r)
+            at += len(sampled.slots)
+        drawn_before = len(prev[1].slots) if prev is not None else 0
+        ahead = {s for s, j in where.items() if j < drawn_before}
         need = max(self.held[s] + (s in ahead) for s in slots)  # the furthest position a slot writes now
         self._ensure(self.n_slots, need + 1)
         cap = self.net.capacity
@@ -468,18 +473,15 @@ class RolloutEngine:
         b = len(rows)
         ids = [self.pad_id] * b
         pos = [cap - 1] * b  # idle rows write to the scratch column
-        fresh: list[int] = []  # rows of sequences admitted in this step: their token is on the device
-        carried: list[tuple[int, int]] = []  # (row, index in prev's tokens): also on the device
+        on_device: list[int] = []  # rows whose input token is among the sources'
         for i, s in enumerate(rows):
             req = self.active.get(s)
             if req is not None:
                 pos[i] = min(self.held[s] + (s in ahead), cap - 1)  # a spare row may reach the scratch column
-                if s in ahead:
-                    carried.append((i, ahead[s]))
-                elif req.out:
-                    ids[i] = req.out[-1]
+                if s in where:
+                    on_device.append(i)
                 else:
-                    fresh.append(i)
+                    ids[i] = req.out[-1]
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
@@ -491,14 +493,9 @@ class RolloutEngine:
         index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
         pos_t = to_device(pos, dev)[:, None]
         ids_t = to_device(ids, dev)
-        if fresh or carried:  # tokens sampled by prev's decode and this step's prefills, moved on the device
-            sources = ([prev[1]] if carried else []) + self._firsts
-            where = {s: i for i, s in enumerate(s for sampled in self._firsts for s in sampled.slots)}
-            base = len(prev[1].slots) if carried else 0
+        if on_device:  # moved from where they were drawn to here without the host
             drawn = torch.cat([sampled.on_device for sampled in sources])
-            dst = [i for i, _ in carried] + fresh
-            src = [j for _, j in carried] + [base + where[rows[i]] for i in fresh]
-            ids_t[to_device(dst, dev)] = drawn[to_device(src, dev)]
+            ids_t[to_device(on_device, dev)] = drawn[to_device([where[rows[i]] for i in on_device], dev)]
         args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         if self.graphs is not None:
