@@ -28,7 +28,7 @@ from erl.rollout.kv import SlotModel
 from erl.rollout.merged import cast_linears
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rollout import SMOLLM2_135M  # the benchmark next to this one
+from rollout import SMOLLM2_135M, sync  # the benchmark next to this one
 
 VIEWS = {"view", "_unsafe_view", "t", "unsqueeze", "slice", "transpose", "expand", "select", "reshape",
          "alias", "as_strided", "detach", "split", "unbind", "squeeze", "_to_copy", "empty_like"}
@@ -77,7 +77,6 @@ def timed_replay(graph, device, reps: int) -> tuple[float, float]:
 
 def timed_eager(fn, device, reps: int) -> tuple[float, float]:
     """(host ms to queue the forward, wall ms with the GPU's work done)."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda _: None)
     host = wall = 0.0
     for _ in range(reps):
         sync(device)
