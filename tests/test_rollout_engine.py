@@ -606,7 +606,7 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
     saves MIN_SAME_ROUND (16) more tokens than the best other source."""
     import numpy as np
 
-    from erl.rollout.prefix import PrefixScan, common_prefix, plan_sharing
+    from erl.rollout.prefix import PrefixScan, plan_sharing, prefix_lengths
 
     base = list(range(100, 130))  # 30 tokens
     tok = np.full((6, 40), -1, dtype=np.int64)
@@ -643,8 +643,8 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
     plan = plan_sharing(tok, held, admitted, min_wave=41)
     assert (plan.reuse, plan.lender, plan.second) == ([10, 10, 10, 10, 0], [0, 0, 0, 0, -1], [False] * 5)
 
-    assert common_prefix(tok, base + [1], 30).tolist() == [10, 0, 0, 0, 0, 30]
-    assert common_prefix(tok, base + [1], 30, among=[5, 0]).tolist() == [30, 10]
+    assert prefix_lengths(tok, [(base + [1])[:30]])[0].tolist() == [10, 0, 0, 0, 0, 30]
+    assert prefix_lengths(tok, [(base + [1])[:30]], among=[5, 0])[0].tolist() == [30, 10]
     # against a plain column-by-column count, on rows that part at every length up to 300
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, 5, 300).tolist()
@@ -654,7 +654,7 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
         rows[r, c:] = -1
     for n in (0, 1, 31, 32, 100, 299):
         naive = [next((i for i in range(n) if rows[r, i] != prompt[i]), n) for r in range(64)]
-        assert common_prefix(rows, prompt, n).tolist() == naive
+        assert prefix_lengths(rows, [prompt[:n]])[0].tolist() == naive
 
 
 def test_prefill_chunks_by_hand():

@@ -1,11 +1,11 @@
-"""PrefixScan (erl/rollout/prefix.py) returns common_prefix's lengths, only cheaper: checked
+"""PrefixScan (erl/rollout/prefix.py) returns prefix_lengths' lengths, memoised: checked
 against a token-by-token count on slots that share a system prompt, hold nothing, or part
 from the prompt inside it."""
 
 import numpy as np
 import pytest
 
-from erl.rollout.prefix import PrefixScan, common_prefix
+from erl.rollout.prefix import PrefixScan, prefix_lengths
 
 
 def by_hand(row: np.ndarray, prompt: list[int]) -> int:
@@ -38,7 +38,7 @@ def test_prefix_scan_counts_what_a_token_by_token_comparison_counts(seed):
     for prompt in prompts:
         want = [by_hand(tok[s, :held[s]], prompt) for s in slots]
         assert scan.lengths(prompt).tolist() == want
-        assert common_prefix(tok, prompt, len(prompt) - 1, among=slots).tolist() == want
+        assert prefix_lengths(tok, [prompt[:-1]], among=slots)[0].tolist() == want
     assert len(scan.memo) == len(prompts) - 1  # the repeated prompt was scanned once
 
 
@@ -109,8 +109,6 @@ def test_pick_slot_orders_as_a_lexsort_would():
 def test_many_prompts_at_once_count_what_each_alone_counts(seed):
     """prefix_lengths over many prompts (lists or tuples, prompts past the rows' width, empty
     ones, rows with no padding column) and a scan of them all give each prompt's token-by-token counts."""
-    from erl.rollout.prefix import prefix_lengths
-
     rng = np.random.default_rng(seed)
     system = rng.integers(0, 3, 12).tolist()
     tok = np.full((30, 50), -1, dtype=np.int64)
@@ -136,8 +134,6 @@ def test_many_prompts_at_once_count_what_each_alone_counts(seed):
 def test_prefix_lengths_by_hand_at_both_ends_of_the_sorted_rows():
     """A prompt that sorts before every row, one after every row, and one between rows that
     share a prefix with it through their neighbours only (the minimum along the sorted rows)."""
-    from erl.rollout.prefix import prefix_lengths
-
     tok = np.full((4, 6), -1, dtype=np.int64)
     for s, row in enumerate([[1, 2, 3, 4], [1, 2, 5], [1, 7], [3, 3, 3, 3, 3]]):
         tok[s, :len(row)] = row

@@ -60,12 +60,6 @@ def prefix_lengths(rows: np.ndarray, prompts: list[list[int]], among: np.ndarray
     return out
 
 
-def common_prefix(rows: np.ndarray, prompt: list[int], n: int, among: np.ndarray | None = None) -> np.ndarray:
-    """For each row (or each row listed in `among`), how many of the first n prompt tokens it
-    starts with (prefix_lengths for one prompt)."""
-    return prefix_lengths(rows, [list(prompt[:n])], among)[0]
-
-
 def pick_slot(lengths: np.ndarray, used: np.ndarray, taken: np.ndarray) -> int:
     """The untaken slot with the longest prefix, least recently used among equals (slot clocks
     stay below 2**32), lowest index among those: one argmax over a combined key, a tenth of a
