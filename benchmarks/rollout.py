@@ -130,20 +130,22 @@ def forced_logprobs(model, gens, prompts, temperature, device, rows=8) -> list[t
     return [ref[i, :len(g.token_ids)].float().cpu() for i, (_, g) in enumerate(pairs)]
 
 
-def max_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+def max_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> str:
+    """max |a - b| over every token, and its mean (bf16 errors come in rare large outliers)."""
+    diff = torch.cat([(x - y).abs() for x, y in zip(a, b)])
+    return f"{float(diff.max()):.2e} (mean {float(diff.mean()):.1e})"
 
 
 def logprob_error(model, gens, prompts, temperature, device, rows=8) -> str:
-    """Max |engine log-prob - the trainer's| over a few sequences; for a bf16 model also both
+    """|engine log-prob - the trainer's| over a few sequences (max, mean); for a bf16 model also both
     against an fp32 copy's forward (how far each bf16 computation is from the exact one)."""
     engine = [torch.tensor(g.logprobs) for g in gens[:rows]]
     trainer = forced_logprobs(model, gens, prompts, temperature, device, rows)
-    text = f"{max_error(engine, trainer):.2e}"
+    text = max_error(engine, trainer)
     if next(model.parameters()).dtype != torch.float32:
         exact = forced_logprobs(copy.deepcopy(model).float(), gens, prompts, temperature, device, rows)
-        text += (f" (against an fp32 forward: engine {max_error(engine, exact):.2e}, "
-                 f"the trainer's bf16 forward {max_error(trainer, exact):.2e})")
+        text += (f" (against an fp32 forward: engine {max_error(engine, exact)}, "
+                 f"the trainer's bf16 forward {max_error(trainer, exact)})")
     return text
 
 

@@ -7,8 +7,8 @@ One ERL step's rows are collected once (after a warm-up collect); then each sett
 `ROWS:TOKENS` (trainer.micro_batch_size : trainer.micro_batch_tokens, 0 = no token budget)
 updates a fresh copy of the same starting weights on those rows, `--repeats` times, and the
 median seconds, micro-batches, peak GPU memory and the ratio to the first setting are printed.
-`--profile-collect N`: also cProfile a collect and print its N most expensive functions (the
-host-side split of a rollout, which a CUDA profile does not show).
+`--profile-collect N`: also cProfile a collect and print its N most expensive functions, by own
+time and by time with callees (the host-side split of a rollout, which a CUDA profile does not show).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from erl.core.samples import episode_to_samples
     from erl.trainers.driver import seed_all
-    from erl.trainers.local.batch import micro_batch_indices
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", action="append", default=[], help="an erl-train override (repeatable)")
@@ -64,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)} tokens); engine "
               + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()))
         if prof:
-            text = io.StringIO()
-            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(args.profile_collect)
-            print(text.getvalue())
+            for key in ("tottime", "cumulative"):  # own time, then time with callees
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats(key).print_stats(args.profile_collect)
+                print(text.getvalue())
         adv = trainer.advantages(rows)
         start_state = copy.deepcopy(trainer.model.state_dict())
         start_optim = copy.deepcopy(trainer.optimizer.state_dict())
@@ -87,13 +87,17 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
-            chunks = len(micro_batch_indices(rows, size, None, tokens))
+            chunks, _, idle = trainer.micro_batches(rows, adv)
+            run = [idx for idx in chunks if not bool(idle[idx].all())]  # the micro-batches the update runs
+            padded = sum(len(idx) * max(len(rows[i].prompt_ids) + len(rows[i].response_ids) for i in idx)
+                         for idx in run)  # the trainer's layout: erl.core.padding.right_pad_rows
+            real = sum(len(rows[i].prompt_ids) + len(rows[i].response_ids) for idx in run for i in idx)
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
-            results.append((setting, statistics.median(times), chunks, peak))
+            results.append((setting, statistics.median(times), len(run), real / max(padded, 1), peak))
         base = results[0][1]
-        print(f"{'rows:tokens':>14} {'seconds':>8} {'min chunks':>10} {'peak GB':>8} {'vs first':>9}")
-        for setting, sec, chunks, peak in results:
-            print(f"{setting:>14} {sec:8.3f} {chunks:10d} {peak:8.1f} {base / sec:8.2f}x")
+        print(f"{'rows:tokens':>14} {'seconds':>8} {'run chunks':>10} {'real/padded':>11} {'peak GB':>8} {'vs first':>9}")
+        for setting, sec, chunks, fill, peak in results:
+            print(f"{setting:>14} {sec:8.3f} {chunks:10d} {fill:11.2f} {peak:8.1f} {base / sec:8.2f}x")
     return 0
 
 

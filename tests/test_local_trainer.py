@@ -48,15 +48,14 @@ def test_generation_logprobs_match_a_forward_pass():
     batch = pad_samples(rows, policy.pad_id)
     with torch.no_grad():
         recomputed, entropy = response_logprobs(model, batch, temperature=0.7, with_entropy=True)
-        R = batch.responses.shape[1]
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits[:, -R - 1:-1] / 0.7
-    # the entropy of the distribution each token was sampled from
-    assert torch.allclose(entropy, torch.distributions.Categorical(logits=logits).entropy(), atol=1e-5)
-    for i, g in enumerate(gens):
+    for i, (p, g) in enumerate(zip(prompts, gens)):
         n = len(g.token_ids)
         assert n >= 1 and g.finish_reason in ("stop", "length")
         assert torch.allclose(recomputed[i, :n], torch.tensor(g.logprobs), atol=1e-4)
+        # the entropy of the distribution each token was sampled from: the row alone, unpadded
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + g.token_ids])).logits[0, len(p) - 1:len(p) - 1 + n] / 0.7
+        assert torch.allclose(entropy[i, :n], torch.distributions.Categorical(logits=logits).entropy(), atol=1e-5)
 
 
 def test_batched_policy_serves_concurrent_requests_in_one_batch():
@@ -294,6 +293,28 @@ def test_micro_batching_gives_the_full_batch_gradient(tmp_path):
     assert torch.allclose(grads[2], grads[1], rtol=1e-4, atol=1e-7)  # a token budget: other chunks, same sum
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
+def test_update_reports_the_rollouts_logprob_gap(tmp_path):
+    """rollout/logprob_gap_*: |training log-prob - rollout log-prob| over the trained tokens of
+    policy-gradient rows. fp32 on CPU: the rollout's own log-probs, so ~0; every rollout
+    log-prob moved by 0.25: a gap of 0.25, mean and max."""
+    from erl.core.samples import episode_to_samples
+    from erl.trainers.local.run import build
+
+    trainer = build(base_cfg(tmp_path, "rlvr"))[0]
+    trainer.optimizer.step = lambda: None  # the same weights for both updates
+    rows = [r for ep in trainer.collect(trainer.next_tasks()) for r in episode_to_samples(ep)]
+    for i, r in enumerate(rows):  # rewards that differ within every group: no row left out as idle
+        r.reward = float(i % 2)
+    m = trainer.update(rows)
+    assert m["rollout/logprob_gap_max"] < 1e-4 and m["rollout/logprob_gap_mean"] < 1e-4
+    for r in rows:
+        r.logprobs = [lp + 0.25 if on else lp for lp, on in zip(r.logprobs, r.response_mask)]
+    m = trainer.update(rows)
+    assert m["rollout/logprob_gap_mean"] == pytest.approx(0.25, abs=1e-4)
+    assert m["rollout/logprob_gap_max"] == pytest.approx(0.25, abs=1e-4)
+
+
 def test_micro_batches_hold_at_most_their_rows_and_padded_tokens():
     from erl.core.types import Segment, TokenSample
     from erl.trainers.local.batch import micro_batch_indices
@@ -305,11 +326,14 @@ def test_micro_batches_hold_at_most_their_rows_and_padded_tokens():
     rows = [row(5, 5), row(2, 2), row(3, 9), row(8, 1), row(2, 3)]  # totals 10, 4, 12, 9, 5
     # by length: 1 (4), 4 (5), 3 (9), 0 (10), 2 (12); rows only: 2 a chunk
     assert micro_batch_indices(rows, 2) == [[1, 4], [3, 0], [2]]
-    # 20 padded tokens: [1, 4] is 2 x (2 + 3) = 10; + row 3 -> 3 x (8 + 3) = 33 > 20; [3, 0] is 2 x (8 + 5) = 26 > 20
-    assert micro_batch_indices(rows, 8, max_tokens=20) == [[1, 4], [3], [0], [2]]
-    assert micro_batch_indices(rows, 8, max_tokens=33) == [[1, 4, 3], [0, 2]]  # 33; then 2 x (5 + 9) = 28
+    # a micro-batch pads to its longest row (right-padded rows): 20 padded tokens: [1, 4] is 2 x 5 = 10;
+    # + row 3 -> 3 x 9 = 27 > 20; [3, 0] is 2 x 10 = 20; + row 2 -> 3 x 12 = 36 > 20
+    assert micro_batch_indices(rows, 8, max_tokens=20) == [[1, 4], [3, 0], [2]]
+    assert micro_batch_indices(rows, 8, max_tokens=27) == [[1, 4, 3], [0, 2]]  # 27; then 2 x 12 = 24
+    assert micro_batch_indices(rows, 8, max_tokens=26) == [[1, 4], [3, 0], [2]]  # 3 x 9 = 27 > 26, 3 x 12 > 26
     assert micro_batch_indices(rows, 8, max_tokens=3) == [[1], [4], [3], [0], [2]]  # too long: alone
-    assert micro_batch_indices(rows, 8, kinds=[0, 1, 0, 1, 1], max_tokens=28) == [[0, 2], [1, 4], [3]]
+    # kind 0: rows 0 (10) and 2 (12): 2 x 12 = 24; kind 1: 1 (4), 4 (5), 3 (9): 3 x 9 = 27 > 24
+    assert micro_batch_indices(rows, 8, kinds=[0, 1, 0, 1, 1], max_tokens=24) == [[0, 2], [1, 4], [3]]
 
 
 def test_erl_eval_command_prints_a_table_and_writes_json(tmp_path):

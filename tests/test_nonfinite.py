@@ -13,6 +13,7 @@ import torch
 from test_local_trainer import base_cfg
 
 from erl.core.types import Segment, TokenSample
+from erl.rollout.kv import unwrap
 from erl.tracking import read_metrics
 from erl.trainers.driver import NonFiniteStepError
 from erl.trainers.local.checkpoint import load_checkpoint
@@ -24,17 +25,18 @@ def snapshot(model) -> dict[str, torch.Tensor]:
 
 
 def poison_forward(trainer, calls: set[int]):
-    """NaN in the policy's output on the chosen training forward calls (not rollouts)."""
+    """NaN in the policy's logits (its LM head's output) on the chosen training forward calls
+    (not rollouts)."""
     count = {"n": 0}
 
     def hook(module, args, output):
         if module.training:
             count["n"] += 1
             if count["n"] in calls:
-                output.logits = output.logits * float("nan")
+                return output * float("nan")
         return output
 
-    return trainer.model.register_forward_hook(hook)
+    return unwrap(trainer.model).get_output_embeddings().register_forward_hook(hook)
 
 
 def rows_with_signal() -> list[TokenSample]:
@@ -127,8 +129,9 @@ def test_time_budget_stops_after_a_step_and_resume_continues(tmp_path):
 
 def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
     """The cause of the bf16 NaN gradients on the GPU: left-padded rows whose pad queries attend
-    to nothing. Every mask the training forward hands to SDPA must give each query a key, and the
-    real tokens' log-probs must not change (fp32, CPU)."""
+    to nothing. The training forward's rows are padded at the end, so SDPA gets no mask, only
+    causality (every query sees itself), and the real tokens' log-probs are each row's alone
+    (fp32, CPU)."""
     import torch.nn.functional as F
 
     from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
@@ -142,22 +145,20 @@ def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
     seen = []
     real_sdpa = F.scaled_dot_product_attention
 
-    def spy(q, k, v, attn_mask=None, **kw):
-        seen.append(attn_mask)
-        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        seen.append((attn_mask, is_causal))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     model.set_attn_implementation("sdpa")
     logp = response_logprobs(model, batch)[0]
-    assert len(seen) == 2  # one call per layer
-    for m in seen:
-        assert m is not None and m.dtype == torch.bool and bool(m.any(dim=-1).all())
+    assert seen == [(None, True)] * 2  # one call per layer
     # the same log-probs, one row at a time without any padding
     for i, r in enumerate(rows):
         alone = pad_samples([r], 0)
         n = len(r.response_ids)
         assert torch.allclose(logp[i, :n], response_logprobs(model, alone)[0][0, :n], atol=1e-5)
-    # the eager kernel gets the additive form and the same numbers
+    # the eager kernel (its own causal mask) gives the same numbers
     model.set_attn_implementation("eager")
     assert torch.allclose(response_logprobs(model, batch)[0] * batch.response_mask, logp * batch.response_mask,
                           atol=1e-5)

@@ -50,3 +50,15 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int =
     flat = logits.reshape(-1, logits.shape[-1])
     out = _TokenLogprob.apply(flat, labels.reshape(-1).long(), int(chunk_rows))
     return out.view(labels.shape)
+
+
+def logprob_gap(logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, mask: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """How far the trainer's log-probs of the sampled tokens are from the rollout's own ([B, R]
+    each, `mask` 1 on trained tokens): (sum and max of |difference| over those tokens, their
+    count), as 0-dim tensors left on the device. The rollout engine and the training forward run
+    other kernels on other shapes; in bf16 their log-probs differ, and this is by how much, on
+    the run's own tokens (verl logs the same as rollout_probs_diff)."""
+    on = mask > 0
+    gap = (logprobs.detach().float() - rollout_logprobs.float()).abs().masked_fill(~on, 0.0)
+    return gap.sum(), gap.max() if gap.numel() else gap.new_zeros(()), on.sum()

@@ -438,7 +438,8 @@ class RolloutEngine:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
         inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
-        logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
+        with torch.profiler.record_function("engine.prefill"):  # the GPU time of prefills in a profile
+            logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt
@@ -498,12 +499,13 @@ class RolloutEngine:
             ids_t[to_device(on_device, dev)] = drawn[to_device([where[rows[i]] for i in on_device], dev)]
         args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
-        if self.graphs is not None:
-            recorded = self.graphs.captured
-            logits = self.graphs(self.net.k[0], *args)
-            self.stats["graphs_recorded"] += self.graphs.captured - recorded
-        else:
-            logits = self._decode(*args)
+        with torch.profiler.record_function("engine.decode"):  # the GPU time of decode steps in a profile
+            if self.graphs is not None:
+                recorded = self.graphs.captured
+                logits = self.graphs(self.net.k[0], *args)
+                self.stats["graphs_recorded"] += self.graphs.captured - recorded
+            else:
+                logits = self._decode(*args)
         if self.compile:
             self.stats["recompiles"] += graph_count() - graphs
         pending = self._sampled(slots, logits[index])

@@ -45,8 +45,7 @@ def nonfinite_facts(where: str, rows: list, batch: Any, logp: torch.Tensor | Non
         facts["logp_finite"] = bool(torch.isfinite(vals).all())
         finite = vals[torch.isfinite(vals)]
         facts["logp_min"] = float(finite.min()) if finite.numel() else None
-        # Rows whose prompt is left-padded: their first positions attend to nothing.
-        facts["padded_rows"] = int((batch.attention_mask[:, 0] == 0).sum())
+        facts["padded_rows"] = int((batch.attention_mask == 0).any(dim=1).sum())  # shorter than the longest
     return facts
 
 

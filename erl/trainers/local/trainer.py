@@ -16,6 +16,7 @@ import torch
 
 from erl.core.advantages import DISTILL_ID
 from erl.core.config import ErlConfig
+from erl.core.logprobs import logprob_gap
 from erl.core.losses import erl_actor_terms, loss_units, needs_old_logprobs
 from erl.core.metrics import episode_metrics, sample_metrics
 from erl.core.types import SEGMENT_IDS, TokenSample
@@ -124,17 +125,21 @@ class LocalTrainer(ErlDriver):
             logp, entropy = response_logprobs(model, batch, self.erl.temperature, with_entropy)
         return batch, logp, entropy
 
+    def micro_batches(self, samples: list[TokenSample], adv: torch.Tensor) -> tuple[list[list[int]], list[int], torch.Tensor]:
+        """(row indices of each micro-batch, each row's kind, which rows carry no gradient).
+        One epoch: rows with no gradient (a tied GRPO group) go into micro-batches of their own
+        that skip the forward and backward passes, with the same gradient and metrics (test)."""
+        segments = torch.tensor([SEGMENT_IDS[s.segment] for s in samples])
+        idle = (self.loss.idle_rows(adv.cpu(), segments) if self.cfg.ppo_epochs == 1
+                else torch.zeros(len(samples), dtype=torch.bool))
+        kinds = [2 if idle[i] else int(segments[i] == DISTILL_ID) for i in range(len(samples))]
+        return micro_batch_indices(samples, self.cfg.micro_batch_size, kinds, self.cfg.micro_batch_tokens), kinds, idle
+
     def update(self, samples: list[TokenSample], adv: torch.Tensor | None = None) -> dict[str, float]:
         cfg = self.cfg
         if adv is None:  # called alone (tests, benchmarks): the driver's advantages
             adv = self.advantages(samples)
-        # One epoch: rows with no gradient (a tied GRPO group) go into micro-batches of their own
-        # that skip the forward and backward passes, with the same gradient and metrics (test).
-        segments = torch.tensor([SEGMENT_IDS[s.segment] for s in samples])
-        idle = (self.loss.idle_rows(adv.cpu(), segments) if cfg.ppo_epochs == 1
-                else torch.zeros(len(samples), dtype=torch.bool))
-        kinds = [2 if idle[i] else int(segments[i] == DISTILL_ID) for i in range(len(samples))]
-        chunks = micro_batch_indices(samples, cfg.micro_batch_size, kinds, cfg.micro_batch_tokens)
+        chunks, kinds, idle = self.micro_batches(samples, adv)
         skip = [bool(idle[idx].all()) for idx in chunks]
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
@@ -156,11 +161,13 @@ class LocalTrainer(ErlDriver):
         totals: dict[str, Any] = {}
         self.model.train()
         bad: dict | None = None  # facts about the first non-finite micro-batch or gradient
-        for _ in range(cfg.ppo_epochs):
+        gap: dict[str, float] = {}
+        for epoch in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             # Nothing in this loop waits for the GPU (no float(), no check read back), so the host
             # queues the next micro-batch while the GPU runs this one; the checks are read once after.
             checks: list[tuple] = []  # (chunk, loss, gradient finite, batch, log-probs): facts if not finite
+            gaps: list[tuple] = []  # the policy-gradient rows' log-prob gap to the rollout (first epoch)
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
                 if skip[c]:  # loss and gradient exactly 0: only its metrics' zeros
@@ -173,6 +180,8 @@ class LocalTrainer(ErlDriver):
                     continue
                 batch, logp, entropy = self._logprobs(self.model, rows, with_entropy=self.loss.entropy_coeff != 0)
                 logp = logp.float()
+                if epoch == 0 and kinds[idx[0]] == 0:  # distillation rows were sampled under another prompt
+                    gaps.append(logprob_gap(logp, batch.rollout_logprobs, batch.response_mask))
                 loss, metrics = erl_actor_terms(
                     logp, old.get(c), to_device(adv[idx], self.device, adv.dtype), batch.response_mask,
                     batch.segment_ids, ref_logprobs=ref.get(c), entropy=entropy, has_distill=distill[c],
@@ -193,6 +202,10 @@ class LocalTrainer(ErlDriver):
                     if where == "grad":
                         bad["nonfinite_grads"] = [n for n, p in self.model.named_parameters()
                                                   if p.grad is not None and not torch.isfinite(p.grad).all()][:8]
+            if gaps:  # read back once, with the checks
+                total, most, count = (torch.stack(t).double().cpu() for t in zip(*gaps))
+                gap = {"rollout/logprob_gap_mean": float(total.sum() / count.sum().clamp(min=1)),
+                       "rollout/logprob_gap_max": float(most.max())}
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if all(skip):  # AdamW must still see zero, not absent, gradients
                 for p in trainable:
@@ -209,7 +222,7 @@ class LocalTrainer(ErlDriver):
         if bad is not None:
             return self._skip(bad, samples, chunks)
         self.consecutive_skips = 0
-        totals = {f"loss/{k}": float(v) / cfg.ppo_epochs for k, v in totals.items()}
+        totals = {f"loss/{k}": float(v) / cfg.ppo_epochs for k, v in totals.items()} | gap
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["train/skipped"] = 0.0

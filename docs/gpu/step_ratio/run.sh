@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Eighteenth session, one device call: parts of issue 11 not measured at the seventeenth session's
+# head. Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Parts:
+#   tests    the GPU tests (pytest -m gpu)
+#   update   benchmarks/update_batches.py: one ERL step's rows, cProfile of the collect, update settings
+#   ceiling  benchmarks/rollout.py --workload erl --ceiling: the engine inside the collect / static generate
+#   bench    benchmarks/rollout.py synthetic, batch 512 x 64: tok/s, static ceiling, log-prob error in bf16
+#   other parts (head, base, workload_*) go to ../prefill_overlap/run.sh
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
+OUT=${OUT:-outputs/step_ratio}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+run() {  # run NAME LIMIT COMMAND...
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date +%T)): $*" | tee -a "$OUT/run.log"
+  PYTHONPATH=$PWD:/tmp/ov/site timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+  echo "   exit $?" | tee -a "$OUT/run.log"
+}
+gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
+for what in "$@"; do
+  case $what in
+    tests) run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py ;;
+    update) run update_batches 240 python3 benchmarks/update_batches.py "${gpu[@]}" --micro 1024:65536 1024:131072 1024:32768 \
+              --repeats 2 --profile-collect 45 ;;
+    ceiling) run ceiling 240 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine --ceiling ;;
+    bench) run bench 240 python3 benchmarks/rollout.py --model /tmp/smollm2 --batch 512 --new-tokens 64 --skip eager,compiled,dynamic ;;
+    *) OUT=$OUT bash docs/gpu/prefill_overlap/run.sh "$what" ;;
+  esac
+done
