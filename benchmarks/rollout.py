@@ -234,7 +234,8 @@ def erl_workload(args) -> None:
             print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
                   f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
                   f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,}, "
-                  f"of them lent by another slot {st.get('shared_tokens', 0):,}), "
+                  f"of them lent by another slot {st.get('shared_tokens', 0):,}; forwards ran "
+                  f"{st.get('prefill_padded_tokens', 0):,} with padding), "
                   f"{st.get('prefill_tokens', 0) / max(st['sequences'], 1):.0f} a sequence"
                   + (f" | {st['decode_steps']} decode steps, {st['batches']} admissions, "
                      # a sequence's first token comes from its prefill, every other from a decode step

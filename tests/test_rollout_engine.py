@@ -657,6 +657,32 @@ def test_sharing_plan_and_prefix_lengths_by_hand():
         assert prefix_lengths(rows, [prompt[:n]])[0].tolist() == naive
 
 
+def test_packed_prefill_inputs_by_hand():
+    """Two rows end to end: slot 5 prefills 3 new tokens after 2 it holds, slot 1 prefills 2 from
+    the start; 2 query heads a KV head, so 4 sequences (head j of every KV head, row i)."""
+    from erl.rollout.layout import packed_prefill_inputs, prefill_chunks
+
+    chunk = [(5, 2, [10, 11, 12, 13, 14]), (1, 0, [20, 21])]
+    ids, pos, rows, write, keys, last, (cu_q, cu_k, lengths, longest) = packed_prefill_inputs(chunk, 4, 64, 2)
+    assert ids.tolist() == [[12, 13, 14, 20, 21]] and pos.tolist() == [[2, 3, 4, 0, 1]]
+    assert rows.tolist() == [5, 5, 5, 1, 1] and write.tolist() == [[2, 3, 3, 0, 1]]  # capacity 4: scratch column 3
+    assert keys == 5 and last.tolist() == [2, 4] and longest == 3
+    # sequence (j, i) starts at j x 5 + row i's offset (0, 3); keys at slot x 64, as long as the row's prompt
+    assert cu_q.tolist() == [0, 3, 5, 8, 10] and cu_k.tolist() == [320, 64, 320, 64, 0]
+    assert lengths.tolist() == [5, 2, 5, 2]
+    # packed chunks count new tokens, not rows x the widest: 3 + 2 = 5 fit a budget of 5
+    assert prefill_chunks(chunk, 5, packed=True) == [[chunk[1], chunk[0]]]
+    assert prefill_chunks(chunk, 4, packed=True) == [[chunk[1]], [chunk[0]]]
+    assert prefill_chunks(chunk, 5) == [[chunk[1]], [chunk[0]]]  # padded: 2 x 16 > 5
+
+
+def test_packed_prefill_needs_cuda_and_the_position_major_cache():
+    engine = RolloutEngine(model_of(), TOK, slots=4, stop_ids=[])
+    assert not engine.packed_prefill
+    with pytest.raises(ValueError, match="needs CUDA and varlen_decode"):
+        engine.packed_prefill = True
+
+
 def test_prefill_chunks_by_hand():
     """Admitted (slot, reused, prompt) items, shortest rest first, in chunks of at most `budget`
     padded tokens (rows x the chunk's longest rest, rounded up to 16)."""
@@ -779,14 +805,22 @@ def test_a_position_major_cache_samples_what_the_head_major_one_does():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("graphs", [False, True])
-def test_varlen_decode_attention_on_cuda_matches_the_dense_rows(graphs):
+def test_varlen_attention_on_cuda_matches_the_dense_rows(graphs):
     """The memory-efficient kernel's variable-length mode (each row its own keys) against the
-    dense masked rows, fp32 on the GPU, eager and replayed as CUDA graphs."""
+    dense masked rows, fp32 on the GPU, eager and replayed as CUDA graphs: in decode steps, and
+    in packed prefills (rows end to end, causal from the bottom right: the second turns prefill
+    after the KV their slots hold, the equal prompts after the KV lent to them)."""
     model = model_of().to("cuda")
-    want = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs))
-    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs)
-    engine.varlen_decode = True
-    got = two_turns(engine)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+    dense = RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs)
+    dense.varlen_decode = False  # on by default on CUDA
+    assert not dense.packed_prefill
+    want = two_turns(dense)
+    for packed in (False, True):
+        engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], cuda_graphs=graphs)
+        assert engine.varlen_decode and engine.packed_prefill  # the defaults on CUDA
+        engine.packed_prefill = packed
+        got = two_turns(engine)
+        assert engine.stats["prefill_padded_tokens"] == engine.stats["prefill_tokens"] or not packed
+        assert [g.token_ids for g in got] == [g.token_ids for g in want]
+        for g, w in zip(got, want):
+            assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)

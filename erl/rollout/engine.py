@@ -34,7 +34,14 @@ from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.rollout.layout import decode_rows, prefill_chunks, prefill_inputs, round_up, row_bucket
+from erl.rollout.layout import (
+    decode_rows,
+    packed_prefill_inputs,
+    prefill_chunks,
+    prefill_inputs,
+    round_up,
+    row_bucket,
+)
 from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
 from erl.rollout.sampling import check_request, sample
 from erl.rollout.versions import WeightsVersion
@@ -136,7 +143,7 @@ class RolloutEngine:
         self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
         self.stats = {"generated_tokens": 0, "generate_seconds": 0.0, "batches": 0, "sequences": 0,
-                      "prefill_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
+                      "prefill_tokens": 0, "prefill_padded_tokens": 0, "reused_tokens": 0, "shared_tokens": 0, "decode_steps": 0,
                       "decode_shapes": 0, "recompiles": 0, "graphs_recorded": 0, "prefill_forwards": 0,
                       # wall time of queueing prefill / decode forwards with their sampling, and of the decode's
                       # delivery (_deliver: the wait for its and its prefills' tokens); the rest of
@@ -162,6 +169,21 @@ class RolloutEngine:
             raise RuntimeError("RolloutEngine.varlen_decode set with sequences decoding")
         self.net.varlen = bool(on)
         self.span_ratio = 0 if on else (2 if self.device.type == "cuda" else 1)
+        self._packed_prefill = self.net.varlen and self.device.type == "cuda"
+
+    @property
+    def packed_prefill(self) -> bool:
+        """Prefills run the admitted rows' new tokens end to end, without padding, attention in the
+        memory-efficient kernel's variable-length mode (CUDA, position-major cache: on with
+        varlen_decode). As padded rows, an ERL collect's 29 prefills of 325k new tokens ran 1.1 s of
+        GPU kernels, 39 ms a forward, most of them elementwise (docs/gpu/step_ratio/call2/profile.txt)."""
+        return self._packed_prefill
+
+    @packed_prefill.setter
+    def packed_prefill(self, on: bool) -> None:
+        if on and not (self.net.varlen and self.device.type == "cuda"):
+            raise ValueError("RolloutEngine.packed_prefill needs CUDA and varlen_decode (a position-major cache)")
+        self._packed_prefill = bool(on)
 
     def reset_stats(self) -> dict:
         old, self.stats = self.stats, {k: type(v)(0) for k, v in self.stats.items()}
@@ -431,15 +453,24 @@ class RolloutEngine:
         self.stats["batches"] += 1
 
     def _prefill_all(self, admitted: list) -> None:
-        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget):
+        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget,
+                                    self.packed_prefill):
             self._prefill(chunk)
 
     def _prefill(self, chunk: list) -> None:
         """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
         start = time.perf_counter()
-        inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
+        packed = None
+        if self.packed_prefill:
+            groups = self.net.heads // self.net.kv_heads
+            *inputs, packed = packed_prefill_inputs(chunk, self.net.capacity, self.net.k[0].shape[2], groups)
+            packed = (*(to_device(t, self.device, torch.int32) for t in packed[:3]), packed[3])
+        else:
+            inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
+        self.stats["prefill_padded_tokens"] += inputs[0].numel()
         with torch.profiler.record_function("engine.prefill"):  # the GPU time of prefills in a profile
-            logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs))
+            logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs),
+                                      **({"packed": packed} if packed is not None else {}))
         for s, u, prompt in chunk:
             self.tok[s] = -1
             self.tok[s, :len(prompt)] = prompt

@@ -121,10 +121,11 @@ class SlotModel:
             t[d, :, :m] = t[s, :, :m]
 
     def _attend(self, idx: int, attn: Any, h: torch.Tensor, slot: torch.Tensor, rows: torch.Tensor | None,
-                write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None = None
-                ) -> torch.Tensor:
+                write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None = None,
+                packed: tuple | None = None) -> torch.Tensor:
         """One attention block for queries h [n, T, hidden]: write their K/V at `write`, then
-        attend to the row's first `keys` positions as `mask` allows."""
+        attend to the row's first `keys` positions as `mask` allows. `packed`: h is [1, N, hidden],
+        the tokens of several rows end to end, token i of slot slot[i] at position write[0, i]."""
         n, t, _ = h.shape
         q = attn.q_proj(h).view(n, t, -1, self.head_dim)
         k = attn.k_proj(h).view(n, t, -1, self.head_dim)
@@ -133,6 +134,10 @@ class SlotModel:
             q, k = attn.q_norm(q), attn.k_norm(k)
         kc, vc = self.k[idx], self.v[idx]
         q, k = self.rope(q, k, *cos_sin, kc.dtype)
+        if packed is not None:
+            kc[slot, :, write[0]] = k[0]
+            vc[slot, :, write[0]] = v[0].to(vc.dtype)
+            return attn.o_proj(self._attend_packed(q, kc, vc, keys, *packed))
         kc[slot[:, None], :, write] = k
         vc[slot[:, None], :, write] = v.to(vc.dtype)
         if varlen is not None:
@@ -162,6 +167,24 @@ class SlotModel:
         out = torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, g, keys, 0.0, 0, False,
                                                          scale=self.scaling, seqlen_k=lengths)[0]
         return out.view(n, g, kvh, d).transpose(1, 2).reshape(n, 1, -1)
+
+    def _attend_packed(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
+                       cu_k: torch.Tensor, lengths: torch.Tensor, longest: int) -> torch.Tensor:
+        """Prefill attention (q [1, N, heads, d], several rows' new tokens end to end) in the kernel's
+        variable-length mode, causal from the bottom right: a row's i-th new token sees its slot's
+        positions up to its own (the KV held before it, and its row's tokens up to it). The kernel
+        has no grouped heads, and folding them into query rows (as decode does) would break the
+        causal alignment, so each (query head of a KV head, row) is a sequence of its own:
+        sequence (j, i) is the j-th query head of every KV head on row i's tokens (erl.rollout.
+        layout.packed_prefill_inputs: cu_q, cu_k and lengths over the g x n sequences)."""
+        n, kvh, d = q.shape[1], self.kv_heads, self.head_dim
+        g = self.heads // kvh
+        qq = q[0].reshape(n, kvh, g, d).permute(2, 0, 1, 3).reshape(1, g * n, kvh, d)
+        k = kc.transpose(1, 2).reshape(1, -1, kvh, d)  # position-major storage: a view
+        v = vc.transpose(1, 2).reshape(1, -1, kvh, d)
+        out = torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, longest, keys, 0.0, 2, False,
+                                                         scale=self.scaling, seqlen_k=lengths)[0]
+        return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)
 
     def _varlen_inputs(self, slot: torch.Tensor, pos: torch.Tensor, keys: int) -> tuple:
         """cu_q, cu_k, lengths of a decode step's rows: a row reads its slot's positions up to the
@@ -204,22 +227,25 @@ class SlotModel:
         return mask.masked_fill_(~seen, float("-inf"))
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
-                keys: int, last: torch.Tensor) -> torch.Tensor:
+                keys: int, last: torch.Tensor, packed: tuple | None = None) -> torch.Tensor:
         """ids, pos, write [n, T]; rows [n] slot ids (None: the first n slots, in order); last [n]:
-        the position in T whose logits are returned ([n, vocab], float32)."""
+        the position in T whose logits are returned ([n, vocab], float32). `packed` (a prefill on
+        a position-major cache, CUDA: erl.rollout.layout.packed_prefill_inputs): ids, pos, write
+        [1, N] are several rows' tokens end to end, rows [N] their slots, last [n] the index of
+        each row's last token, `keys` the longest row."""
         h = self.inner.embed_tokens(ids)
         n, t = ids.shape
         cos_sin = [c.unsqueeze(2) for c in self.inner.rotary_emb(h, pos)]  # [n, T, 1, d]: over the heads
         slot = rows if rows is not None else torch.arange(n, device=ids.device)
         varlen = self._varlen_inputs(slot, pos, keys) if self.varlen and t == 1 and ids.is_cuda else None
-        mask = None if varlen is not None else self._mask(pos, keys)
+        mask = None if varlen is not None or packed is not None else self._mask(pos, keys)
         compute = self.compute_cast(ids.device.type)
         with attention_kernels():
             for i, layer in enumerate(self.layers):
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(layer.input_layernorm(h)), slot, rows, write, keys, mask,
-                                     cos_sin, varlen)
+                                     cos_sin, varlen, packed)
                 r = h
                 h = r + layer.mlp(compute(layer.post_attention_layernorm(h)))
-        h = h[torch.arange(h.shape[0], device=h.device), last]
+        h = h[0, last] if packed is not None else h[torch.arange(h.shape[0], device=h.device), last]
         return self.base.lm_head(self.inner.norm(h)).float()

@@ -19,17 +19,22 @@ def row_bucket(n: int, most: int) -> int:
     return min(b, most)
 
 
-def prefill_chunks(admitted: list, budget: int) -> list[list]:
+def prefill_chunks(admitted: list, budget: int, packed: bool = False) -> list[list]:
     """(slot, reused tokens, prompt) items in chunks of at most `budget` padded tokens, sorted
-    by the length left to prefill so that a chunk pads little."""
+    by the length left to prefill so that a chunk pads little; `packed`: tokens end to end
+    (packed_prefill_inputs), so a chunk holds `budget` new tokens."""
     chunks: list[list] = []
     chunk: list = []
+    used = 0
     for item in sorted(admitted, key=lambda a: len(a[2]) - a[1]):
-        width = round_up(len(item[2]) - item[1], 16)  # sorted: the longest of the chunk so far
-        if chunk and width * (len(chunk) + 1) > budget:
+        new = len(item[2]) - item[1]
+        width = round_up(new, 16)  # sorted: the longest of the chunk so far
+        cost = used + new if packed else width * (len(chunk) + 1)
+        if chunk and cost > budget:
             chunks.append(chunk)
-            chunk = []
+            chunk, used = [], 0
         chunk.append(item)
+        used += new
     return chunks + [chunk] if chunk else chunks
 
 
@@ -46,6 +51,28 @@ def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple
     rows = torch.tensor([s for s, _, _ in chunk])
     last = torch.tensor([len(p) - u - 1 for _, u, p in chunk])
     return torch.from_numpy(ids), pos, rows, pos.clamp(max=cap - 1), keys, last
+
+
+def packed_prefill_inputs(chunk: list, cap: int, positions: int, groups: int) -> tuple:
+    """The packed forward's (ids, pos, rows, write [1, N] but rows [N], keys, last, (cu_q, cu_k,
+    lengths, longest)) for a chunk of (slot, reused, prompt): the rows' new tokens end to end,
+    no padding (erl.rollout.kv.SlotModel._attend_packed). `positions`: the cache tensor's
+    positions a slot (its flattened rows' stride); `groups`: query heads a KV head. Sequence
+    (j, i), j < groups, holds row i's tokens at j x N + (their offset): one per (query head of a
+    KV head, row), the same keys for every j."""
+    news = [len(p) - u for _, u, p in chunk]
+    starts = np.concatenate(([0], np.cumsum(news)))
+    n = int(starts[-1])
+    ids = np.concatenate([np.asarray(p[u:], dtype=np.int64) for _, u, p in chunk])
+    pos = np.concatenate([np.arange(u, len(p), dtype=np.int64) for _, u, p in chunk])
+    rows = np.repeat(np.asarray([s for s, _, _ in chunk], dtype=np.int64), news)
+    lengths = np.asarray([len(p) for _, _, p in chunk], dtype=np.int64)
+    cu_q = np.concatenate([starts[:-1] + j * n for j in range(groups)] + [[groups * n]])
+    cu_k = np.concatenate([np.tile(np.asarray([s * positions for s, _, _ in chunk], dtype=np.int64), groups), [0]])
+    pos_t = torch.from_numpy(pos)[None]
+    packed = (torch.from_numpy(cu_q), torch.from_numpy(cu_k), torch.from_numpy(np.tile(lengths, groups)), max(news))
+    return (torch.from_numpy(ids)[None], pos_t, torch.from_numpy(rows), pos_t.clamp(max=cap - 1), int(lengths.max()),
+            torch.from_numpy(starts[1:] - 1), packed)
 
 
 def decode_rows(slots: list[int], n_slots: int, span_ratio: float) -> tuple[list[int], bool]:
