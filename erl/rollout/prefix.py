@@ -35,13 +35,14 @@ def prefix_lengths(rows: np.ndarray, prompts: list[list[int]], among: np.ndarray
     held = rows[among]
     filled = np.nonzero((held >= 0).any(axis=0))[0]
     width = int(filled[-1]) + 2 if len(filled) else 1  # a padding column ends every row
-    block = np.full((len(among), width), -1, dtype=np.int64)
+    # int32 (token ids < 2**31): half the bytes to sort by and compare as int64
+    block = np.full((len(among), width), -1, dtype=np.int32)
     block[:, :width - 1] = held[:, :width - 1]
-    q = np.full((len(prompts), width), -2, dtype=np.int64)  # never equal to a row's token or padding
+    q = np.full((len(prompts), width), -2, dtype=np.int32)  # never equal to a row's token or padding
     for i, p in enumerate(prompts):
         k = min(len(p), width - 1)
         q[i, :k] = p[:k]
-    as_key = np.dtype((np.void, width * 8))
+    as_key = np.dtype((np.void, width * 4))
     order = np.argsort(block.view(as_key).ravel(), kind="stable")
     ranked = block[order]
     pos = np.searchsorted(ranked.view(as_key).ravel(), q.view(as_key).ravel())
