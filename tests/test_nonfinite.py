@@ -162,3 +162,17 @@ def test_training_forward_gives_sdpa_no_fully_masked_query_row(monkeypatch):
     model.set_attn_implementation("eager")
     assert torch.allclose(response_logprobs(model, batch)[0] * batch.response_mask, logp * batch.response_mask,
                           atol=1e-5)
+
+
+def test_training_forward_refuses_a_model_that_rescales_its_logits():
+    """The training forward runs the decoder and the LM head itself; a model whose own forward
+    rescales the logits (Cohere's logit_scale) would get other log-probs than it samples from."""
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+    from erl.trainers.local.batch import pad_samples, response_logprobs
+
+    model = build_tiny_model(build_tiny_tokenizer(), hidden=32, layers=1, heads=2)
+    batch = pad_samples([TokenSample([5, 6], [7, 8], [1, 1], [0.0, 0.0])], 0)
+    response_logprobs(model, batch)
+    model.config.logit_scale = 0.5
+    with pytest.raises(ValueError, match="logit_scale"):
+        response_logprobs(model, batch)
