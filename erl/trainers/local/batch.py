@@ -50,6 +50,10 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
     real token what it would get alone (SDPA then runs its causal kernels: no mask to build or
     read, and no query row left with nothing to attend to)."""
     base = unwrap(model)
+    for name in ("logit_scale", "logits_scaling"):  # Cohere's and Granite's forwards rescale logits: not done here
+        if getattr(base.config, name, 1.0) not in (None, 1, 1.0):
+            raise ValueError(f"response_logprobs: the model's config sets {name}, which its own forward applies to "
+                             "the logits and this one does not; such models are not supported by the local trainer")
     R = batch.responses.shape[1]
     with attention_kernels():  # its backward runs outside it, but autograd reuses the forward's kernel
         hidden = base.get_decoder()(input_ids=batch.input_ids, use_cache=False).last_hidden_state
@@ -62,10 +66,6 @@ def response_logprobs(model, batch: PaddedBatch, temperature: float = 1.0,
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:  # Gemma 2's soft cap, as its forward applies it
         logits = torch.tanh(logits / cap) * cap
-    for name in ("logit_scale", "logits_scaling"):  # Cohere's and Granite's forwards rescale logits: not done here
-        if getattr(base.config, name, 1.0) not in (None, 1, 1.0):
-            raise ValueError(f"response_logprobs: the model's config sets {name}, which its own forward applies to "
-                             "the logits and this one does not; such models are not supported by the local trainer")
     if temperature > 0:
         logits = logits / temperature
     if not with_entropy:  # no [B, R, vocab] log-softmax and gradient of it kept: larger micro-batches fit
