@@ -55,7 +55,7 @@ EXPECTED = {
     "train/skipped_steps": 0.0,
 }
 # what each backend's own update reports (and only that differs between the two)
-LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle")
+LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "rollout/logprob_gap")
 VERL_ONLY = ("actor/", "time/old_log_prob", "time/ref_log_prob", "time/update_actor", "time/sync_weights")
 UNTIMED = ("time/", "throughput/", "system/")  # wall clock and process memory
 

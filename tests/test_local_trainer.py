@@ -402,10 +402,13 @@ def test_rows_without_gradient_skip_their_passes_with_the_same_update(tmp_path, 
     metrics = [fast.update(rows), fast.update(tied)]
     monkeypatch.setattr(LossSettings, "idle_rows", lambda self, a, s: torch.zeros(len(a), dtype=torch.bool))
     expected = [slow.update(rows), slow.update(tied)]
+    # the rollout's log-prob gap is measured on the rows the update runs: not on skipped ones
+    gap = ("rollout/logprob_gap_mean", "rollout/logprob_gap_max")
+    assert set(gap) <= metrics[0].keys() and not set(gap) & metrics[1].keys() and set(gap) <= expected[1].keys()
     for got, want in zip(metrics, expected):
-        assert got.keys() == want.keys()
+        assert got.keys() - set(gap) == want.keys() - set(gap)
         for k in want:
-            if not k.startswith("train/idle"):
+            if not k.startswith(("train/idle", "rollout/logprob_gap")):
                 assert got[k] == pytest.approx(want[k], abs=1e-6), k
     assert metrics[0]["train/idle_rows"] == int(idle.sum()) and expected[0]["train/idle_rows"] == 0
     assert metrics[1]["train/idle_rows"] == len(tied)  # nothing to learn from: no pass at all

@@ -167,7 +167,9 @@ class LocalTrainer(ErlDriver):
             # Nothing in this loop waits for the GPU (no float(), no check read back), so the host
             # queues the next micro-batch while the GPU runs this one; the checks are read once after.
             checks: list[tuple] = []  # (chunk, loss, gradient finite, batch, log-probs): facts if not finite
-            gaps: list[tuple] = []  # the policy-gradient rows' log-prob gap to the rollout (first epoch)
+            # the log-prob gap to the rollout, over the policy-gradient rows this update runs (first epoch;
+            # rows of a tied group are skipped, so a step with nothing to learn reports none)
+            gaps: list[tuple] = []
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
                 if skip[c]:  # loss and gradient exactly 0: only its metrics' zeros
