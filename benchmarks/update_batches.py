@@ -5,7 +5,8 @@
 
 One ERL step's rows are collected once (after a warm-up collect); then each setting
 `ROWS:TOKENS` (trainer.micro_batch_size : trainer.micro_batch_tokens, 0 = no token budget)
-updates a fresh copy of the same starting weights on those rows, `--repeats` times, and the
+updates a fresh copy of the same starting weights on those rows, `--repeats` times (the first
+setting once more before the timed ones, untimed: kernels and allocator warm), and the
 median seconds, micro-batches, peak GPU memory and the ratio to the first setting are printed.
 `--profile-collect N`: also cProfile a collect and print its N most expensive functions, by own
 time and by time with callees (the host-side split of a rollout, which a CUDA profile does not show).
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         start_optim = copy.deepcopy(trainer.optimizer.state_dict())
         cuda = trainer.device.type == "cuda"
         results = []
-        for setting in args.micro:
+        for index, setting in enumerate([args.micro[0], *args.micro]):  # the first one once untimed (warm-up)
             size, tokens = (int(x) for x in setting.split(":"))
             trainer.cfg.micro_batch_size, trainer.cfg.micro_batch_tokens = size, tokens
             times = []
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t)
+            if index == 0:
+                continue
             chunks, _, idle = trainer.micro_batches(rows, adv)
             run = [idx for idx in chunks if not bool(idle[idx].all())]  # the micro-batches the update runs
             padded = sum(len(idx) * max(len(rows[i].prompt_ids) + len(rows[i].response_ids) for i in idx)
