@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from erl.core.samples import episode_to_samples
     from erl.trainers.driver import seed_all
+    from erl.trainers.local.batch import pad_samples  # the trainer's layout
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", action="append", default=[], help="an erl-train override (repeatable)")
@@ -90,10 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - t)
             if index == 0:
                 continue
-            chunks, _, idle = trainer.micro_batches(rows, adv)
-            run = [idx for idx in chunks if not bool(idle[idx].all())]  # the micro-batches the update runs
-            padded = sum(len(idx) * max(len(rows[i].prompt_ids) + len(rows[i].response_ids) for i in idx)
-                         for idx in run)  # the trainer's layout: erl.core.padding.right_pad_rows
+            chunks, _, _, skip = trainer.micro_batches(rows, adv)
+            run = [idx for idx, skipped in zip(chunks, skip) if not skipped]  # the micro-batches the update runs
+            padded = sum(pad_samples([rows[i] for i in idx], 0).input_ids.numel() for idx in run)
             real = sum(len(rows[i].prompt_ids) + len(rows[i].response_ids) for idx in run for i in idx)
             peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
             results.append((setting, statistics.median(times), len(run), real / max(padded, 1), peak))

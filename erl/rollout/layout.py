@@ -28,8 +28,8 @@ def prefill_chunks(admitted: list, budget: int, packed: bool = False) -> list[li
     used = 0
     for item in sorted(admitted, key=lambda a: len(a[2]) - a[1]):
         new = len(item[2]) - item[1]
-        width = round_up(new, 16)  # sorted: the longest of the chunk so far
-        cost = used + new if packed else width * (len(chunk) + 1)
+        # padded: the chunk's rows x its longest row so far (sorted), rounded to 16
+        cost = used + new if packed else round_up(new, 16) * (len(chunk) + 1)
         if chunk and cost > budget:
             chunks.append(chunk)
             chunk, used = [], 0

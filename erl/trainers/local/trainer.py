@@ -125,22 +125,24 @@ class LocalTrainer(ErlDriver):
             logp, entropy = response_logprobs(model, batch, self.erl.temperature, with_entropy)
         return batch, logp, entropy
 
-    def micro_batches(self, samples: list[TokenSample], adv: torch.Tensor) -> tuple[list[list[int]], list[int], torch.Tensor]:
-        """(row indices of each micro-batch, each row's kind, which rows carry no gradient).
-        One epoch: rows with no gradient (a tied GRPO group) go into micro-batches of their own
-        that skip the forward and backward passes, with the same gradient and metrics (test)."""
+    def micro_batches(self, samples: list[TokenSample], adv: torch.Tensor) -> tuple[list[list[int]], list[int],
+                                                                                   torch.Tensor, list[bool]]:
+        """(row indices of each micro-batch, each row's kind, which rows carry no gradient, which
+        micro-batches are skipped). One epoch: rows with no gradient (a tied GRPO group) go into
+        micro-batches of their own that skip the forward and backward passes, with the same
+        gradient and metrics (test)."""
         segments = torch.tensor([SEGMENT_IDS[s.segment] for s in samples])
         idle = (self.loss.idle_rows(adv.cpu(), segments) if self.cfg.ppo_epochs == 1
                 else torch.zeros(len(samples), dtype=torch.bool))
         kinds = [2 if idle[i] else int(segments[i] == DISTILL_ID) for i in range(len(samples))]
-        return micro_batch_indices(samples, self.cfg.micro_batch_size, kinds, self.cfg.micro_batch_tokens), kinds, idle
+        chunks = micro_batch_indices(samples, self.cfg.micro_batch_size, kinds, self.cfg.micro_batch_tokens)
+        return chunks, kinds, idle, [bool(idle[idx].all()) for idx in chunks]
 
     def update(self, samples: list[TokenSample], adv: torch.Tensor | None = None) -> dict[str, float]:
         cfg = self.cfg
         if adv is None:  # called alone (tests, benchmarks): the driver's advantages
             adv = self.advantages(samples)
-        chunks, kinds, idle = self.micro_batches(samples, adv)
-        skip = [bool(idle[idx].all()) for idx in chunks]
+        chunks, kinds, idle, skip = self.micro_batches(samples, adv)
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
         need_old = needs_old_logprobs(cfg.ppo_epochs)
@@ -161,15 +163,14 @@ class LocalTrainer(ErlDriver):
         totals: dict[str, Any] = {}
         self.model.train()
         bad: dict | None = None  # facts about the first non-finite micro-batch or gradient
-        gap: dict[str, float] = {}
+        # the log-prob gap to the rollout, over the policy-gradient rows this update runs (first epoch;
+        # rows of a tied group are skipped, so a step with nothing to learn reports none)
+        gaps: list[tuple] = []
         for epoch in range(cfg.ppo_epochs):
             self.optimizer.zero_grad(set_to_none=True)
             # Nothing in this loop waits for the GPU (no float(), no check read back), so the host
             # queues the next micro-batch while the GPU runs this one; the checks are read once after.
             checks: list[tuple] = []  # (chunk, loss, gradient finite, batch, log-probs): facts if not finite
-            # the log-prob gap to the rollout, over the policy-gradient rows this update runs (first epoch;
-            # rows of a tied group are skipped, so a step with nothing to learn reports none)
-            gaps: list[tuple] = []
             for c, idx in enumerate(chunks):
                 rows = [samples[i] for i in idx]
                 if skip[c]:  # loss and gradient exactly 0: only its metrics' zeros
@@ -204,10 +205,6 @@ class LocalTrainer(ErlDriver):
                     if where == "grad":
                         bad["nonfinite_grads"] = [n for n, p in self.model.named_parameters()
                                                   if p.grad is not None and not torch.isfinite(p.grad).all()][:8]
-            if gaps:  # read back once, with the checks
-                total, most, count = (torch.stack(t).double().cpu() for t in zip(*gaps))
-                gap = {"rollout/logprob_gap_mean": float(total.sum() / count.sum().clamp(min=1)),
-                       "rollout/logprob_gap_max": float(most.max())}
             trainable = [p for p in self.model.parameters() if p.requires_grad]
             if all(skip):  # AdamW must still see zero, not absent, gradients
                 for p in trainable:
@@ -224,7 +221,11 @@ class LocalTrainer(ErlDriver):
         if bad is not None:
             return self._skip(bad, samples, chunks)
         self.consecutive_skips = 0
-        totals = {f"loss/{k}": float(v) / cfg.ppo_epochs for k, v in totals.items()} | gap
+        totals = {f"loss/{k}": float(v) / cfg.ppo_epochs for k, v in totals.items()}
+        if gaps:  # read back once
+            total, most, count = (torch.stack(t).double().cpu() for t in zip(*gaps))
+            totals["rollout/logprob_gap_mean"] = float(total.sum() / count.sum().clamp(min=1))
+            totals["rollout/logprob_gap_max"] = float(most.max())
         totals["loss/grad_norm"] = float(grad_norm)
         totals["lr"] = self.scheduler.get_last_lr()[0]
         totals["train/skipped"] = 0.0
