@@ -88,9 +88,43 @@ def timed_eager(fn, device, reps: int) -> tuple[float, float]:
     return 1e3 * host / reps, 1e3 * wall / reps
 
 
+class FlashSlotModel(SlotModel):
+    """Varlen decode attention in FlashAttention-2's kernel instead of the memory-efficient one:
+    grouped query heads natively, each row one query token over its slot's positions
+    (seqused_k). A candidate, measured here before the engine takes it."""
+
+    def _attend_varlen(self, q, kc, vc, keys, cu_q, cu_k, lengths):
+        n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
+        rows = torch.arange(n + 1, dtype=torch.int32, device=q.device)
+        k = kc.transpose(1, 2).reshape(-1, kvh, d)  # position-major storage: a view
+        v = vc.transpose(1, 2).reshape(-1, kvh, d)
+        out = torch.ops.aten._flash_attention_forward(q.reshape(n, self.heads, d), k, v, rows, cu_k, 1, keys, 0.0,
+                                                      False, False, scale=self.scaling, seqused_k=lengths)[0]
+        return out.reshape(n, 1, -1)
+
+
+def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
+    """(CUDA kernels one call of fn launches, the `top` kernels by GPU time: name, calls, ms)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower()]
+    by: dict[str, list] = {}
+    for e in kernels:
+        row = by.setdefault(e.name[:70], [0, 0.0])
+        row[0] += 1
+        row[1] += e.device_time / 1e3
+    rows = sorted(((name, c, ms) for name, (c, ms) in by.items()), key=lambda r: -r[2])
+    return len(kernels), rows[:top]
+
+
 # F.rms_norm for each norm (one fused kernel on CUDA) was a variant here: 1.04x on the GPU
 # (docs/gpu/host_planning/call8), not kept.
-VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True}}
+VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True},
+            "flash varlen": {"varlen": True, "flash": True}, "compiled varlen": {"varlen": True, "compile": True}}
 
 
 def main(argv=None) -> None:
@@ -102,6 +136,8 @@ def main(argv=None) -> None:
     ap.add_argument("--slots", type=int, default=1024)
     ap.add_argument("--capacity", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=50)
+    ap.add_argument("--top", type=int, default=15, help="kernels listed by GPU time for each variant (CUDA)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args(argv)
     import copy
 
@@ -122,17 +158,34 @@ def main(argv=None) -> None:
           f"of {args.slots} slots, prefill {args.prefill_rows} x {args.prefill_width} tokens, keys {args.capacity}")
     results = {}
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
-        for name, flags in VARIANTS.items():
+        for name in args.variants.split(","):
+            flags = VARIANTS[name]
             if flags.get("varlen") and device.type != "cuda":
                 continue
-            net = SlotModel(model)
-            for key, value in flags.items():
-                setattr(net, key, value)
+            net = (FlashSlotModel if flags.get("flash") else SlotModel)(model)
+            net.varlen = flags["varlen"]
             net.allocate(args.slots, args.capacity, torch.bfloat16, device)
-            counter = Kernels()
-            with counter:
-                logits = net.forward(*decode)
-            row = {"kernels": counter.n, "error": (logits - want).abs().max().item()}
+            forward = net.forward
+            try:
+                if flags.get("compile"):  # fused kernels from inductor, recorded in the graph like eager's
+                    forward = torch.compile(net.forward, dynamic=False, options={"emulate_precision_casts": True})
+                    t = time.perf_counter()
+                    forward(*decode)
+                    print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
+                forward(*decode)
+            except Exception as exc:  # noqa: BLE001 -- a candidate the device cannot run: say so, go on
+                print(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
+                net.release()
+                continue
+            if device.type == "cuda":
+                n_kernels, table = kernel_table(functools.partial(forward, *decode), args.top)
+                logits = forward(*decode)
+            else:
+                counter = Kernels()
+                with counter:
+                    logits = forward(*decode)
+                n_kernels, table = counter.n, []
+            row = {"kernels": n_kernels, "error": (logits - want).abs().max().item()}
             row["prefill host"], row["prefill wall"] = timed_eager(functools.partial(net.forward, *prefill), device,
                                                                    max(args.reps // 5, 2))
             if device.type == "cuda":
@@ -140,11 +193,11 @@ def main(argv=None) -> None:
                 side.wait_stream(torch.cuda.current_stream(device))
                 with torch.cuda.stream(side):
                     for _ in range(3):
-                        net.forward(*decode)
+                        forward(*decode)
                 torch.cuda.current_stream(device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    net.forward(*decode)
+                    forward(*decode)
                 row["replay host"], row["replay gpu"] = timed_replay(graph, device, args.reps)
                 del graph
             else:
@@ -154,9 +207,11 @@ def main(argv=None) -> None:
             print(f"{name:>13}: {row['kernels']} kernels a decode forward, logits within {row['error']:.3g} of "
                   f"float32 | decode step: host {row['replay host']:.2f} ms to launch, GPU {row['replay gpu']:.2f} ms "
                   f"| prefill: host {row['prefill host']:.1f} ms to queue, {row['prefill wall']:.1f} ms done", flush=True)
-    a = results["dense decode"]
+            for kernel, calls, ms in table:
+                print(f"      {ms:7.3f} ms {calls:5d} x {kernel}")
+    first, a = next(iter(results.items()))
     for name, b in list(results.items())[1:]:
-        print(f"ratios dense decode / {name}: kernels {a['kernels'] / b['kernels']:.2f}, decode GPU "
+        print(f"ratios {first} / {name}: kernels {a['kernels'] / b['kernels']:.2f}, decode GPU "
               f"{a['replay gpu'] / b['replay gpu']:.2f}, prefill done {a['prefill wall'] / b['prefill wall']:.2f}")
 
 
