@@ -824,3 +824,25 @@ def test_varlen_attention_on_cuda_matches_the_dense_rows(graphs):
         assert [g.token_ids for g in got] == [g.token_ids for g in want]
         for g, w in zip(got, want):
             assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_decode_on_cuda_runs_in_the_engines_graphs_with_varlen_attention():
+    """compile=True (inductor's fused kernels, no CUDA graphs of its own) keeps varlen attention
+    and packed prefills, and its decode steps are recorded in the engine's graphs, each new shape
+    compiled by an eager run outside the capture: fp32 tokens and log-probs are the eager engine's
+    (within 1e-4), over steps whose row count changes (sequences of several lengths)."""
+    model = model_of().to("cuda")
+    want = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[]))
+    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[], compile=True)
+    assert engine.varlen_decode and engine.packed_prefill and engine.graphs is not None and engine.graphs.warm
+    got = two_turns(engine)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-4)
+    st = dict(engine.stats)
+    assert st["graphs_recorded"] == st["decode_shapes"] >= 1 and st["recompiles"] >= 1
+    again = two_turns(engine)  # the same shapes: replays, nothing compiled or recorded again
+    assert [g.token_ids for g in again] == [g.token_ids for g in want]
+    assert engine.stats["graphs_recorded"] == st["graphs_recorded"] and engine.stats["recompiles"] == st["recompiles"]

@@ -62,10 +62,12 @@ class DecodeGraphs:
     length, slots in place or gathered) is met, and replayed, that time too. Recording
     runs no kernel, so the replay writes the KV once. The first shape of a cache runs eagerly
     before its recording: libraries that initialise lazily (cuBLAS handles and workspaces) must
-    not do so inside a capture."""
+    not do so inside a capture. `warm`: every new shape does (a torch.compile'd forward compiles
+    for a shape at its first call, which a capture cannot hold); the eager run writes the same KV
+    at the same positions as the replays after it, so running it as well changes nothing."""
 
-    def __init__(self, forward: Callable[..., torch.Tensor]):
-        self.forward = forward
+    def __init__(self, forward: Callable[..., torch.Tensor], warm: bool = False):
+        self.forward, self.warm = forward, warm
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, torch.Tensor]] = {}
         self.cache: Any = None  # the cache tensor the graphs were recorded against
         self.pool: Any = None
@@ -91,8 +93,8 @@ class DecodeGraphs:
             for dst, src in zip(entry[1], (ids, pos, rows, write, last)):
                 if dst is not None:
                     dst.copy_(src)
-        elif self.enabled and not self.graphs:  # the cache's first shape: this step's result, then the recording
-            out = self.forward(*args)
+        elif self.enabled and (self.warm or not self.graphs):  # an eager run (this step's result), then the recording
+            out = self._eager(*args)
             self._record(key, *args)
             return out
         elif self.enabled:
@@ -101,6 +103,20 @@ class DecodeGraphs:
             return self.forward(*args)
         entry[0].replay()
         return entry[2]
+
+    def _eager(self, *args) -> torch.Tensor:
+        """The forward outside a capture, under the autocast settings the recording uses (a compiled
+        forward guards on them: the recording must find this run's code)."""
+        dev = args[0].device.type
+        with self._autocast(dev):
+            return self.forward(*args)
+
+    @staticmethod
+    def _autocast(dev: str):
+        # autocast's weight-cast cache would hand the recording a cast made before it (stale
+        # after the next optimizer step): the recorded forward casts the weights itself
+        return torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
+                              cache_enabled=False)
 
     def _record(self, key: tuple, *args) -> tuple | None:
         """A graph of the forward on copies of `args` (its inputs from then on), or None."""
@@ -111,10 +127,7 @@ class DecodeGraphs:
             self.pool = torch.cuda.graph_pool_handle()
         dev = ids.device.type
         try:
-            # autocast's weight-cast cache would hand the recording a cast made before it (stale
-            # after the next optimizer step): the recorded forward casts the weights itself
-            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
-                                cache_enabled=False), capture(graph, self.pool):
+            with self._autocast(dev), capture(graph, self.pool):
                 out = self.forward(inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
         except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
             self.drop()

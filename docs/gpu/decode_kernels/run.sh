@@ -3,6 +3,8 @@
 # No model needed (random SmolLM2-135M weights). Parts:
 #   tests    the GPU tests (pytest -m gpu)
 #   kernels  benchmarks/slot_forward.py: every variant, with its kernels by GPU time
+#   step     benchmarks/local_step.py, preset=gpu (needs /tmp/smollm2: scripts/device_prepare.sh)
+#   stepc    the same with trainer.rollout_compile=true (compiled decode in the engine's graphs)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/decode_kernels}; mkdir -p "$OUT"
@@ -13,11 +15,15 @@ run() {  # run NAME LIMIT COMMAND...
   PYTHONPATH=$PWD:/tmp/ov/site timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
   local rc=$?; echo "   exit $rc" | tee -a "$OUT/run.log"; return $rc
 }
+gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
 for what in "$@"; do
   case $what in
     tests) run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py \
              tests/test_rollout_graphs.py || { echo "GPU tests failed: the rest is not run" | tee -a "$OUT/run.log"; exit 1; } ;;
     kernels) run slot_forward 300 python3 benchmarks/slot_forward.py ${VARIANTS:+--variants "$VARIANTS"} ;;
+    step) run step 240 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    stepc) run step_compiled 420 python3 benchmarks/local_step.py "${gpu[@]}" --set trainer.rollout_compile=true \
+             --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
   esac
 done
