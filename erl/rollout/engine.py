@@ -30,7 +30,7 @@ import torch
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import settle
-from erl.rollout.compiling import compile_options, compiled, graph_count
+from erl.rollout.compiling import compiled, graph_count
 from erl.rollout.device import to_device
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
@@ -138,11 +138,7 @@ class RolloutEngine:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
         except ValueError as exc:
             raise ValueError(f"RolloutEngine: {exc}") from None
-        cuda = self.device.type == "cuda"
-        # A mode with inductor's own CUDA graphs (reduce-overhead) decodes dense rows in them; any
-        # other mode's fused kernels are recorded in the engine's graphs, with varlen attention.
-        self._inductor_graphs = self.compile and bool(compile_options(compile, eager_casts).get("triton.cudagraphs"))
-        self.graphs = (DecodeGraphs(self._decode, warm=self.compile) if cuda_graphs and cuda and not self._inductor_graphs
+        self.graphs = (DecodeGraphs(self.net.forward) if cuda_graphs and not self.compile and self.device.type == "cuda"
                        else None)
         self.reset()  # no slots yet
         self._shapes: set[tuple] = set()
@@ -158,7 +154,7 @@ class RolloutEngine:
         # A decode step's attention at 384 rows of 1,024 slots: 14.6 ms of GPU dense, 7.1 ms varlen
         # (docs/gpu/host_planning/call8); once decode steps are pipelined the GPU's time is the step's.
         # The setter also sets span_ratio (erl.rollout.layout.decode_rows).
-        self.varlen_decode = cuda and not self._inductor_graphs
+        self.varlen_decode = self.device.type == "cuda" and not self.compile
 
     @property
     def varlen_decode(self) -> bool:
@@ -522,7 +518,7 @@ class RolloutEngine:
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
         graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
-        if self._inductor_graphs:
+        if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
         # every input, the gather index too, goes up before the forward is queued: a pageable copy
         # after it would wait for the forward (to_device avoids the wait anyway)
@@ -532,8 +528,7 @@ class RolloutEngine:
         if on_device:  # moved from where they were drawn to here without the host
             drawn = torch.cat([sampled.on_device for sampled in sources])
             ids_t[to_device(on_device, dev)] = drawn[to_device([where[rows[i]] for i in on_device], dev)]
-        # compiled, the rows are always a tensor: None would be a second graph to compile
-        args = (ids_t[:, None], pos_t, None if full and not self.compile else to_device(rows, dev), pos_t,
+        args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
                 keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         with torch.profiler.record_function("engine.decode"):  # the GPU time of decode steps in a profile
             if self.graphs is not None:
