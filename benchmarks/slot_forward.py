@@ -20,6 +20,7 @@ import functools
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -103,6 +104,49 @@ class FlashSlotModel(SlotModel):
         return out.reshape(n, 1, -1)
 
 
+class FlexSlotModel(SlotModel):
+    """Varlen decode attention in FlexAttention's decoding kernel (compiled; it packs a KV head's
+    query heads into one tile and splits the keys across blocks), over the cache as one paged
+    sequence: row i reads the blocks of its slot (kv_indices) up to its length (mask_mod).
+    A candidate, measured here before the engine takes it."""
+
+    BLOCK = 128
+    compiled: dict[str, Any] = {}  # "flex": flex_attention compiled (CUDA); eager flex otherwise
+
+    def _varlen_inputs(self, slot, pos, keys):
+        from torch.nn.attention.flex_attention import BlockMask
+
+        cap, b = self.k[0].shape[2], self.BLOCK
+        p = pos[:, 0]
+        length = torch.where(p < keys, p + 1, 1)
+        base = slot * cap
+        first = (base // b).to(torch.int32)
+        full = (length // b).to(torch.int32)
+        total = self.k[0].shape[0] * cap // b
+        j = torch.arange(total, dtype=torch.int32, device=slot.device)  # BlockMask: a column per KV block
+        full_idx = (first[:, None] + j).clamp(max=total - 1)
+        part_idx = (first[:, None] + full[:, None] + j).clamp(max=total - 1)
+        part = (length % b > 0).to(torch.int32)
+
+        def mask_mod(bi, h, q_idx, kv_idx):
+            return kv_idx < base[bi] + length[bi]
+
+        return (BlockMask.from_kv_blocks(part[:, None, None], part_idx[:, None, None], full[:, None, None],
+                                         full_idx[:, None, None], BLOCK_SIZE=(b, b), mask_mod=mask_mod,
+                                         seq_lengths=(1, total * b), compute_q_blocks=False),)
+
+    def _attend_varlen(self, q, kc, vc, keys, mask):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        n, d = q.shape[0], self.head_dim
+        slots, kvh, cap = kc.shape[0], kc.shape[1], kc.shape[2]
+        k = kc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)  # position-major: views
+        v = vc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)
+        flex = self.compiled.get("flex", flex_attention)
+        out = flex(q.transpose(1, 2), k, v, block_mask=mask, scale=self.scaling, enable_gqa=True)
+        return out.transpose(1, 2).reshape(n, 1, -1)
+
+
 def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
     """(CUDA kernels one call of fn launches, the `top` kernels by GPU time: name, calls, ms)."""
     from torch.profiler import ProfilerActivity, profile
@@ -124,7 +168,9 @@ def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
 # F.rms_norm for each norm (one fused kernel on CUDA) was a variant here: 1.04x on the GPU
 # (docs/gpu/host_planning/call8), not kept.
 VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True},
-            "flash varlen": {"varlen": True, "flash": True}, "compiled varlen": {"varlen": True, "compile": True}}
+            "flash varlen": {"varlen": True, "flash": True}, "flex varlen": {"varlen": True, "flex": True},
+            "compiled varlen": {"varlen": True, "compile": True},
+            "compiled varlen dynamic": {"varlen": True, "compile": True, "dynamic": True}}
 
 
 def main(argv=None) -> None:
@@ -162,17 +208,26 @@ def main(argv=None) -> None:
             flags = VARIANTS[name]
             if flags.get("varlen") and device.type != "cuda":
                 continue
-            net = (FlashSlotModel if flags.get("flash") else SlotModel)(model)
+            kind = FlashSlotModel if flags.get("flash") else FlexSlotModel if flags.get("flex") else SlotModel
+            net = kind(model)
+            if flags.get("flex") and device.type == "cuda" and not FlexSlotModel.compiled:
+                from torch.nn.attention.flex_attention import flex_attention
+
+                FlexSlotModel.compiled["flex"] = torch.compile(flex_attention, dynamic=False)
             net.varlen = flags["varlen"]
             net.allocate(args.slots, args.capacity, torch.bfloat16, device)
             forward = net.forward
             try:
                 if flags.get("compile"):  # fused kernels from inductor, recorded in the graph like eager's
-                    forward = torch.compile(net.forward, dynamic=False, options={"emulate_precision_casts": True})
+                    forward = torch.compile(net.forward, dynamic=flags.get("dynamic", False),
+                                            options={"emulate_precision_casts": True})
                     t = time.perf_counter()
                     forward(*decode)
                     print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
+                t = time.perf_counter()
                 forward(*decode)
+                sync(device)
+                print(f"{name}: first call {time.perf_counter() - t:.1f} s", flush=True)
             except Exception as exc:  # noqa: BLE001 -- a candidate the device cannot run: say so, go on
                 print(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
                 net.release()
