@@ -20,7 +20,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -111,7 +111,7 @@ class FlexSlotModel(SlotModel):
     A candidate, measured here before the engine takes it."""
 
     BLOCK = 128
-    compiled: dict[str, Any] = {}  # "flex": flex_attention compiled (CUDA); eager flex otherwise
+    compiled: ClassVar[dict[str, Any]] = {}  # "flex": flex_attention compiled (CUDA); eager flex otherwise
 
     def _varlen_inputs(self, slot, pos, keys):
         from torch.nn.attention.flex_attention import BlockMask
