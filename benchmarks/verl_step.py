@@ -20,7 +20,7 @@ from pathlib import Path
 
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
         "time/sync_weights", "rollout/sequences", "rollout/batches", "tokens/generated", "rows", "tokens/total",
-        "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded",
+        "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded", "rollout/decode_steps",
         "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
 
 

@@ -288,3 +288,31 @@ def test_decode_rows_with_every_slot_active_need_no_idle_slot_to_pad_with():
     assert decode_rows([0, 1, 2, 4], 8, 1) == (list(range(8)), True)  # span 8 <= 1 x bucket 8
     assert decode_rows([0, 1, 2, 9], 16, 1) == ([0, 1, 2, 9, 3, 3, 3, 3], False)  # span 16 > 8
     assert decode_rows([0, 1, 2, 9], 16, 2) == (list(range(16)), True)
+
+
+def test_a_training_step_reports_its_decode_steps(monkeypatch, tmp_path):
+    """`rollout/decode_steps`: the engine's decode steps in the step's collect (its counter's move).
+    A sequence of L tokens needs L - 1 of them after the prefill that samples its first, and each
+    samples at least one token, so they lie between the longest sequence's L - 1 and the tokens
+    generated. HFPolicy counts none: absent."""
+    from test_local_trainer import base_cfg
+
+    from erl.trainers.local.run import build
+
+    trainer, _ = build(base_cfg(tmp_path, eval_every=0))
+    lengths = []
+    generate = trainer.policy.generate
+
+    async def counted(prompt, params):
+        gen = await generate(prompt, params)
+        lengths.append(len(gen.token_ids))
+        return gen
+
+    monkeypatch.setattr(trainer.policy, "generate", counted)
+    before = trainer.policy.stats["decode_steps"]
+    metrics = trainer.step()
+    steps = metrics["rollout/decode_steps"]
+    assert steps == trainer.policy.stats["decode_steps"] - before
+    assert max(lengths) - 1 <= steps <= metrics["tokens/generated"] == sum(lengths)
+    hf, _ = build(base_cfg(tmp_path / "hf", eval_every=0, rollout_engine="hf"))
+    assert "rollout/decode_steps" not in hf.step()

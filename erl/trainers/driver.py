@@ -234,6 +234,8 @@ class ErlDriver:
         gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         if getattr(self.policy, "graphs", None) is not None:  # the engine's new CUDA graphs: fewer as shapes recur
             gen["graphs_recorded"] = self.policy.stats["graphs_recorded"] - before["graphs_recorded"]
+        if "decode_steps" in before:  # the engine's: one token for every decoding sequence a step
+            gen["decode_steps"] = self.policy.stats["decode_steps"] - before["decode_steps"]
         reflection_time = self.workflow.take_reflection_time()
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
@@ -264,6 +266,10 @@ class ErlDriver:
         })
         if "graphs_recorded" in gen:
             metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"])
+        if "decode_steps" in gen:
+            # each a forward's latency in a row: an episode's turns, reflection and second attempt
+            # are one chain (preset=gpu FrozenLake: ERL 176 a step, RLVR 63; docs/gpu/decode_kernels)
+            metrics["rollout/decode_steps"] = float(gen["decode_steps"])
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics
