@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from erl.rollout.kv import SlotModel
@@ -108,7 +109,10 @@ class FlexSlotModel(SlotModel):
     """Varlen decode attention in FlexAttention's decoding kernel (compiled; it packs a KV head's
     query heads into one tile and splits the keys across blocks), over the cache as one paged
     sequence: row i reads the blocks of its slot (kv_indices) up to its length (mask_mod).
-    A candidate, measured here before the engine takes it."""
+    Inductor takes the decoding kernel only for a power-of-two number of query heads a KV head
+    (torch/_inductor/kernel/flex/flex_decoding.py, `_use_flex_decoding`): SmolLM2's 3 are padded
+    with zero queries to 4, whose outputs are dropped (without the padding, call8 ran the general
+    kernel, 2.5x slower than the memory-efficient one). A candidate, measured here first."""
 
     BLOCK = 128
     compiled: ClassVar[dict[str, Any]] = {}  # "flex": flex_attention compiled (CUDA); eager flex otherwise
@@ -140,11 +144,14 @@ class FlexSlotModel(SlotModel):
 
         n, d = q.shape[0], self.head_dim
         slots, kvh, cap = kc.shape[0], kc.shape[1], kc.shape[2]
+        g = self.heads // kvh
+        wide = 1 << (g - 1).bit_length()  # query heads a KV head, padded to a power of two
+        qq = F.pad(q.reshape(n, kvh, g, d), (0, 0, 0, wide - g)).reshape(n, kvh * wide, 1, d)
         k = kc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)  # position-major: views
         v = vc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)
         flex = self.compiled.get("flex", flex_attention)
-        out = flex(q.transpose(1, 2), k, v, block_mask=mask, scale=self.scaling, enable_gqa=True)
-        return out.transpose(1, 2).reshape(n, 1, -1)
+        out = flex(qq, k, v, block_mask=mask, scale=self.scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
+        return out.reshape(n, kvh, wide, d)[:, :, :g].reshape(n, 1, -1)
 
 
 def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
