@@ -55,7 +55,8 @@ EXPECTED = {
     "train/skipped_steps": 0.0,
 }
 # what each backend's own update reports (and only that differs between the two)
-LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "rollout/logprob_gap")
+LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "rollout/logprob_gap",
+              "rollout/decode_steps")  # the engine in this process counts them; verl's workers do not say
 VERL_ONLY = ("actor/", "time/old_log_prob", "time/ref_log_prob", "time/update_actor", "time/sync_weights")
 UNTIMED = ("time/", "throughput/", "system/")  # wall clock and process memory
 
