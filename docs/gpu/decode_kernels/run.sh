@@ -4,17 +4,13 @@
 #   tests    the GPU tests (pytest -m gpu)
 #   kernels  benchmarks/slot_forward.py: every variant, with its kernels by GPU time
 #   step     benchmarks/local_step.py, preset=gpu (needs /tmp/smollm2: scripts/device_prepare.sh)
-#   stepc    the same with trainer.rollout_compile=true (compiled decode in the engine's graphs)
+#   stepc    the same with trainer.rollout_compile=true (call6 ran it at f6fd96c: the compiled decode in
+#            the engine's graphs, reverted since; on main it is the older compiled path, dense rows)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/decode_kernels}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-run() {  # run NAME LIMIT COMMAND...
-  local name=$1 limit=$2; shift 2
-  echo "== $name ($(date +%T)): $*" | tee -a "$OUT/run.log"
-  PYTHONPATH=$PWD:/tmp/ov/site timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  local rc=$?; echo "   exit $rc" | tee -a "$OUT/run.log"; return $rc
-}
+source docs/gpu/run_part.sh  # run NAME LIMIT COMMAND...
 gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
 for what in "$@"; do
   case $what in

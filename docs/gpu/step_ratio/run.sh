@@ -11,12 +11,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/step_ratio}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-run() {  # run NAME LIMIT COMMAND...
-  local name=$1 limit=$2; shift 2
-  echo "== $name ($(date +%T)): $*" | tee -a "$OUT/run.log"
-  PYTHONPATH=$PWD:/tmp/ov/site timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
-  echo "   exit $?" | tee -a "$OUT/run.log"
-}
+source docs/gpu/run_part.sh  # run NAME LIMIT COMMAND...
 gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
 for what in "$@"; do
   case $what in
