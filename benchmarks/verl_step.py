@@ -18,6 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
+TARGET = 1.5  # issue 11: an ERL step at most 1.5x the compute-matched RLVR step
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
         "time/sync_weights", "rollout/sequences", "rollout/batches", "tokens/generated", "rows", "tokens/total",
         "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded", "rollout/decode_steps",
@@ -38,6 +39,8 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["ratio/step_time"] = out["erl"]["time/step"] / max(out["rlvr"]["time/step"], 1e-9)
     out["ratio/rollout_time"] = out["erl"]["time/rollout"] / max(out["rlvr"]["time/rollout"], 1e-9)
     out["ratio/update_time"] = out["erl"]["time/update"] / max(out["rlvr"]["time/update"], 1e-9)
+    # what ERL's step spends beyond TARGET x RLVR's, by phase: where the gap to issue 11's target lies
+    out["excess"] = {k: out["erl"][k] - TARGET * out["rlvr"][k] for k in ("time/step", "time/rollout", "time/update")}
     out["steps"], out["warmup"] = steps, warmup
     return out
 
@@ -50,6 +53,9 @@ def report(res: dict) -> str:
         lines.append(f"{k:34s} {res['erl'].get(k, 0.0):12.3f} {res['rlvr'].get(k, 0.0):12.3f}")
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
+    ex = res["excess"]
+    lines.append(f"ERL - {TARGET} x RLVR: step {ex['time/step']:+.3f} s (rollout {ex['time/rollout']:+.3f}, "
+                 f"update {ex['time/update']:+.3f})")
     return "\n".join(lines)
 
 

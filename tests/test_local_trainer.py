@@ -438,7 +438,10 @@ def test_step_benchmark_side_by_side(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["rlvr"]["rows"] == 2 * 4 and res["erl"]["rows"] > 8 and res["erl"]["time/reflection"] > 0
     assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
+    for k in ("time/step", "time/rollout", "time/update"):  # ERL's time beyond 1.5x RLVR's, by phase
+        assert res["excess"][k] == pytest.approx(res["erl"][k] - 1.5 * res["rlvr"][k])
     text = capsys.readouterr().out
+    assert f"ERL - 1.5 x RLVR: step {res['excess']['time/step']:+.3f} s" in text
     assert "ERL / RLVR step time" in text and "old_log_prob" not in text and "RLVR 4 first attempts a task" in text
 
 
