@@ -10,71 +10,38 @@ and grid in its reflection) copies their KV from that slot (erl.rollout.prefix).
 The sampled token's log-prob comes from that step's logits (under logits / temperature, as
 HFPolicy), so no full-vocabulary logits are kept. Shapes are bucketed (rows to powers of
 two, key length to `key_bucket`; erl.rollout.layout) so that a decode step's CUDA graph
-(erl.rollout.graphs) or compiled graph is reused.
+(erl.rollout.graphs) or compiled graph is reused. This module holds the queue, the loop and the
+out-of-memory policy; what an admission does is erl.rollout.admission, what a decode step does
+erl.rollout.decoding.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
+from erl.rollout.admission import Admission
 from erl.rollout.batching import settle
-from erl.rollout.compiling import compiled, graph_count
-from erl.rollout.device import to_device
+from erl.rollout.compiling import compiled
+from erl.rollout.decoding import Decoding, Request, Sampled
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
-from erl.rollout.layout import (
-    decode_rows,
-    packed_prefill_inputs,
-    prefill_chunks,
-    prefill_inputs,
-    round_up,
-    row_bucket,
-)
-from erl.rollout.prefix import PrefixScan, pick_slot, plan_sharing
-from erl.rollout.sampling import check_request, sample
+from erl.rollout.sampling import check_request
 from erl.rollout.versions import WeightsVersion
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class _Request:
-    prompt: list[int]
-    params: SamplingParams
-    future: asyncio.Future | None = None
-    out: list[int] = field(default_factory=list)
-    logps: list[float] = field(default_factory=list)
-    result: Generation | None = None
-    waited: int = 0  # decode steps spent in the queue
-
-
-class _Sampled(NamedTuple):
-    """One token per slot, on its way to the host (`done`: arrived; None on CPU), and on the device.
-    `reqs`: the request each slot held when its token was drawn; a token reaches only that request,
-    and only while it holds the slot (a pipelined step draws spare tokens for sequences that ended
-    in the step before; a shrink or a failure empties the slots before the step in flight is
-    delivered, and the restarted sequences are admitted after it)."""
-    slots: list[int]
-    tokens: torch.Tensor
-    logps: torch.Tensor
-    done: Any
-    on_device: torch.Tensor
-    reqs: list
-
-
-class RolloutEngine:
+class RolloutEngine(Admission, Decoding):
     """`slots`: most sequences decoded at once (the KV cache grows to it on demand);
     `max_len`: the context limit (prompt + generated); `compile`: torch.compile the decode
     step (CUDA only: off by default until measured there); `prefill_budget`: padded tokens
@@ -130,9 +97,9 @@ class RolloutEngine:
         # ... and so a second prefill wave (sequences that copy KV from one prefilled in the same
         # admission) must save about a forward's worth of tokens (erl.rollout.prefix.plan_sharing)
         self.min_wave = self.prefill_budget if self.device.type == "cuda" else 0
-        self.active: dict[int, _Request] = {}
-        self.waiting: deque[_Request] = deque()
-        self._firsts: list[_Sampled] = []  # what a step's prefills sample: first tokens, delivered with its decode's
+        self.active: dict[int, Request] = {}
+        self.waiting: deque[Request] = deque()
+        self._firsts: list[Sampled] = []  # what a step's prefills sample: first tokens, delivered with its decode's
         self._worker: asyncio.Task | None = None
         try:
             self._decode = compiled(self.net.forward, compile, eager_casts) if self.compile else self.net.forward
@@ -222,8 +189,8 @@ class RolloutEngine:
         self.held = [0] * self.n_slots
 
     # ---- requests --------------------------------------------------------------------
-    def _request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
-        return _Request(check_request(prompt_ids, params, self.max_len), params)
+    def _request(self, prompt_ids: list[int], params: SamplingParams) -> Request:
+        return Request(check_request(prompt_ids, params, self.max_len), params)
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> Generation:
         req = self._request(prompt_ids, params)
@@ -368,222 +335,3 @@ class RolloutEngine:
             torch.cuda.empty_cache()
         return True
 
-    def _cache_dtype(self) -> torch.dtype:
-        kind = self.device.type
-        if torch.is_autocast_enabled(kind):
-            return torch.get_autocast_dtype(kind)
-        return self.net.inner.embed_tokens.weight.dtype
-
-    def _ensure(self, slots: int, need: int) -> None:
-        """Grow the cache to `slots` rows and > `need` positions (the last one is scratch)."""
-        dtype = self._cache_dtype()
-        cap = self.net.capacity
-        same = bool(self.net.k) and self.net.k[0].dtype == dtype
-        if same and slots <= self.n_slots and need < cap:
-            return
-        linear = self.net.layers[0].self_attn.q_proj.weight.dtype
-        if not torch.is_autocast_enabled(self.device.type) and linear != dtype:  # merged.cast_linears
-            raise RuntimeError(f"RolloutEngine: the model's linear weights are {linear} and its embedding {dtype}: "
-                               f"run it under torch.autocast(dtype={linear})")
-        if not same:  # a new precision: the held KV is of no use
-            self.forget()
-        slots = max(slots, self.n_slots)
-        cap = min(max(round_up(need + 1, self.key_bucket), 2 * cap if need >= cap else cap),
-                  round_up(self.max_len + 1, self.key_bucket))
-        self.net.allocate(slots, cap, dtype, self.device)
-        tok = np.full((slots, cap), -1, dtype=np.int64)
-        tok[:self.tok.shape[0], :self.tok.shape[1]] = self.tok[:, :cap]
-        self.tok = tok
-        self.held += [0] * (slots - self.n_slots)
-        self.used += [0] * (slots - self.n_slots)
-        self.n_slots = slots
-
-    def _match(self, prompt: list[int], scan: PrefixScan | None, free_at: np.ndarray, taken: np.ndarray,
-               used: np.ndarray) -> tuple[int, int]:
-        """(index among the admission's free slots, reused tokens): the untaken slot whose kept
-        tokens share the longest prefix with the prompt, least recently used among equals. At
-        least one token is prefilled."""
-        lengths = scan.lengths(prompt)[free_at] if scan is not None else np.zeros(len(taken), dtype=np.int64)
-        i = pick_slot(lengths, used, taken)
-        return i, int(lengths[i])
-
-    def _admit(self) -> None:
-        if self.refresh is not None:
-            self.refresh()
-        version = self._weights_version()
-        if version != self._version:  # held KV came from other weights: never reuse it
-            self.forget()
-            self._version = version
-        free = [s for s in range(self.n_slots) if s not in self.active]
-        want = min(len(self.waiting), self.max_slots - len(self.active))
-        if len(free) < want:
-            grow = row_bucket(len(self.active) + want, self.max_slots)
-            self._ensure(grow, self.net.capacity - 1 if self.net.capacity else 0)
-            free = [s for s in range(self.n_slots) if s not in self.active]
-        admitted = []
-        free_at = np.asarray(free, dtype=np.int64)
-        taken = np.zeros(len(free), dtype=bool)
-        used = np.asarray(self.used, dtype=np.int64)[free_at]
-        # one scan of every slot serves the slot choice (free slots) and the lending plan (the rest)
-        scan = PrefixScan(self.tok, self.held, np.arange(self.n_slots)) if self.prefix_reuse else None
-        count = min(want, len(free))
-        if scan is not None:
-            scan.scan([r.prompt for r in itertools.islice(self.waiting, count)])
-        for _ in range(count):
-            req = self.waiting.popleft()
-            i, reuse = self._match(req.prompt, scan, free_at, taken, used)
-            taken[i] = True
-            slot = int(free_at[i])
-            self.active[slot] = req
-            admitted.append((slot, reuse, req))
-        self._ensure(self.n_slots, max(len(r.prompt) for _, _, r in admitted))
-        if not (self.prefix_reuse and self.lend):
-            self._prefill_all(admitted)
-        else:  # KV lent by other slots; those lent by this round's sequences after their prefill
-            plan = plan_sharing(self.tok, self.held, [(s, u, r.prompt) for s, u, r in admitted], self.min_wave, scan)
-            waves: tuple[list, list] = ([], [])
-            for (slot, _, req), reuse, lender, second in zip(admitted, plan.reuse, plan.lender, plan.second):
-                waves[second].append((slot, reuse, req, lender))
-            for wave in waves:
-                lent = [(lender, slot, reuse) for slot, reuse, _, lender in wave if lender >= 0]
-                if lent:
-                    self.net.copy_prefix(*zip(*lent))
-                    self.stats["shared_tokens"] += sum(n for _, _, n in lent)
-                self._prefill_all([(slot, reuse, req) for slot, reuse, req, _ in wave])
-        self.stats["batches"] += 1
-
-    def _prefill_all(self, admitted: list) -> None:
-        for chunk in prefill_chunks([(s, u, r.prompt) for s, u, r in admitted], self.prefill_budget,
-                                    self.packed_prefill):
-            self._prefill(chunk)
-
-    def _prefill(self, chunk: list) -> None:
-        """One forward over a chunk of (slot, reused tokens, prompt) admitted to their slots."""
-        start = time.perf_counter()
-        packed = None
-        if self.packed_prefill:
-            groups = self.net.heads // self.net.kv_heads
-            *inputs, packed = packed_prefill_inputs(chunk, self.net.capacity, self.net.k[0].shape[2], groups)
-            packed = (*(to_device(t, self.device, torch.int32) for t in packed[:3]), packed[3])
-        else:
-            inputs = prefill_inputs(chunk, self.pad_id, self.net.capacity, self.key_bucket)
-        self.stats["prefill_padded_tokens"] += inputs[0].numel()
-        with torch.profiler.record_function("engine.prefill"):  # the GPU time of prefills in a profile
-            logits = self.net.forward(*(to_device(t, self.device) if torch.is_tensor(t) else t for t in inputs),
-                                      **({"packed": packed} if packed is not None else {}))
-        for s, u, prompt in chunk:
-            self.tok[s] = -1
-            self.tok[s, :len(prompt)] = prompt
-            self.held[s] = len(prompt)
-            self.stats["prefill_tokens"] += len(prompt) - u
-            self.stats["reused_tokens"] += u
-        # Not waited for: the step's decode reads these tokens on the device, and the host delivers
-        # them with the decode's (finish), so it runs the episodes' code while the GPU prefills.
-        self._firsts.append(self._sampled([s for s, _, _ in chunk], logits))
-        self.stats["prefill_forwards"] += 1
-        self.stats["prefill_seconds"] += time.perf_counter() - start
-
-    def _decode_step(self, prev: tuple | None = None) -> _Sampled:
-        start = time.perf_counter()
-        slots = sorted(self.active)
-        dev = self.device
-        # Input tokens still on the device, by slot: those `prev` drew (pipelined: not yet delivered,
-        # so this step writes one position further on) and those this step's prefills drew.
-        sources = ([prev[1]] if prev is not None else []) + self._firsts
-        where: dict[int, int] = {}  # slot -> index of its input token among the sources' tokens
-        at = 0
-        for sampled in sources:
-            where.update((s, at + j) for j, (s, r) in enumerate(zip(sampled.slots, sampled.reqs))
-                         if self.active.get(s) is r)
-            at += len(sampled.slots)
-        drawn_before = len(prev[1].slots) if prev is not None else 0
-        ahead = {s for s, j in where.items() if j < drawn_before}
-        need = max(self.held[s] + (s in ahead) for s in slots)  # the furthest position a slot writes now
-        self._ensure(self.n_slots, need + 1)
-        cap = self.net.capacity
-        rows, full = decode_rows(slots, self.n_slots, self.span_ratio)
-        b = len(rows)
-        ids = [self.pad_id] * b
-        pos = [cap - 1] * b  # idle rows write to the scratch column
-        on_device: list[int] = []  # rows whose input token is among the sources'
-        for i, s in enumerate(rows):
-            req = self.active.get(s)
-            if req is not None:
-                pos[i] = min(self.held[s] + (s in ahead), cap - 1)  # a spare row may reach the scratch column
-                if s in where:
-                    on_device.append(i)
-                else:
-                    ids[i] = req.out[-1]
-        keys = min(round_up(need + 1, self.key_bucket), cap)
-        self._shapes.add((b, keys, cap))
-        self.stats["decode_shapes"] = len(self._shapes)
-        graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
-        if self.compile:
-            torch.compiler.cudagraph_mark_step_begin()
-        # every input, the gather index too, goes up before the forward is queued: a pageable copy
-        # after it would wait for the forward (to_device avoids the wait anyway)
-        index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
-        pos_t = to_device(pos, dev)[:, None]
-        ids_t = to_device(ids, dev)
-        if on_device:  # moved from where they were drawn to here without the host
-            drawn = torch.cat([sampled.on_device for sampled in sources])
-            ids_t[to_device(on_device, dev)] = drawn[to_device([where[rows[i]] for i in on_device], dev)]
-        args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
-                keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
-        with torch.profiler.record_function("engine.decode"):  # the GPU time of decode steps in a profile
-            if self.graphs is not None:
-                recorded = self.graphs.captured
-                logits = self.graphs(self.net.k[0], *args)
-                self.stats["graphs_recorded"] += self.graphs.captured - recorded
-            else:
-                logits = self._decode(*args)
-        if self.compile:
-            self.stats["recompiles"] += graph_count() - graphs
-        pending = self._sampled(slots, logits[index])
-        self.stats["decode_steps"] += 1
-        self.stats["decode_seconds"] += time.perf_counter() - start
-        return pending
-
-    # ---- sampling --------------------------------------------------------------------
-    def _sampled(self, slots: list[int], logits: torch.Tensor) -> _Sampled:
-        """One token per slot sampled from its logits [n, vocab], and its log-prob."""
-        reqs = [self.active[s] for s in slots]
-        tokens, logps = sample(logits, [r.params for r in reqs])
-        if logits.device.type != "cuda":
-            return _Sampled(slots, tokens, logps, None, tokens, reqs)
-        done = torch.cuda.Event()  # copies into pinned memory: the host waits on this, not the stream
-        on_host, logps = tokens.to("cpu", non_blocking=True), logps.to("cpu", non_blocking=True)
-        done.record()
-        return _Sampled(slots, on_host, logps, done, tokens, reqs)
-
-    def _deliver(self, sampled: _Sampled, decoded: bool = False) -> None:
-        """Append each slot's sampled token; finish the sequences that end. `decoded`: a decode
-        step's tokens, whose forward wrote the KV of each slot's previous token. A sequence that
-        ended on its first token (delivered just before) decoded one spare row: it is skipped."""
-        if sampled.done is not None:
-            start = time.perf_counter()
-            sampled.done.synchronize()
-            self.stats["gpu_wait_seconds"] += time.perf_counter() - start
-        for s, drew, t, lp in zip(sampled.slots, sampled.reqs, sampled.tokens.tolist(), sampled.logps.tolist()):
-            req = self.active.get(s)
-            if req is not drew:  # ended (a spare row) or another's since
-                continue
-            if decoded:
-                self.tok[s, self.held[s]] = req.out[-1]
-                self.held[s] += 1
-            req.out.append(t)
-            req.logps.append(lp)
-            room = len(req.prompt) + len(req.out) >= self.max_len
-            if t in self._stops or len(req.out) >= req.params.max_new_tokens or room:
-                self._finish(s, req, "stop" if t in self._stops else "length")
-
-    def _finish(self, slot: int, req: _Request, reason: str) -> None:
-        del self.active[slot]
-        self.clock += 1
-        self.used[slot] = self.clock
-        text = self.tokenizer.decode(req.out, skip_special_tokens=True)
-        req.result = Generation(token_ids=req.out, logprobs=req.logps, text=text, finish_reason=reason)
-        self.stats["generated_tokens"] += len(req.out)
-        self.stats["sequences"] += 1
-        if req.future is not None and not req.future.done():
-            req.future.set_result(req.result)
