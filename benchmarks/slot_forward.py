@@ -1,7 +1,10 @@
 """One decode step (a recorded CUDA graph) and one eager prefill of the engine's slot forward
-(erl.rollout.kv.SlotModel), side by side: with dense masked decode attention and with varlen
-decode attention (the engine's default on CUDA). Kernels a forward, the host's time to launch, the GPU's time, and the logits' distance
-from a float32 forward.
+(erl.rollout.kv.SlotModel), side by side: with dense masked decode attention, with varlen
+decode attention (the engine's default on CUDA), and with candidates for it (FlashAttention-2,
+FlexAttention, the forward compiled). Kernels a forward and the costliest of them, the host's
+time to launch, the GPU's time, and the logits' distance from a float32 forward.
+
+    python benchmarks/slot_forward.py --variants "varlen decode,flex varlen"   # some of VARIANTS
 
     python benchmarks/slot_forward.py                  # random SmolLM2-135M, bf16 autocast, CUDA
     python benchmarks/slot_forward.py --device cpu --rows 16 --prefill-rows 2
@@ -192,6 +195,9 @@ def main(argv=None) -> None:
     ap.add_argument("--top", type=int, default=15, help="kernels listed by GPU time for each variant (CUDA)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
     args = ap.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     import copy
 
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -271,6 +277,8 @@ def main(argv=None) -> None:
                   f"| prefill: host {row['prefill host']:.1f} ms to queue, {row['prefill wall']:.1f} ms done", flush=True)
             for kernel, calls, ms in table:
                 print(f"      {ms:7.3f} ms {calls:5d} x {kernel}")
+    if not results:
+        return
     first, a = next(iter(results.items()))
     for name, b in list(results.items())[1:]:
         print(f"ratios {first} / {name}: kernels {a['kernels'] / b['kernels']:.2f}, decode GPU "
