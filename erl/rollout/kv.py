@@ -134,12 +134,11 @@ class SlotModel:
             q, k = attn.q_norm(q), attn.k_norm(k)
         kc, vc = self.k[idx], self.v[idx]
         q, k = self.rope(q, k, *cos_sin, kc.dtype)
+        at = slot.view(write.shape[0], -1)  # [n, 1] against write [n, T]; packed: [1, N] against [1, N]
+        kc[at, :, write] = k
+        vc[at, :, write] = v.to(vc.dtype)
         if packed is not None:
-            kc[slot, :, write[0]] = k[0]
-            vc[slot, :, write[0]] = v[0].to(vc.dtype)
             return attn.o_proj(self._attend_packed(q, kc, vc, keys, *packed))
-        kc[slot[:, None], :, write] = k
-        vc[slot[:, None], :, write] = v.to(vc.dtype)
         if varlen is not None:
             return attn.o_proj(self._attend_varlen(q, kc, vc, keys, *varlen))
         if rows is None:  # the first n slots: a view, no copy
@@ -162,11 +161,21 @@ class SlotModel:
         n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
         g = self.heads // kvh
         qq = q.reshape(n, kvh, g, d).transpose(1, 2).reshape(1, n * g, kvh, d)
+        out = self._varlen_kernel(qq, kc, vc, cu_q, cu_k, g, keys, lengths, causal=False)
+        return out.view(n, g, kvh, d).transpose(1, 2).reshape(n, 1, -1)
+
+    def _varlen_kernel(self, qq: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, cu_q: torch.Tensor,
+                       cu_k: torch.Tensor, max_q: int, max_k: int, lengths: torch.Tensor, causal: bool) -> torch.Tensor:
+        """The memory-efficient kernel in variable-length mode over the cache taken as one
+        [slots x capacity] token axis: query sequence i is qq's rows cu_q[i]:cu_q[i + 1], its keys
+        the lengths[i] positions from cu_k[i]; `causal`: aligned from the bottom right (a prefill's
+        new tokens after the KV held before them)."""
+        kvh, d = self.kv_heads, self.head_dim
         k = kc.transpose(1, 2).reshape(1, -1, kvh, d)  # position-major storage: a view
         v = vc.transpose(1, 2).reshape(1, -1, kvh, d)
-        out = torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, g, keys, 0.0, 0, False,
-                                                         scale=self.scaling, seqlen_k=lengths)[0]
-        return out.view(n, g, kvh, d).transpose(1, 2).reshape(n, 1, -1)
+        return torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, max_q, max_k, 0.0,
+                                                           2 if causal else 0, False, scale=self.scaling,
+                                                           seqlen_k=lengths)[0]
 
     def _attend_packed(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
                        cu_k: torch.Tensor, lengths: torch.Tensor, longest: int) -> torch.Tensor:
@@ -180,10 +189,7 @@ class SlotModel:
         n, kvh, d = q.shape[1], self.kv_heads, self.head_dim
         g = self.heads // kvh
         qq = q[0].reshape(n, kvh, g, d).permute(2, 0, 1, 3).reshape(1, g * n, kvh, d)
-        k = kc.transpose(1, 2).reshape(1, -1, kvh, d)  # position-major storage: a view
-        v = vc.transpose(1, 2).reshape(1, -1, kvh, d)
-        out = torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, longest, keys, 0.0, 2, False,
-                                                         scale=self.scaling, seqlen_k=lengths)[0]
+        out = self._varlen_kernel(qq, kc, vc, cu_q, cu_k, longest, keys, lengths, causal=True)
         return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)
 
     def _varlen_inputs(self, slot: torch.Tensor, pos: torch.Tensor, keys: int) -> tuple:
