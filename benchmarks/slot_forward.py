@@ -98,12 +98,16 @@ class FlashSlotModel(SlotModel):
     grouped query heads natively, each row one query token over its slot's positions
     (seqused_k). A candidate, measured here before the engine takes it."""
 
+    def _varlen_inputs(self, slot, pos, keys):
+        _, cu_k, lengths = super()._varlen_inputs(slot, pos, keys)
+        rows = torch.arange(slot.shape[0] + 1, dtype=torch.int32, device=slot.device)  # one query row each
+        return rows, cu_k, lengths
+
     def _attend_varlen(self, q, kc, vc, keys, cu_q, cu_k, lengths):
         n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
-        rows = torch.arange(n + 1, dtype=torch.int32, device=q.device)
         k = kc.transpose(1, 2).reshape(-1, kvh, d)  # position-major storage: a view
         v = vc.transpose(1, 2).reshape(-1, kvh, d)
-        out = torch.ops.aten._flash_attention_forward(q.reshape(n, self.heads, d), k, v, rows, cu_k, 1, keys, 0.0,
+        out = torch.ops.aten._flash_attention_forward(q.reshape(n, self.heads, d), k, v, cu_q, cu_k, 1, keys, 0.0,
                                                       False, False, scale=self.scaling, seqused_k=lengths)[0]
         return out.reshape(n, 1, -1)
 
@@ -124,8 +128,7 @@ class FlexSlotModel(SlotModel):
         from torch.nn.attention.flex_attention import BlockMask
 
         cap, b = self.k[0].shape[2], self.BLOCK
-        p = pos[:, 0]
-        length = torch.where(p < keys, p + 1, 1)
+        length = super()._varlen_inputs(slot, pos, keys)[2]  # the positions each row reads
         base = slot * cap
         first = (base // b).to(torch.int32)
         full = (length // b).to(torch.int32)
