@@ -1,9 +1,17 @@
-# Sourced by the per-session device scripts (docs/gpu/*/run.sh): run NAME LIMIT COMMAND... runs the
-# command from the repository root with the overlay on PYTHONPATH, its output into $OUT/NAME.txt,
-# a line each before and after it in $OUT/run.log; returns the command's exit status.
+# Sourced by the per-session device scripts (docs/gpu/*/run.sh) from the repository root, with OUT
+# set. Makes $OUT and defines: gpu, the local trainer's GPU preset on the converted model;
+# run NAME LIMIT COMMAND..., the command with the overlay on PYTHONPATH, its output into
+# $OUT/NAME.txt, a line before and after it in $OUT/run.log, its exit status returned; gpu_tests.
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
 run() {
   local name=$1 limit=$2; shift 2
   echo "== $name ($(date +%T)): $*" | tee -a "$OUT/run.log"
   PYTHONPATH=$PWD:/tmp/ov/site timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
   local rc=$?; echo "   exit $rc" | tee -a "$OUT/run.log"; return $rc
+}
+# the GPU tests of the rollout engine and its CUDA graphs, into $OUT/gpu_tests.txt
+gpu_tests() {
+  run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py
 }

@@ -8,14 +8,11 @@
 #            the engine's graphs, reverted since; on main it is the older compiled path, dense rows)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
-OUT=${OUT:-outputs/decode_kernels}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-source docs/gpu/run_part.sh  # run NAME LIMIT COMMAND...
-gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
+OUT=${OUT:-outputs/decode_kernels}
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
 for what in "$@"; do
   case $what in
-    tests) run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py \
-             tests/test_rollout_graphs.py || { echo "GPU tests failed: the rest is not run" | tee -a "$OUT/run.log"; exit 1; } ;;
+    tests) gpu_tests || { echo "GPU tests failed: the rest is not run" | tee -a "$OUT/run.log"; exit 1; } ;;
     kernels) run slot_forward 300 python3 benchmarks/slot_forward.py ${VARIANTS:+--variants "$VARIANTS"} ;;
     step) run step 240 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
     stepc) run step_compiled 420 python3 benchmarks/local_step.py "${gpu[@]}" --set trainer.rollout_compile=true \

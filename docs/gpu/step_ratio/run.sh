@@ -9,13 +9,11 @@
 #   other parts (head, base, workload_*) go to ../prefill_overlap/run.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
-OUT=${OUT:-outputs/step_ratio}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-source docs/gpu/run_part.sh  # run NAME LIMIT COMMAND...
-gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
+OUT=${OUT:-outputs/step_ratio}
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
 for what in "$@"; do
   case $what in
-    tests) run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py ;;
+    tests) gpu_tests ;;
     update) run update_batches 240 python3 benchmarks/update_batches.py "${gpu[@]}" --micro 1024:65536 1024:131072 1024:32768 \
               --repeats 2 --profile-collect 45 ;;
     ceiling) run ceiling 240 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine --ceiling ;;
