@@ -4,6 +4,11 @@
 # $OUT/NAME.txt, a line before and after it in $OUT/run.log, its exit status returned; gpu_tests.
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+# scripts/device_prepare.sh turns the tokenizer's threads off (for verl's Ray workers); a user's
+# erl-train leaves them on, and an ERL collect encodes ~1,000 new prompts (its reflections and
+# second attempts) in batches across them: on one thread that was 0.32 s of an ERL collect
+# against 0.05 s of RLVR's (docs/gpu/host_split/call2)
+export TOKENIZERS_PARALLELISM=true
 gpu=(--set preset=gpu --set model.path=/tmp/smollm2)
 run() {
   local name=$1 limit=$2; shift 2
