@@ -204,7 +204,8 @@ def erl_workload(args) -> None:
         eager = kind == "engine-eager"  # the engine without CUDA graphs
         policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own or eager else kind,
                               max_batch_size=tc.gen_batch_size, compile=mode or False,
-                              cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own)
+                              cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own,
+                              decode_attention=tc.rollout_decode_attention)
         for opt in opts:
             key, _, value = opt.partition("=")
             if not hasattr(policy, key):

@@ -23,10 +23,8 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from erl.rollout.kv import SlotModel
@@ -112,54 +110,6 @@ class FlashSlotModel(SlotModel):
         return out.reshape(n, 1, -1)
 
 
-class FlexSlotModel(SlotModel):
-    """Varlen decode attention in FlexAttention's decoding kernel (compiled; it packs a KV head's
-    query heads into one tile and splits the keys across blocks), over the cache as one paged
-    sequence: row i reads the blocks of its slot (kv_indices) up to its length (mask_mod).
-    Inductor takes the decoding kernel only for a power-of-two number of query heads a KV head
-    (torch/_inductor/kernel/flex/flex_decoding.py, `_use_flex_decoding`): SmolLM2's 3 are padded
-    with zero queries to 4, whose outputs are dropped (without the padding, call8 ran the general
-    kernel, 2.5x slower than the memory-efficient one). A candidate, measured here first."""
-
-    BLOCK = 128
-    compiled: ClassVar[dict[str, Any]] = {}  # "flex": flex_attention compiled (CUDA); eager flex otherwise
-
-    def _varlen_inputs(self, slot, pos, keys):
-        from torch.nn.attention.flex_attention import BlockMask
-
-        cap, b = self.k[0].shape[2], self.BLOCK
-        length = super()._varlen_inputs(slot, pos, keys)[2]  # the positions each row reads
-        base = slot * cap
-        first = (base // b).to(torch.int32)
-        full = (length // b).to(torch.int32)
-        total = self.k[0].shape[0] * cap // b
-        j = torch.arange(total, dtype=torch.int32, device=slot.device)  # BlockMask: a column per KV block
-        full_idx = (first[:, None] + j).clamp(max=total - 1)
-        part_idx = (first[:, None] + full[:, None] + j).clamp(max=total - 1)
-        part = (length % b > 0).to(torch.int32)
-
-        def mask_mod(bi, h, q_idx, kv_idx):
-            return kv_idx < base[bi] + length[bi]
-
-        return (BlockMask.from_kv_blocks(part[:, None, None], part_idx[:, None, None], full[:, None, None],
-                                         full_idx[:, None, None], BLOCK_SIZE=(b, b), mask_mod=mask_mod,
-                                         seq_lengths=(1, total * b), compute_q_blocks=False),)
-
-    def _attend_varlen(self, q, kc, vc, keys, mask):
-        from torch.nn.attention.flex_attention import flex_attention
-
-        n, d = q.shape[0], self.head_dim
-        slots, kvh, cap = kc.shape[0], kc.shape[1], kc.shape[2]
-        g = self.heads // kvh
-        wide = 1 << (g - 1).bit_length()  # query heads a KV head, padded to a power of two
-        qq = F.pad(q.reshape(n, kvh, g, d), (0, 0, 0, wide - g)).reshape(n, kvh * wide, 1, d)
-        k = kc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)  # position-major: views
-        v = vc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)
-        flex = self.compiled.get("flex", flex_attention)
-        out = flex(qq, k, v, block_mask=mask, scale=self.scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
-        return out.reshape(n, kvh, wide, d)[:, :, :g].reshape(n, 1, -1)
-
-
 def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
     """(CUDA kernels one call of fn launches, the `top` kernels by GPU time: name, calls, ms)."""
     from torch.profiler import ProfilerActivity, profile
@@ -224,13 +174,9 @@ def main(argv=None) -> None:
             flags = VARIANTS[name]
             if flags.get("varlen") and device.type != "cuda":
                 continue
-            kind = FlashSlotModel if flags.get("flash") else FlexSlotModel if flags.get("flex") else SlotModel
-            net = kind(model)
-            if flags.get("flex") and device.type == "cuda" and not FlexSlotModel.compiled:
-                from torch.nn.attention.flex_attention import flex_attention
-
-                FlexSlotModel.compiled["flex"] = torch.compile(flex_attention, dynamic=False)
+            net = (FlashSlotModel if flags.get("flash") else SlotModel)(model)
             net.varlen = flags["varlen"]
+            net.decode_attention = "flex" if flags.get("flex") else "efficient"  # erl.rollout.flex
             net.allocate(args.slots, args.capacity, torch.bfloat16, device)
             forward = net.forward
             try:

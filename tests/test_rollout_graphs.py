@@ -88,6 +88,29 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     assert engine.graphs.cache is cache  # the longer prompt's capacity still fits: the same tensors
 
 
+def test_warm_graphs_run_every_new_shape_eagerly_before_recording_it(monkeypatch):
+    """A compiled forward compiles for a shape at its first call, which no capture may hold: warm
+    graphs run each new shape's forward outside the recording (that step's result), then record
+    it, and replay it from the next step on. The tokens and log-probs are still eager's."""
+    def two_batches(engine):  # 12 rows, then 3: two shapes
+        return sampled(engine) + sampled(engine, n=3, tokens=5)
+
+    eager = two_batches(RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    calls = []
+    forward = engine.graphs.forward
+    engine.graphs.forward = lambda *args: calls.append(args[0].shape[0]) or forward(*args)
+    engine.graphs.warm = True
+    got = two_batches(engine)
+    assert [g.token_ids for g in got] == [g.token_ids for g in eager]
+    assert [g.logprobs for g in got] == [g.logprobs for g in eager]
+    st = engine.stats
+    shapes = st["decode_shapes"]
+    assert shapes == 2 and st["graphs_recorded"] == shapes
+    # each new shape: one eager run and one recording (a call each); each later step: a replay
+    assert len(calls) == 2 * shapes and FakeGraph.replays == st["decode_steps"] - shapes
+
+
 def test_a_weight_written_in_place_reaches_the_next_replay(monkeypatch):
     """Graphs read the weights where they live: after an in-place update (optimizer step, LoRA
     re-merge, weight sync) a replayed step agrees with a teacher-forced pass of the new weights."""

@@ -33,6 +33,7 @@ from erl.rollout.admission import Admission
 from erl.rollout.batching import settle
 from erl.rollout.compiling import compiled
 from erl.rollout.decoding import Decoding, Request, Sampled
+from erl.rollout.flex import BLOCK as FLEX_BLOCK
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
 from erl.rollout.sampling import check_request
@@ -58,13 +59,14 @@ class RolloutEngine(Admission, Decoding):
     before run their host code (templates, env steps), so their new requests join one step later;
     `pipeline` (default: with overlap): a decode step is queued before the step before it is
     delivered, its input tokens taken on the device, so the GPU decodes while the host delivers and
-    runs the episodes (a sequence that ended decodes one spare row, dropped)."""
+    runs the episodes (a sequence that ended decodes one spare row, dropped); `decode_attention`:
+    "efficient" or "flex", the kernel of varlen decode attention (the property says more)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
                  eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
-                 pipeline: bool | None = None):
+                 pipeline: bool | None = None, decode_attention: str = "efficient"):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -122,6 +124,7 @@ class RolloutEngine(Admission, Decoding):
         # (docs/gpu/host_planning/call8); once decode steps are pipelined the GPU's time is the step's.
         # The setter also sets span_ratio (erl.rollout.layout.decode_rows).
         self.varlen_decode = self.device.type == "cuda" and not self.compile
+        self.decode_attention = decode_attention
 
     @property
     def varlen_decode(self) -> bool:
@@ -134,9 +137,34 @@ class RolloutEngine(Admission, Decoding):
     def varlen_decode(self, on: bool) -> None:
         if self.active:
             raise RuntimeError("RolloutEngine.varlen_decode set with sequences decoding")
+        if not on and self.net.decode_attention != "efficient":
+            self.decode_attention = "efficient"  # flex reads the position-major cache of varlen
         self.net.varlen = bool(on)
         self.span_ratio = 0 if on else (2 if self.device.type == "cuda" else 1)
         self._packed_prefill = self.net.varlen and self.device.type == "cuda"
+
+    @property
+    def decode_attention(self) -> str:
+        """The kernel of varlen decode attention: "efficient" (the memory-efficient kernel's
+        variable-length mode) or "flex" (FlexAttention's decoding kernel, compiled once for each
+        decode shape outside the CUDA graph captures: erl.rollout.flex)."""
+        return self.net.decode_attention
+
+    @decode_attention.setter
+    def decode_attention(self, kind: str) -> None:
+        if kind not in ("efficient", "flex"):
+            raise ValueError(f"RolloutEngine.decode_attention must be 'efficient' or 'flex', got {kind!r}")
+        if kind == "flex" and not self.net.varlen:
+            raise ValueError("RolloutEngine.decode_attention='flex' needs varlen_decode (on by default on CUDA, "
+                             "without compile)")
+        if kind == "flex" and self.key_bucket % FLEX_BLOCK:
+            raise ValueError(f"RolloutEngine.decode_attention='flex' needs key_bucket to be a multiple of "
+                             f"{FLEX_BLOCK}, got {self.key_bucket}")
+        if self.active:
+            raise RuntimeError("RolloutEngine.decode_attention set with sequences decoding")
+        self.net.decode_attention = kind
+        if self.graphs is not None:  # a compiled kernel compiles at a shape's first call: never inside a capture
+            self.graphs.warm = kind == "flex"
 
     @property
     def packed_prefill(self) -> bool:

@@ -62,10 +62,12 @@ class DecodeGraphs:
     length, slots in place or gathered) is met, and replayed, that time too. Recording
     runs no kernel, so the replay writes the KV once. The first shape of a cache runs eagerly
     before its recording: libraries that initialise lazily (cuBLAS handles and workspaces) must
-    not do so inside a capture."""
+    not do so inside a capture. `warm`: every new shape does (a torch.compile'd forward compiles
+    for a shape at its first call, which a capture cannot hold); the eager run writes the same KV
+    at the same positions as the replays after it, so running it as well changes nothing."""
 
-    def __init__(self, forward: Callable[..., torch.Tensor]):
-        self.forward = forward
+    def __init__(self, forward: Callable[..., torch.Tensor], warm: bool = False):
+        self.forward, self.warm = forward, warm
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, list, torch.Tensor]] = {}
         self.cache: Any = None  # the cache tensor the graphs were recorded against
         self.pool: Any = None
@@ -91,40 +93,51 @@ class DecodeGraphs:
             for dst, src in zip(entry[1], (ids, pos, rows, write, last)):
                 if dst is not None:
                     dst.copy_(src)
-        elif self.enabled and not self.graphs:  # the cache's first shape: this step's result, then the recording
-            out = self.forward(*args)
-            self._record(key, *args)
-            return out
-        elif self.enabled:
-            entry = self._record(key, *args)  # None: the recording failed (and said so)
+        elif self.enabled:  # a new shape; the cache's first (and with `warm`, each) also runs eagerly
+            first = self.warm or not self.graphs
+            entry, out = self._record(key, args, run=first)
+            if out is not None:  # this step's result: the recording ran no kernel
+                return out
         if entry is None:
             return self.forward(*args)
         entry[0].replay()
         return entry[2]
 
-    def _record(self, key: tuple, *args) -> tuple | None:
-        """A graph of the forward on copies of `args` (its inputs from then on), or None."""
+    @staticmethod
+    def _autocast(dev: str):
+        # autocast's weight-cast cache would hand the recording a cast made before it (stale
+        # after the next optimizer step): the recorded forward casts the weights itself
+        return torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
+                              cache_enabled=False)
+
+    def _record(self, key: tuple, args: tuple, run: bool) -> tuple[tuple | None, torch.Tensor | None]:
+        """(A graph of the forward on copies of `args`, its inputs from then on, or None; with `run`,
+        the forward's output from an eager run on those copies before the capture, else None). The
+        eager run takes the copies, not `args`: a compiled forward guards on its inputs' strides
+        too, and the capture must find the code that run compiled; inside the capture nothing may
+        compile (it would leave the CUDA generator mid-capture), so a recompile there is an error."""
         ids, pos, rows, write, keys, last = args
         inputs = [None if t is None else t.clone() for t in (ids, pos, rows, write, last)]
+        call = (inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         dev = ids.device.type
-        try:
-            # autocast's weight-cast cache would hand the recording a cast made before it (stale
-            # after the next optimizer step): the recorded forward casts the weights itself
-            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), enabled=torch.is_autocast_enabled(dev),
-                                cache_enabled=False), capture(graph, self.pool):
-                out = self.forward(inputs[0], inputs[1], inputs[2], inputs[3], keys, inputs[4])
-        except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
-            self.drop()
-            raise
-        except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
-            logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
-                           type(exc).__name__, str(exc).split("\n")[0])
-            self.enabled = False
-            self.drop()
-            return None
-        self.graphs[key] = entry = (graph, inputs, out)
+        with self._autocast(dev):
+            out = self.forward(*call) if run else None
+            try:
+                frozen = torch.compiler.set_stance("fail_on_recompile") if self.warm else contextlib.nullcontext()
+                with frozen, capture(graph, self.pool):
+                    recorded = self.forward(*call)
+            except torch.OutOfMemoryError:  # the engine's own remedy: fewer slots, a new cache, new graphs
+                self.drop()
+                raise
+            except Exception as exc:  # noqa: BLE001 -- an unrecordable op: decode on eagerly, say so once
+                logger.warning("RolloutEngine: CUDA graph recording failed (%s: %s); decoding eagerly from now on",
+                               type(exc).__name__, str(exc).split("\n")[0])
+                self.enabled = False
+                self.drop()
+                return None, out
+        self.graphs[key] = entry = (graph, inputs, recorded)
         self.captured += 1
-        return entry
+        return entry, out

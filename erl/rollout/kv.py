@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
+from erl.rollout.flex import decode_block_mask, flex_decode
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -68,6 +69,8 @@ class SlotModel:
         # too. The kernel takes [tokens, kv_heads, d] rows, so the cache is stored position-major
         # ([slots, capacity, kv_heads, d]) and seen through a transposed view everywhere else.
         self.varlen = False
+        # ... in that kernel ("efficient") or in FlexAttention's decoding kernel ("flex": erl.rollout.flex)
+        self.decode_attention = "efficient"
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -139,6 +142,8 @@ class SlotModel:
         vc[at, :, write] = v.to(vc.dtype)
         if packed is not None:
             return attn.o_proj(self._attend_packed(q, kc, vc, keys, *packed))
+        if varlen is not None and self.decode_attention == "flex":
+            return attn.o_proj(flex_decode(q, kc, vc, *varlen, self.heads, self.scaling))
         if varlen is not None:
             return attn.o_proj(self._attend_varlen(q, kc, vc, keys, *varlen))
         if rows is None:  # the first n slots: a view, no copy
@@ -193,14 +198,18 @@ class SlotModel:
         return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)
 
     def _varlen_inputs(self, slot: torch.Tensor, pos: torch.Tensor, keys: int) -> tuple:
-        """cu_q, cu_k, lengths of a decode step's rows: a row reads its slot's positions up to the
-        one it writes; an idle row (writing the scratch column past `keys`) reads one."""
+        """cu_q, cu_k, lengths of a decode step's rows (flex: their BlockMask): a row reads its
+        slot's positions up to the one it writes; an idle row (writing the scratch column past
+        `keys`) reads one."""
+        p = pos[:, 0]
+        lengths = torch.where(p < keys, p + 1, 1).to(torch.int32)
+        if self.decode_attention == "flex":
+            return (decode_block_mask(slot, lengths, self.k[0].shape[0], self.k[0].shape[2]),)
         g = self.heads // self.kv_heads
         n = slot.shape[0]
         cu_q = torch.arange(0, (n + 1) * g, g, dtype=torch.int32, device=slot.device)
         cu_k = torch.cat([slot * self.k[0].shape[2], slot.new_zeros(1)]).to(torch.int32)
-        p = pos[:, 0]
-        return cu_q, cu_k, torch.where(p < keys, p + 1, 1).to(torch.int32)
+        return cu_q, cu_k, lengths
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,7 +252,8 @@ class SlotModel:
         n, t = ids.shape
         cos_sin = [c.unsqueeze(2) for c in self.inner.rotary_emb(h, pos)]  # [n, T, 1, d]: over the heads
         slot = rows if rows is not None else torch.arange(n, device=ids.device)
-        varlen = self._varlen_inputs(slot, pos, keys) if self.varlen and t == 1 and ids.is_cuda else None
+        flex = self.decode_attention == "flex"  # its eager kernel runs on CPU too (tests)
+        varlen = self._varlen_inputs(slot, pos, keys) if self.varlen and t == 1 and (ids.is_cuda or flex) else None
         mask = None if varlen is not None or packed is not None else self._mask(pos, keys)
         compute = self.compute_cast(ids.device.type)
         with attention_kernels():

@@ -4,6 +4,9 @@
 #   erl / rlvr   benchmarks/rollout.py --workload erl: the engine's split of one eval and two
 #                collects (the first pays the warm-up), cProfile over the second collect
 #   step         benchmarks/local_step.py, preset=gpu (ERL / RLVR side by side)
+#   step1        the same with the tokenizer on one thread (TOKENIZERS_PARALLELISM=false, as the
+#                nineteenth session's device calls ran it: scripts/device_prepare.sh sets it)
+#   stepflex     the same as step with trainer.rollout_decode_attention=flex (erl.rollout.flex)
 #   other parts (tests, kernels, stepc) go to ../decode_kernels/run.sh
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
@@ -16,6 +19,10 @@ for what in "$@"; do
     rlvr) run workload_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --set erl.mode=rlvr \
             --engines engine,engine --profile-host collect ;;
     step) run step 240 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    step1) TOKENIZERS_PARALLELISM=false run step_one_thread 240 python3 benchmarks/local_step.py "${gpu[@]}" \
+             --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    stepflex) run step_flex 300 python3 benchmarks/local_step.py "${gpu[@]}" --set trainer.rollout_decode_attention=flex \
+                --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
     *) OUT=$OUT bash docs/gpu/decode_kernels/run.sh "$what" ;;
   esac
 done

@@ -45,6 +45,7 @@ class LocalTrainerConfig:
     rollout_engine: str = "auto"  # auto | engine | hf (erl.rollout.build.build_policy: auto = the engine where supported)
     rollout_compile: bool | str = False  # torch.compile the engine's decode step: true (mode default) or a mode
     rollout_cuda_graphs: bool = True  # CUDA: the engine replays its eager decode step as CUDA graphs
+    rollout_decode_attention: str = "efficient"  # CUDA: the engine's decode attention kernel, efficient | flex
     rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -75,6 +76,9 @@ class LocalTrainerConfig:
                 check_mode(str(self.rollout_compile))
             except ValueError as exc:
                 raise ConfigError(f"trainer.rollout_compile must be true, false or a torch.compile mode: {exc}") from None
+        if self.rollout_decode_attention not in ("efficient", "flex"):
+            raise ConfigError(f"trainer.rollout_decode_attention must be efficient or flex, "
+                              f"got {self.rollout_decode_attention!r}")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 

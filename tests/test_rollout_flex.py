@@ -1,0 +1,96 @@
+"""Decode attention in FlexAttention's decoding kernel (erl.rollout.flex): the block mask by
+hand, the engine's tokens and log-probs against its default attention (CPU: eager flex), the
+settings it refuses, and on CUDA the compiled kernel inside the engine's CUDA graphs."""
+
+import pytest
+import torch
+
+from erl.core.interfaces import SamplingParams
+from erl.rollout.build import build_policy
+from erl.rollout.engine import RolloutEngine
+from erl.rollout.flex import BLOCK, decode_block_mask
+from erl.trainers.local.config import LocalTrainerConfig
+from test_rollout_engine import TOK, forced_logprobs, prompts
+
+
+def model_of(head_dim=8, seed=0):
+    """3 query heads a KV head (SmolLM2's grouping: padded to 4 for the decoding kernel)."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=len(TOK), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=6, num_key_value_heads=2, head_dim=head_dim,
+                                   max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def test_block_mask_by_hand():
+    """Two slots of 2 x BLOCK positions: row 0 reads slot 1's first BLOCK + 2 positions (one
+    whole block, its own block 2 in the paged sequence, then block 3 through the mask), row 1
+    slot 0's first 5 (block 0, partial)."""
+    mask = decode_block_mask(torch.tensor([1, 0]), torch.tensor([BLOCK + 2, 5], dtype=torch.int32), 2, 2 * BLOCK)
+    assert mask.full_kv_num_blocks.flatten().tolist() == [1, 0]
+    assert mask.kv_num_blocks.flatten().tolist() == [1, 1]
+    assert mask.full_kv_indices[0, 0, 0, 0].item() == 2
+    assert mask.kv_indices[0, 0, 0, 0].item() == 3 and mask.kv_indices[1, 0, 0, 0].item() == 0
+    kv = torch.arange(4 * BLOCK)
+    seen = [mask.mask_mod(torch.tensor(b), 0, 0, kv).nonzero().flatten() for b in (0, 1)]
+    assert seen[0].tolist() == list(range(2 * BLOCK, 3 * BLOCK + 2))  # slot 1 starts at 2 x BLOCK
+    assert seen[1].tolist() == list(range(5))
+    with pytest.raises(ValueError, match=f"multiple of {BLOCK}"):
+        decode_block_mask(torch.tensor([0]), torch.tensor([3]), 2, BLOCK + 64)
+
+
+def test_engine_with_flex_decode_attention_matches_its_default_on_cpu():
+    """The same greedy tokens, log-probs within float32 rounding, over several admissions and
+    slots reused (eager flex_attention on CPU: the same masks the compiled kernel applies)."""
+    model = model_of()
+    ps = prompts(7)
+    params = SamplingParams(max_new_tokens=9, temperature=0.0)
+    want = RolloutEngine(model, TOK, slots=3, stop_ids=[]).generate_batch(ps, params)
+    engine = RolloutEngine(model, TOK, slots=3, stop_ids=[])
+    engine.varlen_decode = True  # flex reads the position-major cache (CUDA's default)
+    engine.decode_attention = "flex"
+    got = engine.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert engine.stats["decode_steps"] >= 8 * 3  # 7 prompts through 3 slots: three rounds of 8 steps
+    engine.varlen_decode = False  # back to dense rows: flex goes with it
+    assert engine.decode_attention == "efficient"
+
+
+def test_flex_decode_attention_refuses_what_it_cannot_run():
+    engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
+    with pytest.raises(ValueError, match="needs varlen_decode"):  # CPU: dense rows by default
+        engine.decode_attention = "flex"
+    with pytest.raises(ValueError, match="'efficient' or 'flex', got 'fast'"):
+        engine.decode_attention = "fast"
+    odd = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[], key_bucket=64)
+    odd.varlen_decode = True
+    with pytest.raises(ValueError, match=f"key_bucket to be a multiple of {BLOCK}, got 64"):
+        odd.decode_attention = "flex"
+    with pytest.raises(ValueError, match="setting of the rollout engine, not of hf"):
+        build_policy(model_of(), TOK, "hf", decode_attention="flex")
+    from erl.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.rollout_decode_attention must be efficient or flex"):
+        LocalTrainerConfig.from_dict({"rollout_decode_attention": "flash"})
+    assert LocalTrainerConfig.from_dict({"rollout_decode_attention": "flex"}).rollout_decode_attention == "flex"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype,mean,top", [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 1e-2, 5e-2)])
+def test_flex_decode_on_cuda_matches_a_teacher_forced_forward(dtype, mean, top):
+    """The compiled decoding kernel inside the engine's CUDA graphs (each shape compiled before its
+    capture): the sampled tokens' log-probs against one full-sequence forward, fp32 to 1e-4 as the
+    issue asks, bf16 as the default kernel's test; head_dim 64 (SmolLM2's), 3 query heads a KV head."""
+    model = model_of(head_dim=64).to("cuda", dtype)
+    engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention="flex")
+    assert engine.varlen_decode and engine.graphs is not None and engine.graphs.warm
+    ps = prompts(24)  # more prompts than slots: admissions while others decode, several row buckets
+    gens = engine.generate_batch(ps, SamplingParams(max_new_tokens=20, temperature=0.7))
+    err = torch.cat([(forced_logprobs(model, p, g, 0.7) - torch.tensor(g.logprobs)).abs() for p, g in zip(ps, gens)])
+    assert err.mean() < mean and err.max() < top
+    assert engine.graphs.captured >= 2 and engine.graphs.enabled  # recorded, never fell back to eager
