@@ -205,12 +205,14 @@ def erl_workload(args) -> None:
         policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own or eager else kind,
                               max_batch_size=tc.gen_batch_size, compile=mode or False,
                               cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own,
-                              decode_attention=tc.rollout_decode_attention)
+                              decode_attention=tc.rollout_decode_attention, merge_lora=tc.rollout_merge_lora,
+                              autocast_dtype=trainer.autocast_dtype)  # the trainer's own rollout copy
         for opt in opts:
             key, _, value = opt.partition("=")
             if not hasattr(policy, key):
                 raise SystemExit(f"--engines: {type(policy).__name__} has no attribute {key!r}")
-            setattr(policy, key, type(getattr(policy, key))(float(value)))
+            now = getattr(policy, key)
+            setattr(policy, key, value if isinstance(now, str) else type(now)(float(value)))
         name = "+".join([name, *opts])
         requests: list = []
         if args.ceiling and index == len(names) - 1:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from erl.rollout.fused import fuse_projections
 from erl.rollout.kv import SlotModel
 from erl.rollout.merged import cast_linears
 
@@ -132,6 +133,7 @@ def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
 # (docs/gpu/host_planning/call8), not kept.
 VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True},
             "flash varlen": {"varlen": True, "flash": True}, "flex varlen": {"varlen": True, "flex": True},
+            "fused varlen": {"varlen": True, "fused": True}, "fused flex": {"varlen": True, "fused": True, "flex": True},
             "compiled varlen": {"varlen": True, "compile": True},
             "compiled varlen dynamic": {"varlen": True, "compile": True, "dynamic": True}}
 
@@ -169,12 +171,17 @@ def main(argv=None) -> None:
     print(f"slot forward, random SmolLM2-135M (bf16 linears, bf16 autocast) on {device}: decode {args.rows} rows "
           f"of {args.slots} slots, prefill {args.prefill_rows} x {args.prefill_width} tokens, keys {args.capacity}")
     results = {}
+    fused = None
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
         for name in args.variants.split(","):
             flags = VARIANTS[name]
             if flags.get("varlen") and device.type != "cuda":
                 continue
-            net = (FlashSlotModel if flags.get("flash") else SlotModel)(model)
+            if flags.get("fused") and fused is None:  # the engine's rollout copy on CUDA (erl.rollout.merged)
+                fused = copy.deepcopy(model)
+                fuse_projections(fused)
+            net = (FlashSlotModel if flags.get("flash") else SlotModel)(fused if flags.get("fused") else model)
+            net.fused = bool(flags.get("fused"))  # also the one-kernel RMSNorm (SlotModel._norm)
             net.varlen = flags["varlen"]
             net.decode_attention = "flex" if flags.get("flex") else "efficient"  # erl.rollout.flex
             net.allocate(args.slots, args.capacity, torch.bfloat16, device)

@@ -167,6 +167,20 @@ class RolloutEngine(Admission, Decoding):
             self.graphs.warm = kind == "flex"
 
     @property
+    def fused(self) -> bool:
+        """Fused projections and norms in the forward where the model has them (erl.rollout.fused;
+        SlotModel.fused); off only to measure what they save. Setting it drops the CUDA graphs."""
+        return self.net.fused
+
+    @fused.setter
+    def fused(self, on: bool) -> None:
+        if self.active:
+            raise RuntimeError("RolloutEngine.fused set with sequences decoding")
+        self.net.fused = bool(on)
+        if self.graphs is not None:
+            self.graphs.drop()
+
+    @property
     def packed_prefill(self) -> bool:
         """Prefills run the admitted rows' new tokens end to end, without padding, attention in the
         memory-efficient kernel's variable-length mode (CUDA, position-major cache: on with

@@ -71,6 +71,9 @@ class SlotModel:
         self.varlen = False
         # ... in that kernel ("efficient") or in FlexAttention's decoding kernel ("flex": erl.rollout.flex)
         self.decode_attention = "efficient"
+        # q/k/v and gate/up as one matmul each where the model carries them fused (erl.rollout.fused),
+        # and on CUDA float32 RMSNorms as one kernel (F.rms_norm) instead of seven
+        self.fused = True
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -130,9 +133,13 @@ class SlotModel:
         attend to the row's first `keys` positions as `mask` allows. `packed`: h is [1, N, hidden],
         the tokens of several rows end to end, token i of slot slot[i] at position write[0, i]."""
         n, t, _ = h.shape
-        q = attn.q_proj(h).view(n, t, -1, self.head_dim)
-        k = attn.k_proj(h).view(n, t, -1, self.head_dim)
-        v = attn.v_proj(h).view(n, t, -1, self.head_dim)
+        qkv = getattr(attn, "erl_qkv", None) if self.fused else None
+        if qkv is not None:  # one matmul (erl.rollout.fused)
+            q, k, v = (x.view(n, t, -1, self.head_dim) for x in F.linear(h, qkv.weight, qkv.bias).split(qkv.sizes, -1))
+        else:
+            q = attn.q_proj(h).view(n, t, -1, self.head_dim)
+            k = attn.k_proj(h).view(n, t, -1, self.head_dim)
+            v = attn.v_proj(h).view(n, t, -1, self.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3
             q, k = attn.q_norm(q), attn.k_norm(k)
         kc, vc = self.k[idx], self.v[idx]
@@ -220,6 +227,24 @@ class SlotModel:
         qk = ((qk * cos) + (self.rotate_half(qk) * sin)).to(dtype)
         return qk[:, :, :q.shape[2]], qk[:, :, q.shape[2]:]
 
+    def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
+        """An RMSNorm of float32 x with a float32 weight (the residual stream under autocast) as one
+        CUDA kernel: the same formula as LlamaRMSNorm's seven ops (x / rms(x) x weight, in float32),
+        up to the order of the sum of squares. Anything else runs the module."""
+        weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
+        if (self.fused and x.is_cuda and x.dtype == torch.float32 and eps is not None and weight is not None
+                and weight.dtype == torch.float32 and type(norm).__name__.endswith("RMSNorm")):
+            return F.rms_norm(x, (x.shape[-1],), weight, eps)
+        return norm(x)
+
+    def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
+        """The MLP, gate and up as one matmul where fused (erl.rollout.fused): the same formula."""
+        gate_up = getattr(mlp, "erl_gate_up", None) if self.fused else None
+        if gate_up is None:
+            return mlp(x)
+        gate, up = F.linear(x, gate_up.weight, gate_up.bias).split(gate_up.sizes, -1)
+        return mlp.down_proj(mlp.act_fn(gate) * up)
+
     @staticmethod
     def compute_cast(device_type: str):
         """Under autocast: a norm's float32 output cast once to the autocast dtype, where autocast
@@ -259,9 +284,9 @@ class SlotModel:
         with attention_kernels():
             for i, layer in enumerate(self.layers):
                 r = h
-                h = r + self._attend(i, layer.self_attn, compute(layer.input_layernorm(h)), slot, rows, write, keys, mask,
-                                     cos_sin, varlen, packed)
+                h = r + self._attend(i, layer.self_attn, compute(self._norm(layer.input_layernorm, h)), slot, rows,
+                                     write, keys, mask, cos_sin, varlen, packed)
                 r = h
-                h = r + layer.mlp(compute(layer.post_attention_layernorm(h)))
+                h = r + self._mlp(layer.mlp, compute(self._norm(layer.post_attention_layernorm, h)))
         h = h[0, last] if packed is not None else h[torch.arange(h.shape[0], device=h.device), last]
         return self.base.lm_head(self.inner.norm(h)).float()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from erl.rollout.fused import fuse_projections
 from erl.rollout.versions import WeightsVersion
 
 
@@ -47,6 +48,8 @@ class MergedLoRA:
             p.requires_grad_(False)
         if dtype is not None:
             cast_linears(plain, dtype)
+        if next(plain.parameters()).is_cuda:  # a GPU forward costs its kernels; a CPU one its arithmetic
+            fuse_projections(plain)
         modules = dict(plain.named_modules())
         pairs = []
         for name, module in model.named_modules():
