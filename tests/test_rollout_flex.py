@@ -4,13 +4,13 @@ settings it refuses, and on CUDA the compiled kernel inside the engine's CUDA gr
 
 import pytest
 import torch
+from test_rollout_engine import TOK, forced_logprobs, prompts
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.build import build_policy
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.flex import BLOCK, decode_block_mask
 from erl.trainers.local.config import LocalTrainerConfig
-from test_rollout_engine import TOK, forced_logprobs, prompts
 
 
 def model_of(head_dim=8, seed=0):

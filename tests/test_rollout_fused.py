@@ -7,11 +7,11 @@ import copy
 
 import pytest
 import torch
+from test_rollout_engine import TOK, forced_logprobs, lora_model, model_of, prompts
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.fused import fuse_projections
-from test_rollout_engine import TOK, forced_logprobs, lora_model, model_of, prompts
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])  # qwen2: q/k/v biases fused too
