@@ -39,6 +39,9 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["ratio/step_time"] = out["erl"]["time/step"] / max(out["rlvr"]["time/step"], 1e-9)
     out["ratio/rollout_time"] = out["erl"]["time/rollout"] / max(out["rlvr"]["time/rollout"], 1e-9)
     out["ratio/update_time"] = out["erl"]["time/update"] / max(out["rlvr"]["time/update"], 1e-9)
+    # each ERL step over the RLVR step right after it: the spread says how far one median can be trusted
+    # (two runs of the same code on one H200 gave 1.625 and 1.467: docs/gpu/host_split/call8)
+    out["ratio/pairs"] = [e["time/step"] / max(r["time/step"], 1e-9) for e, r in zip(runs["erl"], runs["rlvr"])]
     # what ERL's step spends beyond TARGET x RLVR's, by phase: where the gap to issue 11's target lies
     out["excess"] = {k: out["erl"][k] - TARGET * out["rlvr"][k] for k in ("time/step", "time/rollout", "time/update")}
     out["steps"], out["warmup"] = steps, warmup
@@ -53,6 +56,7 @@ def report(res: dict) -> str:
         lines.append(f"{k:34s} {res['erl'].get(k, 0.0):12.3f} {res['rlvr'].get(k, 0.0):12.3f}")
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
+    lines.append("ERL / RLVR step by step: " + ", ".join(f"{r:.3f}" for r in res["ratio/pairs"]))
     ex = res["excess"]
     lines.append(f"ERL - {TARGET} x RLVR: step {ex['time/step']:+.3f} s (rollout {ex['time/rollout']:+.3f}, "
                  f"update {ex['time/update']:+.3f})")

@@ -440,9 +440,35 @@ def test_step_benchmark_side_by_side(tmp_path, capsys):
     assert res["ratio/step_time"] == pytest.approx(res["erl"]["time/step"] / res["rlvr"]["time/step"])
     for k in ("time/step", "time/rollout", "time/update"):  # ERL's time beyond 1.5x RLVR's, by phase
         assert res["excess"][k] == pytest.approx(res["erl"][k] - 1.5 * res["rlvr"][k])
+    assert len(res["ratio/pairs"]) == 1 and res["ratio/pairs"][0] == pytest.approx(res["ratio/step_time"])
     text = capsys.readouterr().out
+    assert f"ERL / RLVR step by step: {res['ratio/pairs'][0]:.3f}" in text
     assert f"ERL - 1.5 x RLVR: step {res['excess']['time/step']:+.3f} s" in text
     assert "ERL / RLVR step time" in text and "old_log_prob" not in text and "RLVR 4 first attempts a task" in text
+
+
+def test_step_benchmark_pairs_each_erl_step_with_the_rlvr_step_after_it():
+    """The per-pair ratios beside the ratio of medians, worked out by hand with scripted step times:
+    ERL 9 (warm-up), 4, 5, 6 s and RLVR 9, 2, 2.5, 4 s give pairs 2, 2, 1.5 and medians 5 / 2.5."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "verl_step.py"
+    spec = importlib.util.spec_from_file_location("verl_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Scripted:
+        def __init__(self, times):
+            self.times = iter(times)
+
+        def step(self):
+            t = next(self.times)
+            return {"time/step": t, "time/rollout": t / 2, "time/update": t / 4}
+
+    res = bench.side_by_side(Scripted([9, 4, 5, 6]), Scripted([9, 2, 2.5, 4]), warmup=1, steps=3)
+    assert res["ratio/pairs"] == pytest.approx([2.0, 2.0, 1.5])
+    assert res["ratio/step_time"] == pytest.approx(2.0) and res["excess"]["time/step"] == pytest.approx(5 - 3.75)
+    assert "ERL / RLVR step by step: 2.000, 2.000, 1.500" in bench.report(res)
 
 
 def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
