@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             size, tokens = (int(x) for x in setting.split(":"))
             trainer.cfg.micro_batch_size, trainer.cfg.micro_batch_tokens = size, tokens
             times = []
-            for _ in range(args.repeats):
+            for _ in range(args.repeats if index else 1):  # the warm-up runs once
                 trainer.model.load_state_dict(start_state)
                 trainer.optimizer.load_state_dict(start_optim)
                 if cuda:
