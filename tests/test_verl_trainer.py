@@ -348,6 +348,34 @@ def test_server_policy_talks_to_verl_rollout_servers():
     assert calls[-1][2]["temperature"] == 0.0 and len(greedy.token_ids) == 2 and greedy.finish_reason == "length"
 
 
+def test_hf_rollout_fused_copy_takes_weight_syncs(tiny_folder):
+    """`engine_kwargs.hf.fused` (default on CUDA, asked for here on CPU): the generation copy's
+    projections run fused, and verl's weight sync, written into the modules' weights in place,
+    reaches the fused tensors: after a sync the copy samples what the synced model samples."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_folder))
+    model_cfg = types.SimpleNamespace(local_path=str(tiny_folder), path=str(tiny_folder), tokenizer=tok)
+    fused = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs={"hf": {"fused": True}}), model_cfg)
+    plain = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs={"hf": {"fused": False}}), model_cfg)
+    assert hasattr(fused.model.model.layers[0].self_attn, "erl_qkv")
+    assert not hasattr(plain.model.model.layers[0].self_attn, "erl_qkv")
+    trained = AutoModelForCausalLM.from_pretrained(str(tiny_folder))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    for engine in (fused, plain):
+        engine.load_named_tensors(trained.named_parameters())
+    qkv = fused.model.model.layers[0].self_attn.erl_qkv.weight
+    attn = trained.model.layers[0].self_attn
+    assert torch.equal(qkv, torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+    prompts = [tok.encode("go left"), tok.encode("go up now")]
+    got, want = fused.generate(prompts, 0.0, 1.0, 6), plain.generate(prompts, 0.0, 1.0, 6)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+
+
 def test_hf_rollout_engine_choice(tiny_folder):
     """rollout.engine_kwargs.hf.engine picks the generation path of verl's `hf` rollout: the
     engine by default (as the local trainer's rollout_engine=auto), batched generate with `hf`;

@@ -8,7 +8,9 @@ erl.rollout.engine (continuous batching, KV kept across turns) for Llama-family 
 batched `model.generate` (HFPolicy); both return token ids and their log-probs under
 logits / temperature, the distribution that was sampled. Choose with
 `rollout.engine_kwargs.hf.engine: auto|engine|hf` (auto, the default: the engine where
-supported, as the local trainer's `trainer.rollout_engine`) and `rollout.engine_kwargs.hf.compile`.
+supported, as the local trainer's `trainer.rollout_engine`), `rollout.engine_kwargs.hf.compile`,
+`.decode_attention` (efficient | flex, as `trainer.rollout_decode_attention`) and `.fused` (default: on
+CUDA, the generation copy's q/k/v and gate/up as one matmul each, erl.rollout.fused).
 
 Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
 """
@@ -33,6 +35,7 @@ class HFRolloutEngine:
         from verl.utils.config import omega_conf_to_dataclass
 
         from erl.rollout.build import build_policy
+        from erl.rollout.fused import fuse_projections
 
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)
@@ -45,8 +48,13 @@ class HFRolloutEngine:
         # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
         opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
+        # this copy is the rollout's own (weight syncs write into it in place), so its projections
+        # may be fused as the local trainer's rollout copy is: fewer kernels a forward on a GPU
+        if opts.get("fused", device.type == "cuda"):
+            fuse_projections(self.model)
         self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
-                                   compile=opts.get("compile", False), cuda_graphs=opts.get("cuda_graphs", True))
+                                   compile=opts.get("compile", False), cuda_graphs=opts.get("cuda_graphs", True),
+                                   decode_attention=opts.get("decode_attention", "efficient"))
         self.synced = 0
 
     # ---- verl's rollout interface ----------------------------------------------------
