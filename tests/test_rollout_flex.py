@@ -60,6 +60,26 @@ def test_engine_with_flex_decode_attention_matches_its_default_on_cpu():
     assert engine.decode_attention == "efficient"
 
 
+def test_flex_decode_fails_rather_than_run_eagerly_past_the_recompile_limit(monkeypatch):
+    """Past dynamo's recompile limit a compiled flex_attention would fall back to the eager one,
+    whose scores fill rows x heads x the whole cache: flex_decode asks dynamo to raise instead,
+    for its own call only."""
+    from erl.rollout import flex
+
+    seen = []
+
+    def spy(q, k, v, **kw):
+        seen.append(torch._dynamo.config.fail_on_recompile_limit_hit)
+        return torch.zeros(q.shape)
+
+    monkeypatch.setattr(flex, "flex_attention_fn", lambda device: spy)
+    q = torch.zeros(2, 1, 6, 8)
+    kc = torch.zeros(2, BLOCK, 2, 8).transpose(1, 2)  # position-major, as the engine stores it
+    out = flex.flex_decode(q, kc, kc, None, heads=6, scaling=1.0)
+    assert seen == [True] and not torch._dynamo.config.fail_on_recompile_limit_hit
+    assert out.shape == (2, 1, 48)
+
+
 def test_flex_decode_attention_refuses_what_it_cannot_run():
     engine = RolloutEngine(model_of(), TOK, slots=2, stop_ids=[])
     with pytest.raises(ValueError, match="needs varlen_decode"):  # CPU: dense rows by default

@@ -13,6 +13,7 @@ torch/_inductor/kernel/flex): SmolLM2's 3 are padded with zero queries to 4, the
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ BLOCK = 128  # positions a KV block; a slot's capacity must be a multiple of it 
 # Decode shapes (rows bucket x cache size) each compile the kernel once, outside the CUDA graph
 # capture (erl.rollout.graphs: `warm`); dynamo's default of 8 per function would send the ninth
 # to eager flex_attention, which materialises every score: rows x heads x slots x capacity floats.
+# Past this limit the call fails instead (flex_decode), rather than run on so.
 RECOMPILE_LIMIT = 64
 _compiled: dict[str, Any] = {}
 
@@ -38,6 +40,15 @@ def flex_attention_fn(device: torch.device) -> Any:
         cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
         _compiled["cuda"] = torch.compile(flex_attention, dynamic=False)
     return _compiled["cuda"]
+
+
+def _no_eager_fallback() -> Any:
+    """Dynamo raises, for this call only, where past its recompile limit it would run the function
+    eagerly (a CUDA graph replays without entering here: the cost is the warm runs' and captures')."""
+    cfg = torch._dynamo.config
+    if hasattr(cfg, "fail_on_recompile_limit_hit"):
+        return cfg.patch(fail_on_recompile_limit_hit=True)
+    return contextlib.nullcontext()
 
 
 def decode_block_mask(slot: torch.Tensor, lengths: torch.Tensor, slots: int, capacity: int) -> Any:
@@ -81,5 +92,6 @@ def flex_decode(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: Any, 
     k = kc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)  # [1, kvh, slots x cap, d]: views
     v = vc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)
     flex = flex_attention_fn(q.device)
-    out = flex(qq, k, v, block_mask=mask, scale=scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
+    with _no_eager_fallback():
+        out = flex(qq, k, v, block_mask=mask, scale=scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
     return out.reshape(n, kvh, wide, d)[:, :, :g].reshape(n, 1, -1)
