@@ -70,6 +70,7 @@ def test_a_fused_merged_copy_follows_lora_updates():
     model = lora_model()
     merged = MergedLoRA.of(model)
     assert not hasattr(merged.model.model.layers[1].self_attn, "erl_qkv")  # CPU: a forward costs its arithmetic
+    assert merged.fused == 0
     fuse_projections(merged.model)
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.3)  # layer 1's q_proj

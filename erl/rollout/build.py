@@ -42,8 +42,8 @@ def build_policy(model: Any, tokenizer: Any, engine: str = "auto", max_batch_siz
         # LoRA adapters folded into a copy: fewer ops per decode step, one more copy of the weights
         merged = MergedLoRA.of(model, autocast_dtype) if merge_lora else None
         if merged is not None:
-            logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers), "
-                        "re-merged after each update", len(merged.pairs))
+            logger.info("rollout engine: decoding with a LoRA-merged copy of the policy (%d adapted layers, "
+                        "%d fused projection groups), re-merged after each update", len(merged.pairs), merged.fused)
         return RolloutEngine(merged.model if merged else model, tokenizer, slots=max_batch_size, compile=compile,
                              refresh=merged.refresh if merged else None, cuda_graphs=cuda_graphs, lend=lend,
                              decode_attention=decode_attention)

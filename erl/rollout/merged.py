@@ -29,6 +29,7 @@ class MergedLoRA:
 
     def __init__(self, source: Any, pairs: list[tuple[Any, Any]], model: Any):
         self.source, self.pairs, self.model = source, pairs, model
+        self.fused = 0
         self._source_version = WeightsVersion(source)
         self.version = self._source_version()
 
@@ -48,8 +49,8 @@ class MergedLoRA:
             p.requires_grad_(False)
         if dtype is not None:
             cast_linears(plain, dtype)
-        if next(plain.parameters()).is_cuda:  # a GPU forward costs its kernels; a CPU one its arithmetic
-            fuse_projections(plain)
+        # a GPU forward costs its kernels; a CPU one its arithmetic
+        fused = fuse_projections(plain) if next(plain.parameters()).is_cuda else 0
         modules = dict(plain.named_modules())
         pairs = []
         for name, module in model.named_modules():
@@ -57,7 +58,9 @@ class MergedLoRA:
                 pairs.append((module, modules[name.removeprefix("base_model.model.")]))
         if not pairs:
             return None
-        return cls(model, pairs, plain)
+        merged = cls(model, pairs, plain)
+        merged.fused = fused  # fused groups (q/k/v, gate/up) in the copy, for the log
+        return merged
 
     @torch.no_grad()
     def refresh(self) -> bool:
