@@ -134,6 +134,10 @@ CASES = {
     "output folder below a file": (*train_case(out="data/a_file/run"), "trainer.output_dir"),
     "misspelt compile mode": (*train_case("trainer.rollout_compile=reduce_overhead"),
                               "trainer.rollout_compile must be true, false or a torch.compile mode"),
+    "flex decode on a CPU": (*train_case("trainer.rollout_decode_attention=flex", "trainer.device=cpu"),
+                             "trainer.rollout_decode_attention=flex needs a CUDA device (this run's: cpu)"),
+    "flex decode with hf": (*train_case("trainer.rollout_decode_attention=flex", "trainer.rollout_engine=hf"),
+                            "not with rollout_engine=hf or rollout_compile"),
     # documented in the README: a run is never written over or mixed with another config
     "existing run without resume": (*train_case(out="run"), "already holds a run"),
     "resume with a changed config": (*train_case("resume=true", "erl.tau=0.5", out="run"), "erl.tau"),

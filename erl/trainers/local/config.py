@@ -79,6 +79,9 @@ class LocalTrainerConfig:
         if self.rollout_decode_attention not in ("efficient", "flex"):
             raise ConfigError(f"trainer.rollout_decode_attention must be efficient or flex, "
                               f"got {self.rollout_decode_attention!r}")
+        if self.rollout_decode_attention == "flex" and (self.rollout_engine == "hf" or self.rollout_compile):
+            raise ConfigError("trainer.rollout_decode_attention=flex is the rollout engine's eager decode "
+                              "(CUDA graphs): not with rollout_engine=hf or rollout_compile")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 
