@@ -27,9 +27,9 @@ from erl.rollout.versions import WeightsVersion
 class MergedLoRA:
     """`model`: the plain copy; `refresh()`: re-merge when the source changed (True if it did)."""
 
-    def __init__(self, source: Any, pairs: list[tuple[Any, Any]], model: Any):
+    def __init__(self, source: Any, pairs: list[tuple[Any, Any]], model: Any, fused: int = 0):
         self.source, self.pairs, self.model = source, pairs, model
-        self.fused = 0
+        self.fused = fused  # fused groups (q/k/v, gate/up) in the copy (erl.rollout.fused), for the log
         self._source_version = WeightsVersion(source)
         self.version = self._source_version()
 
@@ -58,9 +58,7 @@ class MergedLoRA:
                 pairs.append((module, modules[name.removeprefix("base_model.model.")]))
         if not pairs:
             return None
-        merged = cls(model, pairs, plain)
-        merged.fused = fused  # fused groups (q/k/v, gate/up) in the copy, for the log
-        return merged
+        return cls(model, pairs, plain, fused)
 
     @torch.no_grad()
     def refresh(self) -> bool:
