@@ -149,8 +149,6 @@ class SlotModel:
         vc[at, :, write] = v.to(vc.dtype)
         if packed is not None:
             return attn.o_proj(self._attend_packed(q, kc, vc, keys, *packed))
-        if varlen is not None and self.decode_attention == "flex":
-            return attn.o_proj(flex_decode(q, kc, vc, *varlen, self.heads, self.scaling))
         if varlen is not None:
             return attn.o_proj(self._attend_varlen(q, kc, vc, keys, *varlen))
         if rows is None:  # the first n slots: a view, no copy
@@ -165,11 +163,15 @@ class SlotModel:
         out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
         return attn.o_proj(out)
 
-    def _attend_varlen(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
-                       cu_k: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def _attend_varlen(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int,
+                       *inputs: torch.Tensor) -> torch.Tensor:
         """Decode attention (q [n, 1, heads, d]) in variable-length mode: query row i is the g
         query heads of each KV head, its keys the first lengths[i] positions from cu_k[i] in the
-        cache taken as one [slots x capacity] token axis. Returns [n, 1, heads x d]."""
+        cache taken as one [slots x capacity] token axis (flex: FlexAttention's decoding kernel under
+        their BlockMask, _varlen_inputs). Returns [n, 1, heads x d]."""
+        if self.decode_attention == "flex":
+            return flex_decode(q, kc, vc, *inputs, self.heads, self.scaling)
+        cu_q, cu_k, lengths = inputs
         n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
         g = self.heads // kvh
         qq = q.reshape(n, kvh, g, d).transpose(1, 2).reshape(1, n * g, kvh, d)
