@@ -126,6 +126,11 @@ class RolloutEngine(Admission, Decoding):
         self.varlen_decode = self.device.type == "cuda" and not self.compile
         self.decode_attention = decode_attention
 
+    def _idle(self, setting: str) -> None:
+        """A setting that changes the forward's layout or kernels waits until no sequence decodes."""
+        if self.active:
+            raise RuntimeError(f"RolloutEngine.{setting} set with sequences decoding")
+
     @property
     def varlen_decode(self) -> bool:
         """Decode attention reads each row's own keys in place (erl.rollout.kv: the memory-efficient
@@ -135,8 +140,7 @@ class RolloutEngine(Admission, Decoding):
 
     @varlen_decode.setter
     def varlen_decode(self, on: bool) -> None:
-        if self.active:
-            raise RuntimeError("RolloutEngine.varlen_decode set with sequences decoding")
+        self._idle("varlen_decode")
         if not on and self.net.decode_attention != "efficient":
             self.decode_attention = "efficient"  # flex reads the position-major cache of varlen
         self.net.varlen = bool(on)
@@ -160,8 +164,7 @@ class RolloutEngine(Admission, Decoding):
         if kind == "flex" and self.key_bucket % FLEX_BLOCK:
             raise ValueError(f"RolloutEngine.decode_attention='flex' needs key_bucket to be a multiple of "
                              f"{FLEX_BLOCK}, got {self.key_bucket}")
-        if self.active:
-            raise RuntimeError("RolloutEngine.decode_attention set with sequences decoding")
+        self._idle("decode_attention")
         self.net.decode_attention = kind
         if self.graphs is not None:  # a compiled kernel compiles at a shape's first call: never inside a capture
             self.graphs.warm = kind == "flex"
@@ -174,8 +177,7 @@ class RolloutEngine(Admission, Decoding):
 
     @fused.setter
     def fused(self, on: bool) -> None:
-        if self.active:
-            raise RuntimeError("RolloutEngine.fused set with sequences decoding")
+        self._idle("fused")
         self.net.fused = bool(on)
         if self.graphs is not None:
             self.graphs.drop()
