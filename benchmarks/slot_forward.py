@@ -129,8 +129,8 @@ def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
     return len(kernels), rows[:top]
 
 
-# F.rms_norm for each norm (one fused kernel on CUDA) was a variant here: 1.04x on the GPU
-# (docs/gpu/host_planning/call8), not kept.
+# F.rms_norm alone was a variant here: 1.04x on the GPU (docs/gpu/host_planning/call8). With the fused
+# projections it is the engine's path ("fused": SlotModel.fused, erl.rollout.fused; call5 of docs/gpu/host_split).
 VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True},
             "flash varlen": {"varlen": True, "flash": True}, "flex varlen": {"varlen": True, "flex": True},
             "fused varlen": {"varlen": True, "fused": True}, "fused flex": {"varlen": True, "fused": True, "flex": True},
