@@ -17,14 +17,14 @@ from erl.rollout.sampling import draw
 TOK = build_tiny_tokenizer()
 
 
-def model_of(kind="llama", seed=0):
-    """2 layers, 4 query heads sharing 2 KV heads (grouped-query attention, as SmolLM2)."""
+def model_of(kind="llama", seed=0, heads=4, head_dim=8):
+    """2 layers, `heads` query heads sharing 2 KV heads (grouped-query attention, as SmolLM2)."""
     import transformers
 
     cls = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}[kind]
     cfg = getattr(transformers, f"{cls}Config")(
-        vocab_size=len(TOK), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, head_dim=8)
+        vocab_size=len(TOK), hidden_size=8 * heads, intermediate_size=64, num_hidden_layers=2, num_attention_heads=heads,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, head_dim=head_dim)
     torch.manual_seed(seed)
     return getattr(transformers, f"{cls}ForCausalLM")(cfg).eval()
 
@@ -40,6 +40,12 @@ def forced_logprobs(model, prompt, gen, temperature):
         logits = model(input_ids=ids.to(model.device)).logits[0, len(prompt) - 1:-1].float().cpu()
         logits = logits / (temperature or 1.0)
     return torch.log_softmax(logits, -1).gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
+
+
+def logprob_errors(model, ps, gens, temperature):
+    """|engine log-prob - teacher-forced log-prob| of every sampled token, one tensor."""
+    return torch.cat([(forced_logprobs(model, p, g, temperature) - torch.tensor(g.logprobs)).abs()
+                      for p, g in zip(ps, gens)])
 
 
 def run_all(engine, ps, params_list):
@@ -564,7 +570,7 @@ def test_bf16_on_cuda_matches_a_teacher_forced_forward(compile):
     engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], compile=compile)
     ps = prompts(12)
     gens = engine.generate_batch(ps, SamplingParams(max_new_tokens=20, temperature=0.7))
-    err = torch.cat([(forced_logprobs(model, p, g, 0.7) - torch.tensor(g.logprobs)).abs() for p, g in zip(ps, gens)])
+    err = logprob_errors(model, ps, gens, 0.7)
     # bf16 rounding differs between one-token decode steps and one full-sequence forward
     assert err.mean() < 1e-2 and err.max() < 5e-2
 

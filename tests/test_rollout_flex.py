@@ -4,7 +4,8 @@ settings it refuses, and on CUDA the compiled kernel inside the engine's CUDA gr
 
 import pytest
 import torch
-from test_rollout_engine import TOK, forced_logprobs, prompts
+from test_rollout_engine import TOK, logprob_errors, prompts
+from test_rollout_engine import model_of as engine_model
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.build import build_policy
@@ -13,15 +14,9 @@ from erl.rollout.flex import BLOCK, decode_block_mask
 from erl.trainers.local.config import LocalTrainerConfig
 
 
-def model_of(head_dim=8, seed=0):
+def model_of(head_dim=8):
     """3 query heads a KV head (SmolLM2's grouping: padded to 4 for the decoding kernel)."""
-    import transformers
-
-    cfg = transformers.LlamaConfig(vocab_size=len(TOK), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=6, num_key_value_heads=2, head_dim=head_dim,
-                                   max_position_embeddings=512, tie_word_embeddings=True)
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
+    return engine_model(heads=6, head_dim=head_dim)
 
 
 def test_block_mask_by_hand():
@@ -116,6 +111,6 @@ def test_flex_decode_on_cuda_matches_a_teacher_forced_forward(dtype, mean, top):
     assert engine.varlen_decode and engine.graphs is not None and engine.graphs.warm
     ps = prompts(24)  # more prompts than slots: admissions while others decode, several row buckets
     gens = engine.generate_batch(ps, SamplingParams(max_new_tokens=20, temperature=0.7))
-    err = torch.cat([(forced_logprobs(model, p, g, 0.7) - torch.tensor(g.logprobs)).abs() for p, g in zip(ps, gens)])
+    err = logprob_errors(model, ps, gens, 0.7)
     assert err.mean() < mean and err.max() < top
     assert engine.graphs.captured >= 2 and engine.graphs.enabled  # recorded, never fell back to eager

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_rollout_engine import TOK, forced_logprobs, lora_model, model_of, prompts
+from test_rollout_engine import TOK, logprob_errors, lora_model, model_of, prompts
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
@@ -95,5 +95,5 @@ def test_fused_forward_on_cuda_matches_a_teacher_forced_forward():
     engine = RolloutEngine(fused, TOK, slots=16, stop_ids=[])
     ps = prompts(24)
     gens = engine.generate_batch(ps, SamplingParams(max_new_tokens=20, temperature=0.7))
-    err = torch.cat([(forced_logprobs(model, p, g, 0.7) - torch.tensor(g.logprobs)).abs() for p, g in zip(ps, gens)])
+    err = logprob_errors(model, ps, gens, 0.7)
     assert err.max() < 1e-4
