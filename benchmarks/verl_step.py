@@ -22,7 +22,8 @@ TARGET = 1.5  # issue 11: an ERL step at most 1.5x the compute-matched RLVR step
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
         "time/sync_weights", "rollout/sequences", "rollout/batches", "tokens/generated", "rows", "tokens/total",
         "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded", "rollout/decode_steps",
-        "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
+        "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode", "time/rollout_gpu_wait",
+        "time/rollout_engine", "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
 
 
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:

@@ -56,7 +56,9 @@ EXPECTED = {
 }
 # what each backend's own update reports (and only that differs between the two)
 LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "rollout/logprob_gap",
-              "rollout/decode_steps")  # the engine in this process counts them; verl's workers do not say
+              # the engine in this process counts these; verl's workers do not say
+              "rollout/decode_steps", "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode",
+              "time/rollout_gpu_wait")
 VERL_ONLY = ("actor/", "time/old_log_prob", "time/ref_log_prob", "time/update_actor", "time/sync_weights")
 UNTIMED = ("time/", "throughput/", "system/")  # wall clock and process memory
 

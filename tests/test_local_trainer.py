@@ -441,6 +441,10 @@ def test_step_benchmark_side_by_side(tmp_path, capsys):
     for k in ("time/step", "time/rollout", "time/update"):  # ERL's time beyond 1.5x RLVR's, by phase
         assert res["excess"][k] == pytest.approx(res["erl"][k] - 1.5 * res["rlvr"][k])
     assert len(res["ratio/pairs"]) == 1 and res["ratio/pairs"][0] == pytest.approx(res["ratio/step_time"])
+    for r in (res["erl"], res["rlvr"]):  # the engine's split of its own time, inside the rollout's
+        assert r["rollout/prefill_forwards"] >= 1 and r["rollout/decode_steps"] >= 1
+        assert 0 < r["time/rollout_prefill"] + r["time/rollout_decode"] <= r["time/rollout_engine"] <= r["time/rollout"]
+        assert r["time/rollout_gpu_wait"] == 0  # on CPU the forward runs in the host thread: nothing to wait for
     text = capsys.readouterr().out
     assert f"ERL / RLVR step by step: {res['ratio/pairs'][0]:.3f}" in text
     assert f"ERL - 1.5 x RLVR: step {res['excess']['time/step']:+.3f} s" in text

@@ -62,6 +62,14 @@ from erl.tracking import samples_path
 from erl.workflow.erl_workflow import ErlWorkflow
 
 GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
+# The rollout engine's counters (erl.rollout.engine), as step metrics. Decode steps: each a forward's
+# latency in a row, and an episode's turns, reflection and second attempt are one chain (preset=gpu
+# FrozenLake: ERL 176 a step, RLVR 64; docs/gpu/decode_kernels). The seconds split the host's time in
+# the engine: queueing prefills, decode steps with their delivery, and of those the wait for the GPU;
+# time/rollout less the engine's generate seconds is the episodes' own code.
+ENGINE_STATS = {"decode_steps": "rollout/decode_steps", "prefill_forwards": "rollout/prefill_forwards",
+                "prefill_seconds": "time/rollout_prefill", "decode_seconds": "time/rollout_decode",
+                "gpu_wait_seconds": "time/rollout_gpu_wait"}
 
 
 class NonFiniteStepError(RuntimeError):
@@ -234,8 +242,8 @@ class ErlDriver:
         gen = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         if getattr(self.policy, "graphs", None) is not None:  # the engine's new CUDA graphs: fewer as shapes recur
             gen["graphs_recorded"] = self.policy.stats["graphs_recorded"] - before["graphs_recorded"]
-        if "decode_steps" in before:  # the engine's: one token for every decoding sequence a step
-            gen["decode_steps"] = self.policy.stats["decode_steps"] - before["decode_steps"]
+        # the engine's own split of the rollout (absent from other policies' stats)
+        gen.update({k: self.policy.stats[k] - before[k] for k in ENGINE_STATS if k in before})
         reflection_time = self.workflow.take_reflection_time()
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
@@ -256,6 +264,7 @@ class ErlDriver:
             # generate calls a step: with short turns each costs ~max_new_tokens decode steps
             # whatever its size, so this count, not tokens, sets the rollout time
             "rollout/batches": float(gen["batches"]),
+            "time/rollout_engine": gen["generate_seconds"],  # the policy's own; the rest is the episodes' code
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / gen["generate_seconds"]
             if gen["generate_seconds"] > 0 else 0.0,
             # tokens the update's passes ran over: a backend may skip rows without gradient
@@ -266,10 +275,7 @@ class ErlDriver:
         })
         if "graphs_recorded" in gen:
             metrics["rollout/graphs_recorded"] = float(gen["graphs_recorded"])
-        if "decode_steps" in gen:
-            # each a forward's latency in a row: an episode's turns, reflection and second attempt
-            # are one chain (preset=gpu FrozenLake: ERL 176 a step, RLVR 63; docs/gpu/decode_kernels)
-            metrics["rollout/decode_steps"] = float(gen["decode_steps"])
+        metrics.update({name: float(gen[k]) for k, name in ENGINE_STATS.items() if k in gen})
         if self.memory is not None:
             metrics.update(memory_store_metrics(self.memory.stats(), metrics))
         return metrics
