@@ -1,7 +1,7 @@
 """One decode step (a recorded CUDA graph) and one eager prefill of the engine's slot forward
 (erl.rollout.kv.SlotModel), side by side: with dense masked decode attention, with varlen
 decode attention (the engine's default on CUDA), and with candidates for it (FlashAttention-2,
-FlexAttention, the forward compiled). Kernels a forward and the costliest of them, the host's
+FlexAttention, the forward compiled, the layers' work around attention compiled). Kernels a forward and the costliest of them, the host's
 time to launch, the GPU's time, and the logits' distance from a float32 forward.
 
     python benchmarks/slot_forward.py --variants "varlen decode,flex varlen"   # some of VARIANTS
@@ -28,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from erl.rollout.fused import fuse_projections
+from erl.rollout.regions import compiled_regions
 from erl.rollout.kv import SlotModel
 from erl.rollout.merged import cast_linears
 
@@ -134,6 +135,9 @@ def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
 VARIANTS = {"dense decode": {"varlen": False}, "varlen decode": {"varlen": True},
             "flash varlen": {"varlen": True, "flash": True}, "flex varlen": {"varlen": True, "flex": True},
             "fused varlen": {"varlen": True, "fused": True}, "fused flex": {"varlen": True, "fused": True, "flex": True},
+            # the layers' work around attention in two compiled regions (erl.rollout.regions)
+            "fused regions": {"varlen": True, "fused": True, "regions": True},
+            "regions flex": {"varlen": True, "fused": True, "regions": True, "flex": True},
             "compiled varlen": {"varlen": True, "compile": True},
             "compiled varlen dynamic": {"varlen": True, "compile": True, "dynamic": True}}
 
@@ -185,6 +189,7 @@ def main(argv=None) -> None:
             net.varlen = flags["varlen"]
             net.decode_attention = "flex" if flags.get("flex") else "efficient"  # erl.rollout.flex
             net.allocate(args.slots, args.capacity, torch.bfloat16, device)
+            net.regions = compiled_regions() if flags.get("regions") else None
             forward = net.forward
             try:
                 if flags.get("compile"):  # fused kernels from inductor, recorded in the graph like eager's
@@ -195,8 +200,9 @@ def main(argv=None) -> None:
                     print(f"{name}: compiled in {time.perf_counter() - t:.1f} s", flush=True)
                 t = time.perf_counter()
                 forward(*decode)
+                net.forward(*prefill)  # compiled regions compile the prefill's shapes here, not in its timing
                 sync(device)
-                print(f"{name}: first call {time.perf_counter() - t:.1f} s", flush=True)
+                print(f"{name}: first calls {time.perf_counter() - t:.1f} s", flush=True)
             except Exception as exc:  # noqa: BLE001 -- a candidate the device cannot run: say so, go on
                 print(f"{name}: failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})", flush=True)
                 net.release()

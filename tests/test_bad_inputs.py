@@ -136,6 +136,10 @@ CASES = {
                               "trainer.rollout_compile must be true, false or a torch.compile mode"),
     "flex decode on a CPU": (*train_case("trainer.rollout_decode_attention=flex", "trainer.device=cpu"),
                              "trainer.rollout_decode_attention=flex needs a CUDA device (this run's: cpu)"),
+    "compiled regions on a CPU": (*train_case("trainer.rollout_regions=true", "trainer.device=cpu"),
+                                  "trainer.rollout_regions=true needs a CUDA device (this run's: cpu)"),
+    "compiled regions with hf": (*train_case("trainer.rollout_regions=true", "trainer.rollout_engine=hf"),
+                                 "not with rollout_engine=hf or rollout_compile"),
     "flex decode with hf": (*train_case("trainer.rollout_decode_attention=flex", "trainer.rollout_engine=hf"),
                             "not with rollout_engine=hf or rollout_compile"),
     # documented in the README: a run is never written over or mixed with another config

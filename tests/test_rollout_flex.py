@@ -88,7 +88,8 @@ def test_flex_decode_attention_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="setting of the rollout engine, not of hf"):
         build_policy(model_of(), TOK, "hf", decode_attention="flex")
     engine.active[0] = object()  # a sequence decoding: no setting may change the forward under it
-    for setting, value in (("varlen_decode", True), ("decode_attention", "efficient"), ("fused", False)):
+    for setting, value in (("varlen_decode", True), ("decode_attention", "efficient"), ("fused", False),
+                           ("regions", False)):
         with pytest.raises(RuntimeError, match=f"RolloutEngine.{setting} set with sequences decoding"):
             setattr(engine, setting, value)
     engine.active.clear()

@@ -18,5 +18,5 @@ run() {
 }
 # the GPU tests of the rollout engine and its CUDA graphs, into $OUT/gpu_tests.txt
 gpu_tests() {
-  run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py tests/test_rollout_flex.py tests/test_rollout_fused.py
+  run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py tests/test_rollout_flex.py tests/test_rollout_fused.py tests/test_rollout_regions.py
 }

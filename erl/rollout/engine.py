@@ -36,6 +36,7 @@ from erl.rollout.decoding import Decoding, Request, Sampled
 from erl.rollout.flex import BLOCK as FLEX_BLOCK
 from erl.rollout.graphs import DecodeGraphs
 from erl.rollout.kv import SlotModel, unsupported_reason, unwrap
+from erl.rollout.regions import compiled_regions
 from erl.rollout.sampling import check_request
 from erl.rollout.versions import WeightsVersion
 
@@ -60,13 +61,14 @@ class RolloutEngine(Admission, Decoding):
     `pipeline` (default: with overlap): a decode step is queued before the step before it is
     delivered, its input tokens taken on the device, so the GPU decodes while the host delivers and
     runs the episodes (a sequence that ended decodes one spare row, dropped); `decode_attention`:
-    "efficient" or "flex", the kernel of varlen decode attention (the property says more)."""
+    "efficient" or "flex", the kernel of varlen decode attention (the property says more); `regions`:
+    each layer's work around its attention compiled (CUDA; the property says more)."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
                  stop_ids: list[int] | None = None, prefix_reuse: bool = True, refresh: Any = None,
                  eager_casts: bool = True, lend: bool = True, cuda_graphs: bool = True, overlap: bool | None = None,
-                 pipeline: bool | None = None, decode_attention: str = "efficient"):
+                 pipeline: bool | None = None, decode_attention: str = "efficient", regions: bool = False):
         reason = unsupported_reason(model)
         if reason:
             raise ValueError(f"RolloutEngine cannot run this model: {reason}")
@@ -125,6 +127,7 @@ class RolloutEngine(Admission, Decoding):
         # The setter also sets span_ratio (erl.rollout.layout.decode_rows).
         self.varlen_decode = self.device.type == "cuda" and not self.compile
         self.decode_attention = decode_attention
+        self.regions = regions
 
     def _idle(self, setting: str) -> None:
         """A setting that changes the forward's layout or kernels waits until no sequence decodes."""
@@ -167,7 +170,27 @@ class RolloutEngine(Admission, Decoding):
         self._idle("decode_attention")
         self.net.decode_attention = kind
         if self.graphs is not None:  # a compiled kernel compiles at a shape's first call: never inside a capture
-            self.graphs.warm = kind == "flex"
+            self.graphs.warm = kind == "flex" or self.net.regions is not None
+
+    @property
+    def regions(self) -> bool:
+        """Each fused layer's work on either side of its attention (norms, projections, rotary
+        embedding, MLP, residual adds) as two torch.compile'd regions that every layer shares
+        (erl.rollout.regions): fewer, fused kernels in decode steps and prefills. CUDA only, and
+        not with `compile` (which compiles the whole decode step). Setting it drops the CUDA graphs."""
+        return self.net.regions is not None
+
+    @regions.setter
+    def regions(self, on: bool) -> None:
+        if on and self.device.type != "cuda":
+            raise ValueError("RolloutEngine.regions needs CUDA (torch.compile's GPU kernels)")
+        if on and self.compile:
+            raise ValueError("RolloutEngine.regions is not for a compiled engine: compile already compiles the decode step")
+        self._idle("regions")
+        self.net.regions = compiled_regions() if on else None
+        if self.graphs is not None:
+            self.graphs.drop()
+            self.graphs.warm = bool(on) or self.decode_attention == "flex"
 
     @property
     def fused(self) -> bool:

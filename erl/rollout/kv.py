@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
 from erl.rollout.flex import decode_block_mask, flex_decode
+from erl.rollout.regions import LayerWeights, layer_weights
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -74,6 +75,9 @@ class SlotModel:
         # q/k/v and gate/up as one matmul each where the model carries them fused (erl.rollout.fused),
         # and on CUDA float32 RMSNorms as one kernel (F.rms_norm) instead of seven
         self.fused = True
+        # None, or the (attention_inputs, mlp_block) pair that runs each fused layer of a float32
+        # residual stream around its attention (erl.rollout.regions: compiled on CUDA)
+        self.regions: tuple | None = None
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -142,15 +146,23 @@ class SlotModel:
             v = attn.v_proj(h).view(n, t, -1, self.head_dim)
         if hasattr(attn, "q_norm"):  # Qwen3
             q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = self.rope(q, k, *cos_sin, self.k[idx].dtype)
+        return attn.o_proj(self._attend_cached(idx, q, k, v, slot, rows, write, keys, mask, varlen, packed))
+
+    def _attend_cached(self, idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor,
+                       rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor | None,
+                       varlen: tuple | None, packed: tuple | None) -> torch.Tensor:
+        """Write k and v [n, T, kv_heads, d] at `write`, then attend q's rows (rotated) to their keys:
+        [n, T, heads x d], before o_proj (_attend says what the arguments are)."""
+        n, t = q.shape[0], q.shape[1]
         kc, vc = self.k[idx], self.v[idx]
-        q, k = self.rope(q, k, *cos_sin, kc.dtype)
         at = slot.view(write.shape[0], -1)  # [n, 1] against write [n, T]; packed: [1, N] against [1, N]
         kc[at, :, write] = k
         vc[at, :, write] = v.to(vc.dtype)
         if packed is not None:
-            return attn.o_proj(self._attend_packed(q, kc, vc, keys, *packed))
+            return self._attend_packed(q, kc, vc, keys, *packed)
         if varlen is not None:
-            return attn.o_proj(self._attend_varlen(q, kc, vc, keys, *varlen))
+            return self._attend_varlen(q, kc, vc, keys, *varlen)
         if rows is None:  # the first n slots: a view, no copy
             ks, vs = kc[:n, :, :keys], vc[:n, :, :keys]
         else:
@@ -160,8 +172,17 @@ class SlotModel:
         g = self.heads // self.kv_heads
         q = q.transpose(1, 2).reshape(n, self.kv_heads, g * t, self.head_dim)
         out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
-        out = out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
-        return attn.o_proj(out)
+        return out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
+
+    def _regions_layer(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor, rows: torch.Tensor | None,
+                       write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None,
+                       packed: tuple | None) -> torch.Tensor:
+        attention_inputs, mlp_block = self.regions
+        dev = h.device.type
+        compute = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        q, k, v = attention_inputs(h, w, *cos_sin, self.head_dim, compute, self.k[idx].dtype, self.rotate_half)
+        attended = self._attend_cached(idx, q, k, v, slot, rows, write, keys, mask, varlen, packed)
+        return mlp_block(h, attended, w, compute)
 
     def _attend_varlen(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int,
                        *inputs: torch.Tensor) -> torch.Tensor:
@@ -285,6 +306,10 @@ class SlotModel:
         compute = self.compute_cast(ids.device.type)
         with attention_kernels():
             for i, layer in enumerate(self.layers):
+                w = layer_weights(layer) if self.regions is not None and self.fused and h.dtype == torch.float32 else None
+                if w is not None:  # the layer around its attention in two compiled regions (erl.rollout.regions)
+                    h = self._regions_layer(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
+                    continue
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(self._norm(layer.input_layernorm, h)), slot, rows,
                                      write, keys, mask, cos_sin, varlen, packed)

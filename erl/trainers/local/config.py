@@ -46,6 +46,7 @@ class LocalTrainerConfig:
     rollout_compile: bool | str = False  # torch.compile the engine's decode step: true (mode default) or a mode
     rollout_cuda_graphs: bool = True  # CUDA: the engine replays its eager decode step as CUDA graphs
     rollout_decode_attention: str = "efficient"  # CUDA: the engine's decode attention kernel, efficient | flex
+    rollout_regions: bool = False  # CUDA: each layer's work around attention compiled (erl.rollout.regions)
     rollout_merge_lora: bool = True  # the engine decodes with a LoRA-merged copy (one more copy of the weights)
     max_context_tokens: int = 2048
     loggers: list = field(default_factory=lambda: ["console", "tensorboard"])
@@ -70,7 +71,7 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora"))
+        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora", "rollout_regions"))
         if not isinstance(self.rollout_compile, bool):
             try:
                 check_mode(str(self.rollout_compile))
@@ -82,6 +83,9 @@ class LocalTrainerConfig:
         if self.rollout_decode_attention == "flex" and (self.rollout_engine == "hf" or self.rollout_compile):
             raise ConfigError("trainer.rollout_decode_attention=flex is the rollout engine's eager decode "
                               "(CUDA graphs): not with rollout_engine=hf or rollout_compile")
+        if self.rollout_regions and (self.rollout_engine == "hf" or self.rollout_compile):
+            raise ConfigError("trainer.rollout_regions is the rollout engine's, around its own attention: not with "
+                              "rollout_engine=hf or rollout_compile")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 

@@ -125,6 +125,8 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     if tcfg.rollout_decode_attention == "flex" and device.type != "cuda":  # before the model loads
         raise ConfigError(f"trainer.rollout_decode_attention=flex needs a CUDA device (this run's: {device.type}); "
                           "use efficient")
+    if tcfg.rollout_regions and device.type != "cuda":
+        raise ConfigError(f"trainer.rollout_regions=true needs a CUDA device (this run's: {device.type})")
     torch.manual_seed(seed)
     model, tok = load_policy_model(dict(cfg["model"]), device, seed)
     ref = None

@@ -73,7 +73,7 @@ class LocalTrainer(ErlDriver):
         policy = build_policy(model, tokenizer, trainer.rollout_engine, max_batch_size=trainer.gen_batch_size,
                               compile=trainer.rollout_compile, merge_lora=trainer.rollout_merge_lora,
                               cuda_graphs=trainer.rollout_cuda_graphs,
-                              decode_attention=trainer.rollout_decode_attention,
+                              decode_attention=trainer.rollout_decode_attention, regions=trainer.rollout_regions,
                               autocast_dtype=self.autocast_dtype)
         schedule = Schedule(total_steps=trainer.total_steps, eval_every=trainer.eval_every,
                             save_every=trainer.save_every, save_every_minutes=trainer.save_every_minutes,

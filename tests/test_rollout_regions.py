@@ -1,0 +1,112 @@
+"""The engine's compiled regions around attention (erl.rollout.regions): the same formulas as the
+eager forward (checked eagerly on CPU, where the engine refuses to compile them), which layers
+they take, the settings that refuse them, and on CUDA the compiled regions against a
+teacher-forced forward."""
+
+import copy
+
+import pytest
+import torch
+from test_rollout_engine import TOK, logprob_errors, lora_model, model_of, prompts
+
+from erl.core.interfaces import SamplingParams
+from erl.rollout.engine import RolloutEngine
+from erl.rollout.fused import fuse_projections
+from erl.rollout.regions import attention_inputs, layer_weights, mlp_block
+
+
+def counted(calls: list):
+    """The two regions run eagerly, each call counted."""
+    def attn(*a):
+        calls.append("attn")
+        return attention_inputs(*a)
+
+    def mlp(*a):
+        calls.append("mlp")
+        return mlp_block(*a)
+    return attn, mlp
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])  # qwen2: q/k/v biases
+def test_regions_compute_what_the_eager_forward_computes(kind):
+    """Eagerly on CPU in float32: the same tokens, log-probs within 1e-5 (F.rms_norm against the
+    RMSNorm module sums in another order), prefills and decode steps alike."""
+    model = model_of(kind)
+    fuse_projections(model)
+    ps, params = prompts(6), SamplingParams(max_new_tokens=8, temperature=1.0)
+    torch.manual_seed(0)
+    want = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(ps, params)
+    engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    calls: list = []
+    engine.net.regions = counted(calls)
+    torch.manual_seed(0)
+    got = engine.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    forwards = engine.stats["decode_steps"] + engine.stats["prefill_forwards"]
+    assert calls.count("attn") == calls.count("mlp") == 2 * forwards  # both layers of every forward
+
+
+def test_regions_take_only_the_layers_they_compute():
+    """Fused projections, float32 RMSNorms, plain o/down projections, SiLU, no q/k norms: else the
+    layer runs eagerly (and the engine still samples what it would without regions)."""
+    model = model_of()
+    assert layer_weights(model.model.layers[0]) is None  # not fused
+    fuse_projections(model)
+    w = layer_weights(model.model.layers[0])
+    assert w is not None and w.qkv_sizes == (32, 16, 16) and w.gate_up_sizes == (64, 64)
+    assert w.qkv.data_ptr() == model.model.layers[0].self_attn.q_proj.weight.data_ptr()  # the modules' own
+    qwen3 = model_of("qwen3")
+    fuse_projections(qwen3)
+    assert layer_weights(qwen3.model.layers[0]) is None  # q/k norms
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    assert layer_weights(half.model.layers[0]) is None  # a bf16 RMSNorm rounds where F.rms_norm would not
+    adapted = lora_model()  # LoRA on layer 1's q, v and down projections: down_proj is an adapter
+    fuse_projections(adapted.get_base_model())
+    layers = adapted.get_base_model().model.layers
+    assert layer_weights(layers[0]) is not None and layer_weights(layers[1]) is None
+    ps, params = prompts(4), SamplingParams(max_new_tokens=6, temperature=0.0)
+    want = RolloutEngine(adapted, TOK, slots=4, stop_ids=[]).generate_batch(ps, params)
+    engine = RolloutEngine(adapted, TOK, slots=4, stop_ids=[])
+    calls: list = []
+    engine.net.regions = counted(calls)
+    got = engine.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    assert calls.count("attn") == engine.stats["decode_steps"] + engine.stats["prefill_forwards"]  # layer 0 only
+
+
+def test_regions_are_refused_where_they_cannot_run():
+    from erl.core.config import ConfigError
+    from erl.trainers.local.config import LocalTrainerConfig
+
+    with pytest.raises(ValueError, match="RolloutEngine.regions needs CUDA"):
+        RolloutEngine(model_of(), TOK, slots=2, regions=True)
+    engine = RolloutEngine(model_of(), TOK, slots=2)
+    assert engine.regions is False
+    with pytest.raises(ConfigError, match="trainer.rollout_regions must be true or false"):
+        LocalTrainerConfig.from_dict({"rollout_regions": "yes"})
+    with pytest.raises(ConfigError, match="not with rollout_engine=hf or rollout_compile"):
+        LocalTrainerConfig.from_dict({"rollout_regions": True, "rollout_compile": True})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("flex", [False, True])
+def test_compiled_regions_on_cuda_match_a_teacher_forced_forward(flex):
+    """Compiled on CUDA in float32, decode steps in CUDA graphs (each new shape compiled in the
+    eager run before its capture), with either decode attention: log-probs within 1e-4 of one
+    full-sequence forward of the plain model, and the regions ran."""
+    model = model_of().cuda()
+    fused = copy.deepcopy(model)
+    fuse_projections(fused)
+    engine = RolloutEngine(fused, TOK, slots=16, stop_ids=[], regions=True,
+                           decode_attention="flex" if flex else "efficient")
+    assert engine.regions and engine.graphs.warm
+    ps = prompts(24)
+    gens = engine.generate_batch(ps, SamplingParams(max_new_tokens=20, temperature=0.7))
+    err = logprob_errors(model, ps, gens, 0.7)
+    assert err.max() < 1e-4
+    assert engine.stats["graphs_recorded"] > 0
+    from torch._dynamo.utils import counters
+    assert counters["stats"]["unique_graphs"] > 0
