@@ -28,9 +28,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from erl.rollout.fused import fuse_projections
-from erl.rollout.regions import compiled_regions
 from erl.rollout.kv import SlotModel
 from erl.rollout.merged import cast_linears
+from erl.rollout.regions import compiled_regions
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rollout import SMOLLM2_135M, sync  # the benchmark next to this one
