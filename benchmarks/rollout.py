@@ -206,6 +206,7 @@ def erl_workload(args) -> None:
                               max_batch_size=tc.gen_batch_size, compile=mode or False,
                               cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own,
                               decode_attention=tc.rollout_decode_attention, merge_lora=tc.rollout_merge_lora,
+                              regions=tc.rollout_regions,
                               autocast_dtype=trainer.autocast_dtype)  # the trainer's own rollout copy
         for opt in opts:
             key, _, value = opt.partition("=")
