@@ -26,11 +26,13 @@ def test_gpu_preset_composes_to_the_documented_scale():
     t = cfg.trainer
     assert (t.device, t.precision, t.tasks_per_step, t.lr) == ("cuda", "bf16", 64, 3e-4)
     assert cfg.erl.n_attempt == 8 and cfg.env.n_train == 1024  # rlvr: 2n = 16 first attempts a task
+    assert t.rollout_regions is True and t.rollout_decode_attention == "flex"  # the engine's CUDA kernels
 
 
 def test_chain_script_stops_inside_its_budget_and_the_next_call_resumes(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    tiny = ["model=tiny", "trainer.device=cpu", "trainer.precision=fp32", "trainer.tasks_per_step=2",
+    tiny = ["model=tiny", "trainer.device=cpu", "trainer.precision=fp32",
+            "trainer.rollout_regions=false", "trainer.rollout_decode_attention=efficient",  # preset=gpu's CUDA kernels "trainer.tasks_per_step=2",
             "trainer.total_steps=2", "trainer.micro_batch_size=4", "trainer.eval_tasks=2", "erl.n_attempt=2",
             "erl.max_new_tokens=4", "env.n_train=4", "env.n_val=2", "model.tiny.hidden=32", "model.tiny.layers=1"]
     env = {"RUNS": "rlvr:0", "BUDGET": "0.000001", "RUN_ROOT": str(tmp_path / "runs"), "OUT": str(tmp_path),
@@ -69,7 +71,8 @@ def test_chain_script_restarts_a_run_that_crashed_before_its_first_checkpoint(tm
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    tiny = ["model=tiny", "trainer.device=cpu", "trainer.precision=fp32", "trainer.tasks_per_step=2",
+    tiny = ["model=tiny", "trainer.device=cpu", "trainer.precision=fp32",
+            "trainer.rollout_regions=false", "trainer.rollout_decode_attention=efficient",  # preset=gpu's CUDA kernels "trainer.tasks_per_step=2",
             "trainer.total_steps=1", "trainer.micro_batch_size=4", "trainer.eval_tasks=2", "erl.n_attempt=2",
             "erl.max_new_tokens=4", "env.n_train=4", "env.n_val=2", "model.tiny.hidden=32", "model.tiny.layers=1"]
     env = {"RUNS": "rlvr:0", "BUDGET": "600", "RUN_ROOT": str(tmp_path / "runs"), "PATH": "/usr/bin:/bin",
