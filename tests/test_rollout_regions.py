@@ -82,6 +82,8 @@ def test_regions_are_refused_where_they_cannot_run():
 
     with pytest.raises(ValueError, match="RolloutEngine.regions needs CUDA"):
         RolloutEngine(model_of(), TOK, slots=2, regions=True)
+    with pytest.raises(ValueError, match="not for a compiled engine"):
+        RolloutEngine(model_of(), TOK, slots=2, compile=True, regions=True)
     engine = RolloutEngine(model_of(), TOK, slots=2)
     assert engine.regions is False
     with pytest.raises(ConfigError, match="trainer.rollout_regions must be true or false"):

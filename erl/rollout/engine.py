@@ -61,8 +61,7 @@ class RolloutEngine(Admission, Decoding):
     `pipeline` (default: with overlap): a decode step is queued before the step before it is
     delivered, its input tokens taken on the device, so the GPU decodes while the host delivers and
     runs the episodes (a sequence that ended decodes one spare row, dropped); `decode_attention`:
-    "efficient" or "flex", the kernel of varlen decode attention (the property says more); `regions`:
-    each layer's work around its attention compiled (CUDA; the property says more)."""
+    "efficient" or "flex", the kernel of varlen decode attention; `regions`: see the properties."""
 
     def __init__(self, model: Any, tokenizer: Any, slots: int = 64, max_len: int | None = None,
                  compile: bool | str = False, key_bucket: int = 128, prefill_budget: int | None = None,
@@ -174,18 +173,16 @@ class RolloutEngine(Admission, Decoding):
 
     @property
     def regions(self) -> bool:
-        """Each fused layer's work on either side of its attention (norms, projections, rotary
-        embedding, MLP, residual adds) as two torch.compile'd regions that every layer shares
-        (erl.rollout.regions): fewer, fused kernels in decode steps and prefills. CUDA only, and
-        not with `compile` (which compiles the whole decode step). Setting it drops the CUDA graphs."""
+        """Each fused layer's work around its attention as two torch.compile'd regions every layer
+        shares (erl.rollout.regions). CUDA only, not with `compile`; setting it drops the CUDA graphs."""
         return self.net.regions is not None
 
     @regions.setter
     def regions(self, on: bool) -> None:
-        if on and self.device.type != "cuda":
-            raise ValueError("RolloutEngine.regions needs CUDA (torch.compile's GPU kernels)")
         if on and self.compile:
             raise ValueError("RolloutEngine.regions is not for a compiled engine: compile already compiles the decode step")
+        if on and self.device.type != "cuda":
+            raise ValueError("RolloutEngine.regions needs CUDA (torch.compile's GPU kernels)")
         self._idle("regions")
         self.net.regions = compiled_regions() if on else None
         if self.graphs is not None:
