@@ -151,9 +151,8 @@ class RolloutEngine(Admission, Decoding):
 
     @property
     def decode_attention(self) -> str:
-        """The kernel of varlen decode attention: "efficient" (the memory-efficient kernel's
-        variable-length mode) or "flex" (FlexAttention's decoding kernel, compiled once for each
-        decode shape outside the CUDA graph captures: erl.rollout.flex)."""
+        """Varlen decode attention's kernel: "efficient" (the memory-efficient kernel) or "flex"
+        (FlexAttention's decoding kernel, compiled per decode shape before its capture: erl.rollout.flex)."""
         return self.net.decode_attention
 
     @decode_attention.setter
