@@ -76,6 +76,42 @@ def test_regions_take_only_the_layers_they_compute():
     assert calls.count("attn") == engine.stats["decode_steps"] + engine.stats["prefill_forwards"]  # layer 0 only
 
 
+def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(caplog, monkeypatch):
+    """A compiler failure (no C compiler for Triton, say) in either region, at any layer: said once,
+    then the same formulas run eagerly, the failed layer again from its input; the samples are what
+    the eager forward draws. A failure of the eager regions themselves is raised."""
+    from erl.rollout.regions import EAGER_REGIONS
+
+    model = model_of()
+    fuse_projections(model)
+    ps, params = prompts(5), SamplingParams(max_new_tokens=6, temperature=1.0)
+    torch.manual_seed(0)
+    want = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(ps, params)
+    calls = []
+
+    def broken_mlp(*a):  # fails after the layer's attention has written the cache
+        calls.append(1)
+        raise RuntimeError("InductorError: failed to find a working C compiler")
+
+    engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    engine.net.regions = (attention_inputs, broken_mlp)
+    torch.manual_seed(0)
+    with caplog.at_level("WARNING"):
+        got = engine.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert len(calls) == 1 and engine.net.regions == EAGER_REGIONS
+    assert sum("compiled regions failed (RuntimeError: InductorError" in r.message for r in caplog.records) == 1
+
+    def broken(*a):
+        raise ValueError("a shape the formulas do not take")
+    engine.net.regions = (broken, mlp_block)
+    monkeypatch.setattr("erl.rollout.kv.EAGER_REGIONS", engine.net.regions)  # the eager ones fail: raised
+    with pytest.raises(ValueError, match="a shape the formulas do not take"):
+        engine.generate_batch(ps, params)
+
+
 def test_regions_are_refused_where_they_cannot_run():
     from erl.core.config import ConfigError
     from erl.trainers.local.config import LocalTrainerConfig

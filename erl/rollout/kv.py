@@ -9,6 +9,7 @@ slot, a column a token position, so a sequence keeps its KV for as long as it ow
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
 from erl.rollout.flex import decode_block_mask, flex_decode
-from erl.rollout.regions import LayerWeights, layer_weights
+from erl.rollout.regions import EAGER_REGIONS, LayerWeights, layer_weights
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+logger = logging.getLogger(__name__)
 
 
 def unwrap(model: Any) -> Any:
@@ -177,7 +179,26 @@ class SlotModel:
     def _regions_layer(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor, rows: torch.Tensor | None,
                        write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None,
                        packed: tuple | None) -> torch.Tensor:
-        attention_inputs, mlp_block = self.regions
+        """The layer in the regions; if they fail to compile (no C compiler for Triton, say), said
+        once and run eagerly from then on (the same formulas), the layer again from its input: its
+        cache writes are the same positions, rewritten."""
+        args = (idx, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
+        try:
+            return self._in_regions(self.regions, *args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # a compiler failure; the eager run raises what is not
+            if self.regions == EAGER_REGIONS:
+                raise
+            logger.warning("RolloutEngine: compiled regions failed (%s: %s); running them eagerly from now on",
+                           type(exc).__name__, str(exc).split("\n")[0][:300])
+            self.regions = EAGER_REGIONS
+            return self._in_regions(self.regions, *args)
+
+    def _in_regions(self, regions: tuple, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor,
+                    rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin,
+                    varlen: tuple | None, packed: tuple | None) -> torch.Tensor:
+        attention_inputs, mlp_block = regions
         dev = h.device.type
         compute = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         q, k, v = attention_inputs(h, w, *cos_sin, self.head_dim, compute, self.k[idx].dtype, self.rotate_half)

@@ -92,6 +92,9 @@ def mlp_block(r: torch.Tensor, attended: torch.Tensor, w: LayerWeights, compute:
     return h + F.linear(F.silu(gate) * up, w.down, w.down_bias)
 
 
+EAGER_REGIONS = (attention_inputs, mlp_block)  # the same, uncompiled: where compiling them fails
+
+
 @functools.cache
 def compiled_regions() -> tuple[Any, Any]:
     """The two regions under torch.compile, one pair per process (every engine and layer shares
