@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
 from erl.rollout.flex import decode_block_mask, flex_decode
-from erl.rollout.regions import EAGER_REGIONS, LayerWeights, layer_weights
+from erl.rollout.regions import EAGER_REGIONS, LayerWeights, layer_weights, rms_params, rotary
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 logger = logging.getLogger(__name__)
@@ -264,22 +264,16 @@ class SlotModel:
 
     def rope(self, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """q [n, T, heads, d] and k [n, T, kv_heads, d] rotated (cos, sin [n, T, 1, d]) and cast to
-        `dtype`: transformers' apply_rotary_pos_emb, the model's rotate_half, on q and k as one
-        tensor. The same values, 5 kernels a layer fewer than rotating and casting them apart."""
-        qk = torch.cat([q, k], dim=2)
-        qk = ((qk * cos) + (self.rotate_half(qk) * sin)).to(dtype)
-        return qk[:, :, :q.shape[2]], qk[:, :, q.shape[2]:]
+        """erl.rollout.regions.rotary with the model's rotate_half (a method: the kernel-count test
+        swaps it for rotating q and k apart)."""
+        return rotary(q, k, cos, sin, dtype, self.rotate_half)
 
     def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
         """An RMSNorm of float32 x with a float32 weight (the residual stream under autocast) as one
         CUDA kernel: the same formula as LlamaRMSNorm's seven ops (x / rms(x) x weight, in float32),
         up to the order of the sum of squares. Anything else runs the module."""
-        weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
-        if (self.fused and x.is_cuda and x.dtype == torch.float32 and eps is not None and weight is not None
-                and weight.dtype == torch.float32 and type(norm).__name__.endswith("RMSNorm")):
-            return F.rms_norm(x, (x.shape[-1],), weight, eps)
-        return norm(x)
+        params = rms_params(norm) if self.fused and x.is_cuda and x.dtype == torch.float32 else None
+        return F.rms_norm(x, (x.shape[-1],), *params) if params is not None else norm(x)
 
     def _mlp(self, mlp: Any, x: torch.Tensor) -> torch.Tensor:
         """The MLP, gate and up as one matmul where fused (erl.rollout.fused): the same formula."""

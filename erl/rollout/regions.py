@@ -43,7 +43,9 @@ class LayerWeights(NamedTuple):
     eps: float
 
 
-def _rms(norm: Any) -> tuple[torch.Tensor, float] | None:
+def rms_params(norm: Any) -> tuple[torch.Tensor, float] | None:
+    """(weight, epsilon) of an RMSNorm with a float32 weight, whose formula F.rms_norm computes in
+    float32 as the module does (up to the order of the sum of squares); None for any other norm."""
     weight, eps = getattr(norm, "weight", None), getattr(norm, "variance_epsilon", None)
     if weight is None or eps is None or weight.dtype != torch.float32 or not type(norm).__name__.endswith("RMSNorm"):
         return None
@@ -57,7 +59,7 @@ def layer_weights(layer: Any) -> LayerWeights | None:
     q/k norms (Qwen3)."""
     attn, mlp = layer.self_attn, layer.mlp
     qkv, gate_up = getattr(attn, "erl_qkv", None), getattr(mlp, "erl_gate_up", None)
-    norms = _rms(layer.input_layernorm), _rms(layer.post_attention_layernorm)
+    norms = rms_params(layer.input_layernorm), rms_params(layer.post_attention_layernorm)
     if (qkv is None or gate_up is None or None in norms or norms[0][1] != norms[1][1] or hasattr(attn, "q_norm")
             or type(attn.o_proj) is not torch.nn.Linear or type(mlp.down_proj) is not torch.nn.Linear
             or type(getattr(mlp, "act_fn", None)).__name__ not in ("SiLU", "SiLUActivation")):
@@ -70,15 +72,24 @@ def layer_weights(layer: Any) -> LayerWeights | None:
 def attention_inputs(h: torch.Tensor, w: LayerWeights, cos: torch.Tensor, sin: torch.Tensor, head_dim: int,
                      compute: torch.dtype | None, cache: torch.dtype, rotate_half: Any) -> tuple:
     """q, k, v [n, T, heads, d] of the float32 residual stream h [n, T, hidden], q and k rotated,
-    all three in the cache's dtype (SlotModel._attend's projections and rope)."""
+    all three in the cache's dtype (SlotModel._attend's projections and rope: the same rotary)."""
     x = F.rms_norm(h, (h.shape[-1],), w.in_norm, w.eps)
     if compute is not None:
         x = x.to(compute)
     n, t = h.shape[0], h.shape[1]
     q, k, v = (y.view(n, t, -1, head_dim) for y in F.linear(x, w.qkv, w.qkv_bias).split(w.qkv_sizes, -1))
+    q, k = rotary(q, k, cos, sin, cache, rotate_half)
+    return q, k, v.to(cache)
+
+
+def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, dtype: torch.dtype,
+           rotate_half: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [n, T, heads, d] and k [n, T, kv_heads, d] rotated (cos, sin [n, T, 1, d]) and cast to
+    `dtype`: transformers' apply_rotary_pos_emb with the model's rotate_half, on q and k as one
+    tensor (the same values, 5 kernels a layer fewer than rotating and casting them apart)."""
     qk = torch.cat([q, k], dim=2)
-    qk = ((qk * cos) + (rotate_half(qk) * sin)).to(cache)
-    return qk[:, :, :q.shape[2]], qk[:, :, q.shape[2]:], v.to(cache)
+    qk = ((qk * cos) + (rotate_half(qk) * sin)).to(dtype)
+    return qk[:, :, :q.shape[2]], qk[:, :, q.shape[2]:]
 
 
 def mlp_block(r: torch.Tensor, attended: torch.Tensor, w: LayerWeights, compute: torch.dtype | None) -> torch.Tensor:
