@@ -88,6 +88,24 @@ def test_replayed_decode_steps_sample_what_eager_steps_sample(monkeypatch):
     assert engine.graphs.cache is cache  # the longer prompt's capacity still fits: the same tensors
 
 
+def test_a_setting_that_changes_the_forward_drops_its_graphs(monkeypatch):
+    """varlen_decode, decode_attention, fused, regions: the graphs recorded of the old forward are
+    dropped (a replay would run the old kernels), and `warm` follows what the forward compiles."""
+    from erl.rollout.regions import EAGER_REGIONS
+
+    engine = fake_graphs(monkeypatch, RolloutEngine(model_of(), TOK, slots=16, stop_ids=[]))
+    engine.varlen_decode = True  # as on CUDA; flex decode needs it
+    for setting, value, warm in (("fused", False, False), ("decode_attention", "flex", True),
+                                 ("decode_attention", "efficient", False), ("varlen_decode", True, False)):
+        sampled(engine, n=4, tokens=3)
+        assert engine.graphs.graphs
+        setattr(engine, setting, value)
+        assert not engine.graphs.graphs and engine.graphs.warm is warm, setting
+    engine.net.regions = EAGER_REGIONS  # what the regions setter installs compiled (CUDA only)
+    engine.fused = True
+    assert engine.graphs.warm is True
+
+
 def test_warm_graphs_run_every_new_shape_eagerly_before_recording_it(monkeypatch):
     """A compiled forward compiles for a shape at its first call, which no capture may hold: warm
     graphs run each new shape's forward outside the recording (that step's result), then record

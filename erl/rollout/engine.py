@@ -128,10 +128,17 @@ class RolloutEngine(Admission, Decoding):
         self.decode_attention = decode_attention
         self.regions = regions
 
-    def _idle(self, setting: str) -> None:
-        """A setting that changes the forward's layout or kernels waits until no sequence decodes."""
+    @contextlib.contextmanager
+    def _new_forward(self, setting: str):
+        """A setting that changes the forward's layout or kernels: refused while a sequence decodes;
+        after it the old forward's graphs are dropped, and with compiled parts (flex, regions) each
+        new shape compiles in an eager run before its capture, never inside it."""
         if self.active:
             raise RuntimeError(f"RolloutEngine.{setting} set with sequences decoding")
+        yield
+        if self.graphs is not None:
+            self.graphs.drop()
+            self.graphs.warm = self.net.decode_attention == "flex" or self.net.regions is not None
 
     @property
     def varlen_decode(self) -> bool:
@@ -142,17 +149,17 @@ class RolloutEngine(Admission, Decoding):
 
     @varlen_decode.setter
     def varlen_decode(self, on: bool) -> None:
-        self._idle("varlen_decode")
-        if not on and self.net.decode_attention != "efficient":
-            self.decode_attention = "efficient"  # flex reads the position-major cache of varlen
-        self.net.varlen = bool(on)
-        self.span_ratio = 0 if on else (2 if self.device.type == "cuda" else 1)
-        self._packed_prefill = self.net.varlen and self.device.type == "cuda"
+        with self._new_forward("varlen_decode"):
+            if not on and self.net.decode_attention != "efficient":
+                self.decode_attention = "efficient"  # flex reads the position-major cache of varlen
+            self.net.varlen = bool(on)
+            self.span_ratio = 0 if on else (2 if self.device.type == "cuda" else 1)
+            self._packed_prefill = self.net.varlen and self.device.type == "cuda"
 
     @property
     def decode_attention(self) -> str:
         """Varlen decode attention's kernel: "efficient" (the memory-efficient kernel) or "flex"
-        (FlexAttention's decoding kernel, compiled per decode shape before its capture: erl.rollout.flex)."""
+        (FlexAttention's decoding kernel: erl.rollout.flex)."""
         return self.net.decode_attention
 
     @decode_attention.setter
@@ -165,15 +172,13 @@ class RolloutEngine(Admission, Decoding):
         if kind == "flex" and self.key_bucket % FLEX_BLOCK:
             raise ValueError(f"RolloutEngine.decode_attention='flex' needs key_bucket to be a multiple of "
                              f"{FLEX_BLOCK}, got {self.key_bucket}")
-        self._idle("decode_attention")
-        self.net.decode_attention = kind
-        if self.graphs is not None:  # a compiled kernel compiles at a shape's first call: never inside a capture
-            self.graphs.warm = kind == "flex" or self.net.regions is not None
+        with self._new_forward("decode_attention"):
+            self.net.decode_attention = kind
 
     @property
     def regions(self) -> bool:
         """Each fused layer's work around its attention as two torch.compile'd regions every layer
-        shares (erl.rollout.regions). CUDA only, not with `compile`; setting it drops the CUDA graphs."""
+        shares (erl.rollout.regions). CUDA only, not with `compile`."""
         return self.net.regions is not None
 
     @regions.setter
@@ -182,24 +187,19 @@ class RolloutEngine(Admission, Decoding):
             raise ValueError("RolloutEngine.regions is not for a compiled engine: compile already compiles the decode step")
         if on and self.device.type != "cuda":
             raise ValueError("RolloutEngine.regions needs CUDA (torch.compile's GPU kernels)")
-        self._idle("regions")
-        self.net.regions = compiled_regions() if on else None
-        if self.graphs is not None:
-            self.graphs.drop()
-            self.graphs.warm = bool(on) or self.decode_attention == "flex"
+        with self._new_forward("regions"):
+            self.net.regions = compiled_regions() if on else None
 
     @property
     def fused(self) -> bool:
-        """Fused projections and norms in the forward where the model has them (erl.rollout.fused;
-        SlotModel.fused); off only to measure what they save. Setting it drops the CUDA graphs."""
+        """Fused projections and norms where the model has them (erl.rollout.fused; SlotModel.fused);
+        off only to measure what they save."""
         return self.net.fused
 
     @fused.setter
     def fused(self, on: bool) -> None:
-        self._idle("fused")
-        self.net.fused = bool(on)
-        if self.graphs is not None:
-            self.graphs.drop()
+        with self._new_forward("fused"):
+            self.net.fused = bool(on)
 
     @property
     def packed_prefill(self) -> bool:
