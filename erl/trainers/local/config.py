@@ -80,14 +80,19 @@ class LocalTrainerConfig:
         if self.rollout_decode_attention not in ("efficient", "flex"):
             raise ConfigError(f"trainer.rollout_decode_attention must be efficient or flex, "
                               f"got {self.rollout_decode_attention!r}")
-        if self.rollout_decode_attention == "flex" and (self.rollout_engine == "hf" or self.rollout_compile):
-            raise ConfigError("trainer.rollout_decode_attention=flex is the rollout engine's eager decode "
-                              "(CUDA graphs): not with rollout_engine=hf or rollout_compile")
-        if self.rollout_regions and (self.rollout_engine == "hf" or self.rollout_compile):
-            raise ConfigError("trainer.rollout_regions is the rollout engine's, around its own attention: not with "
-                              "rollout_engine=hf or rollout_compile")
+        for setting in self.engine_cuda_kernels:
+            if self.rollout_engine == "hf" or self.rollout_compile:
+                raise ConfigError(f"trainer.{setting} is a kernel of the rollout engine's eager forward (in its CUDA "
+                                  "graphs): not with rollout_engine=hf or rollout_compile")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
+
+    @property
+    def engine_cuda_kernels(self) -> list[str]:
+        """The settings asked for that choose the rollout engine's CUDA-only kernels (FlexAttention
+        decode, compiled regions): each is refused without CUDA, with hf or with rollout_compile."""
+        return [s for s, on in (("rollout_decode_attention=flex", self.rollout_decode_attention == "flex"),
+                                ("rollout_regions=true", self.rollout_regions is True)) if on]
 
     @classmethod
     def from_dict(cls, data: Any) -> LocalTrainerConfig:

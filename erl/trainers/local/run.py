@@ -122,11 +122,8 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     train = make_tasks(env_name, n_train, seed=seed, split="train", **params)
     val = make_tasks(env_name, n_val, seed=seed, split="val", **params)[: tcfg.eval_tasks]
     device = pick_device(tcfg.device)
-    if tcfg.rollout_decode_attention == "flex" and device.type != "cuda":  # before the model loads
-        raise ConfigError(f"trainer.rollout_decode_attention=flex needs a CUDA device (this run's: {device.type}); "
-                          "use efficient")
-    if tcfg.rollout_regions and device.type != "cuda":
-        raise ConfigError(f"trainer.rollout_regions=true needs a CUDA device (this run's: {device.type})")
+    if tcfg.engine_cuda_kernels and device.type != "cuda":  # before the model loads
+        raise ConfigError(f"trainer.{tcfg.engine_cuda_kernels[0]} needs a CUDA device (this run's: {device.type})")
     torch.manual_seed(seed)
     model, tok = load_policy_model(dict(cfg["model"]), device, seed)
     ref = None
