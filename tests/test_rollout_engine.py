@@ -2,6 +2,8 @@
 log-probs against HF `generate` and a teacher-forced forward, slot refill, KV reuse, bad input."""
 
 import asyncio
+import contextlib
+import logging
 
 import pytest
 import torch
@@ -46,6 +48,20 @@ def logprob_errors(model, ps, gens, temperature):
     """|engine log-prob - teacher-forced log-prob| of every sampled token, one tensor."""
     return torch.cat([(forced_logprobs(model, p, g, temperature) - torch.tensor(g.logprobs)).abs()
                       for p, g in zip(ps, gens)])
+
+
+@contextlib.contextmanager
+def warnings_said(logger: str):
+    """The messages of warnings `logger` says inside the block, read from a handler of its own:
+    erl-train's console logging stops "erl" records short of the root logger (and of caplog)."""
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield said
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
 
 
 def run_all(engine, ps, params_list):
@@ -136,16 +152,8 @@ def test_hf_policy_out_of_gpu_memory_halves_the_batch_and_logs_it(monkeypatch):
 
     monkeypatch.setattr(model, "generate", tight)
     policy = HFPolicy(model, TOK, max_batch_size=64)
-    import logging
-
-    seen = []  # a handler of its own: erl-train's run log may stop "erl" records short of the root
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("erl.rollout.hf_policy").addHandler(handler)
-    try:
+    with warnings_said("erl.rollout.hf_policy") as seen:
         got = policy.generate_batch(ps, params)
-    finally:
-        logging.getLogger("erl.rollout.hf_policy").removeHandler(handler)
     assert [g.token_ids for g in got] == [g.token_ids for g in alone]
     assert sizes == [5, 3, 2, 1, 2] and policy.max_batch_size == 2 and model.training
     assert any("out of GPU memory generating 5 sequences; retrying in batches of 3" in m for m in seen)
@@ -537,22 +545,14 @@ def test_engine_out_of_gpu_memory_halves_its_slots_and_restarts_what_was_in_flig
     """As HFPolicy halves its batch: the slots are halved (8 -> 4 -> 2 here) and the sequences
     that were decoding start again from their prompts, so each result is one uninterrupted draw:
     the same greedy tokens and log-probs as an engine with memory to spare, logged."""
-    import logging
-
     model = model_of()
     ps = prompts(5)
     params = SamplingParams(max_new_tokens=6, temperature=0.0)
     roomy = RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params)
     engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
     rows = two_rows_fit(engine)
-    seen = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: seen.append(record.getMessage())
-    logging.getLogger("erl.rollout.engine").addHandler(handler)
-    try:
+    with warnings_said("erl.rollout.engine") as seen:
         got = run_all(engine, ps, [params] * 5)
-    finally:
-        logging.getLogger("erl.rollout.engine").removeHandler(handler)
     assert [g.token_ids for g in got] == [g.token_ids for g in roomy]
     for g, r in zip(got, roomy):
         assert len(g.logprobs) == 6 and g.logprobs == pytest.approx(r.logprobs, abs=1e-5)
