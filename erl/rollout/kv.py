@@ -80,6 +80,7 @@ class SlotModel:
         # None, or the (attention_inputs, mlp_block) pair that runs each fused layer of a float32
         # residual stream around its attention (erl.rollout.regions: compiled on CUDA)
         self.regions: tuple | None = None
+        self._weights: list | None = None  # each layer's LayerWeights for the regions, read at their first use
 
     def clear(self) -> None:
         """No positions in use; the tensors stay allocated (a new phase reuses them)."""
@@ -175,6 +176,14 @@ class SlotModel:
         q = q.transpose(1, 2).reshape(n, self.kv_heads, g * t, self.head_dim)
         out = F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=self.scaling)
         return out.reshape(n, self.heads, t, self.head_dim).transpose(1, 2).reshape(n, t, -1)
+
+    def _layer_weights(self) -> list:
+        """layer_weights of every layer, read once (0.5 ms a forward on a CPU core, on the host's
+        path of every prefill): the layers' weights stay the same tensors, updated in place, as the
+        CUDA graphs recorded against them require too."""
+        if self._weights is None:
+            self._weights = [layer_weights(layer) for layer in self.layers]
+        return self._weights
 
     def _regions_layer(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor, rows: torch.Tensor | None,
                        write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None,
@@ -319,9 +328,10 @@ class SlotModel:
         varlen = self._varlen_inputs(slot, pos, keys) if self.varlen and t == 1 and (ids.is_cuda or flex) else None
         mask = None if varlen is not None or packed is not None else self._mask(pos, keys)
         compute = self.compute_cast(ids.device.type)
+        regions = self.regions is not None and self.fused and h.dtype == torch.float32
         with attention_kernels():
             for i, layer in enumerate(self.layers):
-                w = layer_weights(layer) if self.regions is not None and self.fused and h.dtype == torch.float32 else None
+                w = self._layer_weights()[i] if regions else None
                 if w is not None:  # the layer around its attention in two compiled regions (erl.rollout.regions)
                     h = self._regions_layer(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
                     continue
