@@ -22,11 +22,19 @@ def compiled(forward, compile: bool | str, eager_casts: bool):
     import torch
 
     options = compile_options(compile, eager_casts)
+    allow_recompiles(256)
+    return torch.compile(forward, options=options)
+
+
+def allow_recompiles(n: int) -> None:
+    """Dynamo's per-function recompile limit raised to at least `n`, for the whole process (it is
+    one global setting; its older name too): past it dynamo runs the function eagerly."""
+    import torch
+
     dyn = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dyn, name):
-            setattr(dyn, name, max(getattr(dyn, name), 256))
-    return torch.compile(forward, options=options)
+            setattr(dyn, name, max(getattr(dyn, name), n))
 
 
 def check_mode(mode: str) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from erl.rollout.compiling import allow_recompiles
+
 BLOCK = 128  # positions a KV block; a slot's capacity must be a multiple of it (its blocks are its own)
 # Decode shapes (rows bucket x cache size) each compile the kernel once, outside the CUDA graph
 # capture (erl.rollout.graphs: `warm`); dynamo's default of 8 per function would send the ninth
@@ -36,8 +38,7 @@ def flex_attention_fn(device: torch.device) -> Any:
     if device.type != "cuda":
         return flex_attention
     if "cuda" not in _compiled:
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
+        allow_recompiles(RECOMPILE_LIMIT)
         _compiled["cuda"] = torch.compile(flex_attention, dynamic=False)
     return _compiled["cuda"]
 

@@ -113,11 +113,8 @@ def compiled_regions() -> tuple[Any, Any]:
     at first and made dynamic where a second call differs (torch.compile's default): decode rows
     and prefill tokens then each compile once. Decode shapes compile in the eager run before a
     CUDA graph's capture (erl.rollout.graphs.DecodeGraphs.warm), never inside it."""
-    from erl.rollout.compiling import compile_options
+    from erl.rollout.compiling import allow_recompiles, compile_options
 
     options = compile_options("default", eager_casts=True)
-    dyn = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):  # decode, prefill, a one-token prefill, autocast or not
-        if hasattr(dyn, name):
-            setattr(dyn, name, max(getattr(dyn, name), 32))
+    allow_recompiles(32)  # decode, prefill, a one-token prefill, autocast or not
     return torch.compile(attention_inputs, options=options), torch.compile(mlp_block, options=options)
