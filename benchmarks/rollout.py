@@ -225,7 +225,8 @@ def erl_workload(args) -> None:
             policy.reset_stats()
             requests.clear()  # the ceiling runs the collect's requests
             last = index == len(names) - 1
-            with cuda_profile(last and args.profile_cuda == part), host_profile(last and args.profile_host == part):
+            with cuda_profile(last and args.profile_cuda == part), host_profile(last and args.profile_host == part), \
+                    timeline(policy, args.timeline and part == "collect"):
                 t = time.perf_counter()
                 if part == "eval":
                     trainer.evaluate(data["val"])
@@ -325,6 +326,42 @@ def cuda_profile(on: bool):
 
 
 @contextlib.contextmanager
+def timeline(policy, on: bool):
+    """Each engine step's start time and its decoding rows, summarised after the block by rows:
+    how much of the collect's wall time its wide steps took and how much its tail of few rows (a
+    step's time runs from its launch to the next's, so the episodes' code between steps counts)."""
+    if not on or not hasattr(policy, "launch"):
+        yield
+        return
+    marks: list[tuple[float, int, int]] = []  # (time, rows decoding before the launch, admissions so far)
+    launch = policy.launch
+
+    def noted(*a, **kw):
+        marks.append((time.perf_counter(), len(policy.active), policy.stats["batches"]))
+        return launch(*a, **kw)
+
+    policy.launch = noted
+    try:
+        yield
+    finally:
+        end = time.perf_counter()
+        del policy.launch
+        bands = [(512, 10**9), (128, 511), (32, 127), (8, 31), (0, 7)]
+        spent = {b: [0, 0.0, 0] for b in bands}  # steps, seconds, admissions
+        for (t, rows, adm), (t_next, _, adm_next) in zip(marks, marks[1:] + [(end, 0, policy.stats["batches"])]):
+            band = next(b for b in bands if b[0] <= rows <= b[1])
+            spent[band][0] += 1
+            spent[band][1] += t_next - t
+            spent[band][2] += adm_next - adm
+        total = end - marks[0][0] if marks else 0.0
+        print(f"timeline: {len(marks)} engine steps over {total:.2f} s", flush=True)
+        for (lo, hi), (steps, secs, adm) in spent.items():
+            label = f">= {lo}" if hi == 10**9 else f"{lo}-{hi}"
+            print(f"  rows {label:>8}: {steps:4d} steps, {secs:6.3f} s ({1e3 * secs / max(steps, 1):5.1f} ms a step), "
+                  f"{adm} admissions", flush=True)
+
+
+@contextlib.contextmanager
 def host_profile(on: bool):
     """cProfile around a block: where the host's Python time goes (functions by own time, then by
     time including callees). The profiler slows Python code (~1.5-2x), so compare shares, not seconds."""
@@ -379,6 +416,9 @@ def main(argv=None):
     ap.add_argument("--profile-host", nargs="?", const="collect", default=None, choices=["eval", "collect"],
                     help="--workload erl: cProfile over the last policy's collect (or eval): the host's Python "
                          "time by function")
+    ap.add_argument("--timeline", action="store_true",
+                    help="--workload erl: each engine's collect split by the rows its steps decode (wide steps, "
+                         "the tail of few rows): steps, wall time, admissions")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")
