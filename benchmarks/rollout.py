@@ -226,7 +226,8 @@ def erl_workload(args) -> None:
             requests.clear()  # the ceiling runs the collect's requests
             last = index == len(names) - 1
             with cuda_profile(last and args.profile_cuda == part), host_profile(last and args.profile_host == part), \
-                    timeline(policy, args.timeline and part == "collect"):
+                    timeline(policy, args.timeline and part == "collect"), \
+                    timed_calls(policy, args.time_calls.split(",") if args.time_calls and part == "collect" else []):
                 t = time.perf_counter()
                 if part == "eval":
                     trainer.evaluate(data["val"])
@@ -362,6 +363,49 @@ def timeline(policy, on: bool):
 
 
 @contextlib.contextmanager
+def timed_calls(policy, names: list[str]):
+    """Wall time and calls of each named function during the block, callees included: an attribute
+    path on the policy (`_deliver`, `net.forward`: patched on that object) or `module:function`
+    (patched in that module, so its callers there see the wrapper). Unlike cProfile it slows
+    nothing else, so the seconds compare with the collect's."""
+    import importlib
+
+    spent: dict[str, list] = {}
+    undo = []
+    for name in names:
+        if ":" in name:
+            owner, attr = importlib.import_module(name.split(":")[0]), name.split(":")[1]
+        else:
+            *path, attr = name.split(".")
+            owner = policy
+            for part in path:
+                owner = getattr(owner, part)
+        inner = getattr(owner, attr)
+        spent[name] = [0, 0.0]
+
+        def wrapper(*a, _inner=inner, _tally=spent[name], **kw):
+            start = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                _tally[0] += 1
+                _tally[1] += time.perf_counter() - start
+
+        setattr(owner, attr, wrapper)
+        undo.append((owner, attr, inner, ":" not in name))
+    try:
+        yield
+    finally:
+        for owner, attr, inner, on_instance in reversed(undo):
+            if on_instance:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, inner)
+        for name, (calls, secs) in spent.items():
+            print(f"  {name:>40}: {calls:6d} calls, {secs:7.3f} s ({1e3 * secs / max(calls, 1):6.2f} ms each)", flush=True)
+
+
+@contextlib.contextmanager
 def host_profile(on: bool):
     """cProfile around a block: where the host's Python time goes (functions by own time, then by
     time including callees). The profiler slows Python code (~1.5-2x), so compare shares, not seconds."""
@@ -419,6 +463,9 @@ def main(argv=None):
     ap.add_argument("--timeline", action="store_true",
                     help="--workload erl: each engine's collect split by the rows its steps decode (wide steps, "
                          "the tail of few rows): steps, wall time, admissions")
+    ap.add_argument("--time-calls", default=None,
+                    help="--workload erl: comma list of functions timed in each collect, callees included: attribute "
+                         "paths on the engine (_deliver, net.forward) or module:function (erl.rollout.decoding:sample)")
     ap.add_argument("--wait-policies", default=None,
                     help="comma list of OMP_WAIT_POLICY values: the same run once per value, in a subprocess "
                          "each (OpenMP reads it at load), side by side")

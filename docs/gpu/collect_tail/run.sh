@@ -6,12 +6,16 @@
 #   tl_erl / tl_rlvr    benchmarks/rollout.py --workload erl --timeline: two engines' collects (the
 #                first pays the warm-up), each split by rows a step
 #   prof_erl / prof_rlvr  the same with cProfile over the second collect
+#   calls_erl / calls_rlvr  the same with --timeline and $CALLS timed in the collects (rollout.py --time-calls)
 #   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
+#   base_step[N] the same on the session's starting commit f330501 (git archive, carried as .ovl/base22.tar
+#                and unpacked into /tmp/base22), for runs alternating with the above
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/collect_tail}
 source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
 rlvr=(--set erl.mode=rlvr)
+calls=${CALLS:-_decode_step,_admit,_prefill,_deliver,_sampled,_finish,net.forward,graphs._record,erl.rollout.decoding:sample,erl.rollout.decoding:to_device,erl.rollout.admission:plan_sharing,erl.rollout.prefix:prefix_lengths}
 for what in "$@"; do
   case $what in
     tests) gpu_tests ;;
@@ -19,6 +23,13 @@ for what in "$@"; do
     tl_rlvr) run tl_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine --timeline ;;
     prof_erl) run prof_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --profile-host collect ;;
     prof_rlvr) run prof_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine --profile-host collect ;;
+    calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
+                 --time-calls "$calls" ;;
+    calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
+                  --timeline --time-calls "$calls" ;;
+    base_step*) mkdir -p /tmp/base22 && tar -xf .ovl/base22.tar -C /tmp/base22 2>/dev/null
+                (cd /tmp/base22 && run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" \
+                   --steps "${STEPS:-3}") ;;
     step*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
   esac
