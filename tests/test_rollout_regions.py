@@ -12,11 +12,11 @@ from test_rollout_engine import TOK, logprob_errors, lora_model, model_of, promp
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
 from erl.rollout.fused import fuse_projections
-from erl.rollout.regions import attention_inputs, layer_weights, mlp_block, packed_layer
+from erl.rollout.regions import attention_inputs, layer_weights, mlp_block
 
 
 def counted(calls: list):
-    """The regions run eagerly, each call counted (the packed layer's runs only on CUDA)."""
+    """The two regions run eagerly, each call counted."""
     def attn(*a):
         calls.append("attn")
         return attention_inputs(*a)
@@ -24,11 +24,7 @@ def counted(calls: list):
     def mlp(*a):
         calls.append("mlp")
         return mlp_block(*a)
-
-    def packed(*a):
-        calls.append("packed")
-        return packed_layer(*a)
-    return attn, mlp, packed
+    return attn, mlp
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])  # qwen2: q/k/v biases
@@ -98,7 +94,7 @@ def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(monkeypatch):
         raise RuntimeError("InductorError: failed to find a working C compiler")
 
     engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])
-    engine.net.regions = (attention_inputs, broken_mlp, packed_layer)
+    engine.net.regions = (attention_inputs, broken_mlp)
     torch.manual_seed(0)
     with warnings_said("erl.rollout.kv") as seen:
         got = engine.generate_batch(ps, params)
@@ -110,7 +106,7 @@ def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(monkeypatch):
 
     def broken(*a):
         raise ValueError("a shape the formulas do not take")
-    engine.net.regions = (broken, mlp_block, packed_layer)
+    engine.net.regions = (broken, mlp_block)
     monkeypatch.setattr("erl.rollout.kv.EAGER_REGIONS", engine.net.regions)  # the eager ones fail: raised
     with pytest.raises(ValueError, match="a shape the formulas do not take"):
         engine.generate_batch(ps, params)
@@ -153,33 +149,3 @@ def test_compiled_regions_on_cuda_match_a_teacher_forced_forward(flex):
     assert engine.stats["graphs_recorded"] > 0
     from torch._dynamo.utils import counters
     assert counters["stats"]["unique_graphs"] > 0
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_packed_prefills_run_each_layer_as_one_region_on_cuda():
-    """On CUDA prefills are packed, and each layer of one runs in the packed region (its cache writes
-    and attention inside): run eagerly it samples what the engine without regions samples, log-probs
-    within 1e-5, over a second turn that prefills after the KV its slots hold. (Compiled: the test
-    above, against a teacher-forced forward.)"""
-    model = model_of(heads=6, head_dim=64).cuda()
-    fuse_projections(model)
-    ps, params = prompts(6), SamplingParams(max_new_tokens=8, temperature=1.0)
-
-    def two_turns(engine):
-        torch.manual_seed(0)
-        first = engine.generate_batch(ps, params)
-        return first + engine.generate_batch([p + g.token_ids + p[:5] for p, g in zip(ps, first)], params)
-
-    want = two_turns(RolloutEngine(model, TOK, slots=8, stop_ids=[]))
-    engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
-    calls: list = []
-    engine.net.regions = counted(calls)
-    got = two_turns(engine)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
-    assert engine.packed_prefill and engine.stats["reused_tokens"] > 0
-    layers = len(model.model.layers)
-    assert calls.count("packed") == layers * engine.stats["prefill_forwards"] > 0
-    assert calls.count("attn") == calls.count("mlp") == layers * engine.stats["decode_steps"]

@@ -18,15 +18,7 @@ import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
 from erl.rollout.flex import decode_block_mask, flex_decode
-from erl.rollout.regions import (
-    EAGER_REGIONS,
-    LayerWeights,
-    layer_weights,
-    packed_attention,
-    rms_params,
-    rotary,
-    varlen_attention,
-)
+from erl.rollout.regions import EAGER_REGIONS, LayerWeights, layer_weights, rms_params, rotary
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 logger = logging.getLogger(__name__)
@@ -171,8 +163,7 @@ class SlotModel:
         kc[at, :, write] = k
         vc[at, :, write] = v.to(vc.dtype)
         if packed is not None:
-            cu_q, cu_k, lengths, longest = packed
-            return packed_attention(q, self._tokens(kc), self._tokens(vc), cu_q, cu_k, lengths, longest, keys, self.scaling)
+            return self._attend_packed(q, kc, vc, keys, *packed)
         if varlen is not None:
             return self._attend_varlen(q, kc, vc, keys, *varlen)
         if rows is None:  # the first n slots: a view, no copy
@@ -196,12 +187,11 @@ class SlotModel:
 
     def _regions_layer(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor, rows: torch.Tensor | None,
                        write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None,
-                       packed: tuple | None, flat: torch.Tensor | None) -> torch.Tensor:
-        """The layer in the regions (`flat`: a packed prefill's token rows in the cache, _tokens); if
-        they fail to compile (no C compiler for Triton, say), said once and run eagerly from then on
-        (the same formulas), the layer again from its input: its cache writes are the same
-        positions, rewritten."""
-        args = (idx, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed, flat)
+                       packed: tuple | None) -> torch.Tensor:
+        """The layer in the regions; if they fail to compile (no C compiler for Triton, say), said
+        once and run eagerly from then on (the same formulas), the layer again from its input: its
+        cache writes are the same positions, rewritten."""
+        args = (idx, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
         try:
             return self._in_regions(self.regions, *args)
         except torch.OutOfMemoryError:
@@ -216,13 +206,10 @@ class SlotModel:
 
     def _in_regions(self, regions: tuple, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor,
                     rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin,
-                    varlen: tuple | None, packed: tuple | None, flat: torch.Tensor | None) -> torch.Tensor:
-        attention_inputs, mlp_block, packed_layer = regions
+                    varlen: tuple | None, packed: tuple | None) -> torch.Tensor:
+        attention_inputs, mlp_block = regions
         dev = h.device.type
         compute = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
-        if packed is not None:  # one region: its writes and attention too
-            return packed_layer(h, w, self._tokens(self.k[idx]), self._tokens(self.v[idx]), flat, *cos_sin, *packed,
-                                keys, self.head_dim, self.scaling, compute, self.rotate_half)
         q, k, v = attention_inputs(h, w, *cos_sin, self.head_dim, compute, self.k[idx].dtype, self.rotate_half)
         attended = self._attend_cached(idx, q, k, v, slot, rows, write, keys, mask, varlen, packed)
         return mlp_block(h, attended, w, compute)
@@ -239,13 +226,36 @@ class SlotModel:
         n, kvh, d = q.shape[0], self.kv_heads, self.head_dim
         g = self.heads // kvh
         qq = q.reshape(n, kvh, g, d).transpose(1, 2).reshape(1, n * g, kvh, d)
-        out = varlen_attention(qq, self._tokens(kc), self._tokens(vc), cu_q, cu_k, g, keys, lengths, False, self.scaling)
+        out = self._varlen_kernel(qq, kc, vc, cu_q, cu_k, g, keys, lengths, causal=False)
         return out.view(n, g, kvh, d).transpose(1, 2).reshape(n, 1, -1)
 
-    def _tokens(self, cache: torch.Tensor) -> torch.Tensor:
-        """A layer's position-major key or value cache as one token axis [slots x positions,
-        kv_heads, d] (a view), as the variable-length kernel reads it."""
-        return cache.transpose(1, 2).reshape(-1, self.kv_heads, self.head_dim)
+    def _varlen_kernel(self, qq: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, cu_q: torch.Tensor,
+                       cu_k: torch.Tensor, max_q: int, max_k: int, lengths: torch.Tensor, causal: bool) -> torch.Tensor:
+        """The memory-efficient kernel in variable-length mode over the cache taken as one
+        [slots x capacity] token axis: query sequence i is qq's rows cu_q[i]:cu_q[i + 1], its keys
+        the lengths[i] positions from cu_k[i]; `causal`: aligned from the bottom right (a prefill's
+        new tokens after the KV held before them)."""
+        kvh, d = self.kv_heads, self.head_dim
+        k = kc.transpose(1, 2).reshape(1, -1, kvh, d)  # position-major storage: a view
+        v = vc.transpose(1, 2).reshape(1, -1, kvh, d)
+        return torch.ops.aten._efficient_attention_forward(qq, k, v, None, cu_q, cu_k, max_q, max_k, 0.0,
+                                                           2 if causal else 0, False, scale=self.scaling,
+                                                           seqlen_k=lengths)[0]
+
+    def _attend_packed(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
+                       cu_k: torch.Tensor, lengths: torch.Tensor, longest: int) -> torch.Tensor:
+        """Prefill attention (q [1, N, heads, d], several rows' new tokens end to end) in the kernel's
+        variable-length mode, causal from the bottom right: a row's i-th new token sees its slot's
+        positions up to its own (the KV held before it, and its row's tokens up to it). The kernel
+        has no grouped heads, and folding them into query rows (as decode does) would break the
+        causal alignment, so each (query head of a KV head, row) is a sequence of its own:
+        sequence (j, i) is the j-th query head of every KV head on row i's tokens (erl.rollout.
+        layout.packed_prefill_inputs: cu_q, cu_k and lengths over the g x n sequences)."""
+        n, kvh, d = q.shape[1], self.kv_heads, self.head_dim
+        g = self.heads // kvh
+        qq = q[0].reshape(n, kvh, g, d).permute(2, 0, 1, 3).reshape(1, g * n, kvh, d)
+        out = self._varlen_kernel(qq, kc, vc, cu_q, cu_k, longest, keys, lengths, causal=True)
+        return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)
 
     def _varlen_inputs(self, slot: torch.Tensor, pos: torch.Tensor, keys: int) -> tuple:
         """cu_q, cu_k, lengths of a decode step's rows (flex: their BlockMask): a row reads its
@@ -319,13 +329,11 @@ class SlotModel:
         mask = None if varlen is not None or packed is not None else self._mask(pos, keys)
         compute = self.compute_cast(ids.device.type)
         regions = self.regions is not None and self.fused and h.dtype == torch.float32
-        # a packed prefill's token rows in the cache's one token axis (_tokens), for its layer region
-        flat = slot * self.k[0].shape[2] + write[0] if regions and packed is not None else None
         with attention_kernels():
             for i, layer in enumerate(self.layers):
                 w = self._layer_weights()[i] if regions else None
                 if w is not None:  # the layer around its attention in two compiled regions (erl.rollout.regions)
-                    h = self._regions_layer(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed, flat)
+                    h = self._regions_layer(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
                     continue
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(self._norm(layer.input_layernorm, h)), slot, rows,

@@ -56,7 +56,7 @@ def prefill_inputs(chunk: list, pad_id: int, cap: int, key_bucket: int) -> tuple
 def packed_prefill_inputs(chunk: list, cap: int, positions: int, groups: int) -> tuple:
     """The packed forward's (ids, pos, rows, write [1, N] but rows [N], keys, last, (cu_q, cu_k,
     lengths, longest)) for a chunk of (slot, reused, prompt): the rows' new tokens end to end,
-    no padding (erl.rollout.regions.packed_attention). `positions`: the cache tensor's
+    no padding (erl.rollout.kv.SlotModel._attend_packed). `positions`: the cache tensor's
     positions a slot (its flattened rows' stride); `groups`: query heads a KV head. Sequence
     (j, i), j < groups, holds row i's tokens at j x N + (their offset): one per (query head of a
     KV head, row), the same keys for every j."""

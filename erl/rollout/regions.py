@@ -13,11 +13,6 @@ prefill shapes, whose graphs never hold the cache:
 - `attention_inputs`: RMSNorm, cast, the fused q/k/v matmul, rotary embedding, casts;
 - `mlp_block`: o_proj and the residual add, RMSNorm, cast, the fused gate/up matmul, SiLU x up,
   down_proj and the residual add.
-A packed prefill (several rows' new tokens end to end, CUDA) runs each layer as one third region,
-`packed_layer`: both of the above with the cache writes and the variable-length attention between
-them. Its shapes change with every prefill, so it is compiled for dynamic shapes from the start, and
-a prefill costs the host one compiled call a layer where the regions and the eager ops between them
-queued ~25 ms of launches (docs/gpu/collect_tail).
 Both are the eager forward's formulas (erl.rollout.kv.SlotModel: _norm, rope, _mlp), with
 inductor's emulate_precision_casts so that intermediates round where eager's do.
 """
@@ -108,58 +103,18 @@ def mlp_block(r: torch.Tensor, attended: torch.Tensor, w: LayerWeights, compute:
     return h + F.linear(F.silu(gate) * up, w.down, w.down_bias)
 
 
-def varlen_attention(qq: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                     max_q: int, max_k: int, lengths: torch.Tensor, causal: bool, scale: float) -> torch.Tensor:
-    """The memory-efficient kernel in variable-length mode (CUDA) over a position-major cache seen as
-    one token axis, kf and vf [slots x positions, kv_heads, d]: query sequence i is qq's rows
-    cu_q[i]:cu_q[i + 1] (qq [1, rows, kv_heads, d]), its keys the lengths[i] positions from cu_k[i];
-    `causal`: aligned from the bottom right (a prefill's new tokens after the KV held before them)."""
-    return torch.ops.aten._efficient_attention_forward(qq, kf[None], vf[None], None, cu_q, cu_k, max_q, max_k, 0.0,
-                                                       2 if causal else 0, False, scale=scale, seqlen_k=lengths)[0]
-
-
-def packed_attention(q: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                     lengths: torch.Tensor, longest: int, keys: int, scale: float) -> torch.Tensor:
-    """Prefill attention of q [1, N, heads, d], several rows' new tokens end to end, causal from the
-    bottom right: a row's i-th new token sees its slot's positions up to its own. The kernel has no
-    grouped heads, and folding them into query rows (as decode does) would break the causal
-    alignment, so each (query head of a KV head, row) is a sequence of its own: sequence (j, i) is
-    the j-th query head of every KV head on row i's tokens (erl.rollout.layout.packed_prefill_inputs:
-    cu_q, cu_k and lengths over the g x n sequences). Returns [1, N, heads x d]."""
-    n, kvh, d = q.shape[1], kf.shape[1], kf.shape[2]
-    g = q.shape[2] // kvh
-    qq = q[0].reshape(n, kvh, g, d).permute(2, 0, 1, 3).reshape(1, g * n, kvh, d)
-    out = varlen_attention(qq, kf, vf, cu_q, cu_k, longest, keys, lengths, True, scale)
-    return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)
-
-
-def packed_layer(h: torch.Tensor, w: LayerWeights, kf: torch.Tensor, vf: torch.Tensor, flat: torch.Tensor,
-                 cos: torch.Tensor, sin: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor, lengths: torch.Tensor,
-                 longest: int, keys: int, head_dim: int, scale: float, compute: torch.dtype | None,
-                 rotate_half: Any) -> torch.Tensor:
-    """A fused layer of a packed prefill (h [1, N, hidden]): attention_inputs, the new tokens' K/V
-    written at their rows `flat` [N] (slot x positions + position) of the cache seen as kf, vf,
-    packed_attention, mlp_block (SlotModel._attend_cached's writes, the same formulas)."""
-    q, k, v = attention_inputs(h, w, cos, sin, head_dim, compute, kf.dtype, rotate_half)
-    kf.index_copy_(0, flat, k[0])
-    vf.index_copy_(0, flat, v[0])
-    return mlp_block(h, packed_attention(q, kf, vf, cu_q, cu_k, lengths, longest, keys, scale), w, compute)
-
-
-EAGER_REGIONS = (attention_inputs, mlp_block, packed_layer)  # the same, uncompiled: where compiling them fails
+EAGER_REGIONS = (attention_inputs, mlp_block)  # the same, uncompiled: where compiling them fails
 
 
 @functools.cache
-def compiled_regions() -> tuple[Any, Any, Any]:
-    """The three regions under torch.compile, once per process (every engine and layer shares
-    them: a layer's weights and cache are arguments, of the same shapes in every layer). The two
-    around attention start with static shapes and turn dynamic where a second call differs
-    (torch.compile's default): their decode rows compile once. Decode shapes compile in the eager
-    run before a CUDA graph's capture (erl.rollout.graphs.DecodeGraphs.warm), never inside it.
-    The packed layer is dynamic from the start (a one-token prefill compiles apart)."""
+def compiled_regions() -> tuple[Any, Any]:
+    """The two regions under torch.compile, one pair per process (every engine and layer shares
+    them: a layer's weights are arguments, of the same shapes in every layer). Shapes are static
+    at first and made dynamic where a second call differs (torch.compile's default): decode rows
+    and prefill tokens then each compile once. Decode shapes compile in the eager run before a
+    CUDA graph's capture (erl.rollout.graphs.DecodeGraphs.warm), never inside it."""
     from erl.rollout.compiling import allow_recompiles, compile_options
 
     options = compile_options("default", eager_casts=True)
     allow_recompiles(32)  # decode, prefill, a one-token prefill, autocast or not
-    return (torch.compile(attention_inputs, options=options), torch.compile(mlp_block, options=options),
-            torch.compile(packed_layer, options=options, dynamic=True))
+    return torch.compile(attention_inputs, options=options), torch.compile(mlp_block, options=options)
