@@ -146,3 +146,27 @@ def test_a_batching_policy_waits_for_episodes_that_await_their_encoding():
 
     asyncio.run(go())
     assert policy.batches == [[1, 2, 3], [4, 11, 12]]
+
+
+def test_a_batching_policy_serves_each_request_once_one_sampling_setting_a_batch():
+    """Requests of two sampling settings, interleaved, some with equal prompts: each batch takes the
+    oldest request's setting, in queue order, at most max_batch_size; every request gets its own
+    answer exactly once (equal requests are told apart by identity, not by value)."""
+    class Echo(BatchingPolicy):
+        def __init__(self):
+            super().__init__(TOK, max_batch_size=2)
+            self.batches = []
+
+        def generate_batch(self, prompts, params):
+            self.batches.append((params.max_new_tokens, [p[0] for p in prompts]))
+            return [Generation(token_ids=list(p), logprobs=[0.0], text="", finish_reason="stop") for p in prompts]
+
+    policy, a, b = Echo(), SamplingParams(max_new_tokens=1), SamplingParams(max_new_tokens=2)
+    requests = [([1], a), ([2], b), ([1], a), ([3], a), ([4], b)]
+
+    async def go():
+        return await asyncio.gather(*(policy.generate(p, s) for p, s in requests))
+
+    got = asyncio.run(go())
+    assert [g.token_ids for g in got] == [p for p, _ in requests]
+    assert policy.batches == [(1, [1, 1]), (2, [2, 4]), (1, [3])]

@@ -61,7 +61,8 @@ class BatchingPolicy:
             await settle(lambda: len(self._queue))
             params = self._queue[0][1]
             batch = [r for r in self._queue if r[1] == params][: self.max_batch_size]
-            self._queue = [r for r in self._queue if not any(r is b for b in batch)]
+            taken = {id(r) for r in batch}  # by identity, in one pass: a step queues ~1,000 requests
+            self._queue = [r for r in self._queue if id(r) not in taken]
             prompts = [r[0] for r in batch]
             try:
                 if self.offload:
