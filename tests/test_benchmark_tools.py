@@ -1,0 +1,101 @@
+"""The measuring tools of benchmarks/rollout.py (--timeline, --time-calls) on a scripted engine with
+a scripted clock, and benchmarks/episode_code.py on the tiny model."""
+
+import importlib.util
+import types
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Clock:
+    """perf_counter that reads `now`, moved by hand."""
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+class Engine:
+    """A launch takes `seconds` of the clock, makes `admits` admissions, then delivers."""
+    def __init__(self, clock):
+        self.clock, self.active, self.stats = clock, {}, {"batches": 0}
+
+    def launch(self, seconds, admits):
+        self.stats["batches"] += admits
+        self.clock.now += seconds
+        return self._deliver(seconds)
+
+    def _deliver(self, seconds):
+        return seconds
+
+
+def test_timeline_splits_a_collect_by_the_rows_of_its_steps(monkeypatch, capsys):
+    """Launches with 0, 600, 600, 200 and 3 rows decoding before them, 0.1, 0.02, 0.03, 0.01 and
+    0.5 s apart (the last until the block ends): the bands get 2 steps 0.05 s, 1 step 0.01 s, 2
+    steps 0.6 s, with the admissions made in their steps."""
+    rollout = load("rollout")
+    clock = Clock()
+    monkeypatch.setattr(rollout, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    engine = Engine(clock)
+    steps = [(0, 0.1, 1), (600, 0.02, 0), (600, 0.03, 1), (200, 0.01, 0), (3, 0.5, 2)]
+    with rollout.timeline(engine, True):
+        for rows, seconds, admits in steps:
+            engine.active = dict.fromkeys(range(rows))  # what decodes when the step is launched
+            engine.launch(seconds, admits)
+    assert "launch" not in vars(engine)  # the wrapper is gone
+    text = capsys.readouterr().out
+    assert "timeline: 5 engine steps over 0.66 s" in text
+    assert "rows   >= 512:    2 steps,  0.050 s ( 25.0 ms a step), 1 admissions" in text
+    assert "rows  128-511:    1 steps,  0.010 s ( 10.0 ms a step), 0 admissions" in text
+    assert "rows      0-7:    2 steps,  0.600 s (300.0 ms a step), 3 admissions" in text
+
+
+def test_timed_calls_counts_methods_and_module_functions_then_restores_them(monkeypatch, capsys):
+    rollout = load("rollout")
+    clock = Clock()
+    monkeypatch.setattr(rollout, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    engine = Engine(clock)
+    module = types.ModuleType("scripted_mod")
+    module.f = lambda x: x + 1
+    monkeypatch.setitem(__import__("sys").modules, "scripted_mod", module)
+    original = module.f
+    with rollout.timed_calls(engine, ["_deliver", "scripted_mod:f"]):
+        engine.launch(0.25, 0)
+        engine.launch(0.5, 0)
+        assert module.f(1) == 2
+    assert module.f is original and "_deliver" not in vars(engine)
+    text = capsys.readouterr().out
+    assert "_deliver:      2 calls,   0.000 s" in text  # the clock moved before each delivery, not during
+    assert "scripted_mod:f:      1 calls" in text
+
+
+def test_episode_code_benchmark_times_both_collects_without_a_model_call(capsys):
+    """The tiny model's config, 2 tasks: RLVR makes 2n first attempts a task; ERL n, and its failed
+    ones reflect and try again, so it calls generate for reflections too."""
+    bench = load("episode_code")
+    sets = ["model=tiny", "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2", "env.n_train=8",
+            "trainer.tasks_per_step=2", "erl.n_attempt=2", "erl.max_new_tokens=16", "erl.max_reflection_tokens=48"]
+    assert bench.main([*[a for s in sets for a in ("--set", s)], "--collects", "1"]) == 0
+    text = capsys.readouterr().out
+    calls = {mode: int(line.split(",")[1].split()[0]) for line in text.splitlines()
+             for mode in ("ERL", "RLVR") if line.strip().startswith(f"{mode}:")}
+    assert set(calls) == {"ERL", "RLVR"} and calls["ERL"] > 0 and calls["RLVR"] > 0
+    assert "ERL / RLVR:" in text and "ERL - 1.5 x RLVR:" in text
+    from erl.core.interfaces import SamplingParams
+    from erl.models.tiny import build_tiny_tokenizer
+
+    policy = bench.InstantPolicy(build_tiny_tokenizer(), 48)
+    moves = policy.generate_batch([[1], [1]], SamplingParams(max_new_tokens=16))
+    reflection = policy.generate_batch([[1]], SamplingParams(max_new_tokens=48))[0]
+    assert [m.text for m in moves] == list(bench.MOVES[:2]) and reflection.text == bench.REFLECTION
+    assert len(moves[0].token_ids) <= 16 and policy.stats["sequences"] == 3
+
