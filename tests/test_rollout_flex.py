@@ -4,7 +4,7 @@ settings it refuses, and on CUDA the compiled kernel inside the engine's CUDA gr
 
 import pytest
 import torch
-from test_rollout_engine import TOK, logprob_errors, prompts
+from test_rollout_engine import TOK, logprob_errors, prompts, warnings_said
 from test_rollout_engine import model_of as engine_model
 
 from erl.core.interfaces import SamplingParams
@@ -115,3 +115,51 @@ def test_flex_decode_on_cuda_matches_a_teacher_forced_forward(dtype, mean, top):
     err = logprob_errors(model, ps, gens, 0.7)
     assert err.mean() < mean and err.max() < top
     assert engine.graphs.captured >= 2 and engine.graphs.enabled  # recorded, never fell back to eager
+
+
+def test_flex_decode_that_cannot_run_falls_back_to_the_efficient_kernel(monkeypatch):
+    """A flex kernel that fails (no C compiler for Triton, the recompile limit) at the second layer
+    of the second decode step: said once, that forward runs again from its input and every later
+    one with the memory-efficient kernel; the tokens and log-probs are the default engine's. The
+    compiled regions are not blamed (they stay as they were), and out of memory is not caught."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from erl.rollout import flex
+    from erl.rollout.fused import fuse_projections
+    from erl.rollout.regions import attention_inputs, mlp_block
+
+    model = model_of()
+    fuse_projections(model)  # so that the regions take its layers
+    ps, params = prompts(3), SamplingParams(max_new_tokens=6, temperature=1.0)
+    torch.manual_seed(0)
+    want = RolloutEngine(model, TOK, slots=4, stop_ids=[]).generate_batch(ps, params)
+    calls = []
+
+    def failing(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:  # 2 layers a forward: the second decode step's second layer
+            raise RuntimeError("InductorError: failed to find a working C compiler\nmore lines")
+        return flex_attention(*a, **kw)
+
+    monkeypatch.setattr(flex, "flex_attention_fn", lambda device: failing)
+    engine = RolloutEngine(model, TOK, slots=4, stop_ids=[])
+    engine.varlen_decode = True
+    engine.decode_attention = "flex"
+    # eager, and not EAGER_REGIONS itself: what the regions' own failure would put in their place
+    engine.net.regions = regions = (lambda *a: attention_inputs(*a), lambda *a: mlp_block(*a))
+    torch.manual_seed(0)
+    with warnings_said("erl.rollout.kv") as seen:
+        got = engine.generate_batch(ps, params)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert len(calls) == 4 and engine.decode_attention == "efficient" and engine.net.regions is regions
+    said = ("RolloutEngine: FlexAttention decode failed (RuntimeError: InductorError: failed to find a working C "
+            "compiler); decoding with the memory-efficient kernel from now on")
+    assert [m for m in seen if "FlexAttention decode failed" in m] == [said]
+
+    def oom(*a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    monkeypatch.setattr(flex, "flex_attention_fn", lambda device: oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        flex.flex_decode(torch.zeros(2, 1, 6, 8), *[torch.zeros(2, BLOCK, 2, 8).transpose(1, 2)] * 2, None, 6, 1.0)

@@ -159,7 +159,7 @@ class RolloutEngine(Admission, Decoding):
     @property
     def decode_attention(self) -> str:
         """Varlen decode attention's kernel: "efficient" (the memory-efficient kernel) or "flex"
-        (FlexAttention's decoding kernel: erl.rollout.flex)."""
+        (FlexAttention's decoding kernel, erl.rollout.flex; if it fails: logged, then "efficient")."""
         return self.net.decode_attention
 
     @decode_attention.setter

@@ -25,9 +25,16 @@ BLOCK = 128  # positions a KV block; a slot's capacity must be a multiple of it 
 # Decode shapes (rows bucket x cache size) each compile the kernel once, outside the CUDA graph
 # capture (erl.rollout.graphs: `warm`); dynamo's default of 8 per function would send the ninth
 # to eager flex_attention, which materialises every score: rows x heads x slots x capacity floats.
-# Past this limit the call fails instead (flex_decode), rather than run on so.
+# Past this limit the call fails instead (FlexFailed: the engine decodes with the memory-efficient
+# kernel from then on), rather than run on so.
 RECOMPILE_LIMIT = 64
 _compiled: dict[str, Any] = {}
+
+
+class FlexFailed(RuntimeError):
+    """flex_decode could not run: its kernel failed to compile (no C compiler for Triton, say) or
+    passed the recompile limit. The engine's forward then decodes with the memory-efficient kernel
+    (erl.rollout.kv.SlotModel.forward), as the compiled regions run eagerly when they fail."""
 
 
 def flex_attention_fn(device: torch.device) -> Any:
@@ -93,6 +100,12 @@ def flex_decode(q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, mask: Any, 
     k = kc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)  # [1, kvh, slots x cap, d]: views
     v = vc.transpose(1, 2).reshape(1, slots * cap, kvh, d).transpose(1, 2)
     flex = flex_attention_fn(q.device)
-    with _no_eager_fallback():
-        out = flex(qq, k, v, block_mask=mask, scale=scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
+    try:
+        with _no_eager_fallback():
+            out = flex(qq, k, v, block_mask=mask, scale=scaling, enable_gqa=True)  # [n, kvh x wide, 1, d]
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:  # a compiler's failure: the caller decodes without flex
+        first = str(exc).split("\n")[0][:300]
+        raise FlexFailed(f"{type(exc).__name__}: {first}") from exc
     return out.reshape(n, kvh, wide, d)[:, :, :g].reshape(n, 1, -1)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from erl.rollout.device import attention_kernels, to_device
-from erl.rollout.flex import decode_block_mask, flex_decode
+from erl.rollout.flex import FlexFailed, decode_block_mask, flex_decode
 from erl.rollout.regions import EAGER_REGIONS, LayerWeights, layer_weights, rms_params, rotary
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
@@ -194,7 +194,7 @@ class SlotModel:
         args = (idx, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
         try:
             return self._in_regions(self.regions, *args)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, FlexFailed):  # flex's own failure: forward's remedy, not the regions'
             raise
         except Exception as exc:  # a compiler failure; the eager run raises what is not
             if self.regions == EAGER_REGIONS:
@@ -319,7 +319,19 @@ class SlotModel:
         the position in T whose logits are returned ([n, vocab], float32). `packed` (a prefill on
         a position-major cache, CUDA: erl.rollout.layout.packed_prefill_inputs): ids, pos, write
         [1, N] are several rows' tokens end to end, rows [N] their slots, last [n] the index of
-        each row's last token, `keys` the longest row."""
+        each row's last token, `keys` the longest row. If flex decode cannot run (FlexFailed), said
+        once and the memory-efficient kernel decodes from then on: this forward again from its
+        input, its cache writes the same positions, rewritten."""
+        try:
+            return self._forward(ids, pos, rows, write, keys, last, packed)
+        except FlexFailed as exc:
+            logger.warning("RolloutEngine: FlexAttention decode failed (%s); decoding with the memory-efficient "
+                           "kernel from now on", exc)
+            self.decode_attention = "efficient"
+            return self._forward(ids, pos, rows, write, keys, last, packed)
+
+    def _forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
+                 keys: int, last: torch.Tensor, packed: tuple | None) -> torch.Tensor:
         h = self.inner.embed_tokens(ids)
         n, t = ids.shape
         cos_sin = [c.unsqueeze(2) for c in self.inner.rotary_emb(h, pos)]  # [n, T, 1, d]: over the heads
