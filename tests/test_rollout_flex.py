@@ -4,7 +4,7 @@ settings it refuses, and on CUDA the compiled kernel inside the engine's CUDA gr
 
 import pytest
 import torch
-from test_rollout_engine import TOK, logprob_errors, prompts, warnings_said
+from test_rollout_engine import TOK, assert_same_draws, logprob_errors, prompts, warnings_said
 from test_rollout_engine import model_of as engine_model
 
 from erl.core.interfaces import SamplingParams
@@ -47,9 +47,7 @@ def test_engine_with_flex_decode_attention_matches_its_default_on_cpu():
     engine.varlen_decode = True  # flex reads the position-major cache (CUDA's default)
     engine.decode_attention = "flex"
     got = engine.generate_batch(ps, params)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert_same_draws(got, want)
     assert engine.stats["decode_steps"] >= 8 * 3  # 7 prompts through 3 slots: three rounds of 8 steps
     engine.varlen_decode = False  # back to dense rows: flex goes with it
     assert engine.decode_attention == "efficient"
@@ -150,9 +148,7 @@ def test_flex_decode_that_cannot_run_falls_back_to_the_efficient_kernel(monkeypa
     torch.manual_seed(0)
     with warnings_said("erl.rollout.kv") as seen:
         got = engine.generate_batch(ps, params)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert_same_draws(got, want)
     assert len(calls) == 4 and engine.decode_attention == "efficient" and engine.net.regions is regions
     said = ("RolloutEngine: FlexAttention decode failed (RuntimeError: InductorError: failed to find a working C "
             "compiler); decoding with the memory-efficient kernel from now on")

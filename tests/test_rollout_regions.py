@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from test_rollout_engine import TOK, logprob_errors, lora_model, model_of, prompts, warnings_said
+from test_rollout_engine import TOK, assert_same_draws, logprob_errors, lora_model, model_of, prompts, warnings_said
 
 from erl.core.interfaces import SamplingParams
 from erl.rollout.engine import RolloutEngine
@@ -41,9 +41,7 @@ def test_regions_compute_what_the_eager_forward_computes(kind):
     engine.net.regions = counted(calls)
     torch.manual_seed(0)
     got = engine.generate_batch(ps, params)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert_same_draws(got, want)
     forwards = engine.stats["decode_steps"] + engine.stats["prefill_forwards"]
     assert calls.count("attn") == calls.count("mlp") == 2 * forwards  # both layers of every forward
 
@@ -98,9 +96,7 @@ def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(monkeypatch):
     torch.manual_seed(0)
     with warnings_said("erl.rollout.kv") as seen:
         got = engine.generate_batch(ps, params)
-    assert [g.token_ids for g in got] == [g.token_ids for g in want]
-    for g, w in zip(got, want):
-        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+    assert_same_draws(got, want)
     assert len(calls) == 1 and engine.net.regions == EAGER_REGIONS
     assert sum("compiled regions failed (RuntimeError: InductorError" in m for m in seen) == 1
 
