@@ -159,3 +159,28 @@ def test_flex_decode_that_cannot_run_falls_back_to_the_efficient_kernel(monkeypa
     monkeypatch.setattr(flex, "flex_attention_fn", lambda device: oom)
     with pytest.raises(torch.OutOfMemoryError):
         flex.flex_decode(torch.zeros(2, 1, 6, 8), *[torch.zeros(2, BLOCK, 2, 8).transpose(1, 2)] * 2, None, 6, 1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_decode_that_cannot_compile_on_cuda_falls_back_before_any_capture(monkeypatch):
+    """On CUDA a new decode shape runs eagerly before its CUDA graph is captured (`warm`): a flex
+    kernel that fails to compile fails there, the engine decodes with the memory-efficient kernel,
+    and the graphs it captures from then on are of that kernel: the default engine's samples."""
+    from erl.rollout import flex
+
+    def no_compiler(*a, **kw):
+        raise RuntimeError("InductorError: failed to find a working C compiler")
+
+    model = model_of(head_dim=64).cuda()
+    ps, params = prompts(24), SamplingParams(max_new_tokens=12, temperature=0.7)
+    torch.manual_seed(0)
+    want = RolloutEngine(model, TOK, slots=16, stop_ids=[]).generate_batch(ps, params)
+    monkeypatch.setattr(flex, "flex_attention_fn", lambda device: no_compiler)
+    engine = RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention="flex")
+    torch.manual_seed(0)
+    with warnings_said("erl.rollout.kv") as seen:
+        got = engine.generate_batch(ps, params)
+    assert_same_draws(got, want)
+    assert engine.decode_attention == "efficient" and engine.graphs.enabled and engine.graphs.captured >= 2
+    assert sum("FlexAttention decode failed" in m for m in seen) == 1
