@@ -76,7 +76,7 @@ def test_regions_take_only_the_layers_they_compute():
 
 def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(monkeypatch):
     """A compiler failure (no C compiler for Triton, say) in either region, at any layer: said once,
-    then the same formulas run eagerly, the failed layer again from its input; the samples are what
+    then the same formulas run eagerly, the forward again from its input; the samples are what
     the eager forward draws. A failure of the eager regions themselves is raised."""
     from erl.rollout.regions import EAGER_REGIONS
 

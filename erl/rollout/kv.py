@@ -185,25 +185,6 @@ class SlotModel:
             self._weights = [layer_weights(layer) for layer in self.layers]
         return self._weights
 
-    def _regions_layer(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor, rows: torch.Tensor | None,
-                       write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin, varlen: tuple | None,
-                       packed: tuple | None) -> torch.Tensor:
-        """The layer in the regions; if they fail to compile (no C compiler for Triton, say), said
-        once and run eagerly from then on (the same formulas), the layer again from its input: its
-        cache writes are the same positions, rewritten."""
-        args = (idx, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
-        try:
-            return self._in_regions(self.regions, *args)
-        except (torch.OutOfMemoryError, FlexFailed):  # flex's own failure: forward's remedy, not the regions'
-            raise
-        except Exception as exc:  # a compiler failure; the eager run raises what is not
-            if self.regions == EAGER_REGIONS:
-                raise
-            logger.warning("RolloutEngine: compiled regions failed (%s: %s); running them eagerly from now on",
-                           type(exc).__name__, str(exc).split("\n")[0][:300])
-            self.regions = EAGER_REGIONS
-            return self._in_regions(self.regions, *args)
-
     def _in_regions(self, regions: tuple, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor,
                     rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin,
                     varlen: tuple | None, packed: tuple | None) -> torch.Tensor:
@@ -319,16 +300,27 @@ class SlotModel:
         the position in T whose logits are returned ([n, vocab], float32). `packed` (a prefill on
         a position-major cache, CUDA: erl.rollout.layout.packed_prefill_inputs): ids, pos, write
         [1, N] are several rows' tokens end to end, rows [N] their slots, last [n] the index of
-        each row's last token, `keys` the longest row. If flex decode cannot run (FlexFailed), said
-        once and the memory-efficient kernel decodes from then on: this forward again from its
-        input, its cache writes the same positions, rewritten."""
+        each row's last token, `keys` the longest row. A compiled part that cannot run (no C
+        compiler for Triton, say) is said once and replaced from then on, and this forward runs
+        again from its input (its cache writes the same positions, rewritten): flex decode
+        (FlexFailed) by the memory-efficient kernel, compiled regions (any other failure while they
+        are on is taken for theirs) by the same formulas run eagerly. What fails after that is raised."""
         try:
             return self._forward(ids, pos, rows, write, keys, last, packed)
-        except FlexFailed as exc:
-            logger.warning("RolloutEngine: FlexAttention decode failed (%s); decoding with the memory-efficient "
-                           "kernel from now on", exc)
-            self.decode_attention = "efficient"
-            return self._forward(ids, pos, rows, write, keys, last, packed)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, FlexFailed):
+                logger.warning("RolloutEngine: FlexAttention decode failed (%s); decoding with the memory-efficient "
+                               "kernel from now on", exc)
+                self.decode_attention = "efficient"
+            elif self.regions is not None and self.regions != EAGER_REGIONS:
+                logger.warning("RolloutEngine: compiled regions failed (%s: %s); running them eagerly from now on",
+                               type(exc).__name__, str(exc).split("\n")[0][:300])
+                self.regions = EAGER_REGIONS
+            else:
+                raise
+            return self.forward(ids, pos, rows, write, keys, last, packed)
 
     def _forward(self, ids: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, write: torch.Tensor,
                  keys: int, last: torch.Tensor, packed: tuple | None) -> torch.Tensor:
@@ -345,7 +337,7 @@ class SlotModel:
             for i, layer in enumerate(self.layers):
                 w = self._layer_weights()[i] if regions else None
                 if w is not None:  # the layer around its attention in two compiled regions (erl.rollout.regions)
-                    h = self._regions_layer(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
+                    h = self._in_regions(self.regions, i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
                     continue
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(self._norm(layer.input_layernorm, h)), slot, rows,
