@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     sets = ["trainer.tasks_per_step=64", "erl.n_attempt=8", "env.n_train=1024",
             *[s for s in args.set if not s.startswith("erl.mode=")]]
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         runs = {mode: instant(local_trainer(sets, mode, Path(tmp) / mode)) for mode in ("erl", "rlvr")}
         times: dict[str, list[float]] = {"erl": [], "rlvr": []}

@@ -185,10 +185,10 @@ class SlotModel:
             self._weights = [layer_weights(layer) for layer in self.layers]
         return self._weights
 
-    def _in_regions(self, regions: tuple, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor,
+    def _in_regions(self, idx: int, h: torch.Tensor, w: LayerWeights, slot: torch.Tensor,
                     rows: torch.Tensor | None, write: torch.Tensor, keys: int, mask: torch.Tensor | None, cos_sin,
                     varlen: tuple | None, packed: tuple | None) -> torch.Tensor:
-        attention_inputs, mlp_block = regions
+        attention_inputs, mlp_block = self.regions
         dev = h.device.type
         compute = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
         q, k, v = attention_inputs(h, w, *cos_sin, self.head_dim, compute, self.k[idx].dtype, self.rotate_half)
@@ -337,7 +337,7 @@ class SlotModel:
             for i, layer in enumerate(self.layers):
                 w = self._layer_weights()[i] if regions else None
                 if w is not None:  # the layer around its attention in two compiled regions (erl.rollout.regions)
-                    h = self._in_regions(self.regions, i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
+                    h = self._in_regions(i, h, w, slot, rows, write, keys, mask, cos_sin, varlen, packed)
                     continue
                 r = h
                 h = r + self._attend(i, layer.self_attn, compute(self._norm(layer.input_layernorm, h)), slot, rows,
