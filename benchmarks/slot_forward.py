@@ -8,6 +8,7 @@ time to launch, the GPU's time, and the logits' distance from a float32 forward.
 
     python benchmarks/slot_forward.py                  # random SmolLM2-135M, bf16 autocast, CUDA
     python benchmarks/slot_forward.py --device cpu --rows 16 --prefill-rows 2
+    python benchmarks/slot_forward.py --variants "regions flex" --packed-trace   # + one packed prefill's host calls
 
 The rollout of the local trainer is bound by the host (docs/gpu/prefill_overlap: the GPU busy ~35%
 of an ERL collect): a decode graph's replay costs the host ~1.3 ms per thousand nodes, an eager
@@ -112,6 +113,35 @@ class FlashSlotModel(SlotModel):
         return out.reshape(n, 1, -1)
 
 
+def packed_prefill(rows: int, width: int, held: int, slots: int, cap: int, groups: int, device, seed: int) -> tuple:
+    """The engine's packed prefill inputs (erl.rollout.layout.packed_prefill_inputs) for `rows`
+    prompts of `held` + `width` tokens, the first `held` already in their slots' KV."""
+    from erl.rollout.layout import packed_prefill_inputs
+
+    g = torch.Generator().manual_seed(seed)
+    which = torch.randperm(slots, generator=g)[:rows].tolist()
+    chunk = [(s, held, torch.randint(0, SMOLLM2_135M["vocab_size"], (held + width,), generator=g).tolist())
+             for s in which]
+    *inputs, packed = packed_prefill_inputs(chunk, cap, cap, groups)
+    inputs = [t.to(device) if torch.is_tensor(t) else t for t in inputs]
+    return inputs, {"packed": (*(t.to(device, torch.int32) for t in packed[:3]), packed[3])}
+
+
+def host_calls(fn, top: int) -> list[tuple[str, int, float, float]]:
+    """The host's side of one call of fn with the GPU idle before it: (op or CUDA runtime call,
+    calls, self host ms, GPU ms), the `top` by self host time. A host that waits for the GPU shows
+    as a runtime call (cudaStreamSynchronize, cudaMemcpyAsync, cudaLaunchKernel) with a long self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [(e.key[:60], e.count, e.self_cpu_time_total / 1e3, e.self_device_time_total / 1e3)
+            for e in prof.key_averages()]
+    return sorted(rows, key=lambda r: -r[2])[:top]
+
+
 def kernel_table(fn, top: int) -> tuple[int, list[tuple[str, int, float]]]:
     """(CUDA kernels one call of fn launches, the `top` kernels by GPU time: name, calls, ms)."""
     from torch.profiler import ProfilerActivity, profile
@@ -153,6 +183,10 @@ def main(argv=None) -> None:
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--top", type=int, default=15, help="kernels listed by GPU time for each variant (CUDA)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument("--packed-trace", action="store_true",
+                    help="CUDA, varlen variants: also one packed prefill as the engine runs it (--prefill-rows x "
+                         "--prefill-width new tokens after --prefill-held held ones): its kernels and its host calls")
+    ap.add_argument("--prefill-held", type=int, default=300, help="tokens a packed prefill row already holds")
     args = ap.parse_args(argv)
     unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
     if unknown:
@@ -232,6 +266,8 @@ def main(argv=None) -> None:
                 del graph
             else:
                 row["replay host"], row["replay gpu"] = timed_eager(functools.partial(net.forward, *decode), device, args.reps)
+            if args.packed_trace and device.type == "cuda" and flags["varlen"]:
+                packed_trace(net, args, device)
             results[name] = row
             net.release()
             print(f"{name:>13}: {row['kernels']} kernels a decode forward, logits within {row['error']:.3g} of "
@@ -245,6 +281,27 @@ def main(argv=None) -> None:
     for name, b in list(results.items())[1:]:
         print(f"ratios {first} / {name}: kernels {a['kernels'] / b['kernels']:.2f}, decode GPU "
               f"{a['replay gpu'] / b['replay gpu']:.2f}, prefill done {a['prefill wall'] / b['prefill wall']:.2f}")
+
+
+def packed_trace(net: SlotModel, args, device) -> None:
+    """One packed prefill of the engine's kind: host time to queue it, GPU time, its costliest
+    kernels and its host calls (is the host waiting for the GPU while it queues a prefill?)."""
+    groups = net.heads // net.kv_heads
+    ins, kw = packed_prefill(args.prefill_rows, args.prefill_width, args.prefill_held, args.slots, args.capacity,
+                             groups, device, 2)
+    call = functools.partial(net.forward, *ins, **kw)
+    call()  # compiled regions meet this shape here
+    sync(device)
+    host, wall = timed_eager(call, device, max(args.reps // 5, 2))
+    n_kernels, table = kernel_table(call, args.top)
+    tokens = args.prefill_rows * args.prefill_width
+    print(f"      packed prefill, {args.prefill_rows} rows x {args.prefill_width} new tokens after {args.prefill_held} "
+          f"held ({tokens} tokens): host {host:.1f} ms to queue, {wall:.1f} ms done, {n_kernels} kernels")
+    for kernel, calls, ms in table:
+        print(f"      {ms:7.3f} ms {calls:5d} x {kernel}")
+    print("      its host calls (self host ms, GPU ms):")
+    for key, calls, cpu, gpu in host_calls(call, args.top):
+        print(f"      {cpu:7.3f} ms host {gpu:7.3f} ms GPU {calls:5d} x {key}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Twenty-third session: a decode step's and a packed prefill's host cost, ERL against RLVR.
+# Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh) except `tests`, `slot`, `episodes`.
+#   tests        the engine's GPU tests (erl.rollout.* on CUDA)
+#   slot         benchmarks/slot_forward.py, regions + flex, with one packed prefill of an ERL
+#                collect's size traced (is the host waiting for the GPU while it queues a prefill?)
+#   episodes     benchmarks/episode_code.py: the episodes' own code on this machine's CPU
+#   calls_erl / calls_rlvr  benchmarks/rollout.py --timeline --time-calls "$CALLS" (two engines' collects)
+#   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
+#   base_step[N] the same on the session's starting commit (git archive carried as .ovl/base.tar)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
+OUT=${OUT:-outputs/decode_host}
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
+rlvr=(--set erl.mode=rlvr)
+calls=${CALLS:-_decode_step,_admit,_prefill,_deliver,_sampled,net.forward,erl.rollout.decoding:sample,erl.rollout.decoding:to_device}
+for what in "$@"; do
+  case $what in
+    tests) gpu_tests ;;
+    slot) run slot 300 python3 benchmarks/slot_forward.py --variants "fused regions,regions flex" --packed-trace \
+            --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 25 ;;
+    episodes) run episodes 200 python3 benchmarks/episode_code.py ;;
+    calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
+                 --time-calls "$calls" ;;
+    calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
+                  --timeline --time-calls "$calls" ;;
+    base_step*) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
+                (cd /tmp/base && run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" \
+                   --steps "${STEPS:-3}") ;;
+    step*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
+  esac
+done
