@@ -226,7 +226,7 @@ def erl_workload(args) -> None:
             requests.clear()  # the ceiling runs the collect's requests
             last = index == len(names) - 1
             with cuda_profile(last and args.profile_cuda == part), host_profile(last and args.profile_host == part), \
-                    timeline(policy, args.timeline and part == "collect"), \
+                    timeline(policy, (args.timeline or args.timeline_steps) and part == "collect", args.timeline_steps), \
                     timed_calls(policy, args.time_calls.split(",") if args.time_calls and part == "collect" else []):
                 t = time.perf_counter()
                 if part == "eval":
@@ -327,18 +327,20 @@ def cuda_profile(on: bool):
 
 
 @contextlib.contextmanager
-def timeline(policy, on: bool):
+def timeline(policy, on: bool, steps: bool = False):
     """Each engine step's start time and its decoding rows, summarised after the block by rows:
     how much of the collect's wall time its wide steps took and how much its tail of few rows (a
-    step's time runs from its launch to the next's, so the episodes' code between steps counts)."""
+    step's time runs from its launch to the next's, so the episodes' code between steps counts).
+    `steps`: also one line a step (its time, rows, requests waiting, admissions, sequences ended)."""
     if not on or not hasattr(policy, "launch"):
         yield
         return
-    marks: list[tuple[float, int, int]] = []  # (time, rows decoding before the launch, admissions so far)
-    launch = policy.launch
+    marks: list[tuple[float, int, int, int, int]] = []  # (time, rows decoding and requests waiting
+    launch = policy.launch                               # before the launch, admissions and sequences so far)
 
     def noted(*a, **kw):
-        marks.append((time.perf_counter(), len(policy.active), policy.stats["batches"]))
+        marks.append((time.perf_counter(), len(policy.active), policy.stats["batches"], len(policy.waiting),
+                      policy.stats["sequences"]))
         return launch(*a, **kw)
 
     policy.launch = noted
@@ -349,7 +351,12 @@ def timeline(policy, on: bool):
         del policy.launch
         bands = [(512, 10**9), (128, 511), (32, 127), (8, 31), (0, 7)]
         spent = {b: [0, 0.0, 0] for b in bands}  # steps, seconds, admissions
-        for (t, rows, adm), (t_next, _, adm_next) in zip(marks, marks[1:] + [(end, 0, policy.stats["batches"])]):
+        last = (end, 0, policy.stats["batches"], 0, policy.stats["sequences"])
+        if steps:
+            print("step     ms  rows  waiting  admitted  ended", flush=True)
+        for i, ((t, rows, adm, wait, seqs), (t_next, _, adm_next, _, seqs_next)) in enumerate(zip(marks, marks[1:] + [last])):
+            if steps:
+                print(f"{i:4d} {1e3 * (t_next - t):6.1f} {rows:5d} {wait:8d} {adm_next - adm:9d} {seqs_next - seqs:6d}")
             band = next(b for b in bands if b[0] <= rows <= b[1])
             spent[band][0] += 1
             spent[band][1] += t_next - t
@@ -463,6 +470,9 @@ def main(argv=None):
     ap.add_argument("--timeline", action="store_true",
                     help="--workload erl: each engine's collect split by the rows its steps decode (wide steps, "
                          "the tail of few rows): steps, wall time, admissions")
+    ap.add_argument("--timeline-steps", action="store_true",
+                    help="--timeline, and one line per engine step: its ms, rows, requests waiting, admissions, "
+                         "sequences ended")
     ap.add_argument("--time-calls", default=None,
                     help="--workload erl: comma list of functions timed in each collect, callees included: attribute "
                          "paths on the engine (_deliver, net.forward) or module:function (erl.rollout.decoding:sample)")

@@ -25,12 +25,13 @@ class Clock:
 
 
 class Engine:
-    """A launch takes `seconds` of the clock, makes `admits` admissions, then delivers."""
+    """A launch takes `seconds` of the clock, makes `admits` admissions, ends `ended` sequences, then delivers."""
     def __init__(self, clock):
-        self.clock, self.active, self.stats = clock, {}, {"batches": 0}
+        self.clock, self.active, self.waiting, self.stats = clock, {}, [], {"batches": 0, "sequences": 0}
 
-    def launch(self, seconds, admits):
+    def launch(self, seconds, admits, ended=0):
         self.stats["batches"] += admits
+        self.stats["sequences"] += ended
         self.clock.now += seconds
         return self._deliver(seconds)
 
@@ -57,6 +58,25 @@ def test_timeline_splits_a_collect_by_the_rows_of_its_steps(monkeypatch, capsys)
     assert "rows   >= 512:    2 steps,  0.050 s ( 25.0 ms a step), 1 admissions" in text
     assert "rows  128-511:    1 steps,  0.010 s ( 10.0 ms a step), 0 admissions" in text
     assert "rows      0-7:    2 steps,  0.600 s (300.0 ms a step), 3 admissions" in text
+
+
+def test_timeline_steps_prints_a_line_a_step(monkeypatch, capsys):
+    """Three launches 0.1, 0.02 and 0.3 s long: each line has the step's ms, the rows decoding and
+    requests waiting before its launch, and the admissions and sequences ended in it."""
+    rollout = load("rollout")
+    clock = Clock()
+    monkeypatch.setattr(rollout, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    engine = Engine(clock)
+    with rollout.timeline(engine, True, steps=True):
+        for rows, waiting, seconds, admits, ended in [(0, 5, 0.1, 1, 0), (5, 2, 0.02, 0, 3), (2, 0, 0.3, 0, 2)]:
+            engine.active, engine.waiting = dict.fromkeys(range(rows)), [None] * waiting
+            engine.launch(seconds, admits, ended)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["step", "ms", "rows", "waiting", "admitted", "ended"]
+    assert [line.split() for line in lines[1:4]] == [["0", "100.0", "0", "5", "1", "0"],
+                                                    ["1", "20.0", "5", "2", "0", "3"],
+                                                    ["2", "300.0", "2", "0", "0", "2"]]
+    assert lines[4] == "timeline: 3 engine steps over 0.42 s"
 
 
 def test_timed_calls_counts_methods_and_module_functions_then_restores_them(monkeypatch, capsys):
