@@ -363,9 +363,9 @@ def timeline(policy, on: bool, steps: bool = False):
             spent[band][2] += adm_next - adm
         total = end - marks[0][0] if marks else 0.0
         print(f"timeline: {len(marks)} engine steps over {total:.2f} s", flush=True)
-        for (lo, hi), (steps, secs, adm) in spent.items():
+        for (lo, hi), (count, secs, adm) in spent.items():
             label = f">= {lo}" if hi == 10**9 else f"{lo}-{hi}"
-            print(f"  rows {label:>8}: {steps:4d} steps, {secs:6.3f} s ({1e3 * secs / max(steps, 1):5.1f} ms a step), "
+            print(f"  rows {label:>8}: {count:4d} steps, {secs:6.3f} s ({1e3 * secs / max(count, 1):5.1f} ms a step), "
                   f"{adm} admissions", flush=True)
 
 
