@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from erl.core.interfaces import Generation, SamplingParams
@@ -53,49 +54,60 @@ class Decoding:
         start = time.perf_counter()
         slots = sorted(self.active)
         dev = self.device
-        # Input tokens still on the device, by slot: those `prev` drew (pipelined: not yet delivered,
-        # so this step writes one position further on) and those this step's prefills drew.
+        n = self.n_slots
+        # Per slot, the index of its input token among the tokens still on the device (-1: on the
+        # host, its request's last token): those `prev` drew (pipelined: not yet delivered, so this
+        # step writes one position further on: `ahead`) and those this step's prefills drew. Only
+        # a token drawn for the request that holds the slot now counts. numpy over the slots: this
+        # runs every decode step, on the host's path, for ~400 rows in an ERL collect.
         sources = ([prev[1]] if prev is not None else []) + self._firsts
-        where: dict[int, int] = {}  # slot -> index of its input token among the sources' tokens
+        src = np.full(n, -1, dtype=np.int64)
+        ahead = np.zeros(n, dtype=np.int64)
         at = 0
-        for sampled in sources:
-            where.update((s, at + j) for j, (s, r) in enumerate(zip(sampled.slots, sampled.reqs))
-                         if self.active.get(s) is r)
+        for k, sampled in enumerate(sources):
+            live = [j for j, (s, r) in enumerate(zip(sampled.slots, sampled.reqs)) if self.active.get(s) is r]
+            if live:
+                idx = np.asarray(live, dtype=np.int64)
+                mine = np.asarray(sampled.slots, dtype=np.int64)[idx]
+                src[mine] = at + idx
+                ahead[mine] = int(prev is not None and k == 0)
             at += len(sampled.slots)
-        drawn_before = len(prev[1].slots) if prev is not None else 0
-        ahead = {s for s, j in where.items() if j < drawn_before}
-        need = max(self.held[s] + (s in ahead) for s in slots)  # the furthest position a slot writes now
-        self._ensure(self.n_slots, need + 1)
+        held = np.asarray(self.held, dtype=np.int64)
+        act = np.asarray(slots, dtype=np.int64)
+        need = int((held[act] + ahead[act]).max())  # the furthest position a slot writes now
+        self._ensure(n, need + 1)
         cap = self.net.capacity
-        rows, full = decode_rows(slots, self.n_slots, self.span_ratio)
-        b = len(rows)
-        ids = [self.pad_id] * b
-        pos = [cap - 1] * b  # idle rows write to the scratch column
-        on_device: list[int] = []  # rows whose input token is among the sources'
-        for i, s in enumerate(rows):
-            req = self.active.get(s)
-            if req is not None:
-                pos[i] = min(self.held[s] + (s in ahead), cap - 1)  # a spare row may reach the scratch column
-                if s in where:
-                    on_device.append(i)
-                else:
-                    ids[i] = req.out[-1]
+        rows, full = decode_rows(slots, n, self.span_ratio)
+        r = np.asarray(rows, dtype=np.int64)
+        b = len(r)
+        busy = np.zeros(n, dtype=bool)
+        busy[act] = True
+        on = busy[r]  # rows of a decoding sequence (idle and padding rows write the scratch column)
+        pos = np.full(b, cap - 1, dtype=np.int64)
+        pos[on] = np.minimum(held[r[on]] + ahead[r[on]], cap - 1)  # a spare row may reach the scratch column
+        ids = np.full(b, self.pad_id, dtype=np.int64)
+        moved = np.nonzero(on & (src[r] >= 0))[0]  # rows whose input token is on the device
+        hosted = np.nonzero(on & (src[r] < 0))[0]
+        if len(hosted):
+            ids[hosted] = [self.active[s].out[-1] for s in r[hosted].tolist()]
         keys = min(round_up(need + 1, self.key_bucket), cap)
         self._shapes.add((b, keys, cap))
         self.stats["decode_shapes"] = len(self._shapes)
+        # Every input goes up in one copy, before the forward is queued (a pageable copy after it
+        # would wait for the forward): the gather index (gathered: active slots come first), the
+        # positions, the tokens, where the moved tokens go and come from, `last`, the rows.
+        index = act if full else np.arange(len(act), dtype=np.int64)
+        parts = [index, pos, ids, moved, src[r[moved]], np.zeros(b, dtype=np.int64)] + ([] if full else [r])
+        flat = to_device(torch.from_numpy(np.concatenate(parts)), dev)
+        index_t, pos_t, ids_t, to_rows, from_at, last, *rows_t = flat.split([len(p) for p in parts])
+        if len(moved):  # moved from where they were drawn to here without the host
+            drawn = torch.cat([sampled.on_device for sampled in sources])
+            ids_t[to_rows] = drawn[from_at]
+        pos_t = pos_t[:, None]
+        args = (ids_t[:, None], pos_t, rows_t[0] if rows_t else None, pos_t, keys, last)
         graphs = graph_count() if self.compile else 0  # eager decode builds no graphs: no lookup per step
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
-        # every input, the gather index too, goes up before the forward is queued: a pageable copy
-        # after it would wait for the forward (to_device avoids the wait anyway)
-        index = to_device(slots if full else list(range(len(slots))), dev)  # gathered: active slots come first
-        pos_t = to_device(pos, dev)[:, None]
-        ids_t = to_device(ids, dev)
-        if on_device:  # moved from where they were drawn to here without the host
-            drawn = torch.cat([sampled.on_device for sampled in sources])
-            ids_t[to_device(on_device, dev)] = drawn[to_device([where[rows[i]] for i in on_device], dev)]
-        args = (ids_t[:, None], pos_t, None if full else to_device(rows, dev), pos_t,
-                keys, torch.zeros(len(rows), dtype=torch.long, device=dev))
         with torch.profiler.record_function("engine.decode"):  # the GPU time of decode steps in a profile
             if self.graphs is not None:
                 recorded = self.graphs.captured
@@ -105,7 +117,7 @@ class Decoding:
                 logits = self._decode(*args)
         if self.compile:
             self.stats["recompiles"] += graph_count() - graphs
-        pending = self._sampled(slots, logits[index])
+        pending = self._sampled(slots, logits[index_t])
         self.stats["decode_steps"] += 1
         self.stats["decode_seconds"] += time.perf_counter() - start
         return pending
@@ -130,18 +142,23 @@ class Decoding:
             start = time.perf_counter()
             sampled.done.synchronize()
             self.stats["gpu_wait_seconds"] += time.perf_counter() - start
+        active, held, stops, max_len = self.active, self.held, self._stops, self.max_len
+        wrote: list[tuple[int, int, int]] = []  # (slot, position, token): KV the decode wrote, noted below at once
         for s, drew, t, lp in zip(sampled.slots, sampled.reqs, sampled.tokens.tolist(), sampled.logps.tolist()):
-            req = self.active.get(s)
+            req = active.get(s)
             if req is not drew:  # ended (a spare row) or another's since
                 continue
+            out = req.out
             if decoded:
-                self.tok[s, self.held[s]] = req.out[-1]
-                self.held[s] += 1
-            req.out.append(t)
+                wrote.append((s, held[s], out[-1]))
+                held[s] += 1
+            out.append(t)
             req.logps.append(lp)
-            room = len(req.prompt) + len(req.out) >= self.max_len
-            if t in self._stops or len(req.out) >= req.params.max_new_tokens or room:
-                self._finish(s, req, "stop" if t in self._stops else "length")
+            if t in stops or len(out) >= req.params.max_new_tokens or len(req.prompt) + len(out) >= max_len:
+                self._finish(s, req, "stop" if t in stops else "length")
+        if wrote:
+            at = np.asarray(wrote, dtype=np.int64)
+            self.tok[at[:, 0], at[:, 1]] = at[:, 2]
 
     def _finish(self, slot: int, req: Request, reason: str) -> None:
         del self.active[slot]

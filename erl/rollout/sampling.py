@@ -42,29 +42,45 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u).squeeze(-1).clamp(max=probs.shape[-1] - 1)
 
 
+def _per_row(values: list, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One value a row on `dev`: a fill where every row has the same (a collect's requests share
+    their sampling), else a copy from the host. The same float32 values either way."""
+    first = values[0]
+    if all(v == first for v in values):
+        return torch.full((len(values),), first, dtype=dtype, device=dev)
+    return to_device(values, dev, dtype)
+
+
 def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: greedy (temperature 0) or a sample from logits / temperature cut to top_k /
     top_p. Returns the tokens and their log-probs under logits / temperature (uncut, as HFPolicy),
     on logits' device: which branches run is read from `params` on the host, so nothing here
-    waits for the GPU and the engine can overlap the next step's host work with this one."""
+    waits for the GPU and the engine can overlap the next step's host work with this one. Where
+    no row is greedy the greedy branch's kernels are skipped (the same tokens: each is the draw)."""
     dev = logits.device
-    temps = to_device([p.temperature for p in params], dev, logits.dtype)
-    greedy = temps == 0
-    scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
+    temperatures = [p.temperature for p in params]
+    temps = _per_row(temperatures, dev, logits.dtype)
+    sampling = any(t != 0 for t in temperatures)
+    if sampling and all(t != 0 for t in temperatures):
+        greedy, scaled = None, logits / temps[:, None]
+    else:
+        greedy = temps == 0
+        scaled = logits / torch.where(greedy, torch.ones_like(temps), temps)[:, None]
     logp = torch.log_softmax(scaled, dim=-1)
-    tokens = logits.argmax(-1)
-    if any(p.temperature != 0 for p in params):
-        cut = scaled.clone()
+    tokens = logits.argmax(-1) if greedy is not None else None
+    if sampling:
+        cut = scaled  # the cuts below make new tensors: scaled stays as logp read it
         top_k = [int(p.extra.get("top_k") or 0) for p in params]
         if any(top_k):
             k = to_device([t if t > 0 else cut.shape[-1] for t in top_k], dev)
             kth = cut.sort(dim=-1, descending=True).values.gather(-1, (k - 1)[:, None].clamp(max=cut.shape[-1] - 1))
             cut = cut.masked_fill(cut < kth, float("-inf"))
-        if any(p.top_p < 1 for p in params):
-            top_p = to_device([p.top_p for p in params], dev, logits.dtype)
+        top_ps = [p.top_p for p in params]
+        if any(t < 1 for t in top_ps):
+            top_p = _per_row(top_ps, dev, logits.dtype)
             probs, order = torch.softmax(cut, dim=-1).sort(dim=-1, descending=True)
             drop = (probs.cumsum(-1) - probs) >= top_p[:, None]  # the mass before it already reaches top_p
             cut = cut.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
         drawn = draw(torch.softmax(cut, dim=-1))
-        tokens = torch.where(greedy, tokens, drawn)
+        tokens = drawn if greedy is None else torch.where(greedy, tokens, drawn)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
