@@ -6,6 +6,8 @@
 #                collect's size traced (is the host waiting for the GPU while it queues a prefill?)
 #   episodes     benchmarks/episode_code.py: the episodes' own code on this machine's CPU
 #   calls_erl / calls_rlvr  benchmarks/rollout.py --timeline --time-calls "$CALLS" (two engines' collects)
+#   steps_erl    calls_erl with one line per engine step (--timeline-steps)
+#   base_calls_erl  calls_erl on the session's starting commit
 #   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
 #   base_step[N] the same on the session's starting commit (git archive carried as .ovl/base.tar)
 set -uo pipefail
@@ -22,6 +24,11 @@ for what in "$@"; do
     episodes) run episodes 200 python3 benchmarks/episode_code.py ;;
     calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
                  --time-calls "$calls" ;;
+    steps_erl) run steps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine \
+                 --timeline-steps --time-calls "$calls" ;;
+    base_calls_erl) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
+                (cd /tmp/base && run base_calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
+                   --engines engine,engine --timeline --time-calls "$calls") ;;
     calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
                   --timeline --time-calls "$calls" ;;
     base_step*) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
