@@ -3,6 +3,7 @@ the twin of benchmarks/verl_step.py (its alternation, medians and report).
 
     python benchmarks/local_step.py --steps 2                                     # the default run (CPU)
     python benchmarks/local_step.py --set preset=gpu --set model.path=/tmp/smollm2 --steps 3   # one GPU
+    python benchmarks/local_step.py ... --engine-set admit_wait=32         # a rollout engine attribute, both runs
 
 Both trainers come from erl-train's config (configs/local, with the --set overrides), one with
 erl.mode=erl and one with erl.mode=rlvr (2n first attempts a task: the same episodes per task),
@@ -44,13 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="", help="write the medians as JSON here")
+    p.add_argument("--engine-set", action="append", default=[], metavar="ATTR=VALUE",
+                   help="set an attribute of both trainers' rollout engine (an int or float), e.g. admit_wait=32")
     args = p.parse_args(argv)
     sets = [s for s in args.set if not s.startswith("erl.mode=")]
     with tempfile.TemporaryDirectory() as tmp:
         erl = local_trainer(sets, "erl", Path(tmp) / "erl")
         rlvr = local_trainer(sets, "rlvr", Path(tmp) / "rlvr")
+        for item in args.engine_set:
+            key, _, value = item.partition("=")
+            for trainer in (erl, rlvr):
+                if not hasattr(trainer.policy, key):
+                    p.error(f"--engine-set: the policy {type(trainer.policy).__name__} has no attribute {key!r}")
+                setattr(trainer.policy, key, type(getattr(trainer.policy, key))(float(value)))
         res = side_by_side(erl, rlvr, args.warmup, args.steps)
-    print(f"local trainer, {' '.join(sets) or 'the default config'}: {erl.cfg.tasks_per_step} tasks a step, "
+    print(f"local trainer, {' '.join(sets + args.engine_set) or 'the default config'}: {erl.cfg.tasks_per_step} tasks a step, "
           f"ERL n={erl.erl.n_attempt}, RLVR {2 * erl.erl.n_attempt} first attempts a task, device {erl.device}")
     return finish(res, args.out)
 

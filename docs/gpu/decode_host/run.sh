@@ -8,6 +8,8 @@
 #   calls_erl / calls_rlvr  benchmarks/rollout.py --timeline --time-calls "$CALLS" (two engines' collects)
 #   steps_erl    calls_erl with one line per engine step (--timeline-steps)
 #   base_calls_erl  calls_erl on the session's starting commit
+#   wsteps_erl / wsteps_rlvr  steps_erl with the engine's admit_wait=$WAIT (default 32)
+#   wstep[N]     step[N] with the engine's admit_wait=$WAIT (local_step.py --engine-set)
 #   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
 #   base_step[N] the same on the session's starting commit (git archive carried as .ovl/base.tar)
 set -uo pipefail
@@ -26,6 +28,12 @@ for what in "$@"; do
                  --time-calls "$calls" ;;
     steps_erl) run steps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine \
                  --timeline-steps --time-calls "$calls" ;;
+    wsteps_erl) run wsteps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
+                  --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
+    wsteps_rlvr) run wsteps_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" \
+                  --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
+    wstep*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" \
+              --engine-set "admit_wait=${WAIT:-32}" ;;
     base_calls_erl) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
                 (cd /tmp/base && run base_calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
                    --engines engine,engine --timeline --time-calls "$calls") ;;
