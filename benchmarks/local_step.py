@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="", help="write the medians as JSON here")
     p.add_argument("--engine-set", action="append", default=[], metavar="ATTR=VALUE",
-                   help="set an attribute of both trainers' rollout engine (an int or float), e.g. admit_wait=32")
+                   help="set an attribute of both trainers' rollout engine (an int or float), e.g. admit_wait=32 or net.flash_prefill=0")
     args = p.parse_args(argv)
     sets = [s for s in args.set if not s.startswith("erl.mode=")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,10 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         rlvr = local_trainer(sets, "rlvr", Path(tmp) / "rlvr")
         for item in args.engine_set:
             key, _, value = item.partition("=")
+            *path, attr = key.split(".")  # net.flash_prefill: an attribute of the engine's forward
             for trainer in (erl, rlvr):
-                if not hasattr(trainer.policy, key):
+                owner = trainer.policy
+                for part in path:
+                    owner = getattr(owner, part, None)
+                if not hasattr(owner, attr):
                     p.error(f"--engine-set: the policy {type(trainer.policy).__name__} has no attribute {key!r}")
-                setattr(trainer.policy, key, type(getattr(trainer.policy, key))(float(value)))
+                setattr(owner, attr, type(getattr(owner, attr))(float(value)))
         res = side_by_side(erl, rlvr, args.warmup, args.steps)
     print(f"local trainer, {' '.join(sets + args.engine_set) or 'the default config'}: {erl.cfg.tasks_per_step} tasks a step, "
           f"ERL n={erl.erl.n_attempt}, RLVR {2 * erl.erl.n_attempt} first attempts a task, device {erl.device}")

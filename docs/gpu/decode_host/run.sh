@@ -9,6 +9,8 @@
 #   steps_erl    calls_erl with one line per engine step (--timeline-steps)
 #   base_calls_erl  calls_erl on the session's starting commit
 #   wsteps_erl / wsteps_rlvr  steps_erl with the engine's admit_wait=$WAIT (default 32)
+#   slotflex     slot with the regions + flex variant only (its packed prefill in both attention kernels)
+#   fstep[N]     step[N] with packed prefills' attention in the memory-efficient kernel (flash_prefill off)
 #   wstep[N]     step[N] with the engine's admit_wait=$WAIT (local_step.py --engine-set)
 #   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
 #   base_step[N] the same on the session's starting commit (git archive carried as .ovl/base.tar)
@@ -23,6 +25,8 @@ for what in "$@"; do
     tests) gpu_tests ;;
     slot) run slot 300 python3 benchmarks/slot_forward.py --variants "fused regions,regions flex" --packed-trace \
             --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 25 ;;
+    slotflex) run slotflex 300 python3 benchmarks/slot_forward.py --variants "regions flex" --packed-trace \
+            --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 12 ;;
     episodes) run episodes 200 python3 benchmarks/episode_code.py ;;
     calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
                  --time-calls "$calls" ;;
@@ -32,6 +36,8 @@ for what in "$@"; do
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
     wsteps_rlvr) run wsteps_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" \
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
+    fstep*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" \
+              --engine-set net.flash_prefill=0 ;;
     wstep*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" \
               --engine-set "admit_wait=${WAIT:-32}" ;;
     base_calls_erl) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
