@@ -284,31 +284,24 @@ def main(argv=None) -> None:
 
 
 def packed_trace(net: SlotModel, args, device) -> None:
-    """One packed prefill of the engine's kind, its attention in FlashAttention-2 and in the
-    memory-efficient kernel (SlotModel.flash_prefill): host time to queue it, GPU time, its
-    costliest kernels and its host calls (is the host waiting for the GPU while it queues a prefill?)."""
+    """One packed prefill of the engine's kind: host time to queue it, GPU time, its costliest
+    kernels and its host calls (is the host waiting for the GPU while it queues a prefill?)."""
     groups = net.heads // net.kv_heads
     ins, kw = packed_prefill(args.prefill_rows, args.prefill_width, args.prefill_held, args.slots, args.capacity,
                              groups, device, 2)
     call = functools.partial(net.forward, *ins, **kw)
+    call()  # compiled regions meet this shape here
+    sync(device)
+    host, wall = timed_eager(call, device, max(args.reps // 5, 2))
+    n_kernels, table = kernel_table(call, args.top)
     tokens = args.prefill_rows * args.prefill_width
-    walls = {}
-    for flash in (False, True):
-        net.flash_prefill = flash
-        call()  # compiled regions meet this shape here
-        sync(device)
-        host, walls[flash] = timed_eager(call, device, max(args.reps // 5, 2))
-        n_kernels, table = kernel_table(call, args.top)
-        print(f"      packed prefill ({'flash' if flash else 'efficient'} attention), {args.prefill_rows} rows x "
-              f"{args.prefill_width} new tokens after {args.prefill_held} held ({tokens} tokens): host {host:.1f} ms "
-              f"to queue, {walls[flash]:.1f} ms done, {n_kernels} kernels")
-        for kernel, calls, ms in table:
-            print(f"      {ms:7.3f} ms {calls:5d} x {kernel}")
-        print("      its host calls (self host ms, GPU ms):")
-        for key, calls, cpu, gpu in host_calls(call, args.top):
-            print(f"      {cpu:7.3f} ms host {gpu:7.3f} ms GPU {calls:5d} x {key}")
-    print(f"      packed prefill done, efficient / flash: {walls[False] / walls[True]:.2f}")
-    net.flash_prefill = True
+    print(f"      packed prefill, {args.prefill_rows} rows x {args.prefill_width} new tokens after {args.prefill_held} "
+          f"held ({tokens} tokens): host {host:.1f} ms to queue, {wall:.1f} ms done, {n_kernels} kernels")
+    for kernel, calls, ms in table:
+        print(f"      {ms:7.3f} ms {calls:5d} x {kernel}")
+    print("      its host calls (self host ms, GPU ms):")
+    for key, calls, cpu, gpu in host_calls(call, args.top):
+        print(f"      {cpu:7.3f} ms host {gpu:7.3f} ms GPU {calls:5d} x {key}")
 
 
 if __name__ == "__main__":

@@ -817,36 +817,6 @@ def test_a_position_major_cache_samples_what_the_head_major_one_does():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_packed_prefills_in_flash_attention_match_a_teacher_forced_forward(monkeypatch):
-    """bf16 packed prefills take FlashAttention-2 (grouped heads, causal from the bottom right of
-    each row's keys): the second turns prefill after the KV their slots hold, the equal prompts
-    after KV lent to them. Every sampled token's log-prob (a turn's first comes from its prefill)
-    against one full-sequence forward, as the bf16 decode tests; the memory-efficient kernel alike."""
-    from erl.rollout import kv
-
-    model = model_of(head_dim=64).to("cuda", torch.bfloat16)
-    flash_calls = []
-    runs = kv.flash_prefill_runs
-    monkeypatch.setattr(kv, "flash_prefill_runs", lambda q: flash_calls.append(runs(q)) or flash_calls[-1])
-    observation = chat_ids(TOK, [{"role": "user", "content": "ok"}])
-    for flash in (True, False):
-        flash_calls.clear()
-        engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
-        assert engine.packed_prefill
-        engine.net.flash_prefill = flash
-        params = SamplingParams(max_new_tokens=7, temperature=0.7)
-        ps = prompts(3) * 2
-        first = engine.generate_batch(ps, params)
-        nexts = [p + g.token_ids + observation for p, g in zip(ps, first)]
-        second = engine.generate_batch(nexts, params)
-        err = logprob_errors(model, ps + nexts, first + second, 0.7)
-        assert err.mean() < 1e-2 and err.max() < 5e-2, (flash, err.mean().item(), err.max().item())
-        assert engine.stats["reused_tokens"] > 0  # held and lent KV before some prefills
-        assert flash_calls and all(flash_calls) if flash else not flash_calls
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("graphs", [False, True])
 def test_varlen_attention_on_cuda_matches_the_dense_rows(graphs):
     """The memory-efficient kernel's variable-length mode (each row its own keys) against the

@@ -48,16 +48,6 @@ def unsupported_reason(model: Any) -> str | None:
     return None
 
 
-def flash_prefill_runs(q: torch.Tensor) -> bool:
-    """Whether FlashAttention-2's variable-length kernel takes these queries: half precision on a
-    CUDA device of compute capability 8.0 or more with the kernel built in, head size up to 256
-    and a multiple of 8. On an H200, an ERL-sized packed prefill's attention in the memory-efficient
-    kernel was 31% of its GPU time (docs/gpu/decode_host/call1/slot.txt)."""
-    return (q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
-            and torch.backends.cuda.is_flash_attention_available()
-            and torch.cuda.get_device_capability(q.device) >= (8, 0))
-
-
 class SlotModel:
     """Forward passes that read and write the slot cache; no sampling, no bookkeeping."""
 
@@ -90,8 +80,6 @@ class SlotModel:
         # None, or the (attention_inputs, mlp_block) pair that runs each fused layer of a float32
         # residual stream around its attention (erl.rollout.regions: compiled on CUDA)
         self.regions: tuple | None = None
-        # packed prefills' attention in FlashAttention-2 where it runs (bf16 / fp16, CUDA, sm80+)
-        self.flash_prefill = True
         self._weights: list | None = None  # each layer's LayerWeights for the regions, read at their first use
 
     def clear(self) -> None:
@@ -237,26 +225,15 @@ class SlotModel:
 
     def _attend_packed(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor, keys: int, cu_q: torch.Tensor,
                        cu_k: torch.Tensor, lengths: torch.Tensor, longest: int) -> torch.Tensor:
-        """Prefill attention (q [1, N, heads, d], several rows' new tokens end to end) in a kernel's
+        """Prefill attention (q [1, N, heads, d], several rows' new tokens end to end) in the kernel's
         variable-length mode, causal from the bottom right: a row's i-th new token sees its slot's
-        positions up to its own (the KV held before it, and its row's tokens up to it).
-        In bf16 / fp16 on a GPU that has it, FlashAttention-2 (`flash_prefill`): grouped query heads
-        natively, so each KV head is read once and q and the output keep their layout; row i is
-        sequence i (the first n entries of cu_q, cu_k and lengths). Otherwise the memory-efficient
-        kernel, which has no grouped heads; folding them into query rows (as decode does) would
-        break the causal alignment, so each (query head of a KV head, row) is a sequence of its
-        own: sequence (j, i) is the j-th query head of every KV head on row i's tokens
-        (erl.rollout.layout.packed_prefill_inputs: cu_q, cu_k and lengths over the g x n sequences)."""
+        positions up to its own (the KV held before it, and its row's tokens up to it). The kernel
+        has no grouped heads, and folding them into query rows (as decode does) would break the
+        causal alignment, so each (query head of a KV head, row) is a sequence of its own:
+        sequence (j, i) is the j-th query head of every KV head on row i's tokens (erl.rollout.
+        layout.packed_prefill_inputs: cu_q, cu_k and lengths over the g x n sequences)."""
         n, kvh, d = q.shape[1], self.kv_heads, self.head_dim
         g = self.heads // kvh
-        if self.flash_prefill and flash_prefill_runs(q):
-            rows = lengths.shape[0] // g
-            k = kc.transpose(1, 2).reshape(-1, kvh, d)  # position-major storage: a view
-            v = vc.transpose(1, 2).reshape(-1, kvh, d)
-            out = torch.ops.aten._flash_attention_forward(q[0], k, v, cu_q[:rows + 1], cu_k[:rows + 1], longest, keys,
-                                                          0.0, True, False, scale=self.scaling,
-                                                          seqused_k=lengths[:rows])[0]
-            return out.reshape(1, n, -1)
         qq = q[0].reshape(n, kvh, g, d).permute(2, 0, 1, 3).reshape(1, g * n, kvh, d)
         out = self._varlen_kernel(qq, kc, vc, cu_q, cu_k, longest, keys, lengths, causal=True)
         return out.view(g, n, kvh, d).permute(1, 2, 0, 3).reshape(1, n, -1)

@@ -11,6 +11,7 @@
 #   wsteps_erl / wsteps_rlvr  steps_erl with the engine's admit_wait=$WAIT (default 32)
 #   slotflex     slot with the regions + flex variant only (its packed prefill in both attention kernels)
 #   fstep[N]     step[N] with packed prefills' attention in the memory-efficient kernel (flash_prefill off)
+#                (slotflex and fstep need 2fc8e29's tree: FlashAttention-2 prefills, reverted after call 8)
 #   wstep[N]     step[N] with the engine's admit_wait=$WAIT (local_step.py --engine-set)
 #   step[N]      benchmarks/local_step.py (ERL / RLVR side by side); N: names for repeated runs
 #   base_step[N] the same on the session's starting commit (git archive carried as .ovl/base.tar)
