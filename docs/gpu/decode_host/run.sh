@@ -28,7 +28,7 @@ for what in "$@"; do
             --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 25 ;;
     slotflex) run slotflex 300 python3 benchmarks/slot_forward.py --variants "regions flex" --packed-trace \
             --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 12 ;;
-    episodes) run episodes 200 python3 benchmarks/episode_code.py ;;
+    episodes) run episodes 200 python3 benchmarks/episode_code.py --set model.path=/tmp/smollm2 ;;
     calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
                  --time-calls "$calls" ;;
     steps_erl) run steps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine \
