@@ -461,6 +461,31 @@ def test_draw_takes_the_first_token_whose_cumulative_mass_reaches_u(monkeypatch)
     assert torch.allclose(freq, torch.tensor([0.1, 0.2, 0.7], dtype=torch.double), atol=0.01)
 
 
+def test_sample_per_row_temperature_top_p_and_greedy_rows(monkeypatch):
+    """Rows of one step with their own settings: a greedy row takes the argmax, the others draw
+    from their own logits / temperature (cut to top_p), log-probs under logits / temperature.
+    u = 0.25 of the mass: over 4 logits with row 1 at temperature 1 its probabilities are
+    0.1, 0.2, 0.3, 0.4 (cumulative 0.1, 0.3, ...: token 1); row 2 at top_p 0.5 keeps the two
+    largest (0.3 and 0.4 -> 3/7, 4/7: 0.25 falls in token 2). A step whose rows all sample (the
+    greedy branch skipped) draws what the mixed step drew for them."""
+    from erl.rollout.sampling import sample
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = probs.log().repeat(3, 1)
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.full(a[:2], 0.75, dtype=k["dtype"]))
+    greedy = SamplingParams(temperature=0.0)
+    hot, nucleus = SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, top_p=0.5)
+    tokens, logps = sample(logits, [greedy, hot, nucleus])
+    assert tokens.tolist() == [3, 1, 2]
+    assert logps.tolist() == pytest.approx(probs.log()[[3, 1, 2]].tolist(), abs=1e-6)
+    same, same_logps = sample(logits[1:], [hot, nucleus])  # no greedy row
+    assert same.tolist() == [1, 2] and same_logps.tolist() == pytest.approx(logps[1:].tolist(), abs=1e-6)
+    cool = SamplingParams(temperature=0.5)  # probabilities squared and renormalised: 1/30, 4/30, 9/30, 16/30
+    tokens, logps = sample(logits[:2], [cool, cool])
+    assert tokens.tolist() == [2, 2]  # cumulative 1/30, 5/30, 14/30 >= 0.25
+    assert logps.tolist() == pytest.approx([torch.tensor(9 / 30).log().item()] * 2, abs=1e-5)
+
+
 def test_a_reset_engine_samples_what_a_new_engine_samples():
     model, params = model_of(), SamplingParams(max_new_tokens=6, temperature=1.0)
     used = RolloutEngine(model, TOK, slots=4, stop_ids=[])

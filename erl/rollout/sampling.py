@@ -44,10 +44,9 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
 
 def _per_row(values: list, dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """One value a row on `dev`: a fill where every row has the same (a collect's requests share
-    their sampling), else a copy from the host. The same float32 values either way."""
-    first = values[0]
-    if all(v == first for v in values):
-        return torch.full((len(values),), first, dtype=dtype, device=dev)
+    their sampling), else a copy from the host. The same values either way."""
+    if values and all(v == values[0] for v in values):
+        return torch.full((len(values),), values[0], dtype=dtype, device=dev)
     return to_device(values, dev, dtype)
 
 
