@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="", help="write the medians as JSON here")
     p.add_argument("--engine-set", action="append", default=[], metavar="ATTR=VALUE",
-                   help="set an attribute of both trainers' rollout engine (an int or float), e.g. admit_wait=32 or net.flash_prefill=0")
+                   help="set a number or flag on both trainers' rollout engine, e.g. admit_wait=32; net.ATTR for its "
+                        "forward (SlotModel)")
     args = p.parse_args(argv)
     sets = [s for s in args.set if not s.startswith("erl.mode=")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         rlvr = local_trainer(sets, "rlvr", Path(tmp) / "rlvr")
         for item in args.engine_set:
             key, _, value = item.partition("=")
-            *path, attr = key.split(".")  # net.flash_prefill: an attribute of the engine's forward
+            *path, attr = key.split(".")  # net.ATTR: an attribute of the engine's forward
             for trainer in (erl, rlvr):
                 owner = trainer.policy
                 for part in path:
