@@ -119,3 +119,14 @@ def test_episode_code_benchmark_times_both_collects_without_a_model_call(capsys)
     assert [m.text for m in moves] == list(bench.MOVES[:2]) and reflection.text == bench.REFLECTION
     assert len(moves[0].token_ids) <= 16 and policy.stats["sequences"] == 3
 
+
+
+def test_memory_retrieval_benchmark_compares_the_same_retrievals(capsys):
+    """benchmarks/memory_retrieval.py, small: both ways return the same entries (it asserts so)
+    and it prints each way's time and their ratio."""
+    bench = load("memory_retrieval")
+    assert bench.main(["--tasks", "4", "--n", "3", "--size", "16", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "12 retrievals (4 tasks x 3) from a memory of 16" in out
+    assert "ranked anew each time:" in out and "ranking kept per task:" in out
+    assert "ratio anew / kept:" in out

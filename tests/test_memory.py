@@ -80,6 +80,36 @@ def test_retrieve_unknown_key_uses_similar_entries_only_and_counts_uses_and_hits
     assert (s["retrievals"], s["hits"], s["hit_rate"], s["size"], s["adds"]) == (4, 2, 0.5, 5, 5)
 
 
+def test_a_repeated_retrieval_is_ranked_again_after_every_change_that_can_reorder_it():
+    """A retrieval repeated with the same key, query and k (an ERL wave asks once for each of a
+    task's n episodes) returns what scoring again would, with its uses counted each time, until a
+    change that can reorder: a better entry stored, a merge that raises a reward, an eviction, a load."""
+    m = ranking_memory()
+    assert texts(m.retrieve("lake", "a b", k=2)) == ["rb", "ra"]
+    assert texts(m.retrieve("lake", "a b", k=2)) == ["rb", "ra"]
+    assert {e.text: e.uses for e in m.entries()}["rb"] == 2
+    m.add("rf", "lake", 0.1, step=5, query="b a")  # cosine 1.0, ties rb's; reward 0.1 < 0.5: after rb
+    assert texts(m.retrieve("lake", "a b", k=2)) == ["rb", "rf"]
+    m.add("rf", "lake", 0.9, step=5)  # merged: rf's reward 0.9 now beats rb's 0.5 at the same cosine
+    assert texts(m.retrieve("lake", "a b", k=2)) == ["rf", "rb"]
+    small = ReflectionMemory(max_size=2)
+    small.add("old", "k", 0.2, query="q")
+    small.add("new", "k", 0.5, query="q")
+    assert texts(small.retrieve("k", "q")) == ["new"]
+    # full: each add evicts the least reward: "old" (0.2), then "other" (0.3), then "another" (0.4)
+    for text, reward in (("other", 0.3), ("another", 0.4), ("last", 0.6)):
+        small.add(text, "k", reward, query="p")
+    assert texts(small.retrieve("k", "q")) == ["new"]  # "last" has cosine 0 to "q"
+    small.add("best", "k", 0.1, query="q")  # evicts "new" (0.5 < 0.6): "best" is the one left with cosine 1
+    assert texts(small.retrieve("k", "q")) == ["best"]
+    state = m.state_dict()
+    fresh = ReflectionMemory(max_size=10, top_k=1)
+    fresh.add("zz", "lake", 1.0, query="a b")
+    assert texts(fresh.retrieve("lake", "a b", k=2)) == ["zz"]
+    fresh.load_state_dict(state)
+    assert texts(fresh.retrieve("lake", "a b", k=2)) == ["rf", "rb"]
+
+
 # ---- dedup and eviction -------------------------------------------------------------------
 def test_same_text_same_key_is_merged_not_duplicated():
     m = ReflectionMemory(max_size=1)

@@ -112,6 +112,11 @@ class ReflectionMemory:
         self._lock = threading.RLock()
         self._entries: list[MemoryEntry] = []  # insertion order, which state_dict preserves
         self._bags: dict[int, tuple[Counter, int]] = {}  # added -> the entry query's bag of words, its squares
+        # (key, query, k) -> the entries a retrieval chooses, until a change that can reorder them
+        # (an entry stored, evicted or merged; a load). An ERL wave retrieves for n episodes of each
+        # task with the task's query, and scoring a full memory (256) took ~0.8 ms a retrieval on a
+        # CPU core: ~0.3 s of an ERL collect of 64 tasks x 8 (docs/gpu/decode_host/README.md).
+        self._chosen: dict[tuple[str, str, int], list[MemoryEntry]] = {}
         self._counts = dict.fromkeys(_COUNTERS, 0)
         self._next_id = 0
 
@@ -133,6 +138,7 @@ class ReflectionMemory:
                 if e.key == key and e.text == text:
                     e.reward, e.step = max(e.reward, reward), max(e.step, step)
                     self._counts["duplicates"] += 1
+                    self._chosen.clear()  # its reward and step rank it
                     return False
             if len(self._entries) >= self.max_size:
                 victim = min(self._entries, key=lambda e: (e.reward, e.uses, e.step, e.added))
@@ -154,19 +160,21 @@ class ReflectionMemory:
         _check_str("key", key)
         _check_str("query", query)
         k = self.top_k if k is None else _check_int("k", k, 0)
-        bag = bag_of_words(query)
-        squares = _squares(bag)
-
-        def scored(keep) -> list[tuple[float, MemoryEntry]]:
-            return [(cosine(bag, self._bags[e.added][0], squares, self._bags[e.added][1]), e)
-                    for e in self._entries if keep(e)]
         with self._lock:
-            same = sorted(scored(lambda e: e.key == key), key=_rank)
-            # other keys are scored only when the task's own entries are too few (ERL's retrievals
-            # of a step scored the whole memory each: ~0.3 s of an ERL collect's host time)
-            other = [] if len(same) >= k else sorted(
-                (se for se in scored(lambda e: e.key != key) if se[0] > 0), key=_rank)
-            chosen = [e for _, e in (same + other)[:k]]
+            chosen = self._chosen.get((key, query, k))
+            if chosen is None:
+                bag = bag_of_words(query)
+                squares = _squares(bag)
+
+                def scored(keep) -> list[tuple[float, MemoryEntry]]:
+                    return [(cosine(bag, self._bags[e.added][0], squares, self._bags[e.added][1]), e)
+                            for e in self._entries if keep(e)]
+                same = sorted(scored(lambda e: e.key == key), key=_rank)
+                # other keys are scored only when the task's own entries are too few (ERL's retrievals
+                # of a step scored the whole memory each: ~0.3 s of an ERL collect's host time)
+                other = [] if len(same) >= k else sorted(
+                    (se for se in scored(lambda e: e.key != key) if se[0] > 0), key=_rank)
+                chosen = self._chosen[(key, query, k)] = [e for _, e in (same + other)[:k]]
             for e in chosen:
                 e.uses += 1
             self._counts["retrievals"] += 1
@@ -215,6 +223,7 @@ class ReflectionMemory:
             self.max_size, self.top_k, self._next_id = max_size, top_k, next_id
             self._counts = counts
             self._entries, self._bags = [], {}
+            self._chosen.clear()
             for e in entries:
                 self._insert(e)
 
@@ -248,10 +257,12 @@ class ReflectionMemory:
         self.load_state_dict(state)
 
     def _insert(self, entry: MemoryEntry) -> None:
+        self._chosen.clear()
         self._entries.append(entry)
         bag = bag_of_words(entry.query)
         self._bags[entry.added] = bag, _squares(bag)
 
     def _remove(self, entry: MemoryEntry) -> None:
+        self._chosen.clear()
         self._entries.remove(entry)
         del self._bags[entry.added]
