@@ -21,6 +21,7 @@ from pathlib import Path
 import erl.cli  # noqa: F401 -- erl-train's OpenMP wait policy, set before torch loads OpenMP
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rollout import set_attribute  # how --engines sets an engine attribute
 from verl_step import finish, side_by_side  # the same alternation and report as verl's
 
 
@@ -54,15 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         erl = local_trainer(sets, "erl", Path(tmp) / "erl")
         rlvr = local_trainer(sets, "rlvr", Path(tmp) / "rlvr")
         for item in args.engine_set:
-            key, _, value = item.partition("=")
-            *path, attr = key.split(".")  # net.ATTR: an attribute of the engine's forward
             for trainer in (erl, rlvr):
-                owner = trainer.policy
-                for part in path:
-                    owner = getattr(owner, part, None)
-                if not hasattr(owner, attr):
-                    p.error(f"--engine-set: the policy {type(trainer.policy).__name__} has no attribute {key!r}")
-                setattr(owner, attr, type(getattr(owner, attr))(float(value)))
+                try:
+                    set_attribute(trainer.policy, item)
+                except ValueError as exc:
+                    p.error(f"--engine-set: {exc}")
         res = side_by_side(erl, rlvr, args.warmup, args.steps)
     print(f"local trainer, {' '.join(sets + args.engine_set) or 'the default config'}: {erl.cfg.tasks_per_step} tasks a step, "
           f"ERL n={erl.erl.n_attempt}, RLVR {2 * erl.erl.n_attempt} first attempts a task, device {erl.device}")

@@ -209,11 +209,10 @@ def erl_workload(args) -> None:
                               regions=tc.rollout_regions,
                               autocast_dtype=trainer.autocast_dtype)  # the trainer's own rollout copy
         for opt in opts:
-            key, _, value = opt.partition("=")
-            if not hasattr(policy, key):
-                raise SystemExit(f"--engines: {type(policy).__name__} has no attribute {key!r}")
-            now = getattr(policy, key)
-            setattr(policy, key, value if isinstance(now, str) else type(now)(float(value)))
+            try:
+                set_attribute(policy, opt)
+            except ValueError as exc:
+                raise SystemExit(f"--engines: {exc}") from None
         name = "+".join([name, *opts])
         requests: list = []
         if args.ceiling and index == len(names) - 1:
@@ -326,6 +325,30 @@ def cuda_profile(on: bool):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)  # the host's side
 
 
+def attribute_owner(policy, path: str) -> tuple[object, str]:
+    """The object an attribute path on the engine ends on, and the path's last name: `admit_wait`
+    (the engine's own), `net.forward` (its forward's). ValueError if a name on the way is missing."""
+    *parts, attr = path.split(".")
+    owner = policy
+    for part in parts:
+        if not hasattr(owner, part):
+            raise ValueError(f"{type(policy).__name__} has no attribute {path!r}")
+        owner = getattr(owner, part)
+    return owner, attr
+
+
+def set_attribute(policy, item: str) -> None:
+    """`PATH=VALUE` set on the engine (PATH as attribute_owner takes it), VALUE converted to the
+    attribute's type (a string stays one; a number or flag goes through float: `admit_wait=32`,
+    `net.fused=0`). ValueError if the attribute is missing."""
+    path, _, value = item.partition("=")
+    owner, attr = attribute_owner(policy, path)
+    if not hasattr(owner, attr):
+        raise ValueError(f"{type(policy).__name__} has no attribute {path!r}")
+    now = getattr(owner, attr)
+    setattr(owner, attr, value if isinstance(now, str) else type(now)(float(value)))
+
+
 @contextlib.contextmanager
 def timeline(policy, on: bool, steps: bool = False):
     """Each engine step's start time and its decoding rows, summarised after the block by rows:
@@ -383,10 +406,7 @@ def timed_calls(policy, names: list[str]):
         if ":" in name:
             owner, attr = importlib.import_module(name.split(":")[0]), name.split(":")[1]
         else:
-            *path, attr = name.split(".")
-            owner = policy
-            for part in path:
-                owner = getattr(owner, part)
+            owner, attr = attribute_owner(policy, name)
         inner = getattr(owner, attr)
         spent[name] = [0, 0.0]
 

@@ -130,3 +130,21 @@ def test_memory_retrieval_benchmark_compares_the_same_retrievals(capsys):
     assert "12 retrievals (4 tasks x 3) from a memory of 16" in out
     assert "ranked anew each time:" in out and "ranking kept per task:" in out
     assert "ratio anew / kept:" in out
+
+
+def test_set_attribute_converts_to_the_attributes_type_along_a_path():
+    """How `--engines engine+ATTR=VALUE` and local_step's `--engine-set` set an engine attribute:
+    a number or flag through float, a string as given, a path through the engine's forward (`net.`);
+    a missing name is a ValueError that names it."""
+    rollout = load("rollout")
+    engine = types.SimpleNamespace(admit_wait=8, admit_ratio=1.0, kind="flex", net=types.SimpleNamespace(fused=True))
+    for item in ("admit_wait=32", "admit_ratio=0.5", "kind=efficient", "net.fused=0"):
+        rollout.set_attribute(engine, item)
+    assert (engine.admit_wait, engine.admit_ratio, engine.kind, engine.net.fused) == (32, 0.5, "efficient", False)
+    for bad in ("nope=1", "net.nope=1", "nothing.fused=1"):
+        try:
+            rollout.set_attribute(engine, bad)
+        except ValueError as exc:
+            assert repr(bad.split("=")[0]) in str(exc)
+        else:
+            raise AssertionError(f"{bad} was set")
