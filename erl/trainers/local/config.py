@@ -80,10 +80,9 @@ class LocalTrainerConfig:
         if self.rollout_decode_attention not in ("efficient", "flex"):
             raise ConfigError(f"trainer.rollout_decode_attention must be efficient or flex, "
                               f"got {self.rollout_decode_attention!r}")
-        for setting in self.engine_cuda_kernels:
-            if self.rollout_engine == "hf" or self.rollout_compile:
-                raise ConfigError(f"trainer.{setting} is a kernel of the rollout engine's eager forward (in its CUDA "
-                                  "graphs): not with rollout_engine=hf or rollout_compile")
+        if self.engine_cuda_kernels and (self.rollout_engine == "hf" or self.rollout_compile):
+            raise ConfigError(f"trainer.{self.engine_cuda_kernels[0]} is a kernel of the rollout engine's eager forward "
+                              "(in its CUDA graphs): not with rollout_engine=hf or rollout_compile")
         if self.rollout_engine not in ("auto", "engine", "hf"):
             raise ConfigError(f"trainer.rollout_engine must be auto, engine or hf, got {self.rollout_engine!r}")
 
