@@ -70,7 +70,8 @@ class Decoding:
                 idx = np.asarray(live, dtype=np.int64)
                 mine = np.asarray(sampled.slots, dtype=np.int64)[idx]
                 src[mine] = at + idx
-                ahead[mine] = int(prev is not None and k == 0)
+                if prev is not None and k == 0:  # prev's own tokens, not the prefills'
+                    ahead[mine] = 1
             at += len(sampled.slots)
         held = np.asarray(self.held, dtype=np.int64)
         act = np.asarray(slots, dtype=np.int64)

@@ -59,8 +59,9 @@ def sample(logits: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Te
     dev = logits.device
     temperatures = [p.temperature for p in params]
     temps = _per_row(temperatures, dev, logits.dtype)
-    sampling = any(t != 0 for t in temperatures)
-    if sampling and all(t != 0 for t in temperatures):
+    greedy_rows = sum(t == 0 for t in temperatures)
+    sampling = greedy_rows < len(temperatures)
+    if sampling and not greedy_rows:
         greedy, scaled = None, logits / temps[:, None]
     else:
         greedy = temps == 0
