@@ -22,8 +22,8 @@ deadline=$((SECONDS + BUDGET))
 # NVLink multicast stays off on a shared host (the device's KINDS.md); Ray's workers inherit these
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export MODEL_PATH=/tmp/smollm2 ROLLOUT=hf
-# shellcheck disable=SC2206  # DEVICE_OVERRIDES is a word list by design (scripts/device_prepare.sh)
-scale=(+scale=small_gpu +env.params.size_max=3 +env.params.max_turns=4 ${DEVICE_OVERRIDES:?source scripts/device_prepare.sh})
+# small_gpu already holds the device's settings (sdpa, no remove-padding, no torch.compile)
+scale=(+scale=small_gpu +env.params.size_max=3 +env.params.max_turns=4)
 log() { echo "== $(date +%T) $*" | tee -a /tmp/g2/logs/run.log; }
 left() { echo $((deadline - SECONDS)); }
 # launch NAME GPUS EXPERIMENT DIR STEPS [overrides]: the users' launcher, cut off by SIGINT at the deadline
