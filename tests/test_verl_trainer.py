@@ -391,3 +391,43 @@ def test_hf_rollout_engine_choice(tiny_folder):
     chosen = [type(HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs=kw), model_cfg).policy).__name__
               for kw in ({}, {"hf": {"engine": "hf"}}, {"hf": {"engine": "engine"}})]
     assert chosen == ["RolloutEngine", "HFPolicy", "RolloutEngine"]
+
+
+def test_a_phase_resets_the_workers_engines_so_a_resumed_step_samples_alike(tiny_folder):
+    """The driver's fresh_policy reaches the hf workers' engines: after WorkerGroupPolicy.reset,
+    the next batch (only that one) carries `reset`, and an engine that ran an earlier step then
+    samples, under the same seed, what a new engine samples. Without it the earlier step's slot
+    history moved two of these four requests to other rows and other draws (the 2-GPU resume
+    check of docs/gpu/gpu2_scaling: resumed and control equal, both unlike the original run)."""
+    from transformers import AutoTokenizer
+
+    from erl.core.interfaces import SamplingParams
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_folder))
+    model_cfg = types.SimpleNamespace(local_path=str(tiny_folder), path=str(tiny_folder), tokenizer=tok)
+
+    def policy(flags):
+        engine = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8), model_cfg)
+
+        def generate(data):
+            flags.append(data.meta_info.get("reset"))
+            return engine.generate_proto(data)
+        return WorkerGroupPolicy(tok, generate, dp_size=1)
+
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    earlier = [tok.encode(t) for t in ("go left then up", "down", "right right")]
+    step = [tok.encode(t) for t in ("go left", "go up now", "stay", "go left then down")]
+    used_flags, new_flags = [], []
+    used, new = policy(used_flags), policy(new_flags)
+    used.seed = 5
+    used.generate_batch(earlier, params)
+    used.reset()
+    used.seed = 7
+    got = used.generate_batch(step, params)
+    used.generate_batch(step, params)
+    new.seed = 7
+    want = new.generate_batch(step, params)
+    assert used_flags == [None, True, None] and new_flags == [None]
+    assert [g.token_ids for g in got] == [w.token_ids for w in want]
+    for g, w in zip(got, want):
+        assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)

@@ -117,6 +117,9 @@ class HFRolloutEngine:
         from verl import DataProto
 
         meta = data.meta_info
+        reset = getattr(self.policy, "reset", None)
+        if meta.get("reset") and callable(reset):  # a phase's first batch (WorkerGroupPolicy.reset)
+            reset()
         if meta.get("seed") is not None:  # same seed on every rank: their prompts differ anyway
             torch.manual_seed(int(meta["seed"]))
         prompts = [list(map(int, p)) for p in data.non_tensor_batch["prompt_ids"]]

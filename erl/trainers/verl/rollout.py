@@ -54,6 +54,14 @@ class WorkerGroupPolicy(BatchingPolicy):
         self.dp_size = max(int(dp_size), 1)
         self.stop_ids = ChatTokenizer(tokenizer).stop_ids
         self.seed = None  # set per step by the trainer: resumed runs sample alike
+        self._fresh = False
+
+    def reset(self) -> None:
+        """The next batch starts a phase (the driver's `fresh_policy`): each worker's rollout engine
+        resets before it (RolloutEngine.reset), as the local trainer's does. Otherwise a slot's
+        choice, and with it a request's row and random draws, follows the process's earlier steps,
+        and a step resumed from a checkpoint samples other tokens than the run that saved it did."""
+        self._fresh = True
 
     @property
     def seed(self) -> int | None:
@@ -76,6 +84,8 @@ class WorkerGroupPolicy(BatchingPolicy):
         if self._seed is not None:
             meta["seed"] = int(self._seed) * 1000 + self._seeded_batches
             self._seeded_batches += 1
+        if self._fresh:
+            meta["reset"], self._fresh = True, False
         data = DataProto.from_dict(non_tensors={"prompt_ids": _objects(padded)}, meta_info=meta)
         out = self.generate_fn(data)
         nt = out.non_tensor_batch
