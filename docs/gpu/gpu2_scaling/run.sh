@@ -7,6 +7,9 @@
 #   rlvr2   scripts/frozenlake_rlvr.sh on 2 GPUs, 20 steps
 #   t1      the same two scripts on 1 GPU each (ERL on GPU 0, RLVR on GPU 1 at the same time), T1_STEPS
 #           steps: t1 for the scaling efficiency t1 / (2 t2)
+#   recheck (STAGES=recheck, after the engine reset of the next commit) scripts/verl_resume_check.sh on
+#           2 GPUs: original RECHECK_AT+1 steps with a checkpoint at RECHECK_AT, then resumed and
+#           control side by side, then compare
 # A queue: every call runs the stages not yet done, in that order, while BUDGET seconds last; a run cut
 # off resumes from its last checkpoint in the next call (the machine's /tmp survives while it is warm),
 # so the calls after the model's transfer are all the same command. Needs /tmp/smollm2 and the verl
@@ -46,10 +49,28 @@ nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,
   >> /tmp/g2/logs/smi.log 2>&1 &
 smi=$!
 
-if stage erl2 200; then
+STAGES=${STAGES:-erl2 resume rlvr2 t1}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
+if want recheck && stage recheck 150; then
+  rc=(CHECK_DIR=/tmp/g2/recheck N_GPUS_PER_NODE=2 "SAVE_AT=${RECHECK_AT:-4}")
+  log "recheck: original"
+  env PHASE=original "${rc[@]}" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh \
+    "${scale[@]}" >> /tmp/g2/logs/recheck_original.log 2>&1
+  pids=()
+  for phase in resumed control; do
+    env PHASE=$phase "${rc[@]}" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh \
+      "${scale[@]}" >> "/tmp/g2/logs/recheck_$phase.log" 2>&1 &
+    pids+=($!)
+  done
+  log "recheck: resumed and control started"; wait "${pids[@]}"
+  env PHASE=compare "${rc[@]}" bash scripts/verl_resume_check.sh > /tmp/g2/logs/recheck_compare.txt 2>&1
+  log "recheck: compare exit $? ($(tail -1 /tmp/g2/logs/recheck_compare.txt))"
+  cp /tmp/g2/logs/recheck_compare.txt "$OUT/"
+fi
+if want erl2 && stage erl2 200; then
   launch erl2 2 frozenlake_erl /tmp/g2/rc/original 20 "${twenty[@]}" && touch /tmp/g2/done_erl2
 fi
-if [ -f /tmp/g2/done_erl2 ] && stage resume 220; then
+if want resume && [ -f /tmp/g2/done_erl2 ] && stage resume 220; then
   pids=()
   for phase in resumed control; do
     PHASE=$phase CHECK_DIR=/tmp/g2/rc N_GPUS_PER_NODE=2 SAVE_AT=10 timeout -s INT -k 30 "$(($(left) - 20))" \
@@ -61,10 +82,10 @@ if [ -f /tmp/g2/done_erl2 ] && stage resume 220; then
   log "resume: compare exit $? ($(tail -1 /tmp/g2/logs/compare.txt))"
   [ -f /tmp/g2/rc/control/metrics.jsonl ] && touch /tmp/g2/done_resume
 fi
-if stage rlvr2 200; then
+if want rlvr2 && stage rlvr2 200; then
   launch rlvr2 2 frozenlake_rlvr /tmp/g2/rlvr2 20 "${twenty[@]}" && touch /tmp/g2/done_rlvr2
 fi
-if stage t1 240; then
+if want t1 && stage t1 240; then
   one=(trainer.val_before_train=false trainer.test_freq=-1 trainer.save_freq=-1 trainer.resume_mode=disable)
   (export CUDA_VISIBLE_DEVICES=0; launch t1_erl 1 frozenlake_erl /tmp/g2/t1_erl "$T1_STEPS" "${one[@]}") & a=$!
   (export CUDA_VISIBLE_DEVICES=1; launch t1_rlvr 1 frozenlake_rlvr /tmp/g2/t1_rlvr "$T1_STEPS" "${one[@]}") & b=$!
