@@ -7,8 +7,8 @@
 #   rlvr2   scripts/frozenlake_rlvr.sh on 2 GPUs, 20 steps
 #   t1      the same two scripts on 1 GPU each (ERL on GPU 0, RLVR on GPU 1 at the same time), T1_STEPS
 #           steps: t1 for the scaling efficiency t1 / (2 t2)
-#   recheck (STAGES=recheck, after the engine reset of the next commit) scripts/verl_resume_check.sh on
-#           2 GPUs: original RECHECK_AT+1 steps with a checkpoint at RECHECK_AT, then resumed and
+#   recheck (STAGES=recheck, after the engine reset) scripts/verl_resume_check.sh on RECHECK_GPUS (2)
+#           GPUs: original RECHECK_AT+1 steps with a checkpoint at RECHECK_AT, then resumed and
 #           control side by side, then compare
 # A queue: every call runs the stages not yet done, in that order, while BUDGET seconds last; a run cut
 # off resumes from its last checkpoint in the next call (the machine's /tmp survives while it is warm),
@@ -52,7 +52,7 @@ smi=$!
 STAGES=${STAGES:-erl2 resume rlvr2 t1}
 want() { [[ " $STAGES " == *" $1 "* ]]; }
 if want recheck && stage recheck 150; then
-  rc=(CHECK_DIR=/tmp/g2/recheck N_GPUS_PER_NODE=2 "SAVE_AT=${RECHECK_AT:-4}")
+  rc=(CHECK_DIR=/tmp/g2/recheck "N_GPUS_PER_NODE=${RECHECK_GPUS:-2}" "SAVE_AT=${RECHECK_AT:-4}")
   log "recheck: original"
   env PHASE=original "${rc[@]}" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh \
     "${scale[@]}" >> /tmp/g2/logs/recheck_original.log 2>&1
