@@ -28,8 +28,10 @@ common=("trainer.total_training_steps=$STEP" "trainer.save_freq=$SAVE_AT" traine
 
 if [[ $PHASE == all || $PHASE == original ]]; then
   [ "${DRY_RUN:-0}" = 1 ] || rm -rf "$CHECK_DIR/original"
+  # every checkpoint kept: the run's last step saves too, and a config that keeps one (scale/small_gpu)
+  # would remove step SAVE_AT's actor files before the resumed run reads them
   bash "$ROOT/scripts/launch_verl.sh" "${common[@]}" "trainer.default_local_dir=$CHECK_DIR/original" \
-    trainer.resume_mode=disable
+    trainer.resume_mode=disable trainer.max_actor_ckpt_to_keep=null
 fi
 if [[ $PHASE == all || $PHASE == resumed ]]; then
   [ "${DRY_RUN:-0}" = 1 ] || rm -rf "$CHECK_DIR/resumed"

@@ -76,7 +76,10 @@ def test_resume_check_resumes_the_original_runs_step_10_checkpoint():
     for cmd in (original, resumed, control):  # same run settings; only the folder and resume differ
         assert "trainer.total_training_steps=11" in cmd and "trainer.save_freq=10" in cmd
         assert "data.train_batch_size=4" in cmd and "actor_rollout_ref.rollout.name=hf" in cmd
-    assert original[-2:] == ["trainer.default_local_dir=/ck/original", "trainer.resume_mode=disable"]
+    # the original keeps every checkpoint: its last step saves too, and a kept count of one
+    # (scale/small_gpu) removed step 10's actor files before the resumed run could read them
+    assert original[-3:] == ["trainer.default_local_dir=/ck/original", "trainer.resume_mode=disable",
+                             "trainer.max_actor_ckpt_to_keep=null"]
     assert resumed[-3:] == ["trainer.default_local_dir=/ck/resumed", "trainer.resume_mode=resume_path",
                             "trainer.resume_from_path=/ck/original/global_step_10"]
     pytest.importorskip("verl")
@@ -85,6 +88,9 @@ def test_resume_check_resumes_the_original_runs_step_10_checkpoint():
     tail = resumed[resumed.index("--config-name") + 2:]
     s = validate(compose("frozenlake_erl", tail), check_model_files=False)
     assert s.total_steps == 11 and s.cfg["trainer"]["resume_from_path"] == "/ck/original/global_step_10"
+    head = original[original.index("--config-name") + 2:]
+    kept = validate(compose("frozenlake_erl", [*head, "+scale=small_gpu"]), check_model_files=False)
+    assert kept.cfg["trainer"]["max_actor_ckpt_to_keep"] is None
 
 
 def test_smoke_script_runs_any_experiment_at_small_scale_and_later_overrides_win():

@@ -164,6 +164,11 @@ def test_resume_path_must_be_an_erl_checkpoint(model_folder, tmp_path):
     ckpt = tmp_path / "global_step_10"
     ckpt.mkdir()
     (ckpt / "erl_state.json").write_text('{"step": 10, "cursor": 40, "seed": 0}')
+    # what verl's max_actor_ckpt_to_keep leaves of an older step: ERL's files, no actor/ files
+    (ckpt / "actor").mkdir()
+    with pytest.raises(ConfigError, match=r"global_step_10' has no actor/ files.*max_actor_ckpt_to_keep=null"):
+        validate(compose("frozenlake_erl", base + [f"trainer.resume_from_path={ckpt}"]))
+    (ckpt / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"")
     assert validate(compose("frozenlake_erl", base + [f"trainer.resume_from_path={ckpt}"])).total_steps == 200
     with pytest.raises(ConfigError, match="trainer.resume_mode"):
         validate(compose("frozenlake_erl", ["trainer.resume_mode=sometimes"]), check_model_files=False)

@@ -24,6 +24,20 @@ TOP_KEYS = ("actor_rollout_ref", "algorithm", "critic", "custom_reward_function"
 STATE_FILE = "erl_state.json"  # the data cursor of a verl checkpoint folder; its presence marks an ERL checkpoint
 
 
+def checkpoint_gap(folder: Path) -> str | None:
+    """What an ERL checkpoint folder (global_step_K/) lacks for a resume, or None. verl's
+    max_actor_ckpt_to_keep removes an older step's actor/ files but leaves ERL's files beside
+    them, and verl's own load would then fail inside a Ray worker."""
+    if not (folder / STATE_FILE).is_file():
+        return f"is not an ERL checkpoint folder (global_step_K/ with {STATE_FILE})"
+    actor = folder / "actor"
+    if not actor.is_dir() or not any(p.is_file() for p in actor.iterdir()):
+        return ("has no actor/ files: verl removed them when it kept only the newest "
+                "trainer.max_actor_ckpt_to_keep checkpoints; resume from a later step, or keep more "
+                "(trainer.max_actor_ckpt_to_keep=null keeps all)")
+    return None
+
+
 def config_dir() -> Path:
     """configs/verl at the repository root (editable install) or inside the package."""
     here = Path(__file__).resolve()
@@ -208,9 +222,9 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
         raise ConfigError(f"trainer.resume_mode must be auto, disable or resume_path, got {tr.get('resume_mode')!r}")
     if tr.get("resume_mode") == "resume_path" and check_model_files:
         ckpt = Path(str(tr.get("resume_from_path"))).expanduser()
-        if not (ckpt / STATE_FILE).is_file():  # checked again by the trainer; here before Ray starts
-            raise ConfigError(f"trainer.resume_from_path={tr.get('resume_from_path')!r} is not an ERL checkpoint "
-                              f"folder (global_step_K/ with {STATE_FILE})")
+        gap = checkpoint_gap(ckpt)  # checked again by the trainer; here before Ray starts
+        if gap:
+            raise ConfigError(f"trainer.resume_from_path={tr.get('resume_from_path')!r} {gap}")
         from erl.trainers.verl.memory import MEMORY_FILE, read_memory_state
 
         if (ckpt / MEMORY_FILE).is_file():

@@ -27,7 +27,7 @@ from erl.core.types import TokenSample
 from erl.fileio import atomic_write, check_torch_file, fsync_tree
 from erl.tracking import samples_path
 from erl.trainers.driver import ErlDriver, Schedule, start_timeline
-from erl.trainers.verl.config import STATE_FILE, Settings
+from erl.trainers.verl.config import STATE_FILE, Settings, checkpoint_gap
 from erl.trainers.verl.dataproto import (
     add_advantages,
     pad_to_multiple,
@@ -151,8 +151,9 @@ class ErlVerlTrainer(ErlDriver):
             return None
         if mode == "resume_path":
             path = Path(str(tr.get("resume_from_path")))
-            if not (path / STATE_FILE).is_file():
-                raise FileNotFoundError(f"trainer.resume_from_path={path} is not an ERL checkpoint (no {STATE_FILE})")
+            gap = checkpoint_gap(path)
+            if gap:
+                raise FileNotFoundError(f"trainer.resume_from_path={path} {gap}")
             return path
         tracker = self.out / "latest_checkpointed_iteration.txt"
         if not tracker.is_file():
