@@ -148,3 +148,37 @@ def test_set_attribute_converts_to_the_attributes_type_along_a_path():
             assert repr(bad.split("=")[0]) in str(exc)
         else:
             raise AssertionError(f"{bad} was set")
+
+
+def test_verl_scaling_takes_medians_over_the_same_steps(tmp_path, capsys):
+    """t1 / (N tN) from two metrics files, worked by hand: steps 2-4 of the 1-GPU run take 20, 24
+    and 22 s (median 22), of the 2-GPU run 12, 10 and 11 s (median 11): speed-up 2.0, efficiency
+    1.0. Step 1 (compiles) and eval-only rows stay out; a range with no step is an error."""
+    import json
+
+    import pytest
+
+    scaling = load("verl_scaling")
+
+    def write(name, times):
+        rows = [{"step": 0, "eval/success": 0.1}]
+        rows += [{"step": k, "time/step": t, "time/rollout": t / 4, "time/update": 3 * t / 4}
+                 for k, t in enumerate(times, 1)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    one, two = write("one.jsonl", [90, 20, 24, 22]), write("two.jsonl", [50, 12, 10, 11, 30])
+    scaling.main(["--one", str(one), "--many", str(two), "--steps", "2-4", "--png", str(tmp_path / "s.png")])
+    out = capsys.readouterr().out
+    assert "time/step         22.00    11.00    2.00      1.000" in out
+    assert "time/rollout       5.50     2.75    2.00      1.000" in out
+    assert (tmp_path / "s.png").stat().st_size > 0
+    # step 5 of the 2-GPU run (30 s) moves its median from 11 to 11.5 over steps 2-5
+    assert scaling.scaling(scaling.medians(scaling.read_metrics(one), (2, 4)),
+                           scaling.medians(scaling.read_metrics(two), (2, 5)), 2)["time/step"] == \
+        (22.0, 11.5, pytest.approx(22 / 11.5), pytest.approx(22 / 23))
+    with pytest.raises(ValueError, match="no training step in 7-9"):
+        scaling.medians(scaling.read_metrics(one), (7, 9))
+    with pytest.raises(SystemExit):
+        scaling.main(["--one", str(one), "--many", str(two), "--steps", "4-2"])
