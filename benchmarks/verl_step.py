@@ -24,6 +24,9 @@ KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old
         "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded", "rollout/decode_steps",
         "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode", "time/rollout_gpu_wait",
         "time/rollout_engine", "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
+# the per-step lines of the report: (metric, column title)
+STEP_KEYS = {"time/step": "step", "time/rollout": "rollout", "time/reflection": "refl", "time/update": "update",
+             "tokens/generated": "gen tok", "attempt1/success": "succ1", "memory/size": "memory"}
 
 
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
@@ -45,6 +48,9 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["ratio/pairs"] = [e["time/step"] / max(r["time/step"], 1e-9) for e, r in zip(runs["erl"], runs["rlvr"])]
     # what ERL's step spends beyond TARGET x RLVR's, by phase: where the gap to issue 11's target lies
     out["excess"] = {k: out["erl"][k] - TARGET * out["rlvr"][k] for k in ("time/step", "time/rollout", "time/update")}
+    # each measured step's phases and outcomes: a median hides a ratio that moves along the run (it rose
+    # from ~1.6 to ~1.9 over 8 local steps: docs/gpu/memory_retrieval/README.md)
+    out["per_step"] = {name: [{k: float(m[k]) for k in STEP_KEYS if k in m} for m in ms] for name, ms in runs.items()}
     out["steps"], out["warmup"] = steps, warmup
     return out
 
@@ -58,10 +64,26 @@ def report(res: dict) -> str:
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
     lines.append("ERL / RLVR step by step: " + ", ".join(f"{r:.3f}" for r in res["ratio/pairs"]))
+    lines += per_step_lines(res.get("per_step", {}))
     ex = res["excess"]
     lines.append(f"ERL - {TARGET} x RLVR: step {ex['time/step']:+.3f} s (rollout {ex['time/rollout']:+.3f}, "
                  f"update {ex['time/update']:+.3f})")
     return "\n".join(lines)
+
+
+def per_step_lines(per_step: dict[str, list[dict]]) -> list[str]:
+    """One line a measured step: ERL's and RLVR's phases and outcomes, and the step-time ratio."""
+    if not per_step or not per_step.get("erl"):
+        return []
+    cols = [(name, k, title) for name in ("erl", "rlvr") for k, title in STEP_KEYS.items()
+            if any(k in m for m in per_step[name]) and not (name == "rlvr" and k in ("time/reflection", "memory/size"))]
+    lines = ["per step: " + " ".join(f"{name.upper() + ' ' + title:>13s}" for name, _, title in cols) + "    ratio"]
+    for i, (e, r) in enumerate(zip(per_step["erl"], per_step["rlvr"]), 1):
+        row = {"erl": e, "rlvr": r}
+        cells = " ".join(f"{row[name].get(k, float('nan')):13.3f}" if k.startswith("time/") or k.endswith("success")
+                         else f"{row[name].get(k, float('nan')):13.0f}" for name, k, _ in cols)
+        lines.append(f"{i:>8d}: {cells} {e['time/step'] / max(r['time/step'], 1e-9):8.3f}")
+    return lines
 
 
 def finish(res: dict, out: str) -> int:

@@ -441,6 +441,9 @@ def test_step_benchmark_side_by_side(tmp_path, capsys):
     for k in ("time/step", "time/rollout", "time/update"):  # ERL's time beyond 1.5x RLVR's, by phase
         assert res["excess"][k] == pytest.approx(res["erl"][k] - 1.5 * res["rlvr"][k])
     assert len(res["ratio/pairs"]) == 1 and res["ratio/pairs"][0] == pytest.approx(res["ratio/step_time"])
+    # the one measured step, whole: its median is itself, and ERL's row has the memory's size
+    assert res["per_step"]["erl"][0]["time/step"] == pytest.approx(res["erl"]["time/step"])
+    assert "memory/size" in res["per_step"]["erl"][0] and "memory/size" not in res["per_step"]["rlvr"][0]
     for r in (res["erl"], res["rlvr"]):  # the engine's split of its own time, inside the rollout's
         assert r["rollout/prefill_forwards"] >= 1 and r["rollout/decode_steps"] >= 1
         assert 0 < r["time/rollout_prefill"] + r["time/rollout_decode"] <= r["time/rollout_engine"] <= r["time/rollout"]
@@ -473,6 +476,13 @@ def test_step_benchmark_pairs_each_erl_step_with_the_rlvr_step_after_it():
     assert res["ratio/pairs"] == pytest.approx([2.0, 2.0, 1.5])
     assert res["ratio/step_time"] == pytest.approx(2.0) and res["excess"]["time/step"] == pytest.approx(5 - 3.75)
     assert "ERL / RLVR step by step: 2.000, 2.000, 1.500" in bench.report(res)
+    # one line a measured step, the warm-up left out: ERL step, rollout, update, then RLVR's, then the ratio
+    lines = bench.report(res).splitlines()
+    head = lines.index(next(ln for ln in lines if ln.startswith("per step:")))
+    assert lines[head].split() == ["per", "step:", "ERL", "step", "ERL", "rollout", "ERL", "update",
+                                   "RLVR", "step", "RLVR", "rollout", "RLVR", "update", "ratio"]
+    assert [float(x) for x in lines[head + 3].split()[1:]] == [6.0, 3.0, 1.5, 4.0, 2.0, 1.0, 1.5]
+    assert lines[head + 4].startswith("ERL - 1.5 x RLVR")
 
 
 def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
