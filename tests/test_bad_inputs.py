@@ -71,6 +71,11 @@ def world(tmp_path_factory):
     verl_ckpt.mkdir(parents=True)
     (verl_ckpt / "erl_state.json").write_text(json.dumps({"step": 2, "cursor": 4, "seed": 0}))
     (verl_ckpt / "erl_memory.json").write_text(json.dumps({"version": 1, "entries": "none"}))
+    (verl_ckpt / "actor").mkdir()  # a whole checkpoint but for its memory file
+    (verl_ckpt / "actor" / "model_world_size_1_rank_0.pt").write_bytes(b"")
+    half = root / "verl_half" / "global_step_2"  # what verl's max_actor_ckpt_to_keep leaves of an older step
+    half.mkdir(parents=True)
+    (half / "erl_state.json").write_text(json.dumps({"step": 2, "cursor": 4, "seed": 0}))
     from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()  # a Hugging Face folder for the verl cases (the model check passes)
@@ -166,6 +171,9 @@ CASES = {
     "verl: wrong erl_memory.json": (*verl_case("trainer.resume_mode=resume_path",
                                                "trainer.resume_from_path={r}/verl_ckpt/global_step_2"),
                                     "erl_memory.json"),
+    "verl: checkpoint without its actor files": (*verl_case("trainer.resume_mode=resume_path",
+                                                            "trainer.resume_from_path={r}/verl_half/global_step_2"),
+                                                 "max_actor_ckpt_to_keep"),
     "verl: no model folder": (*verl_case(model="{r}/nowhere"), "actor_rollout_ref.model.path"),
 }
 
