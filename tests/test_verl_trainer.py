@@ -391,6 +391,11 @@ def test_hf_rollout_engine_choice(tiny_folder):
     chosen = [type(HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs=kw), model_cfg).policy).__name__
               for kw in ({}, {"hf": {"engine": "hf"}}, {"hf": {"engine": "engine"}})]
     assert chosen == ["RolloutEngine", "HFPolicy", "RolloutEngine"]
+    # the local preset's engine settings reach the workers' engines too; both are CUDA-only, so here
+    # the engine refuses them, which shows they arrived
+    for kw, refusal in (({"decode_attention": "flex"}, "flex' needs varlen_decode"), ({"regions": True}, "regions needs CUDA")):
+        with pytest.raises(ValueError, match=refusal):
+            HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs={"hf": kw}), model_cfg)
 
 
 def test_a_phase_resets_the_workers_engines_so_a_resumed_step_samples_alike(tiny_folder):

@@ -9,8 +9,9 @@ batched `model.generate` (HFPolicy); both return token ids and their log-probs u
 logits / temperature, the distribution that was sampled. Choose with
 `rollout.engine_kwargs.hf.engine: auto|engine|hf` (auto, the default: the engine where
 supported, as the local trainer's `trainer.rollout_engine`), `rollout.engine_kwargs.hf.compile`,
-`.decode_attention` (efficient | flex, as `trainer.rollout_decode_attention`) and `.fused` (default: on
-CUDA, the generation copy's q/k/v and gate/up as one matmul each, erl.rollout.fused).
+`.decode_attention` (efficient | flex, as `trainer.rollout_decode_attention`), `.regions` (as
+`trainer.rollout_regions`: CUDA only) and `.fused` (default: on CUDA, the generation copy's q/k/v and
+gate/up as one matmul each, erl.rollout.fused).
 
 Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
 """
@@ -54,7 +55,8 @@ class HFRolloutEngine:
             fuse_projections(self.model)
         self.policy = build_policy(self.model, tokenizer, opts.get("engine", "auto"), max_batch_size=gen_batch,
                                    compile=opts.get("compile", False), cuda_graphs=opts.get("cuda_graphs", True),
-                                   decode_attention=opts.get("decode_attention", "efficient"))
+                                   decode_attention=opts.get("decode_attention", "efficient"),
+                                   regions=bool(opts.get("regions", False)))
         self.synced = 0
 
     # ---- verl's rollout interface ----------------------------------------------------
