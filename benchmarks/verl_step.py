@@ -24,9 +24,11 @@ KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old
         "throughput/gen_tokens_per_s", "throughput/update_tokens_per_s", "rollout/graphs_recorded", "rollout/decode_steps",
         "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode", "time/rollout_gpu_wait",
         "time/rollout_engine", "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
-# the per-step lines of the report: (metric, column title)
-STEP_KEYS = {"time/step": "step", "time/rollout": "rollout", "time/reflection": "refl", "time/update": "update",
-             "tokens/generated": "gen tok", "attempt1/success": "succ1", "memory/size": "memory"}
+# the per-step lines of the report: metric -> (column title, format); ERL_ONLY: no RLVR column
+STEP_KEYS = {"time/step": ("step", ".3f"), "time/rollout": ("rollout", ".3f"), "time/reflection": ("refl", ".3f"),
+             "time/update": ("update", ".3f"), "tokens/generated": ("gen tok", ".0f"),
+             "attempt1/success": ("succ1", ".3f"), "memory/size": ("memory", ".0f")}
+ERL_ONLY = ("time/reflection", "memory/size")
 
 
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
@@ -75,13 +77,12 @@ def per_step_lines(per_step: dict[str, list[dict]]) -> list[str]:
     """One line a measured step: ERL's and RLVR's phases and outcomes, and the step-time ratio."""
     if not per_step or not per_step.get("erl"):
         return []
-    cols = [(name, k, title) for name in ("erl", "rlvr") for k, title in STEP_KEYS.items()
-            if any(k in m for m in per_step[name]) and not (name == "rlvr" and k in ("time/reflection", "memory/size"))]
-    lines = ["per step: " + " ".join(f"{name.upper() + ' ' + title:>13s}" for name, _, title in cols) + "    ratio"]
+    cols = [(name, k) for name in ("erl", "rlvr") for k in STEP_KEYS
+            if any(k in m for m in per_step[name]) and not (name == "rlvr" and k in ERL_ONLY)]
+    lines = ["per step: " + " ".join(f"{name.upper() + ' ' + STEP_KEYS[k][0]:>13s}" for name, k in cols) + "    ratio"]
     for i, (e, r) in enumerate(zip(per_step["erl"], per_step["rlvr"]), 1):
         row = {"erl": e, "rlvr": r}
-        cells = " ".join(f"{row[name].get(k, float('nan')):13.3f}" if k.startswith("time/") or k.endswith("success")
-                         else f"{row[name].get(k, float('nan')):13.0f}" for name, k, _ in cols)
+        cells = " ".join(f"{row[name].get(k, float('nan')):13{STEP_KEYS[k][1]}}" for name, k in cols)
         lines.append(f"{i:>8d}: {cells} {e['time/step'] / max(r['time/step'], 1e-9):8.3f}")
     return lines
 
