@@ -39,6 +39,19 @@ launch() {
   local rc=$?; log "$name: exit $rc"; return $rc
 }
 twenty=(trainer.save_freq=5 trainer.max_actor_ckpt_to_keep=null trainer.test_freq=20 trainer.resume_mode=auto)
+# resumed_and_control LABEL PREFIX VAR=VALUE...: scripts/verl_resume_check.sh's phases resumed and control side
+# by side (its variables, CHECK_DIR ...), then compare; logs /tmp/g2/logs/PREFIX{resumed,control}.log, PREFIXcompare.txt
+resumed_and_control() {
+  local label=$1 prefix=$2 phase pids=(); shift 2
+  for phase in resumed control; do
+    env PHASE=$phase "$@" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh "${scale[@]}" \
+      >> "/tmp/g2/logs/$prefix$phase.log" 2>&1 &
+    pids+=($!)
+  done
+  log "$label: resumed and control started"; wait "${pids[@]}"
+  env PHASE=compare "$@" bash scripts/verl_resume_check.sh > "/tmp/g2/logs/${prefix}compare.txt" 2>&1
+  log "$label: compare exit $? ($(tail -1 "/tmp/g2/logs/${prefix}compare.txt"))"
+}
 stage() { [ -f "/tmp/g2/done_$1" ] && return 1; [ "$(left)" -gt "$2" ] || { log "$1: $(left) s left, not started"; return 1; }; }
 
 # a run cut off by the last call's end can leave Ray's own processes behind, holding GPU memory
@@ -56,30 +69,14 @@ if want recheck && stage recheck 150; then
   log "recheck: original"
   env PHASE=original "${rc[@]}" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh \
     "${scale[@]}" >> /tmp/g2/logs/recheck_original.log 2>&1
-  pids=()
-  for phase in resumed control; do
-    env PHASE=$phase "${rc[@]}" timeout -s INT -k 30 "$(($(left) - 20))" bash scripts/verl_resume_check.sh \
-      "${scale[@]}" >> "/tmp/g2/logs/recheck_$phase.log" 2>&1 &
-    pids+=($!)
-  done
-  log "recheck: resumed and control started"; wait "${pids[@]}"
-  env PHASE=compare "${rc[@]}" bash scripts/verl_resume_check.sh > /tmp/g2/logs/recheck_compare.txt 2>&1
-  log "recheck: compare exit $? ($(tail -1 /tmp/g2/logs/recheck_compare.txt))"
+  resumed_and_control recheck recheck_ "${rc[@]}"
   cp /tmp/g2/logs/recheck_compare.txt "$OUT/"
 fi
 if want erl2 && stage erl2 200; then
   launch erl2 2 frozenlake_erl /tmp/g2/rc/original 20 "${twenty[@]}" && touch /tmp/g2/done_erl2
 fi
 if want resume && [ -f /tmp/g2/done_erl2 ] && stage resume 220; then
-  pids=()
-  for phase in resumed control; do
-    PHASE=$phase CHECK_DIR=/tmp/g2/rc N_GPUS_PER_NODE=2 SAVE_AT=10 timeout -s INT -k 30 "$(($(left) - 20))" \
-      bash scripts/verl_resume_check.sh "${scale[@]}" >> "/tmp/g2/logs/$phase.log" 2>&1 &
-    pids+=($!)
-  done
-  log "resume: resumed and control started"; wait "${pids[@]}"
-  PHASE=compare CHECK_DIR=/tmp/g2/rc bash scripts/verl_resume_check.sh > /tmp/g2/logs/compare.txt 2>&1
-  log "resume: compare exit $? ($(tail -1 /tmp/g2/logs/compare.txt))"
+  resumed_and_control resume "" CHECK_DIR=/tmp/g2/rc N_GPUS_PER_NODE=2 SAVE_AT=10
   [ -f /tmp/g2/rc/control/metrics.jsonl ] && touch /tmp/g2/done_resume
 fi
 if want rlvr2 && stage rlvr2 200; then
