@@ -30,12 +30,12 @@ def step_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-def medians(rows: list[dict], steps: tuple[int, int], keys=TIMINGS) -> dict[str, float]:
+def medians(rows: list[dict], steps: tuple[int, int]) -> dict[str, float]:
     """Median of each timing over the training rows whose step lies in `steps` (inclusive)."""
     picked = [r for r in rows if steps[0] <= r.get("step", 0) <= steps[1] and "time/step" in r]
     if not picked:
         raise ValueError(f"no training step in {steps[0]}-{steps[1]}")
-    return {k: statistics.median(r[k] for r in picked) for k in keys if all(k in r for r in picked)}
+    return {k: statistics.median(r[k] for r in picked) for k in TIMINGS if all(k in r for r in picked)}
 
 
 def scaling(one: dict[str, float], many: dict[str, float], gpus: int) -> dict[str, tuple[float, float, float, float]]:
