@@ -20,3 +20,15 @@ run() {
 gpu_tests() {
   run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py tests/test_rollout_flex.py tests/test_rollout_fused.py tests/test_rollout_regions.py
 }
+# local_step NAME [ARGS...]: benchmarks/local_step.py at the GPU preset, ERL and RLVR steps alternating
+# (WARMUP, STEPS), into $OUT/NAME.txt
+local_step() {
+  run "$1" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" "${@:2}"
+}
+# in_base TAR COMMAND...: COMMAND inside an earlier commit's tree, carried as TAR (a git archive) and unpacked
+# into /tmp/<TAR's name>
+in_base() {
+  local dir; dir=/tmp/$(basename "$1" .tar)
+  mkdir -p "$dir" && tar -xf "$1" -C "$dir" 2>/dev/null
+  (cd "$dir" && "${@:2}")
+}

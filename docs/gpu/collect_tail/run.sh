@@ -27,10 +27,8 @@ for what in "$@"; do
                  --time-calls "$calls" ;;
     calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
                   --timeline --time-calls "$calls" ;;
-    base_step*) mkdir -p /tmp/base22 && tar -xf .ovl/base22.tar -C /tmp/base22 2>/dev/null
-                (cd /tmp/base22 && run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" \
-                   --steps "${STEPS:-3}") ;;
-    step*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    base_step*) in_base .ovl/base22.tar local_step "$what" ;;
+    step*) local_step "$what" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
   esac
 done

@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/decode_host}
-source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...; local_step; in_base
 rlvr=(--set erl.mode=rlvr)
 calls=${CALLS:-_decode_step,_admit,_prefill,_deliver,_sampled,net.forward,erl.rollout.decoding:sample,erl.rollout.decoding:to_device}
 for what in "$@"; do
@@ -37,19 +37,14 @@ for what in "$@"; do
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
     wsteps_rlvr) run wsteps_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" \
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
-    fstep*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" \
-              --engine-set net.flash_prefill=0 ;;
-    wstep*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" \
-              --engine-set "admit_wait=${WAIT:-32}" ;;
-    base_calls_erl) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
-                (cd /tmp/base && run base_calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
-                   --engines engine,engine --timeline --time-calls "$calls") ;;
+    fstep*) local_step "$what" --engine-set net.flash_prefill=0 ;;
+    wstep*) local_step "$what" --engine-set "admit_wait=${WAIT:-32}" ;;
+    base_calls_erl) in_base .ovl/base.tar run base_calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
+                      --engines engine,engine --timeline --time-calls "$calls" ;;
     calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
                   --timeline --time-calls "$calls" ;;
-    base_step*) mkdir -p /tmp/base && tar -xf .ovl/base.tar -C /tmp/base 2>/dev/null
-                (cd /tmp/base && run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" \
-                   --steps "${STEPS:-3}") ;;
-    step*) run "$what" 300 python3 benchmarks/local_step.py "${gpu[@]}" --warmup "${WARMUP:-2}" --steps "${STEPS:-3}" ;;
+    base_step*) in_base .ovl/base.tar local_step "$what" ;;
+    step*) local_step "$what" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
   esac
 done
