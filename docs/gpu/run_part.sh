@@ -20,6 +20,9 @@ run() {
 gpu_tests() {
   run gpu_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py tests/test_rollout_graphs.py tests/test_rollout_flex.py tests/test_rollout_fused.py tests/test_rollout_regions.py
 }
+# collect NAME ARGS...: benchmarks/rollout.py's ERL workload at the GPU preset (ARGS: --engines, --timeline ...),
+# into $OUT/NAME.txt
+collect() { run "$1" 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${@:2}"; }
 # local_step NAME [ARGS...]: benchmarks/local_step.py at the GPU preset, ERL and RLVR steps alternating
 # (WARMUP, STEPS), into $OUT/NAME.txt
 local_step() {

@@ -13,20 +13,18 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/collect_tail}
-source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...; collect; local_step; in_base
 rlvr=(--set erl.mode=rlvr)
 calls=${CALLS:-_decode_step,_admit,_prefill,_deliver,_sampled,_finish,net.forward,graphs._record,erl.rollout.decoding:sample,erl.rollout.decoding:to_device,erl.rollout.admission:plan_sharing,erl.rollout.prefix:prefix_lengths}
 for what in "$@"; do
   case $what in
     tests) gpu_tests ;;
-    tl_erl) run tl_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline ;;
-    tl_rlvr) run tl_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine --timeline ;;
-    prof_erl) run prof_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --profile-host collect ;;
-    prof_rlvr) run prof_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine --profile-host collect ;;
-    calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
-                 --time-calls "$calls" ;;
-    calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
-                  --timeline --time-calls "$calls" ;;
+    tl_erl) collect tl_erl --engines engine,engine --timeline ;;
+    tl_rlvr) collect tl_rlvr "${rlvr[@]}" --engines engine,engine --timeline ;;
+    prof_erl) collect prof_erl --engines engine,engine --profile-host collect ;;
+    prof_rlvr) collect prof_rlvr "${rlvr[@]}" --engines engine,engine --profile-host collect ;;
+    calls_erl) collect calls_erl --engines engine,engine --timeline --time-calls "$calls" ;;
+    calls_rlvr) collect calls_rlvr "${rlvr[@]}" --engines engine,engine --timeline --time-calls "$calls" ;;
     base_step*) in_base .ovl/base22.tar local_step "$what" ;;
     step*) local_step "$what" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;

@@ -18,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/decode_host}
-source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...; local_step; in_base
+source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...; collect; local_step; in_base
 rlvr=(--set erl.mode=rlvr)
 calls=${CALLS:-_decode_step,_admit,_prefill,_deliver,_sampled,net.forward,erl.rollout.decoding:sample,erl.rollout.decoding:to_device}
 for what in "$@"; do
@@ -29,20 +29,17 @@ for what in "$@"; do
     slotflex) run slotflex 300 python3 benchmarks/slot_forward.py --variants "regions flex" --packed-trace \
             --prefill-rows 26 --prefill-width 512 --prefill-held 300 --top 12 ;;
     episodes) run episodes 200 python3 benchmarks/episode_code.py --set model.path=/tmp/smollm2 ;;
-    calls_erl) run calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine --timeline \
-                 --time-calls "$calls" ;;
-    steps_erl) run steps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" --engines engine,engine \
-                 --timeline-steps --time-calls "$calls" ;;
-    wsteps_erl) run wsteps_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
+    calls_erl) collect calls_erl --engines engine,engine --timeline --time-calls "$calls" ;;
+    steps_erl) collect steps_erl --engines engine,engine --timeline-steps --time-calls "$calls" ;;
+    wsteps_erl) collect wsteps_erl \
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
-    wsteps_rlvr) run wsteps_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" \
+    wsteps_rlvr) collect wsteps_rlvr "${rlvr[@]}" \
                   --engines "engine+admit_wait=${WAIT:-32},engine+admit_wait=${WAIT:-32}" --timeline-steps ;;
     fstep*) local_step "$what" --engine-set net.flash_prefill=0 ;;
     wstep*) local_step "$what" --engine-set "admit_wait=${WAIT:-32}" ;;
-    base_calls_erl) in_base .ovl/base.tar run base_calls_erl 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" \
+    base_calls_erl) in_base .ovl/base.tar collect base_calls_erl \
                       --engines engine,engine --timeline --time-calls "$calls" ;;
-    calls_rlvr) run calls_rlvr 200 python3 benchmarks/rollout.py --workload erl "${gpu[@]}" "${rlvr[@]}" --engines engine,engine \
-                  --timeline --time-calls "$calls" ;;
+    calls_rlvr) collect calls_rlvr "${rlvr[@]}" --engines engine,engine --timeline --time-calls "$calls" ;;
     base_step*) in_base .ovl/base.tar local_step "$what" ;;
     step*) local_step "$what" ;;
     *) echo "unknown part $what" | tee -a "$OUT/run.log" ;;
