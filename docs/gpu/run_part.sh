@@ -1,7 +1,8 @@
 # Sourced by the per-session device scripts (docs/gpu/*/run.sh) from the repository root, with OUT
 # set. Makes $OUT and defines: gpu, the local trainer's GPU preset on the converted model;
 # run NAME LIMIT COMMAND..., the command with the overlay on PYTHONPATH, its output into
-# $OUT/NAME.txt, a line before and after it in $OUT/run.log, its exit status returned; gpu_tests.
+# $OUT/NAME.txt, a line before and after it in $OUT/run.log, its exit status returned; gpu_tests;
+# collect, local_step and in_base (below).
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # scripts/device_prepare.sh turns the tokenizer's threads off (for verl's Ray workers); a user's
