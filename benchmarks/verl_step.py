@@ -25,10 +25,13 @@ KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old
         "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode", "time/rollout_gpu_wait",
         "time/rollout_engine", "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
 # the per-step lines of the report: metric -> (column title, format); ERL_ONLY: no RLVR column
-STEP_KEYS = {"time/step": ("step", ".3f"), "time/rollout": ("rollout", ".3f"), "time/reflection": ("refl", ".3f"),
-             "time/update": ("update", ".3f"), "tokens/generated": ("gen tok", ".0f"),
-             "attempt1/success": ("succ1", ".3f"), "memory/size": ("memory", ".0f")}
-ERL_ONLY = ("time/reflection", "memory/size")
+# (engine: the rollout engine's own seconds, the rest of rollout being the episodes' code; upd tok: the
+# update's tokens, which set its time)
+STEP_KEYS = {"time/step": ("step", ".3f"), "time/rollout": ("rollout", ".3f"), "time/rollout_engine": ("engine", ".3f"),
+             "time/reflection": ("refl", ".3f"), "time/update": ("update", ".3f"), "tokens/generated": ("gen tok", ".0f"),
+             "tokens/total": ("upd tok", ".0f"), "attempt/turns": ("turns", ".2f"), "attempt1/success": ("succ1", ".3f"),
+             "reflection/rate": ("refl rate", ".3f"), "memory/size": ("memory", ".0f")}
+ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")
 
 
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
