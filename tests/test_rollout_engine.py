@@ -499,6 +499,37 @@ def test_a_reset_engine_samples_what_a_new_engine_samples():
     assert [g.token_ids for g in again] == [g.token_ids for g in new]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention,fused", [("efficient", False), ("efficient", True), ("flex", True)])
+def test_a_reset_engine_on_cuda_samples_what_a_new_engine_samples_to_the_bit(attention, fused):
+    """As above with CUDA's kernels, graphs and bf16 (verl's hf workers: efficient decode and fused
+    projections; preset=gpu: flex): a history of long prompts leaves the cache's tensors larger
+    than a new engine's, and the step after the reset must sample the same tokens with the same
+    log-probs anyway (the resume check of docs/gpu/ratio_rise: a resumed verl step and its control
+    run equal, both unlike the original run's step)."""
+    from erl.rollout.fused import fuse_projections
+
+    def engine():
+        model = model_of(head_dim=64).to("cuda", torch.bfloat16)
+        if fused:
+            fuse_projections(model)
+        return RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention=attention)
+
+    params = SamplingParams(max_new_tokens=24, temperature=1.0)
+    used = engine()
+    long = [chat_ids(TOK, [{"role": "user", "content": "go " * 150 + str(k)}]) for k in range(40)]
+    torch.manual_seed(3)
+    used.generate_batch(long, SamplingParams(max_new_tokens=48, temperature=1.0))
+    used.reset()
+    torch.manual_seed(5)
+    again = used.generate_batch(prompts(40), params)
+    torch.manual_seed(5)
+    new = engine().generate_batch(prompts(40), params)
+    assert [g.token_ids for g in again] == [g.token_ids for g in new]
+    assert [g.logprobs for g in again] == [g.logprobs for g in new]
+
+
 def test_bad_input_is_refused_clearly():
     engine = RolloutEngine(model_of(), TOK, max_len=64, stop_ids=[])
     with pytest.raises(ValueError, match="context limit of 64"):

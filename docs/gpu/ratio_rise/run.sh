@@ -4,15 +4,33 @@
 #   step[N]   benchmarks/local_step.py, 2 warm-up steps then STEPS (14) measured, ERL and RLVR
 #             alternating; its per-step lines carry each phase, the engine's seconds, the update's
 #             tokens, turns, first-attempt success, the reflection rate and the memory's size
+#   gpu_tests the rollout engine's GPU tests (run_part.sh), among them a reset engine against a new one
+#   local_resume  erl-train (local trainer) 3 steps with a checkpoint at step 2, then two runs resumed
+#             from it side by side (resumed, control), then step 3 compared (python -m erl.tracking);
+#             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
 OUT=${OUT:-outputs/ratio_rise}
 source docs/gpu/run_part.sh  # $OUT made; gpu=(...); run NAME LIMIT COMMAND...; local_step
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv,noheader >> "$OUT/run.log"
-for what in "$@"; do
+for what in "$@"; do  # parts in the order given
   case $what in
     step*) STEPS=${STEPS:-14} local_step "$what" --out "$OUT/$what.json" ;;
+    gpu_tests) gpu_tests ;;
+    local_resume)
+      sets=(${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2})
+      run_args=(trainer.total_steps=3 trainer.eval_every=0 trainer.save_every=2
+                trainer.keep_checkpoints=2 trainer.save_every_minutes=0 trainer.progress=false "trainer.loggers=[console]")
+      rm -rf /tmp/lr && mkdir -p /tmp/lr
+      run local_original 300 python3 -m erl.cli.train "${sets[@]}" "${run_args[@]}" trainer.output_dir=/tmp/lr/original
+      for phase in resumed control; do
+        run "local_$phase" 300 python3 -m erl.cli.train "${sets[@]}" "${run_args[@]}" "trainer.output_dir=/tmp/lr/$phase" \
+          resume=/tmp/lr/original/checkpoints/step_2 &
+      done
+      wait
+      run local_compare 60 python3 -m erl.tracking /tmp/lr/original/metrics.jsonl /tmp/lr/resumed/metrics.jsonl \
+        --step 3 --control /tmp/lr/control/metrics.jsonl ;;
     *) echo "unknown part $what" >&2; exit 2 ;;
   esac
 done
