@@ -517,7 +517,7 @@ def test_a_reset_engine_on_cuda_samples_what_a_new_engine_samples_to_the_bit(att
         return RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention=attention)
 
     params = SamplingParams(max_new_tokens=24, temperature=1.0)
-    used = engine()
+    used, new = engine(), engine()  # built first: model_of seeds torch's generators
     long = [chat_ids(TOK, [{"role": "user", "content": "go " * 150 + str(k)}]) for k in range(40)]
     torch.manual_seed(3)
     used.generate_batch(long, SamplingParams(max_new_tokens=48, temperature=1.0))
@@ -525,9 +525,9 @@ def test_a_reset_engine_on_cuda_samples_what_a_new_engine_samples_to_the_bit(att
     torch.manual_seed(5)
     again = used.generate_batch(prompts(40), params)
     torch.manual_seed(5)
-    new = engine().generate_batch(prompts(40), params)
-    assert [g.token_ids for g in again] == [g.token_ids for g in new]
-    assert [g.logprobs for g in again] == [g.logprobs for g in new]
+    fresh = new.generate_batch(prompts(40), params)
+    assert [g.token_ids for g in again] == [g.token_ids for g in fresh]
+    assert [g.logprobs for g in again] == [g.logprobs for g in fresh]
 
 
 def test_bad_input_is_refused_clearly():

@@ -8,6 +8,7 @@
 #   local_resume  erl-train (local trainer) 3 steps with a checkpoint at step 2, then two runs resumed
 #             from it side by side (resumed, control), then step 3 compared (python -m erl.tracking);
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
+#   probe     resume_probe.py: the original, resumed, control and an engine with a history, in one process
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
@@ -18,6 +19,7 @@ for what in "$@"; do  # parts in the order given
   case $what in
     step*) STEPS=${STEPS:-14} local_step "$what" --out "$OUT/$what.json" ;;
     gpu_tests) gpu_tests ;;
+    probe) run resume_probe 400 python3 docs/gpu/ratio_rise/resume_probe.py ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
     local_resume)
       sets=(${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2})
       run_args=(trainer.total_steps=3 trainer.eval_every=0 trainer.save_every=2
