@@ -501,31 +501,33 @@ def test_a_reset_engine_samples_what_a_new_engine_samples():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("attention,fused", [("efficient", False), ("efficient", True), ("flex", True)])
-def test_a_reset_engine_on_cuda_samples_what_a_new_engine_samples_to_the_bit(attention, fused):
+@pytest.mark.parametrize("attention,fused,regions", [("efficient", False, False), ("efficient", True, False),
+                                                     ("flex", True, False), ("efficient", True, True),
+                                                     ("flex", True, True)])
+def test_a_reset_engine_on_cuda_samples_what_a_new_engine_samples_to_the_bit(attention, fused, regions):
     """As above with CUDA's kernels, graphs and bf16 (verl's hf workers: efficient decode and fused
-    projections; preset=gpu: flex): a history of long prompts leaves the cache's tensors larger
-    than a new engine's, and the step after the reset must sample the same tokens with the same
-    log-probs anyway (the resume check of docs/gpu/ratio_rise: a resumed verl step and its control
-    run equal, both unlike the original run's step)."""
+    projections; preset=gpu: flex and compiled regions): the new engine samples first, then the used
+    one runs a history of long prompts (its cache's tensors grow larger than the new engine's, and
+    compiled code meets other shapes), resets, and must sample the same tokens with the same
+    log-probs (docs/gpu/ratio_rise: resumed local and verl steps unlike the original run's)."""
     from erl.rollout.fused import fuse_projections
 
     def engine():
         model = model_of(head_dim=64).to("cuda", torch.bfloat16)
         if fused:
             fuse_projections(model)
-        return RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention=attention)
+        return RolloutEngine(model, TOK, slots=16, stop_ids=[], decode_attention=attention, regions=regions)
 
     params = SamplingParams(max_new_tokens=24, temperature=1.0)
     used, new = engine(), engine()  # built first: model_of seeds torch's generators
+    torch.manual_seed(5)
+    fresh = new.generate_batch(prompts(40), params)
     long = [chat_ids(TOK, [{"role": "user", "content": "go " * 150 + str(k)}]) for k in range(40)]
     torch.manual_seed(3)
     used.generate_batch(long, SamplingParams(max_new_tokens=48, temperature=1.0))
     used.reset()
     torch.manual_seed(5)
     again = used.generate_batch(prompts(40), params)
-    torch.manual_seed(5)
-    fresh = new.generate_batch(prompts(40), params)
     assert [g.token_ids for g in again] == [g.token_ids for g in fresh]
     assert [g.logprobs for g in again] == [g.logprobs for g in fresh]
 

@@ -9,6 +9,7 @@
 #             from it side by side (resumed, control), then step 3 compared (python -m erl.tracking);
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
 #   probe     resume_probe.py: the original, resumed, control and an engine with a history, in one process
+#   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
@@ -19,6 +20,8 @@ for what in "$@"; do  # parts in the order given
   case $what in
     step*) STEPS=${STEPS:-14} local_step "$what" --out "$OUT/$what.json" ;;
     gpu_tests) gpu_tests ;;
+    probe_plain) run resume_probe_plain 400 python3 docs/gpu/ratio_rise/resume_probe.py preset=gpu model.path=/tmp/smollm2 \
+                   trainer.rollout_regions=false trainer.rollout_decode_attention=efficient ;;
     probe) run resume_probe 400 python3 docs/gpu/ratio_rise/resume_probe.py ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
     local_resume)
       sets=(${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2})
