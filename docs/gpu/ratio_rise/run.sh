@@ -5,6 +5,7 @@
 #             alternating; its per-step lines carry each phase, the engine's seconds, the update's
 #             tokens, turns, first-attempt success, the reflection rate and the memory's size
 #   gpu_tests the rollout engine's GPU tests (run_part.sh), among them a reset engine against a new one
+#   reset_tests  only the reset engine's CUDA tests, in a process of their own (compiled code is per process)
 #   local_resume  erl-train (local trainer) 3 steps with a checkpoint at step 2, then two runs resumed
 #             from it side by side (resumed, control), then step 3 compared (python -m erl.tracking);
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
@@ -20,6 +21,8 @@ for what in "$@"; do  # parts in the order given
   case $what in
     step*) STEPS=${STEPS:-14} local_step "$what" --out "$OUT/$what.json" ;;
     gpu_tests) gpu_tests ;;
+    reset_tests) run reset_tests 200 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_rollout_engine.py \
+                   -k reset_engine_on_cuda ;;
     probe_plain) run resume_probe_plain 400 python3 docs/gpu/ratio_rise/resume_probe.py preset=gpu model.path=/tmp/smollm2 \
                    trainer.rollout_regions=false trainer.rollout_decode_attention=efficient ;;
     probe) run resume_probe 400 python3 docs/gpu/ratio_rise/resume_probe.py ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
