@@ -170,3 +170,27 @@ def test_a_batching_policy_serves_each_request_once_one_sampling_setting_a_batch
     got = asyncio.run(go())
     assert [g.token_ids for g in got] == [p for p, _ in requests]
     assert policy.batches == [(1, [1, 1]), (2, [2, 4]), (1, [3])]
+
+
+def test_a_cached_chat_resumes_its_episode_when_an_uncached_one_would():
+    """Whether a chat is cached already (an earlier step, an eval, another task's grid) must not
+    change the order episodes resume in: that order sets which requests the rollout engine admits
+    together, their slots and rows, and so their random draws. A resumed run starts with an empty
+    cache; with cache hits returning at once, its steps sampled other tokens than the original
+    run's (docs/gpu/ratio_rise)."""
+    def resumed_in(chat):
+        order = []
+
+        async def episode(name, k):
+            await chat.prompt_ids_async(chat_of(k))
+            order.append(name)
+
+        async def go():
+            await asyncio.gather(episode("b", 1), episode("a", 0))
+
+        asyncio.run(go())
+        return order
+
+    warm = ChatTokenizer(TOK)
+    warm.prompt_ids(chat_of(0))  # chat 0 cached
+    assert resumed_in(ChatTokenizer(TOK)) == resumed_in(warm) == ["b", "a"]

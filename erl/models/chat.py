@@ -96,9 +96,12 @@ class ChatTokenizer:
         await self._warm({self._key(*chat): chat for chat in chats})
 
     async def _warm(self, keys: dict[str, tuple]) -> None:
+        # A chat found cached waits for the batch all the same: whether it is cached depends on
+        # the process's history (earlier steps, evals, other tasks with the same grid), and an
+        # episode that went on at once would reach the rollout engine before the others, in
+        # another admission, slot and row, with other random draws. A resumed run, its cache
+        # empty, then sampled other tokens than the original (docs/gpu/ratio_rise).
         keys = {k: c for k, c in keys.items() if k not in self._cache}
-        if not keys:
-            return
         loop = asyncio.get_running_loop()
         if loop not in self._pending:
             self._pending[loop] = ({}, [])
@@ -114,8 +117,9 @@ class ChatTokenizer:
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         texts, waiters = self._pending.pop(loop)
         try:
-            for key, ids in zip(texts, encode_texts(self.tokenizer, list(texts.values()))):
-                self._remember(key, ids)
+            if texts:  # none when every chat of this turn was cached
+                for key, ids in zip(texts, encode_texts(self.tokenizer, list(texts.values()))):
+                    self._remember(key, ids)
         except Exception as exc:  # noqa: BLE001 -- every waiting episode sees the failure
             for done in waiters:
                 if not done.done():
