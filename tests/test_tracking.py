@@ -37,6 +37,23 @@ def test_a_control_run_sets_the_noise_level():
     assert verdict == "differs" and any("attempt1/success" in ln and "DIFFERS" in ln for ln in lines)
 
 
+def test_history_counters_are_not_compared_and_a_spread_eval_after_the_update_is_noise():
+    """docs/gpu/ratio_rise/call18: every sampled count equal; the resumed process recorded 8 CUDA
+    graphs where the original, which had met those shapes, recorded 0; the evals after the step's
+    update differ in all three runs (3.3906, 3.3125, 3.2812 turns: a gap of 0.078 against a control
+    spread of 0.031), because GPU updates are not bitwise reproducible."""
+    row = {**BASE, "rollout/graphs_recorded": 0.0, "eval/turns": 3.3906}
+    resumed = {**BASE, "rollout/graphs_recorded": 8.0, "eval/turns": 3.3125}
+    control = {**resumed, "eval/turns": 3.2812}
+    verdict, lines = compare_step([row], [resumed], 11, control=[control])
+    assert verdict == "noise" and not any(ln.startswith("rollout/graphs_recorded") for ln in lines)
+    assert any(ln.startswith("eval/turns") and "within noise" in ln for ln in lines)
+    # no spread in the control: the eval's gap is a difference
+    assert compare_step([row], [resumed], 11, control=[resumed])[0] == "differs"
+    # a count sampled before the update gets no such allowance
+    assert compare_step([{**row, "rows": 25.0}], [resumed], 11, control=[control])[0] == "differs"
+
+
 def test_missing_step_or_metric_differs():
     verdict, lines = compare_step([BASE], [{**BASE, "step": 12}], 11)
     assert verdict == "differs" and "missing from the resumed run" in lines[0]
