@@ -436,3 +436,109 @@ def test_a_phase_resets_the_workers_engines_so_a_resumed_step_samples_alike(tiny
     assert [g.token_ids for g in got] == [w.token_ids for w in want]
     for g, w in zip(got, want):
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
+
+
+def _in_workers(folder, out, extra=(), dp=2):
+    """The trainer with erl_trainer.collect_in_workers: the stand-in worker group splits a phase's
+    items as DP_COMPUTE_PROTO does and runs each share through HFRolloutEngine.collect_proto
+    (every share on the one CPU engine, with the trainer's local memory); the driver's own
+    generate path must not be used."""
+    from erl.trainers.driver import seed_all
+    from erl.trainers.verl.group import collect_in
+    from erl.trainers.verl.worker_collect import WorkerCollector
+
+    t = _trainer(folder, out, ["erl_trainer.collect_in_workers=true", *extra])
+    t.workers.dp_size = dp
+    t.policy.generate_fn = lambda data: pytest.fail("the driver's generate path ran")
+    engine = t.workers.engine
+    engine.collector = WorkerCollector(engine.policy, memory=t.memory)
+    shares = []
+
+    def erl_collect(data):
+        chunks = data.chunk(t.workers.dp_size)
+        shares.append([len(c) for c in chunks])
+        outs = []
+        for c in chunks:
+            seed_all(987)  # a worker process's generators are its own: the phase's seed must reach them
+            outs.append(engine.collect_proto(c))
+        return DataProto.concat(outs)
+
+    t.workers.collect = lambda items, meta: collect_in(erl_collect, t.workers.dp_size, items, meta)
+    t.shares = shares
+    return t
+
+
+def test_collect_in_workers_runs_the_episodes_on_the_workers_engines(tiny_folder, tmp_path):
+    """Each worker runs its share of the step's episodes (2 tasks x n=2 over 2 workers: 2 each) and the
+    eval's attempts on its engine; the step's counters are the engine's; the driver's memory sees
+    what the workers stored, and the step trains as before."""
+    t = _in_workers(tiny_folder, tmp_path / "w", ["trainer.total_training_steps=1"])
+    before = dict(t.workers.engine.policy.stats)
+    m = t.step()
+    engine = t.workers.engine.policy.stats
+    assert t.shares == [[2, 2]]
+    assert m["episodes"] == 4 and m["reflection/rate"] == 1.0 and m["attempt1/rows"] == 4
+    assert m["tokens/generated"] == engine["generated_tokens"] - before["generated_tokens"] > 0
+    assert m["rollout/sequences"] == engine["sequences"] - before["sequences"]
+    assert 0 < m["time/reflection"] < m["time/rollout"] and "actor/erl/pg_loss" in m
+    assert m["memory/size"] == len(t.memory)
+    ev = t.evaluate()
+    assert t.shares[-1] == [1, 1] and 0 <= ev["eval/success"] <= 1  # 2 val tasks, one a worker
+
+
+def test_collect_in_one_worker_samples_what_the_driver_samples_on_that_engine(tiny_folder, tmp_path):
+    """One worker: the episodes it returns are token for token the driver's own collect with the
+    same engine as its policy (the local trainer's way): the workflow, seed, step, memory and the
+    engine's reset reach the worker as the driver has them."""
+    w = _in_workers(tiny_folder, tmp_path / "w", ["trainer.total_training_steps=1"], dp=1)
+    d = _trainer(tiny_folder, tmp_path / "d", ["trainer.total_training_steps=1"])
+    d.policy = d.workflow.policy = d.workers.engine.policy
+    tasks = w.next_tasks()
+    got = {}
+    for name, t in (("workers", w), ("driver", d)):
+        t.seed_sampling(1234)
+        got[name] = t.collect(tasks)
+    assert len(got["workers"]) == len(got["driver"]) == 4
+    assert sum(len(s.response_ids) for e in got["workers"] for tr in e.trajectories for s in tr.steps) > 0
+    for a, b in zip(got["workers"], got["driver"]):
+        assert a.id == b.id and [tr.name for tr in a.trajectories] == [tr.name for tr in b.trajectories]
+        for ta, tb in zip(a.trajectories, b.trajectories):
+            assert [s.response_ids for s in ta.steps] == [s.response_ids for s in tb.steps]
+            assert ta.reward == tb.reward
+    assert len(w.memory) == len(d.memory)
+
+
+def test_collect_in_pads_a_share_with_nothing_and_keeps_the_order():
+    """3 items over 2 workers: the second worker's share ends in a pad that runs nothing; the
+    results come back in the items' order, and each worker's counters once."""
+    from erl.trainers.verl.group import collect_in
+    from erl.trainers.verl.worker_collect import merge_stats
+
+    def erl_collect(data):
+        outs = []
+        for k, c in enumerate(data.chunk(2)):
+            items = list(c.non_tensor_batch["item"])
+            results = [None if it is None else it["uid"].upper() for it in items]
+            stats = [{"generated_tokens": 10 * (k + 1), "sequences": 1, "batches": 1, "generate_seconds": 1.5 + k,
+                      "reflection_seconds": 0.5}] + [None] * (len(items) - 1)
+            outs.append(DataProto.from_dict(non_tensors={"result": np.array(results, dtype=object),
+                                                         "stats": np.array(stats, dtype=object)}))
+        return DataProto.concat(outs)
+
+    import numpy as np
+
+    results, stats = collect_in(erl_collect, 2, [{"uid": u} for u in "abc"], {"phase": "collect"})
+    assert results == ["A", "B", "C"] and len(stats) == 2
+    assert merge_stats(stats) == {"generated_tokens": 30.0, "batches": 2.0, "sequences": 2.0,
+                                  "generate_seconds": 2.5, "reflection_seconds": 0.5}
+
+
+def test_collect_in_workers_needs_the_hf_backend():
+    from erl.core.config import ConfigError
+
+    base = ["actor_rollout_ref.model.path=/nonexistent", "erl_trainer.collect_in_workers=true"]
+    with pytest.raises(ConfigError, match="collect_in_workers needs actor_rollout_ref.rollout.name=hf"):
+        validate(compose("frozenlake_erl", [*base, "actor_rollout_ref.rollout.name=vllm"]), check_model_files=False)
+    with pytest.raises(ConfigError, match="collect_in_workers"):
+        validate(compose("frozenlake_erl", [*base[:1], "actor_rollout_ref.rollout.name=hf",
+                                            "erl_trainer.collect_in_workers=sometimes"]), check_model_files=False)

@@ -211,12 +211,27 @@ class ErlDriver:
         """n episodes per task (2n first attempts in rlvr mode: the workflow's config says)."""
         self.workflow.step = self.step_count
         n = self.erl.first_attempts_per_task
-        runs = [self.workflow.run(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)]
+        return self.run_episodes([(task, f"{task['task_id']}:{k}") for task in tasks for k in range(n)])
+
+    def run_episodes(self, items: list[tuple[dict, str]]) -> list[Episode]:
+        """The workflow's episode for each (task, uid), in this process (a backend may run them
+        elsewhere: the verl trainer's collect_in_workers)."""
+        runs = [self.workflow.run(task, uid) for task, uid in items]
 
         async def gather():
             return list(await asyncio.gather(*runs))
 
         return self.run_phase(gather())
+
+    def run_attempts(self, tasks: list[dict], temperature: float) -> list:
+        """One first attempt per task at `temperature` (the eval), in this process."""
+        attempts = [self.workflow.attempt(task, "attempt1", temperature=temperature) for task in tasks]
+        with task_bar(len(tasks), "eval", self.progress) as bar:
+            return self.run_phase(gather_with_bar(attempts, bar))
+
+    def take_reflection_time(self) -> float:
+        """Wall time of the last collect during which a reflection was being written."""
+        return self.workflow.take_reflection_time()
 
     def evaluate(self, tasks: list[dict] | None = None, temperature: float | None = None) -> dict[str, float]:
         """First attempt only: no reflection, no memory: what the deployed model does."""
@@ -226,9 +241,7 @@ class ErlDriver:
         t = self.eval_temperature if temperature is None else temperature
         self.seed_sampling(step_seed(self.seed, EVAL_SEED_OFFSET + self.step_count))
         t0 = time.perf_counter()
-        attempts = [self.workflow.attempt(task, "attempt1", temperature=t) for task in tasks]
-        with task_bar(len(tasks), "eval", self.progress) as bar:
-            trajs = self.run_phase(gather_with_bar(attempts, bar))
+        trajs = self.run_attempts(tasks, t)
         return {**first_attempt_metrics(trajs), "time/eval": time.perf_counter() - t0}
 
     # ---- one step ----------------------------------------------------------------------
@@ -244,7 +257,7 @@ class ErlDriver:
             gen["graphs_recorded"] = self.policy.stats["graphs_recorded"] - before["graphs_recorded"]
         # the engine's own split of the rollout (absent from other policies' stats)
         gen.update({k: self.policy.stats[k] - before[k] for k in ENGINE_STATS if k in before})
-        reflection_time = self.workflow.take_reflection_time()
+        reflection_time = self.take_reflection_time()
         samples = [row for ep in episodes for row in episode_to_samples(ep)]
         metrics = {**episode_metrics(episodes), **sample_metrics(samples)}
         if samples:

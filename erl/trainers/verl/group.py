@@ -59,6 +59,12 @@ class VerlWorkers:
             return WorkerGroupPolicy(tokenizer, self.wg.erl_generate, dp_size=self.wg.world_size)
         return ServerPolicy(tokenizer, self.server_manager.get_client())
 
+    def collect(self, items: list, meta: dict) -> tuple[list, list[dict]]:
+        """A phase's items run in the workers (erl.trainers.verl.worker_collect), split evenly
+        (verl's DP_COMPUTE_PROTO: equal contiguous shares; None pads the last, and runs nothing).
+        Returns the results in order and each worker's counters."""
+        return collect_in(self.wg.erl_collect, self.wg.world_size, items, meta)
+
     # ---- the calls of one step ---------------------------------------------------------
     def compute_log_prob(self, td: Any, data: Any):
         from verl.utils import tensordict_utils as tu
@@ -95,3 +101,17 @@ class VerlWorkers:
 
     def max_memory_gb(self) -> float:
         return float(max(self.wg.erl_max_memory_gb()))
+
+
+def collect_in(erl_collect: Any, world_size: int, items: list, meta: dict) -> tuple[list, list[dict]]:
+    """`erl_collect` (the worker group's method, or a stand-in) over items padded to a multiple of
+    `world_size`: (results of the real items, in order; the counters each worker reported)."""
+    import numpy as np
+    from verl import DataProto
+
+    padded = list(items) + [None] * (-len(items) % world_size)
+    arr = np.empty(len(padded), dtype=object)
+    arr[:] = padded
+    out = erl_collect(DataProto.from_dict(non_tensors={"item": arr}, meta_info=dict(meta)))
+    results = list(out.non_tensor_batch["result"])[:len(items)]
+    return results, [s for s in out.non_tensor_batch["stats"] if s is not None]

@@ -134,6 +134,22 @@ class HFRolloutEngine:
         })  # no per-rank meta_info: DataProto.concat refuses values that differ between ranks
 
 
+    def collect_proto(self, data: Any) -> Any:
+        """A phase's episodes run here, on this worker's engine (erl_trainer.collect_in_workers):
+        non-tensor `item` in (erl.trainers.verl.worker_collect.WorkerCollector.run says what),
+        non-tensor `result` out, and this worker's counters as `stats` on its first row."""
+        from verl import DataProto
+
+        from erl.trainers.verl.worker_collect import WorkerCollector
+
+        if getattr(self, "collector", None) is None:
+            self.collector = WorkerCollector(self.policy)
+        items = list(data.non_tensor_batch["item"])
+        results, stats = self.collector.run(items, data.meta_info)
+        return DataProto.from_dict(non_tensors={"result": _objects(results),
+                                                "stats": _objects([stats] + [None] * (len(items) - 1))})
+
+
 def _objects(items: list) -> np.ndarray:
     """A 1-d object array even when every item has the same length (np.array would stack)."""
     arr = np.empty(len(items), dtype=object)

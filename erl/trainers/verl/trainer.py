@@ -35,6 +35,7 @@ from erl.trainers.verl.dataproto import (
     to_engine_tensordict,
 )
 from erl.trainers.verl.memory import load_memory, save_memory
+from erl.trainers.verl.worker_collect import collect_spec, merge_stats
 
 
 def reduce_metrics(metrics: dict) -> dict[str, float]:
@@ -75,6 +76,38 @@ class ErlVerlTrainer(ErlDriver):
                          log_episodes=settings.trainer.log_episodes)
         self.memory = memory  # checkpoints save and restore it in every mode (None in a bare benchmark)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.in_workers = settings.trainer.collect_in_workers
+        self.spec = collect_spec(self.cfg["erl"], settings.trainer.max_context_tokens, settings.trainer.runner,
+                                 settings.trainer.memory_actor if memory is not None else None)
+        self.workers_reflection_time = 0.0
+
+    # ---- episodes in the workers (erl_trainer.collect_in_workers) ------------------------
+    def run_episodes(self, items: list[tuple[dict, str]]) -> list:
+        if not self.in_workers:
+            return super().run_episodes(items)
+        return self.run_in_workers("collect", [{"task": t, "uid": uid} for t, uid in items])
+
+    def run_attempts(self, tasks: list[dict], temperature: float) -> list:
+        if not self.in_workers:
+            return super().run_attempts(tasks, temperature)
+        return self.run_in_workers("eval", [{"task": t} for t in tasks], temperature)
+
+    def take_reflection_time(self) -> float:
+        t, self.workers_reflection_time = self.workers_reflection_time, 0.0
+        return super().take_reflection_time() + t
+
+    def run_in_workers(self, phase: str, items: list[dict], temperature: float | None = None) -> list:
+        """The workers run the phase on their engines; their counters join the policy's, which the
+        step's metrics read (generated tokens, sequences, generate calls and seconds)."""
+        meta = {"spec": self.spec, "phase": phase, "seed": self.policy.seed, "step": self.step_count,
+                "temperature": temperature}
+        results, per_worker = self.workers.collect(items, meta)
+        merged = merge_stats(per_worker)
+        for k in self.policy.stats:
+            self.policy.stats[k] += type(self.policy.stats[k])(merged.get(k, 0))
+        if phase == "collect":
+            self.workers_reflection_time += merged["reflection_seconds"]
+        return results
 
     # ---- update -----------------------------------------------------------------------
     def update(self, samples: list[TokenSample], advantages: Any = None) -> dict[str, float]:

@@ -55,6 +55,14 @@ class ErlActorRolloutRefWorker(ActorRolloutRefWorker):
                                f"{type(self.rollout).__name__}")
         return self.rollout.generate_proto(data)
 
+    @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
+    def erl_collect(self, data: DataProto) -> DataProto:
+        """This worker's share of a phase's episodes, run next to its engine (collect_in_workers)."""
+        if not hasattr(self.rollout, "collect_proto"):
+            raise RuntimeError(f"erl_collect needs the hf rollout backend, this worker runs "
+                               f"{type(self.rollout).__name__}")
+        return self.rollout.collect_proto(data)
+
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def erl_max_memory_gb(self) -> float:
         """Peak GPU memory of this worker process since it started, in GiB."""

@@ -1,0 +1,101 @@
+"""Episodes run inside each hf rollout worker, next to its engine (`erl_trainer.collect_in_workers`).
+
+By default the driver runs every episode and sends the workers' engines one batch of requests at a
+time (erl.trainers.verl.rollout.WorkerGroupPolicy): each turn of each attempt waits for the whole
+batch, ~10 lockstep generate calls a step. The local trainer instead lets an episode's next request
+reach its engine the moment the episode is ready, and its engine generated about twice the verl
+path's tokens/s on the same GPU (docs/gpu/gpu2_scaling). Here each worker runs its share of the
+step's episodes the local trainer's way, with the same workflow (erl.trainers.driver.TimedWorkflow)
+on its own engine, and returns them to the driver, which trains on them as before.
+
+What a worker needs to build the workflow travels as a plain dict (`spec`): the `erl:` config,
+the context limit, the runner's import path and the reflection memory's actor name (every worker
+connects to the job's one memory actor). With one worker a step is as deterministic as the driver's
+collect; with several, when one worker's reflection reaches the shared memory relative to another's
+retrieval depends on their timing, as with verl's own agent loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from erl.trainers.driver import TimedWorkflow, frozen_heap, seed_all
+
+# The policy's counters that a step reports (erl.trainers.driver.GEN_STATS): summed over the
+# workers, except the seconds, which overlap (the slowest worker's)
+SUMMED = ("generated_tokens", "batches", "sequences")
+
+
+def collect_spec(erl_section: dict, max_context_tokens: int, runner: str | None, memory_actor: str | None) -> dict:
+    """What a worker needs to build the driver's workflow (JSON-able)."""
+    return {"erl": dict(erl_section), "max_context_tokens": int(max_context_tokens), "runner": runner,
+            "memory_actor": memory_actor}
+
+
+def merge_stats(per_worker: list[dict]) -> dict:
+    """One step's counters from each worker's: tokens and sequences add up, seconds overlap."""
+    out: dict[str, float] = {k: sum(float(s.get(k, 0)) for s in per_worker) for k in SUMMED}
+    for k in ("generate_seconds", "reflection_seconds"):
+        out[k] = max((float(s.get(k, 0.0)) for s in per_worker), default=0.0)
+    return out
+
+
+class WorkerCollector:
+    """Runs a phase's episodes (or eval attempts) on `policy`, the worker's rollout engine.
+    `memory`: the reflection memory to use instead of connecting to the spec's actor (tests)."""
+
+    def __init__(self, policy: Any, memory: Any = None):
+        self.policy, self.memory = policy, memory
+        self.workflow: Any = None
+        self._spec = ""
+
+    def workflow_for(self, spec: dict) -> Any:
+        key = json.dumps(spec, sort_keys=True, default=str)
+        if key != self._spec:
+            from erl.core.config import ErlConfig
+            from erl.envs.registry import make_env
+            from erl.workflow.factories import chat_agent_for, load_runner
+
+            erl = ErlConfig.from_dict(spec["erl"])
+            memory = self.memory
+            if memory is None and erl.uses_memory and spec.get("memory_actor"):
+                from erl.memory.ray_memory import RayMemoryClient
+                from erl.trainers.verl.memory import BlockingMemory
+
+                memory = BlockingMemory(RayMemoryClient.connect(spec["memory_actor"]))
+            self.workflow = TimedWorkflow(chat_agent_for, make_env, policy=self.policy, config=erl,
+                                          memory=memory if erl.uses_memory else None,
+                                          max_context_tokens=spec["max_context_tokens"],
+                                          runner=load_runner(spec.get("runner")))
+            self._spec = key
+        return self.workflow
+
+    def run(self, items: list, meta: dict) -> tuple[list, dict]:
+        """items: {"task", "uid"} (phase "collect": an Episode each) or {"task"} (phase "eval": a
+        first attempt at meta["temperature"]), None for the driver's padding (None back). meta:
+        spec, phase, seed, step. Returns the results in order and this worker's counters."""
+        wf = self.workflow_for(meta["spec"])
+        wf.step = int(meta.get("step", 0))
+        if meta["phase"] == "collect":
+            coros = [wf.run(it["task"], it["uid"]) for it in items if it is not None]
+        elif meta["phase"] == "eval":
+            coros = [wf.attempt(it["task"], "attempt1", temperature=meta["temperature"]) for it in items if it is not None]
+        else:
+            raise ValueError(f"WorkerCollector: unknown phase {meta['phase']!r}")
+        reset = getattr(self.policy, "reset", None)
+        if callable(reset):  # a phase starts the engine afresh, as the driver's fresh_policy does
+            reset()
+        if meta.get("seed") is not None:
+            seed_all(int(meta["seed"]))
+        before = dict(self.policy.stats)
+
+        async def gather():
+            return list(await asyncio.gather(*coros))
+
+        with frozen_heap():
+            done = iter(asyncio.run(gather()))
+        stats = {k: self.policy.stats[k] - before[k] for k in (*SUMMED, "generate_seconds")}
+        stats["reflection_seconds"] = wf.take_reflection_time()
+        return [None if it is None else next(done) for it in items], stats
