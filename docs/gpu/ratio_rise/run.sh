@@ -11,6 +11,10 @@
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
 #   probe     resume_probe.py: the original, resumed, control and an engine with a history, in one process
 #   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
+#   verl_driver / verl_workers  the verl trainer (scripts/launch_verl.sh frozenlake_erl, +scale=small_gpu, one
+#             GPU, STEPS_VERL (6) steps, no eval or checkpoint) with the episodes on the driver (default) or
+#             in the worker (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl
+#             (for verl: the overlay, `GGUF_PARTS=4 source scripts/device_prepare.sh` first)
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../../.."
@@ -39,6 +43,16 @@ for what in "$@"; do  # parts in the order given
       wait
       run local_compare 60 python3 -m erl.tracking /tmp/lr/original/metrics.jsonl /tmp/lr/resumed/metrics.jsonl \
         --step 3 --control /tmp/lr/control/metrics.jsonl ;;
+    verl_driver|verl_workers)
+      inw=false; [ "$what" = verl_workers ] && inw=true
+      export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+      rm -rf "/tmp/$what"
+      MODEL_PATH=/tmp/smollm2 ROLLOUT=hf EXPERIMENT=frozenlake_erl N_GPUS_PER_NODE=1 run "$what" 540 \
+        bash scripts/launch_verl.sh +scale=small_gpu +env.params.size_max=3 +env.params.max_turns=4 \
+        "trainer.total_training_steps=${STEPS_VERL:-6}" trainer.val_before_train=false trainer.test_freq=-1 \
+        trainer.save_freq=-1 trainer.resume_mode=disable "trainer.default_local_dir=/tmp/$what" \
+        "erl_trainer.collect_in_workers=$inw"
+      cp "/tmp/$what/metrics.jsonl" "$OUT/$what.jsonl" ;;
     *) echo "unknown part $what" >&2; exit 2 ;;
   esac
 done
