@@ -58,6 +58,7 @@ class HFRolloutEngine:
                                    decode_attention=opts.get("decode_attention", "efficient"),
                                    regions=bool(opts.get("regions", False)))
         self.synced = 0
+        self.collector = None  # erl_trainer.collect_in_workers: the episodes' runner on this engine
 
     # ---- verl's rollout interface ----------------------------------------------------
     async def resume(self, tags: list[str]) -> None:
@@ -133,7 +134,6 @@ class HFRolloutEngine:
             "finish_reason": _objects([g.finish_reason for g in gens]),
         })  # no per-rank meta_info: DataProto.concat refuses values that differ between ranks
 
-
     def collect_proto(self, data: Any) -> Any:
         """A phase's episodes run here, on this worker's engine (erl_trainer.collect_in_workers):
         non-tensor `item` in (erl.trainers.verl.worker_collect.WorkerCollector.run says what),
@@ -142,7 +142,7 @@ class HFRolloutEngine:
 
         from erl.trainers.verl.worker_collect import WorkerCollector
 
-        if getattr(self, "collector", None) is None:
+        if self.collector is None:
             self.collector = WorkerCollector(self.policy)
         items = list(data.non_tensor_batch["item"])
         results, stats = self.collector.run(items, data.meta_info)
