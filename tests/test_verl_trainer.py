@@ -6,9 +6,11 @@ verl's FSDP workers need a GPU, so a CPU stand-in with the same five calls plays
 group; everything the driver does around them is the production code.
 """
 
+import asyncio
 import json
 import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -525,8 +527,6 @@ def test_collect_in_pads_a_share_with_nothing_and_keeps_the_order():
                                                          "stats": np.array(stats, dtype=object)}))
         return DataProto.concat(outs)
 
-    import numpy as np
-
     results, stats = collect_in(erl_collect, 2, [{"uid": u} for u in "abc"], {"phase": "collect"})
     assert results == ["A", "B", "C"] and len(stats) == 2
     assert merge_stats(stats) == {"generated_tokens": 30.0, "batches": 2.0, "sequences": 2.0,
@@ -542,3 +542,23 @@ def test_collect_in_workers_needs_the_hf_backend():
     with pytest.raises(ConfigError, match="collect_in_workers"):
         validate(compose("frozenlake_erl", [*base[:1], "actor_rollout_ref.rollout.name=hf",
                                             "erl_trainer.collect_in_workers=sometimes"]), check_model_files=False)
+
+
+def test_a_worker_whose_event_loop_runs_still_collects(tiny_folder, tmp_path):
+    """verl's worker is a Ray async actor: its methods run while the actor's event loop runs, where
+    asyncio.run refuses. collect_proto called from inside a running loop returns the same
+    episodes as from a plain thread."""
+    t = _in_workers(tiny_folder, tmp_path / "w", ["trainer.total_training_steps=1"], dp=1)
+    items = [{"task": task, "uid": f"{task['task_id']}:0"} for task in t.next_tasks()]
+    meta = {"spec": t.spec, "phase": "collect", "seed": 7, "step": 0, "temperature": None}
+    data = DataProto.from_dict(non_tensors={"item": np.array(items, dtype=object)}, meta_info=meta)
+    plain = t.workers.engine.collect_proto(data)
+
+    async def actor_method():
+        return t.workers.engine.collect_proto(data)
+
+    inside = asyncio.run(actor_method())
+    for a, b in zip(plain.non_tensor_batch["result"], inside.non_tensor_batch["result"]):
+        assert [s.response_ids for tr in a.trajectories for s in tr.steps] == \
+            [s.response_ids for tr in b.trajectories for s in tr.steps]
+    assert inside.non_tensor_batch["stats"][0]["sequences"] > 0

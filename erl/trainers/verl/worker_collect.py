@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from erl.trainers.driver import TimedWorkflow, frozen_heap, seed_all
@@ -26,6 +27,28 @@ from erl.trainers.driver import TimedWorkflow, frozen_heap, seed_all
 # The policy's counters that a step reports (erl.trainers.driver.GEN_STATS): summed over the
 # workers, except the seconds, which overlap (the slowest worker's)
 SUMMED = ("generated_tokens", "batches", "sequences")
+
+
+def run_to_end(coro: Any) -> Any:
+    """asyncio.run(coro), also from a thread whose event loop is running: verl's worker is a Ray
+    async actor (its update_weights is a coroutine), whose methods run on the actor's loop, where
+    asyncio.run refuses. There the episodes get a loop of their own in a thread, on this thread's
+    CUDA device (torch's current device is per thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    import torch
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else None
+
+    def run() -> Any:
+        if device is not None:
+            torch.cuda.set_device(device)
+        return asyncio.run(coro)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erl-collect") as pool:
+        return pool.submit(run).result()
 
 
 def collect_spec(erl_section: dict, max_context_tokens: int, runner: str | None, memory_actor: str | None) -> dict:
@@ -95,7 +118,7 @@ class WorkerCollector:
             return list(await asyncio.gather(*coros))
 
         with frozen_heap():
-            done = iter(asyncio.run(gather()))
+            done = iter(run_to_end(gather()))
         stats = {k: self.policy.stats[k] - before[k] for k in (*SUMMED, "generate_seconds")}
         stats["reflection_seconds"] = wf.take_reflection_time()
         return [None if it is None else next(done) for it in items], stats
