@@ -562,3 +562,20 @@ def test_a_worker_whose_event_loop_runs_still_collects(tiny_folder, tmp_path):
         assert [s.response_ids for tr in a.trajectories for s in tr.steps] == \
             [s.response_ids for tr in b.trajectories for s in tr.steps]
     assert inside.non_tensor_batch["stats"][0]["sequences"] > 0
+
+
+def test_workers_of_other_ranks_draw_other_tokens(tiny_folder, tmp_path, monkeypatch):
+    """The same items on rank 0 and rank 1 (same seed, engines reset alike): other draws, so that
+    tasks with the same grid on two workers do not sample the same episodes; rank 0 keeps the
+    driver's seed (the one-worker test above)."""
+    from erl.trainers.verl import worker_collect
+
+    t = _in_workers(tiny_folder, tmp_path / "w", ["trainer.total_training_steps=1"], dp=1)
+    items = [{"task": task, "uid": f"{task['task_id']}:0"} for task in t.next_tasks()]
+    meta = {"spec": t.spec, "phase": "collect", "seed": 7, "step": 0, "temperature": None}
+    tokens = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(worker_collect, "worker_rank", lambda r=rank: r)
+        results, _ = t.workers.engine.collector.run(items, meta)
+        tokens[rank] = [s.response_ids for e in results for tr in e.trajectories for s in tr.steps]
+    assert tokens[0] != tokens[1]

@@ -51,6 +51,13 @@ def run_to_end(coro: Any) -> Any:
         return pool.submit(run).result()
 
 
+def worker_rank() -> int:
+    """This worker's rank in verl's process group (0 outside one)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def collect_spec(erl_section: dict, max_context_tokens: int, runner: str | None, memory_actor: str | None) -> dict:
     """What a worker needs to build the driver's workflow (JSON-able)."""
     return {"erl": dict(erl_section), "max_context_tokens": int(max_context_tokens), "runner": runner,
@@ -111,7 +118,10 @@ class WorkerCollector:
         if callable(reset):  # a phase starts the engine afresh, as the driver's fresh_policy does
             reset()
         if meta.get("seed") is not None:
-            seed_all(int(meta["seed"]))
+            # each worker its own draws: two workers' engines start a phase alike, so two tasks with
+            # the same grid in the same row would otherwise sample the same tokens (one worker: the
+            # driver's seed, as its own collect would use)
+            seed_all(int(meta["seed"]) + 1_000_003 * worker_rank())
         before = dict(self.policy.stats)
 
         async def gather():
