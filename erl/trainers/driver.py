@@ -18,7 +18,8 @@ A backend subclasses ErlDriver, calls `ErlDriver.__init__`, and writes only what
     checkpoint_path(step) -> Path         the folder of step's checkpoint (named in errors)
 and loads its checkpoint (setting step_count and cursor) before `fit`. Optional hooks:
 rollout_context() (local: bf16 autocast), after_update(step) -> metrics (verl: weight sync
-to the rollout workers), system_metrics(). The policy counts GEN_STATS in `policy.stats`;
+to the rollout workers), system_metrics(), and where a phase's episodes run: run_episodes,
+run_attempts and take_reflection_time (verl's collect_in_workers: in the rollout workers). The policy counts GEN_STATS in `policy.stats`;
 one with a `seed` attribute (a remote sampler) gets each step's seed there too.
 
 Backends: erl.trainers.local.trainer.LocalTrainer (one process, autograd) and
