@@ -46,22 +46,23 @@ install_chunked_logprobs()
 
 class ErlActorRolloutRefWorker(ActorRolloutRefWorker):
     """verl's ActorRolloutRefWorker (FSDP engine, weight sync, checkpoints) unchanged, with
-    one more method: data-parallel generation on the worker's own HF rollout copy."""
+    ERL's methods: data-parallel generation on the worker's own HF rollout copy, or a share of
+    a phase's episodes run on it (collect_in_workers)."""
+
+    def _hf_rollout(self, method: str):
+        """The worker's rollout, which `method` needs to be this package's hf backend."""
+        if not hasattr(self.rollout, "generate_proto"):
+            raise RuntimeError(f"{method} needs the hf rollout backend, this worker runs {type(self.rollout).__name__}")
+        return self.rollout
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def erl_generate(self, data: DataProto) -> DataProto:
-        if not hasattr(self.rollout, "generate_proto"):
-            raise RuntimeError(f"erl_generate needs the hf rollout backend, this worker runs "
-                               f"{type(self.rollout).__name__}")
-        return self.rollout.generate_proto(data)
+        return self._hf_rollout("erl_generate").generate_proto(data)
 
     @register(dispatch_mode=Dispatch.DP_COMPUTE_PROTO)
     def erl_collect(self, data: DataProto) -> DataProto:
         """This worker's share of a phase's episodes, run next to its engine (collect_in_workers)."""
-        if not hasattr(self.rollout, "collect_proto"):
-            raise RuntimeError(f"erl_collect needs the hf rollout backend, this worker runs "
-                               f"{type(self.rollout).__name__}")
-        return self.rollout.collect_proto(data)
+        return self._hf_rollout("erl_collect").collect_proto(data)
 
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def erl_max_memory_gb(self) -> float:
