@@ -579,3 +579,19 @@ def test_workers_of_other_ranks_draw_other_tokens(tiny_folder, tmp_path, monkeyp
         results, _ = t.workers.engine.collector.run(items, meta)
         tokens[rank] = [s.response_ids for e in results for tr in e.trajectories for s in tr.steps]
     assert tokens[0] != tokens[1]
+
+
+def test_the_workers_erl_methods_refuse_another_rollout_backend():
+    """erl_generate and erl_collect need this package's hf backend in the worker; a vLLM rollout
+    there is named in the error instead of failing on a missing attribute."""
+    from erl.trainers.verl.workers import ErlActorRolloutRefWorker
+
+    class vLLMAsyncRollout:  # noqa: N801 -- named as verl's
+        pass
+
+    worker = types.SimpleNamespace(rollout=vLLMAsyncRollout())
+    for method in ("erl_generate", "erl_collect"):
+        with pytest.raises(RuntimeError, match=f"{method} needs the hf rollout backend, this worker runs vLLMAsyncRollout"):
+            ErlActorRolloutRefWorker._hf_rollout(worker, method)
+    hf = types.SimpleNamespace(rollout=types.SimpleNamespace(generate_proto=None))
+    assert ErlActorRolloutRefWorker._hf_rollout(hf, "erl_collect") is hf.rollout
