@@ -586,7 +586,7 @@ def test_the_workers_erl_methods_refuse_another_rollout_backend():
     there is named in the error instead of failing on a missing attribute."""
     from erl.trainers.verl.workers import ErlActorRolloutRefWorker
 
-    class vLLMAsyncRollout:  # noqa: N801 -- named as verl's
+    class vLLMAsyncRollout:  # named as verl's
         pass
 
     worker = types.SimpleNamespace(rollout=vLLMAsyncRollout())
