@@ -595,3 +595,19 @@ def test_the_workers_erl_methods_refuse_another_rollout_backend():
             ErlActorRolloutRefWorker._hf_rollout(worker, method)
     hf = types.SimpleNamespace(rollout=types.SimpleNamespace(generate_proto=None))
     assert ErlActorRolloutRefWorker._hf_rollout(hf, "erl_collect") is hf.rollout
+
+
+def test_collect_in_workers_fits_and_resumes_exactly(tiny_folder, tmp_path):
+    """The whole loop with the episodes in two workers: three steps with evals and a checkpoint at
+    step 2, then a run resumed from it samples step 3 as the first run did."""
+    a = _in_workers(tiny_folder, tmp_path / "run")
+    a.fit()
+    assert sorted(a.tracker.rows) == [0, 1, 2, 3] and "eval/success" in a.tracker.rows[2]
+    assert a.tracker.rows[1]["tokens/generated"] > 0 and a.tracker.rows[1]["time/reflection"] > 0
+    ck = tmp_path / "run" / "global_step_2"
+    b = _in_workers(tiny_folder, tmp_path / "run", ["trainer.resume_mode=resume_path", f"trainer.resume_from_path={ck}"])
+    b.fit()
+    r3a, r3b = a.tracker.rows[3], b.tracker.rows[3]
+    for key in ("attempt1/success", "tokens/generated", "rows", "tokens/total", "memory/size", "eval/success"):
+        assert r3a[key] == r3b[key], key
+    assert r3a["actor/erl/pg_loss"] == pytest.approx(r3b["actor/erl/pg_loss"], abs=1e-5)
