@@ -26,6 +26,15 @@ from erl.core.samples import episode_to_samples
 from erl.core.types import Episode, TokenSample
 
 
+def object_array(items: list) -> np.ndarray:
+    """A 1-d object array of `items` for a DataProto's non-tensor batch, even when every item has
+    the same length (np.array would stack them into a 2-d array)."""
+    arr = np.empty(len(items), dtype=object)
+    for k, x in enumerate(items):
+        arr[k] = x
+    return arr
+
+
 def samples_to_dataproto(samples: Sequence[TokenSample], pad_id: int):
     """Pad TokenSamples into a DataProto (prompts left-padded, responses right-padded)."""
     from verl import DataProto

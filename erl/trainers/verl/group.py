@@ -106,12 +106,11 @@ class VerlWorkers:
 def collect_in(erl_collect: Any, world_size: int, items: list, meta: dict) -> tuple[list, list[dict]]:
     """`erl_collect` (the worker group's method, or a stand-in) over items padded to a multiple of
     `world_size`: (results of the real items, in order; the counters each worker reported)."""
-    import numpy as np
     from verl import DataProto
 
+    from erl.trainers.verl.dataproto import object_array
+
     padded = list(items) + [None] * (-len(items) % world_size)
-    arr = np.empty(len(padded), dtype=object)
-    arr[:] = padded
-    out = erl_collect(DataProto.from_dict(non_tensors={"item": arr}, meta_info=dict(meta)))
+    out = erl_collect(DataProto.from_dict(non_tensors={"item": object_array(padded)}, meta_info=dict(meta)))
     results = list(out.non_tensor_batch["result"])[:len(items)]
     return results, [s for s in out.non_tensor_batch["stats"] if s is not None]

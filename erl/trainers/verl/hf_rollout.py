@@ -22,8 +22,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 import torch
+
+from erl.trainers.verl.dataproto import object_array
 
 logger = logging.getLogger(__name__)
 
@@ -129,9 +130,9 @@ class HFRolloutEngine:
         gens = self.generate(prompts, meta.get("temperature", 1.0), meta.get("top_p", 1.0),
                              meta.get("max_new_tokens", 256)) if prompts else []
         return DataProto.from_dict(non_tensors={
-            "token_ids": _objects([g.token_ids for g in gens]),
-            "logprobs": _objects([g.logprobs for g in gens]),
-            "finish_reason": _objects([g.finish_reason for g in gens]),
+            "token_ids": object_array([g.token_ids for g in gens]),
+            "logprobs": object_array([g.logprobs for g in gens]),
+            "finish_reason": object_array([g.finish_reason for g in gens]),
         })  # no per-rank meta_info: DataProto.concat refuses values that differ between ranks
 
     def collect_proto(self, data: Any) -> Any:
@@ -146,13 +147,5 @@ class HFRolloutEngine:
             self.collector = WorkerCollector(self.policy)
         items = list(data.non_tensor_batch["item"])
         results, stats = self.collector.run(items, data.meta_info)
-        return DataProto.from_dict(non_tensors={"result": _objects(results),
-                                                "stats": _objects([stats] + [None] * (len(items) - 1))})
-
-
-def _objects(items: list) -> np.ndarray:
-    """A 1-d object array even when every item has the same length (np.array would stack)."""
-    arr = np.empty(len(items), dtype=object)
-    for i, x in enumerate(items):
-        arr[i] = x
-    return arr
+        return DataProto.from_dict(non_tensors={"result": object_array(results),
+                                                "stats": object_array([stats] + [None] * (len(items) - 1))})

@@ -16,18 +16,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from erl.core.interfaces import Generation, SamplingParams
 from erl.models.chat import ChatTokenizer
 from erl.rollout.batching import BatchingPolicy
-
-
-def _objects(items: list) -> np.ndarray:
-    arr = np.empty(len(items), dtype=object)
-    for i, x in enumerate(items):
-        arr[i] = x
-    return arr
+from erl.trainers.verl.dataproto import object_array
 
 
 class _Stats:
@@ -86,7 +78,7 @@ class WorkerGroupPolicy(BatchingPolicy):
             self._seeded_batches += 1
         if self._fresh:
             meta["reset"], self._fresh = True, False
-        data = DataProto.from_dict(non_tensors={"prompt_ids": _objects(padded)}, meta_info=meta)
+        data = DataProto.from_dict(non_tensors={"prompt_ids": object_array(padded)}, meta_info=meta)
         out = self.generate_fn(data)
         nt = out.non_tensor_batch
         gens = []
