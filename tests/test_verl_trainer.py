@@ -401,7 +401,7 @@ def test_hf_rollout_engine_choice(tiny_folder):
 
 
 def test_a_phase_resets_the_workers_engines_so_a_resumed_step_samples_alike(tiny_folder):
-    """The driver's fresh_policy reaches the hf workers' engines: after WorkerGroupPolicy.reset,
+    """The driver's run_phase reset reaches the hf workers' engines: after WorkerGroupPolicy.reset,
     the next batch (only that one) carries `reset`, and an engine that ran an earlier step then
     samples, under the same seed, what a new engine samples. Without it the earlier step's slot
     history moved two of these four requests to other rows and other draws (the 2-GPU resume

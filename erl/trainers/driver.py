@@ -36,6 +36,7 @@ import resource
 import sys
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from time import monotonic
@@ -88,6 +89,48 @@ def frozen_heap():
         yield
     finally:
         gc.unfreeze()
+
+
+def reset_policy(policy: Any) -> None:
+    """A policy with a cache (the rollout engine) back to a new one's state (`reset`), before each
+    phase: a resumed process has no slot history from earlier phases, and resume must reproduce
+    the next step exactly."""
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset()
+
+
+async def gather_all(coros: list) -> list:
+    return list(await asyncio.gather(*coros))
+
+
+def run_to_end(coro: Coroutine[Any, Any, Any]) -> Any:
+    """asyncio.run(coro), also from a thread whose event loop is running: verl's worker is a Ray
+    async actor (its update_weights is a coroutine), whose methods run on the actor's loop, where
+    asyncio.run refuses. There the coroutine gets a loop of its own in a thread, on this thread's
+    CUDA device (torch's current device is per thread)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    device = torch.cuda.current_device() if torch.cuda.is_available() else None
+
+    def run() -> Any:
+        if device is not None:
+            torch.cuda.set_device(device)
+        return asyncio.run(coro)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erl-phase") as pool:
+        return pool.submit(run).result()
+
+
+def run_phase(policy: Any, gathered: Coroutine[Any, Any, list], context: Any = None) -> list:
+    """One phase's episodes (a coroutine gathering them) the way every phase runs, in the driver
+    or in a rollout worker: the policy fresh (reset_policy), inside `context` (the local trainer's
+    bf16 autocast), the heap from before frozen out of full GC passes."""
+    reset_policy(policy)
+    with context or contextlib.nullcontext(), frozen_heap():
+        return run_to_end(gathered)
 
 
 def seed_all(seed: int) -> None:
@@ -193,20 +236,10 @@ class ErlDriver:
         """One ERL advantage per row (GRPO per task and segment; RAFT or none for distill rows)."""
         return segment_advantages(samples, norm_by_std=self.norm_adv_by_std, distill_mode=self.erl.distill_mode)
 
-    def fresh_policy(self) -> None:
-        """A policy with a cache (the rollout engine) starts each phase as a new one would
-        (`reset`): a resumed process has no slot history from earlier phases, and resume
-        must reproduce the next step exactly."""
-        reset = getattr(self.policy, "reset", None)
-        if callable(reset):
-            reset()
-
     def run_phase(self, gathered: Coroutine[Any, Any, list]) -> list:
-        """Run one phase's episodes (a coroutine gathering them) the way every phase runs: a fresh
-        policy, the trainer's rollout context, the heap from before frozen out of full GC passes."""
-        self.fresh_policy()
-        with self.rollout_context(), frozen_heap():
-            return asyncio.run(gathered)
+        """Run one phase's episodes (a coroutine gathering them) as every phase runs (run_phase),
+        in the trainer's rollout context."""
+        return run_phase(self.policy, gathered, self.rollout_context())
 
     def collect(self, tasks: list[dict]) -> list[Episode]:
         """n episodes per task (2n first attempts in rlvr mode: the workflow's config says)."""
@@ -217,12 +250,7 @@ class ErlDriver:
     def run_episodes(self, items: list[tuple[dict, str]]) -> list[Episode]:
         """The workflow's episode for each (task, uid), in this process (a backend may run them
         elsewhere: the verl trainer's collect_in_workers)."""
-        runs = [self.workflow.run(task, uid) for task, uid in items]
-
-        async def gather():
-            return list(await asyncio.gather(*runs))
-
-        return self.run_phase(gather())
+        return self.run_phase(gather_all([self.workflow.run(task, uid) for task, uid in items]))
 
     def run_attempts(self, tasks: list[dict], temperature: float) -> list:
         """One first attempt per task at `temperature` (the eval), in this process."""

@@ -120,10 +120,11 @@ class HFRolloutEngine:
         (non-tensor `token_ids`, `logprobs`, `finish_reason`)."""
         from verl import DataProto
 
+        from erl.trainers.driver import reset_policy
+
         meta = data.meta_info
-        reset = getattr(self.policy, "reset", None)
-        if meta.get("reset") and callable(reset):  # a phase's first batch (WorkerGroupPolicy.reset)
-            reset()
+        if meta.get("reset"):  # a phase's first batch (WorkerGroupPolicy.reset)
+            reset_policy(self.policy)
         if meta.get("seed") is not None:  # same seed on every rank: their prompts differ anyway
             torch.manual_seed(int(meta["seed"]))
         prompts = [list(map(int, p)) for p in data.non_tensor_batch["prompt_ids"]]

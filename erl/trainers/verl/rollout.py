@@ -49,7 +49,7 @@ class WorkerGroupPolicy(BatchingPolicy):
         self._fresh = False
 
     def reset(self) -> None:
-        """The next batch starts a phase (the driver's `fresh_policy`): each worker's rollout engine
+        """The next batch starts a phase (the driver's `run_phase`): each worker's rollout engine
         resets before it (RolloutEngine.reset), as the local trainer's does. Otherwise a slot's
         choice, and with it a request's row and random draws, follows the process's earlier steps,
         and a step resumed from a checkpoint samples other tokens than the run that saved it did."""

@@ -17,38 +17,14 @@ retrieval depends on their timing, as with verl's own agent loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from erl.trainers.driver import TimedWorkflow, frozen_heap, seed_all
+from erl.trainers.driver import TimedWorkflow, gather_all, run_phase, seed_all
 
 # The policy's counters that a step reports (erl.trainers.driver.GEN_STATS): summed over the
 # workers, except the seconds, which overlap (the slowest worker's)
 SUMMED = ("generated_tokens", "batches", "sequences")
-
-
-def run_to_end(coro: Any) -> Any:
-    """asyncio.run(coro), also from a thread whose event loop is running: verl's worker is a Ray
-    async actor (its update_weights is a coroutine), whose methods run on the actor's loop, where
-    asyncio.run refuses. There the episodes get a loop of their own in a thread, on this thread's
-    CUDA device (torch's current device is per thread)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    import torch
-
-    device = torch.cuda.current_device() if torch.cuda.is_available() else None
-
-    def run() -> Any:
-        if device is not None:
-            torch.cuda.set_device(device)
-        return asyncio.run(coro)
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erl-collect") as pool:
-        return pool.submit(run).result()
 
 
 def worker_rank() -> int:
@@ -114,21 +90,13 @@ class WorkerCollector:
             coros = [wf.attempt(it["task"], "attempt1", temperature=meta["temperature"]) for it in items if it is not None]
         else:
             raise ValueError(f"WorkerCollector: unknown phase {meta['phase']!r}")
-        reset = getattr(self.policy, "reset", None)
-        if callable(reset):  # a phase starts the engine afresh, as the driver's fresh_policy does
-            reset()
         if meta.get("seed") is not None:
             # each worker its own draws: two workers' engines start a phase alike, so two tasks with
             # the same grid in the same row would otherwise sample the same tokens (one worker: the
             # driver's seed, as its own collect would use)
             seed_all(int(meta["seed"]) + 1_000_003 * worker_rank())
         before = dict(self.policy.stats)
-
-        async def gather():
-            return list(await asyncio.gather(*coros))
-
-        with frozen_heap():
-            done = iter(run_to_end(gather()))
+        done = iter(run_phase(self.policy, gather_all(coros)))
         stats = {k: self.policy.stats[k] - before[k] for k in (*SUMMED, "generate_seconds")}
         stats["reflection_seconds"] = wf.take_reflection_time()
         return [None if it is None else next(done) for it in items], stats
