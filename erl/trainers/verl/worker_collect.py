@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from erl.trainers.driver import TimedWorkflow, gather_all, run_phase, seed_all
+from erl.trainers.driver import GEN_STATS, TimedWorkflow, gather_all, run_phase, seed_all
 
-# The policy's counters that a step reports (erl.trainers.driver.GEN_STATS): summed over the
-# workers, except the seconds, which overlap (the slowest worker's)
-SUMMED = ("generated_tokens", "batches", "sequences")
+# The policy's counters that a step reports (GEN_STATS): summed over the workers, except the
+# seconds, which overlap (the slowest worker's)
+SUMMED = tuple(k for k in GEN_STATS if k != "generate_seconds")
 
 
 def worker_rank() -> int:
@@ -97,6 +97,6 @@ class WorkerCollector:
             seed_all(int(meta["seed"]) + 1_000_003 * worker_rank())
         before = dict(self.policy.stats)
         done = iter(run_phase(self.policy, gather_all(coros)))
-        stats = {k: self.policy.stats[k] - before[k] for k in (*SUMMED, "generate_seconds")}
+        stats = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         stats["reflection_seconds"] = wf.take_reflection_time()
         return [None if it is None else next(done) for it in items], stats
