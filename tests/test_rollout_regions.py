@@ -108,6 +108,50 @@ def test_regions_that_fail_to_compile_run_eagerly_after_a_warning(monkeypatch):
         engine.generate_batch(ps, params)
 
 
+def recorded_regions(graphs: list, first_shapes: bool):
+    """The two regions under torch.compile with a backend that records each graph it is given (its
+    inputs' sizes; a dynamic size as its hint) and runs it as traced: dynamo's choices, on CPU."""
+    from erl.rollout.compiling import FirstShapes
+
+    def backend(gm, inputs):
+        sizes = [tuple(x.shape) if isinstance(x, torch.Tensor) else ("dynamic", x.node.hint) for x in inputs]
+        graphs.append((gm.code.count("\n"), str(sizes)))
+        return gm.forward
+
+    wrap = FirstShapes if first_shapes else (lambda f: f)
+    return wrap(torch.compile(attention_inputs, backend=backend)), wrap(torch.compile(mlp_block, backend=backend))
+
+
+def test_compiled_regions_build_the_same_graphs_whatever_shapes_a_process_meets_first():
+    """A resumed run starts a new process at a later step, whose first decode and prefill have
+    other sizes than the original process's first ones. With FirstShapes every process compiles
+    each kind of call (decode rows, packed prefill tokens) from the same zeros first: the same
+    graphs from the same sizes in either order, and the same samples as the eager forward. Plain
+    torch.compile builds a static graph of whatever came first (the test's control)."""
+    model = model_of()
+    fuse_projections(model)
+    few, many = prompts(2), prompts(7)
+    params = SamplingParams(max_new_tokens=5, temperature=1.0)
+
+    def run(first_shapes: bool, order: list) -> list:
+        torch._dynamo.reset()
+        graphs: list = []
+        engine = RolloutEngine(model, TOK, slots=8, stop_ids=[])
+        engine.net.regions = recorded_regions(graphs, first_shapes)
+        for ps in order:
+            torch.manual_seed(len(ps))
+            got = engine.generate_batch(ps, params)
+            torch.manual_seed(len(ps))
+            assert_same_draws(got, RolloutEngine(model, TOK, slots=8, stop_ids=[]).generate_batch(ps, params))
+        return sorted(graphs)
+
+    try:
+        assert run(True, [few, many]) == run(True, [many, few])
+        assert run(False, [few, many]) != run(False, [many, few])
+    finally:
+        torch._dynamo.reset()
+
+
 def test_regions_are_refused_where_they_cannot_run():
     from erl.core.config import ConfigError
     from erl.trainers.local.config import LocalTrainerConfig

@@ -1,6 +1,9 @@
-"""The engine's compiled decode step: inductor options and the graph count the benchmark reports."""
+"""The engine's compiled code: inductor options, the graph count the benchmark reports, and compiled
+functions whose kernels do not depend on the order in which a process met its shapes."""
 
 from __future__ import annotations
+
+from typing import Any
 
 
 def compile_options(compile: bool | str, eager_casts: bool) -> dict:
@@ -24,6 +27,69 @@ def compiled(forward, compile: bool | str, eager_casts: bool):
     options = compile_options(compile, eager_casts)
     allow_recompiles(256)
     return torch.compile(forward, options=options)
+
+
+class FirstShapes:
+    """A torch.compile'd function whose graphs, and the kernels inductor picks for them, are the
+    same in every process whatever shapes it met first, so that a run resumed in a new process
+    samples what the original process sampled (docs/gpu/verl_in_workers: with the compiled regions
+    it did not). Under torch.compile's default a function's first call compiles a graph static in
+    every size and a later call of other sizes a dynamic one, whose kernels inductor configures
+    from that call's sizes (and may time on the device); which graph, and which kernel, served a
+    shape then followed the process's history. Here the first call of each kind (dtypes, devices,
+    which leading sizes are 1, everything else about the arguments, grad mode and autocast) is
+    preceded by a call on zeros of fixed leading sizes (`sizes`, marked dynamic), so that every
+    process builds the same dynamic graph from the same sizes, first. Tensors of two or more
+    dimensions are [n, T, ...], whose first two sizes vary (decode rows, packed prefill tokens;
+    size 1 stays specialised); other arguments are taken as they are."""
+
+    def __init__(self, fn: Any, sizes: tuple[int, int] = (512, 4096), both: tuple[int, int] = (8, 256)):
+        self.fn, self.sizes, self.both = fn, sizes, both  # both: when n and T both exceed 1 (a few short rows)
+        self.kinds: set = set()
+
+    def __call__(self, *args: Any) -> Any:
+        import torch
+
+        kind = (tuple(_kind(a) for a in args), torch.is_grad_enabled(),
+                tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cuda", "cpu")))
+        # never inside a CUDA graph's capture (its eager run, the same kind, came first)
+        if kind not in self.kinds and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            self.kinds.add(kind)
+            self.fn(*(self._zeros(a) if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args))
+        return self.fn(*args)
+
+    def _zeros(self, x: Any) -> Any:
+        """Zeros of x's dtype, device and layout, its leading sizes (those above 1) fixed and dynamic."""
+        import torch
+
+        lead = list(x.shape[:2])
+        fixed = self.both if len(lead) == 2 and min(lead) > 1 else self.sizes
+        shape = [fixed[i] if i < 2 and s > 1 else s for i, s in enumerate(x.shape)]
+        strides, step = [0] * x.dim(), 1
+        for i in reversed(_layout(x)):  # dense, in x's order of strides
+            strides[i], step = step, step * shape[i]
+        zeros = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device).zero_()
+        for i in range(min(2, x.dim())):
+            if shape[i] > 1:
+                torch._dynamo.maybe_mark_dynamic(zeros, i)
+        return zeros
+
+
+def _layout(x: Any) -> tuple[int, ...]:
+    """x's dimensions from the largest stride to the smallest."""
+    return tuple(sorted(range(x.dim()), key=lambda i: -x.stride(i)))
+
+
+def _kind(a: Any) -> Any:
+    """What of an argument decides its graph (torch.compile's guards), its leading sizes aside
+    but for whether they are 1. A NamedTuple (a layer's weights): its tensors' shapes and other fields."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return (a.dtype, a.device, a.requires_grad, tuple(s == 1 for s in a.shape[:2]), tuple(a.shape[2:]), _layout(a))
+    if isinstance(a, tuple) and hasattr(a, "_fields"):
+        return tuple((x.dtype, x.device, tuple(x.shape)) if isinstance(x, torch.Tensor) else x for x in a)
+    return a
 
 
 def allow_recompiles(n: int) -> None:

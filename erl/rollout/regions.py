@@ -109,12 +109,21 @@ EAGER_REGIONS = (attention_inputs, mlp_block)  # the same, uncompiled: where com
 @functools.cache
 def compiled_regions() -> tuple[Any, Any]:
     """The two regions under torch.compile, one pair per process (every engine and layer shares
-    them: a layer's weights are arguments, of the same shapes in every layer). Shapes are static
-    at first and made dynamic where a second call differs (torch.compile's default): decode rows
-    and prefill tokens then each compile once. Decode shapes compile in the eager run before a
-    CUDA graph's capture (erl.rollout.graphs.DecodeGraphs.warm), never inside it."""
-    from erl.rollout.compiling import allow_recompiles, compile_options
+    them: a layer's weights are arguments, of the same shapes in every layer). Decode rows and
+    prefill tokens are dynamic sizes, each kind compiled first from the same zeros in every process
+    (FirstShapes), and inductor's deterministic mode keeps it from choosing kernels by timing
+    them. Before, a run resumed in a new process sampled other tokens than the original process;
+    with both, every sampled count of the resumed step was the original's (docs/gpu/verl_in_workers,
+    call4_regions against call7_first_shapes). The price: ~14 s more compiling in a process's first step.
+    Decode shapes compile in the eager run before a CUDA graph's capture
+    (erl.rollout.graphs.DecodeGraphs.warm), never inside it."""
+    import torch._inductor.config
+
+    from erl.rollout.compiling import FirstShapes, allow_recompiles, compile_options
 
     options = compile_options("default", eager_casts=True)
+    if hasattr(torch._inductor.config, "deterministic"):  # torch >= 2.8
+        options["deterministic"] = True
     allow_recompiles(32)  # decode, prefill, a one-token prefill, autocast or not
-    return torch.compile(attention_inputs, options=options), torch.compile(mlp_block, options=options)
+    return (FirstShapes(torch.compile(attention_inputs, options=options)),
+            FirstShapes(torch.compile(mlp_block, options=options)))
