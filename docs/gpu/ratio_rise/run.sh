@@ -13,7 +13,8 @@
 #   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
 #   verl_driver / verl_workers  the verl trainer (scripts/launch_verl.sh frozenlake_erl, +scale=small_gpu, one
 #             GPU, STEPS_VERL (6) steps, no eval or checkpoint) with the episodes on the driver (default) or
-#             in the worker (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl
+#             in the worker (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl;
+#             VERL_EXTRA: more overrides (say the hf rollout's kernels)
 #             (for verl: the overlay, `GGUF_PARTS=4 source scripts/device_prepare.sh` first)
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
@@ -51,7 +52,7 @@ for what in "$@"; do  # parts in the order given
         bash scripts/launch_verl.sh +scale=small_gpu +env.params.size_max=3 +env.params.max_turns=4 \
         "trainer.total_training_steps=${STEPS_VERL:-6}" trainer.val_before_train=false trainer.test_freq=-1 \
         trainer.save_freq=-1 trainer.resume_mode=disable "trainer.default_local_dir=/tmp/$what" \
-        "erl_trainer.collect_in_workers=$inw"
+        "erl_trainer.collect_in_workers=$inw" ${VERL_EXTRA:-}
       cp "/tmp/$what/metrics.jsonl" "$OUT/$what.jsonl" ;;
     *) echo "unknown part $what" >&2; exit 2 ;;
   esac
