@@ -3,6 +3,7 @@ functions whose kernels do not depend on the order in which a process met its sh
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 
@@ -41,22 +42,45 @@ class FirstShapes:
     preceded by a call on zeros of fixed leading sizes (`sizes`, marked dynamic), so that every
     process builds the same dynamic graph from the same sizes, first. Tensors of two or more
     dimensions are [n, T, ...], whose first two sizes vary (decode rows, packed prefill tokens;
-    size 1 stays specialised); other arguments are taken as they are."""
+    size 1 stays specialised); other arguments are taken as they are. `fn` must be free of side
+    effects: it runs once more, on the zeros."""
 
     def __init__(self, fn: Any, sizes: tuple[int, int] = (512, 4096), both: tuple[int, int] = (8, 256)):
         self.fn, self.sizes, self.both = fn, sizes, both  # both: when n and T both exceed 1 (a few short rows)
         self.kinds: set = set()
+        self._weights: dict[int, tuple] = {}  # id of a weights NamedTuple -> (weakref to its first tensor, kind)
 
     def __call__(self, *args: Any) -> Any:
         import torch
 
-        kind = (tuple(_kind(a) for a in args), torch.is_grad_enabled(),
+        # ~6 us a call (a prefill makes two a layer): the weights' kind is computed once per tuple
+        kind = (tuple(self._kind(a) for a in args), torch.is_grad_enabled(),
                 tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cuda", "cpu")))
         # never inside a CUDA graph's capture (its eager run, the same kind, came first)
         if kind not in self.kinds and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
             self.kinds.add(kind)
             self.fn(*(self._zeros(a) if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args))
         return self.fn(*args)
+
+    def _kind(self, a: Any) -> Any:
+        """What of an argument decides its graph (torch.compile's guards), its leading sizes aside
+        but for whether they are 1. A NamedTuple (a layer's weights): its tensors' shapes and other fields."""
+        import torch
+
+        if isinstance(a, torch.Tensor):
+            s = a.shape
+            return (a.dtype, a.device, a.requires_grad, tuple(n == 1 for n in s[:2]), s[2:],
+                    a.is_contiguous() or _layout(a))
+        if isinstance(a, tuple) and hasattr(a, "_fields"):
+            first = next((x for x in a if isinstance(x, torch.Tensor)), None)
+            known = self._weights.get(id(a))
+            if known is None or first is None or known[0]() is not first:  # a tuple at a freed one's address
+                kind = tuple((x.dtype, x.device, tuple(x.shape)) if isinstance(x, torch.Tensor) else x for x in a)
+                if first is None:
+                    return kind
+                known = self._weights[id(a)] = (weakref.ref(first), kind)
+            return known[1]
+        return a
 
     def _zeros(self, x: Any) -> Any:
         """Zeros of x's dtype, device and layout, its leading sizes (those above 1) fixed and dynamic."""
@@ -78,18 +102,6 @@ class FirstShapes:
 def _layout(x: Any) -> tuple[int, ...]:
     """x's dimensions from the largest stride to the smallest."""
     return tuple(sorted(range(x.dim()), key=lambda i: -x.stride(i)))
-
-
-def _kind(a: Any) -> Any:
-    """What of an argument decides its graph (torch.compile's guards), its leading sizes aside
-    but for whether they are 1. A NamedTuple (a layer's weights): its tensors' shapes and other fields."""
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        return (a.dtype, a.device, a.requires_grad, tuple(s == 1 for s in a.shape[:2]), tuple(a.shape[2:]), _layout(a))
-    if isinstance(a, tuple) and hasattr(a, "_fields"):
-        return tuple((x.dtype, x.device, tuple(x.shape)) if isinstance(x, torch.Tensor) else x for x in a)
-    return a
 
 
 def allow_recompiles(n: int) -> None:
