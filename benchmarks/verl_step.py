@@ -26,10 +26,12 @@ KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old
         "time/rollout_engine", "rollout/logprob_gap_mean", "rollout/logprob_gap_max")
 # the per-step lines of the report: metric -> (column title, format); ERL_ONLY: no RLVR column
 # (engine: the rollout engine's own seconds, the rest of rollout being the episodes' code; upd tok: the
-# update's tokens, idle tok: those of its rows without gradient, which the local update skips)
+# update's tokens, idle tok: those of its rows without gradient, which the local update skips; passes: its
+# micro-batches run, retries: the CUDA allocator's retries during it)
 STEP_KEYS = {"time/step": ("step", ".3f"), "time/rollout": ("rollout", ".3f"), "time/rollout_engine": ("engine", ".3f"),
              "time/reflection": ("refl", ".3f"), "time/update": ("update", ".3f"), "tokens/generated": ("gen tok", ".0f"),
              "tokens/total": ("upd tok", ".0f"), "train/idle_tokens": ("idle tok", ".0f"),
+             "train/micro_batches": ("passes", ".0f"), "perf/update_alloc_retries": ("retries", ".0f"),
              "attempt/turns": ("turns", ".2f"), "attempt1/success": ("succ1", ".3f"),
              "reflection/rate": ("refl rate", ".3f"), "memory/size": ("memory", ".0f")}
 ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")

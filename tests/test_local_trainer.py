@@ -408,7 +408,7 @@ def test_rows_without_gradient_skip_their_passes_with_the_same_update(tmp_path, 
     for got, want in zip(metrics, expected):
         assert got.keys() - set(gap) == want.keys() - set(gap)
         for k in want:
-            if not k.startswith(("train/idle", "rollout/logprob_gap")):
+            if not k.startswith(("train/idle", "rollout/logprob_gap", "train/micro_batches")):
                 assert got[k] == pytest.approx(want[k], abs=1e-6), k
     assert metrics[0]["train/idle_rows"] == int(idle.sum()) and expected[0]["train/idle_rows"] == 0
     assert metrics[1]["train/idle_rows"] == len(tied)  # nothing to learn from: no pass at all
@@ -419,6 +419,8 @@ def test_rows_without_gradient_skip_their_passes_with_the_same_update(tmp_path, 
     assert any(not torch.equal(a, b) for a, b in zip(fast.model.parameters(), build(base_cfg(tmp_path / "init"))[0].model.parameters()))
     busy = math.ceil((len(rows) - int(idle.sum())) / fast.cfg.micro_batch_size)
     assert forwards["fast"] <= busy + 1  # + 1: distillation rows keep a micro-batch of their own
+    assert metrics[0]["train/micro_batches"] == forwards["fast"] > 0 and metrics[1]["train/micro_batches"] == 0
+    assert expected[0]["train/micro_batches"] > metrics[0]["train/micro_batches"]
 
 
 def test_step_benchmark_side_by_side(tmp_path, capsys):

@@ -144,6 +144,9 @@ class LocalTrainer(ErlDriver):
         if adv is None:  # called alone (tests, benchmarks): the driver's advantages
             adv = self.advantages(samples)
         chunks, kinds, idle, skip = self.micro_batches(samples, adv)
+        # the allocator's retries (a cudaFree of its cache, then a synchronised retry): a suspect for
+        # the ERL update's outlier steps, 3.5-4.7 s against ~1.3 s (docs/gpu/verl_in_workers)
+        retries = self._alloc_retries()
         old: dict[int, torch.Tensor] = {}
         ref: dict[int, torch.Tensor] = {}
         need_old = needs_old_logprobs(cfg.ppo_epochs)
@@ -233,7 +236,15 @@ class LocalTrainer(ErlDriver):
         # rows that carried no gradient and were not run (their tokens leave the update's throughput)
         totals["train/idle_rows"] = float(idle.sum())
         totals["train/idle_tokens"] = sample_metrics([s for s, i in zip(samples, idle) if i]).get("tokens/total", 0.0)
+        totals["train/micro_batches"] = float(sum(not k for k in skip) * cfg.ppo_epochs)  # forward + backward passes
+        if retries is not None:
+            totals["perf/update_alloc_retries"] = float(self._alloc_retries() - retries)
         return totals
+
+    def _alloc_retries(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.memory_stats(self.device).get("num_alloc_retries", 0))
 
     def _skip(self, facts: dict, samples: list[TokenSample], chunks: list[list[int]]) -> dict[str, float]:
         """Count a skipped step and record why, with a replay of the batch under other numerics."""
