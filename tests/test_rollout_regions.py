@@ -152,6 +152,46 @@ def test_compiled_regions_build_the_same_graphs_whatever_shapes_a_process_meets_
         torch._dynamo.reset()
 
 
+def test_first_shapes_runs_each_kind_of_call_first_on_fixed_size_zeros():
+    """What FirstShapes hands the function before a call of a new kind: zeros whose leading sizes
+    above 1 are the fixed ones (512 rows, 4,096 tokens; 8 x 256 when both exceed 1), other sizes,
+    dtype and layout as the call's; then the call itself. Other sizes of a known kind go straight
+    through; a new dtype, grad mode or weights' shape is a new kind."""
+    from erl.rollout.compiling import FirstShapes
+    from erl.rollout.regions import LayerWeights
+
+    seen: list = []
+
+    def fn(h, w, scale):
+        seen.append((tuple(h.shape), h.dtype, bool(h.abs().sum() == 0), h.is_contiguous(), w.eps, scale))
+        return h * scale
+
+    def weights(hidden):
+        t = torch.ones(hidden)
+        return LayerWeights(t, t, None, (), t, None, t, t, None, (), t, None, 1e-5)
+
+    f, w = FirstShapes(fn), weights(4)
+    x = torch.randn(3, 1, 4)
+    assert torch.equal(f(x, w, 2.0), 2 * x)
+    assert seen == [((512, 1, 4), torch.float32, True, True, 1e-5, 2.0), ((3, 1, 4), torch.float32, False, True, 1e-5, 2.0)]
+    f(torch.randn(7, 1, 4), w, 2.0)  # the same kind: no zeros
+    assert len(seen) == 3
+    f(torch.randn(1, 9, 4), w, 2.0)  # a packed prefill
+    f(torch.randn(2, 5, 4), w, 2.0)  # rows and tokens
+    f(torch.randn(1, 1, 4), w, 2.0)  # one token of one row: its zeros are its own sizes
+    assert [s[0] for s in seen[3:]] == [(1, 4096, 4), (1, 9, 4), (8, 256, 4), (2, 5, 4), (1, 1, 4), (1, 1, 4)]
+    del seen[:]
+    f(torch.randn(4, 1, 4, dtype=torch.float64), w, 2.0)  # another dtype
+    with torch.no_grad():
+        f(torch.randn(4, 1, 4), w, 2.0)  # another grad mode
+    f(torch.randn(4, 1, 4), weights(4), 2.0)  # other weights of the same shapes: the same kind
+    f(torch.randn(4, 1, 5), weights(5), 2.0)  # other shapes
+    f(torch.randn(6, 4).t().unsqueeze(1), w, 2.0)  # another layout (rows innermost): zeros laid out alike
+    assert [(s[0], s[2]) for s in seen] == [((512, 1, 4), True), ((4, 1, 4), False)] * 2 + [((4, 1, 4), False)] + [
+        ((512, 1, 5), True), ((4, 1, 5), False), ((512, 1, 6), True), ((4, 1, 6), False)]
+    assert seen[-2][3] is False  # the zeros keep the call's layout
+
+
 def test_regions_are_refused_where_they_cannot_run():
     from erl.core.config import ConfigError
     from erl.trainers.local.config import LocalTrainerConfig
