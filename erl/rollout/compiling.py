@@ -78,6 +78,8 @@ class FirstShapes:
                 kind = tuple((x.dtype, x.device, tuple(x.shape)) if isinstance(x, torch.Tensor) else x for x in a)
                 if first is None:
                     return kind
+                if len(self._weights) >= 4096:  # engines come and go: forget the freed ones' tuples
+                    self._weights = {k: v for k, v in self._weights.items() if v[0]() is not None}
                 known = self._weights[id(a)] = (weakref.ref(first), kind)
             return known[1]
         return a
