@@ -55,7 +55,7 @@ EXPECTED = {
     "train/skipped_steps": 0.0,
 }
 # what each backend's own update reports (and only that differs between the two)
-LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "rollout/logprob_gap",
+LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "train/micro_batches", "perf/", "rollout/logprob_gap",
               # the engine in this process counts these; verl's workers do not say
               "rollout/decode_steps", "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode",
               "time/rollout_gpu_wait")
