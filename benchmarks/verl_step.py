@@ -59,8 +59,32 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     # each measured step's phases and outcomes: a median hides a ratio that moves along the run (it rose
     # from ~1.6 to ~1.9 over 8 local steps: docs/gpu/memory_retrieval/README.md)
     out["per_step"] = {name: [{k: float(m[k]) for k in STEP_KEYS if k in m} for m in ms] for name, ms in runs.items()}
+    out["work"] = work_ratios(out["per_step"])
     out["steps"], out["warmup"] = steps, warmup
     return out
+
+
+def work_ratios(per_step: dict[str, list[dict]]) -> dict[str, float]:
+    """ERL / RLVR in work and in time per unit of work, medians over the step pairs: generated tokens,
+    update tokens with a gradient (`tokens/total` less `train/idle_tokens`, the rows the update runs),
+    rollout seconds per generated token, update seconds per such token, and the step ratio ERL would
+    have at RLVR's rates (RLVR's rollout and update times scaled by the two work ratios). The
+    time ratio less this one is what ERL loses per unit of work: its chain of phases, its longer rows."""
+    def active(m: dict) -> float:
+        return m["tokens/total"] - m.get("train/idle_tokens", 0.0)
+
+    rows = []
+    for e, r in zip(per_step.get("erl", []), per_step.get("rlvr", [])):
+        if any(k not in m for k in ("tokens/generated", "tokens/total", "time/rollout", "time/update") for m in (e, r)):
+            return {}  # a trainer that does not log its work
+        gen = e["tokens/generated"] / max(r["tokens/generated"], 1.0)
+        upd = active(e) / max(active(r), 1.0)
+        rows.append({"generated_tokens": gen, "update_tokens": upd,
+                     "rollout_time_per_token": e["time/rollout"] / max(r["time/rollout"], 1e-9) / gen,
+                     "update_time_per_token": e["time/update"] / max(r["time/update"], 1e-9) / max(upd, 1e-9),
+                     "step_at_equal_rates": (gen * r["time/rollout"] + upd * r["time/update"])
+                                            / max(r["time/rollout"] + r["time/update"], 1e-9)})
+    return {k: statistics.median(row[k] for row in rows) for k in rows[0]} if rows else {}
 
 
 def report(res: dict) -> str:
@@ -73,6 +97,11 @@ def report(res: dict) -> str:
                  f"update {res['ratio/update_time']:.3f})")
     lines.append("ERL / RLVR step by step: " + ", ".join(f"{r:.3f}" for r in res["ratio/pairs"]))
     lines += per_step_lines(res.get("per_step", {}))
+    w = res.get("work")
+    if w:
+        lines.append(f"ERL / RLVR work: generated tokens {w['generated_tokens']:.3f}, update tokens with a gradient "
+                     f"{w['update_tokens']:.3f}; time per unit: rollout {w['rollout_time_per_token']:.3f}, update "
+                     f"{w['update_time_per_token']:.3f}; at RLVR's rates the step ratio would be {w['step_at_equal_rates']:.3f}")
     ex = res["excess"]
     lines.append(f"ERL - {TARGET} x RLVR: step {ex['time/step']:+.3f} s (rollout {ex['time/rollout']:+.3f}, "
                  f"update {ex['time/update']:+.3f})")

@@ -5,6 +5,8 @@ import importlib.util
 import types
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -182,3 +184,26 @@ def test_verl_scaling_takes_medians_over_the_same_steps(tmp_path, capsys):
         scaling.medians(scaling.read_metrics(one), (7, 9))
     with pytest.raises(SystemExit):
         scaling.main(["--one", str(one), "--many", str(two), "--steps", "4-2"])
+
+
+def test_work_ratios_set_time_against_the_work_each_method_did():
+    """verl_step.work_ratios on two step pairs worked out by hand. Pair 1: ERL generates 1.5x RLVR's
+    tokens (300 / 200) in 2x its rollout time, and runs 1,000 - 200 = 800 update tokens against 400
+    (RLVR has no idle rows: verl's shape) in 3x its update time: 2/1.5 = 1.333 a generated token,
+    3/2 = 1.5 an update token; at RLVR's rates 1.5 x 2 s + 2 x 1 s over 3 s = 5/3. Pair 2: 1.0x and
+    1.0x the work in 1.2x and 1.0x the time: 1.2, 1.0, and 1.0 at equal rates. Medians of two: means."""
+    verl_step = load("verl_step")
+    erl = [{"tokens/generated": 300, "tokens/total": 1000, "train/idle_tokens": 200, "time/rollout": 4.0, "time/update": 3.0},
+           {"tokens/generated": 100, "tokens/total": 500, "train/idle_tokens": 0, "time/rollout": 1.2, "time/update": 1.0}]
+    rlvr = [{"tokens/generated": 200, "tokens/total": 400, "time/rollout": 2.0, "time/update": 1.0},
+            {"tokens/generated": 100, "tokens/total": 600, "train/idle_tokens": 100, "time/rollout": 1.0, "time/update": 1.0}]
+    w = verl_step.work_ratios({"erl": erl, "rlvr": rlvr})
+    assert w["generated_tokens"] == pytest.approx((1.5 + 1.0) / 2)
+    assert w["update_tokens"] == pytest.approx((2.0 + 1.0) / 2)
+    assert w["rollout_time_per_token"] == pytest.approx((2 / 1.5 + 1.2) / 2)
+    assert w["update_time_per_token"] == pytest.approx((1.5 + 1.0) / 2)
+    assert w["step_at_equal_rates"] == pytest.approx((5 / 3 + 1.0) / 2)
+    assert verl_step.work_ratios({"erl": [], "rlvr": []}) == {}
+    res = {"erl": {}, "rlvr": {}, "ratio/step_time": 1.6, "ratio/rollout_time": 1.6, "ratio/update_time": 1.6,
+           "ratio/pairs": [1.6], "steps": 2, "excess": {"time/step": 0.0, "time/rollout": 0.0, "time/update": 0.0}, "work": w}
+    assert "at RLVR's rates the step ratio would be 1.333" in verl_step.report(res)
