@@ -164,3 +164,30 @@ def test_searchpath_goes_after_the_options_and_before_the_overrides():
     parsed = get_args_parser().parse_args(args)
     assert parsed.config_name == "sokoban_rlvr" and parsed.overrides == [searchpath(), "erl.tau=0.5", "x=1"]
     assert with_searchpath(["--config-name=a"]) == ["--config-name=a", searchpath()]
+
+
+def test_local_resume_check_resumes_in_new_processes_to_the_original_step(tmp_path):
+    """scripts/local_resume_check.sh on the tiny model: the original trains 2 steps with a checkpoint
+    at step 1; a resumed and a control run, each a new process, train step 2 from it; the compare
+    finds every sampled count and loss of step 2 equal (what a process keeps besides the checkpoint
+    must not matter). DRY_RUN prints the three commands, which differ only in folder and resume."""
+    small = ["model=tiny", "trainer.tasks_per_step=2", "trainer.eval_tasks=2", "env.n_train=4", "env.n_val=2",
+             "erl.n_attempt=2", "erl.max_turns=2", "erl.max_new_tokens=4", "erl.max_reflection_tokens=8"]
+    env = {**os.environ, "CHECK_DIR": str(tmp_path), "SAVE_AT": "1"}
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "local_resume_check.sh"), *small],
+                         env={**env, "DRY_RUN": "1"}, capture_output=True, text=True, check=True).stdout
+    original, resumed, control = [shlex.split(line) for line in out.strip().splitlines()]
+    for cmd in (original, resumed, control):
+        assert cmd[1:3] == ["-m", "erl.cli.train"] and "model=tiny" in cmd and "trainer.total_steps=2" in cmd
+        assert "trainer.save_every=1" in cmd and "trainer.keep_checkpoints=0" in cmd
+    assert original[-1] == f"trainer.output_dir={tmp_path}/original"
+    assert resumed[-2:] == [f"trainer.output_dir={tmp_path}/resumed", f"resume={tmp_path}/original/checkpoints/step_1"]
+    assert control[:-2] == resumed[:-2] == original[:-1]
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "local_resume_check.sh"), *small], env=env,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.stdout.strip().endswith("step 2: REPRODUCED")
+    assert "tokens/generated" in res.stdout and "DIFFERS" not in res.stdout
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "local_resume_check.sh")], env={**env, "SAVE_AT": "0"},
+                         capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "SAVE_AT must be a step >= 1" in bad.stderr
