@@ -6,8 +6,8 @@
 #             tokens, turns, first-attempt success, the reflection rate and the memory's size
 #   gpu_tests the rollout engine's GPU tests (run_part.sh), among them a reset engine against a new one
 #   reset_tests  only the reset engine's CUDA tests, in a process of their own (compiled code is per process)
-#   local_resume  erl-train (local trainer) 3 steps with a checkpoint at step 2, then two runs resumed
-#             from it side by side (resumed, control), then step 3 compared (python -m erl.tracking);
+#   local_resume  scripts/local_resume_check.sh: erl-train 3 steps with a checkpoint at step 2, then two
+#             runs resumed from it side by side (resumed, control), then step 3 compared;
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
 #   probe     resume_probe.py: the original, resumed, control and an engine with a history, in one process
 #   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
@@ -31,19 +31,9 @@ for what in "$@"; do  # parts in the order given
     probe_plain) run resume_probe_plain 400 python3 docs/gpu/ratio_rise/resume_probe.py preset=gpu model.path=/tmp/smollm2 \
                    trainer.rollout_regions=false trainer.rollout_decode_attention=efficient ;;
     probe) run resume_probe 400 python3 docs/gpu/ratio_rise/resume_probe.py ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
-    local_resume)
-      sets=(${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2})
-      run_args=(trainer.total_steps=3 trainer.eval_every=0 trainer.save_every=2
-                trainer.keep_checkpoints=2 trainer.save_every_minutes=0 trainer.progress=false "trainer.loggers=[console]")
-      rm -rf /tmp/lr && mkdir -p /tmp/lr
-      run local_original 300 python3 -m erl.cli.train "${sets[@]}" "${run_args[@]}" trainer.output_dir=/tmp/lr/original
-      for phase in resumed control; do
-        run "local_$phase" 300 python3 -m erl.cli.train "${sets[@]}" "${run_args[@]}" "trainer.output_dir=/tmp/lr/$phase" \
-          resume=/tmp/lr/original/checkpoints/step_2 &
-      done
-      wait
-      run local_compare 60 python3 -m erl.tracking /tmp/lr/original/metrics.jsonl /tmp/lr/resumed/metrics.jsonl \
-        --step 3 --control /tmp/lr/control/metrics.jsonl ;;
+    local_resume)  # scripts/local_resume_check.sh (sessions 25-26 ran the same steps inline here)
+      run local_resume 600 env PARALLEL=1 CHECK_DIR=/tmp/lr SAVE_AT=2 bash scripts/local_resume_check.sh \
+        ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
     verl_driver|verl_workers)
       inw=false; [ "$what" = verl_workers ] && inw=true
       export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
