@@ -149,6 +149,35 @@ def logprob_error(model, gens, prompts, temperature, device, rows=8) -> str:
     return text
 
 
+def preset_kernels(model, tok, args, prompts, params, device) -> float:
+    """The engine as the local trainer runs it at preset=gpu: its rollout copy (float32 norms and
+    embedding, linears in bf16: erl.rollout.merged.cast_linears; fused projections) under bf16
+    autocast, flex decode, and on CUDA the compiled regions and CUDA graphs. Its log-probs against
+    the trainer's teacher-forced pass (the float32 model under the same autocast, as the trainer
+    scores rows) and against a float32 forward. Prints one line; returns the tokens/s."""
+    from erl.rollout.fused import fuse_projections
+    from erl.rollout.merged import cast_linears
+
+    cuda = device.type == "cuda"
+    trainer = copy.deepcopy(model).float()
+    rollout = copy.deepcopy(trainer)
+    cast_linears(rollout, torch.bfloat16)
+    fuse_projections(rollout)
+    engine = RolloutEngine(rollout, tok, slots=args.batch, stop_ids=[], regions=cuda, cuda_graphs=cuda)
+    engine.varlen_decode = True  # the position-major cache flex reads (CUDA's default; on CPU, tests do the same)
+    engine.decode_attention = "flex"
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        gens, dt, stats = run_engine(engine, prompts, params, device)
+        forced = forced_logprobs(trainer, gens, prompts, params.temperature, device)
+    exact = forced_logprobs(trainer, gens, prompts, params.temperature, device)
+    sampled = [torch.tensor(g.logprobs) for g in gens[:len(forced)]]
+    rate = stats["generated_tokens"] / dt
+    print(f"engine preset=gpu kernels (bf16 autocast, flex{', compiled regions, CUDA graphs' if cuda else ''}): "
+          f"{rate:,.0f} tok/s | max |logp - teacher-forced| {max_error(sampled, forced)} (against an fp32 forward: "
+          f"engine {max_error(sampled, exact)}, the trainer's bf16 forward {max_error(forced, exact)})", flush=True)
+    return rate
+
+
 def multi_turn(model, tok, args, device, reuse: bool):
     """Episodes of --turns turns: each turn's prompt is the previous prompt + the response +
     ~30 new tokens (an observation), submitted through the async interface as the trainer does."""
@@ -472,7 +501,7 @@ def main(argv=None):
     ap.add_argument("--compile-mode", default=None,
                     help="also time the engine with torch.compile in this mode (default on CUDA: "
                          "reduce-overhead; 'none' to skip)")
-    ap.add_argument("--skip", default="", help="comma list of: eager,graphs,compiled,hf_policy,dynamic,static")
+    ap.add_argument("--skip", default="", help="comma list of: eager,graphs,compiled,preset,hf_policy,dynamic,static")
     ap.add_argument("--workload", default="synthetic", choices=["synthetic", "erl"],
                     help="erl: the local trainer's eval + collect with its config (see above)")
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
@@ -555,6 +584,11 @@ def main(argv=None):
               f"{stats['batches']} admissions, {stats['decode_steps']} decode steps | decode shapes "
               f"{stats['decode_shapes']}, recompiles in the timed run {stats['recompiles']} | "
               f"max |logp - teacher-forced| {err}", flush=True)
+    if "preset" not in skip:
+        try:
+            rates["engine preset=gpu kernels"] = preset_kernels(model, tok, args, prompts, params, device)
+        except Exception as exc:  # noqa: BLE001 -- a compile failure must not hide the other numbers
+            print(f"engine preset=gpu kernels: FAILED {type(exc).__name__}: {exc}", flush=True)
     if "hf_policy" not in skip and not cuda:
         from erl.rollout.hf_policy import HFPolicy
 

@@ -207,3 +207,28 @@ def test_work_ratios_set_time_against_the_work_each_method_did():
     res = {"erl": {}, "rlvr": {}, "ratio/step_time": 1.6, "ratio/rollout_time": 1.6, "ratio/update_time": 1.6,
            "ratio/pairs": [1.6], "steps": 2, "excess": {"time/step": 0.0, "time/rollout": 0.0, "time/update": 0.0}, "work": w}
     assert "at RLVR's rates the step ratio would be 1.333" in verl_step.report(res)
+
+
+def test_rollout_benchmark_scores_the_preset_gpu_engine_against_the_trainers_pass(capsys):
+    """benchmarks/rollout.py's preset=gpu variant on the tiny model (CPU: flex decode on the
+    position-major cache, bf16 autocast, no compiled regions): it samples, and its log-probs sit
+    near the trainer's teacher-forced bf16 pass and an fp32 forward (bf16's rounding, not a bug:
+    on this 2-layer model ~3e-3), the three figures printed."""
+    import re
+
+    import torch
+
+    from erl.core.interfaces import SamplingParams
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    rollout = load("rollout")
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(tok)
+    prompts = rollout.prompts_for(4, model.config.vocab_size)
+    params = SamplingParams(max_new_tokens=6, temperature=0.7)
+    rate = rollout.preset_kernels(model, tok, types.SimpleNamespace(batch=4), prompts, params, torch.device("cpu"))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert rate > 0 and line.startswith("engine preset=gpu kernels (bf16 autocast, flex)")
+    errors = [float(x) for x in re.findall(r"(\d\.\d\de-\d\d) \(mean", line)]
+    assert len(errors) == 3 and all(0 < e < 0.05 for e in errors), line
