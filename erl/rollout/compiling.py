@@ -3,7 +3,6 @@ functions whose kernels do not depend on the order in which a process met its sh
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 
@@ -48,13 +47,11 @@ class FirstShapes:
     def __init__(self, fn: Any, sizes: tuple[int, int] = (512, 4096), both: tuple[int, int] = (8, 256)):
         self.fn, self.sizes, self.both = fn, sizes, both  # both: when n and T both exceed 1 (a few short rows)
         self.kinds: set = set()
-        self._weights: dict[int, tuple] = {}  # id of a weights NamedTuple -> (weakref to its first tensor, kind)
 
     def __call__(self, *args: Any) -> Any:
         import torch
 
-        # ~6 us a call (a prefill makes two a layer): the weights' kind is computed once per tuple
-        kind = (tuple(self._kind(a) for a in args), torch.is_grad_enabled(),
+        kind = (tuple(_kind(a) for a in args), torch.is_grad_enabled(),
                 tuple((d, torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cuda", "cpu")))
         # never inside a CUDA graph's capture (its eager run, the same kind, came first)
         if kind not in self.kinds and not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
@@ -62,43 +59,34 @@ class FirstShapes:
             self.fn(*(self._zeros(a) if isinstance(a, torch.Tensor) and a.dim() > 1 else a for a in args))
         return self.fn(*args)
 
-    def _kind(self, a: Any) -> Any:
-        """What of an argument decides its graph (torch.compile's guards), its leading sizes aside
-        but for whether they are 1. A NamedTuple (a layer's weights): its tensors' shapes and other fields."""
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            s = a.shape
-            return (a.dtype, a.device, a.requires_grad, tuple(n == 1 for n in s[:2]), s[2:],
-                    a.is_contiguous() or _layout(a))
-        if isinstance(a, tuple) and hasattr(a, "_fields"):
-            first = next((x for x in a if isinstance(x, torch.Tensor)), None)
-            known = self._weights.get(id(a))
-            if known is None or first is None or known[0]() is not first:  # a tuple at a freed one's address
-                kind = tuple((x.dtype, x.device, tuple(x.shape)) if isinstance(x, torch.Tensor) else x for x in a)
-                if first is None:
-                    return kind
-                if len(self._weights) >= 4096:  # engines come and go: forget the freed ones' tuples
-                    self._weights = {k: v for k, v in self._weights.items() if v[0]() is not None}
-                known = self._weights[id(a)] = (weakref.ref(first), kind)
-            return known[1]
-        return a
-
     def _zeros(self, x: Any) -> Any:
         """Zeros of x's dtype, device and layout, its leading sizes (those above 1) fixed and dynamic."""
         import torch
 
-        lead = list(x.shape[:2])
-        fixed = self.both if len(lead) == 2 and min(lead) > 1 else self.sizes
+        fixed = self.both if min(x.shape[:2]) > 1 else self.sizes
         shape = [fixed[i] if i < 2 and s > 1 else s for i, s in enumerate(x.shape)]
         strides, step = [0] * x.dim(), 1
         for i in reversed(_layout(x)):  # dense, in x's order of strides
             strides[i], step = step, step * shape[i]
         zeros = torch.empty_strided(shape, strides, dtype=x.dtype, device=x.device).zero_()
-        for i in range(min(2, x.dim())):
+        for i in range(2):
             if shape[i] > 1:
                 torch._dynamo.maybe_mark_dynamic(zeros, i)
         return zeros
+
+
+def _kind(a: Any) -> Any:
+    """What of an argument decides its graph (torch.compile's guards), its leading sizes aside but
+    for whether they are 1. A NamedTuple (a layer's weights): its tensors' dtypes and shapes (their
+    device is the activations'), its other fields."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        s = a.shape
+        return a.dtype, a.device, a.requires_grad, tuple(n == 1 for n in s[:2]), s[2:], a.is_contiguous() or _layout(a)
+    if isinstance(a, tuple) and hasattr(a, "_fields"):
+        return tuple((x.dtype, x.shape) if isinstance(x, torch.Tensor) else x for x in a)
+    return a
 
 
 def _layout(x: Any) -> tuple[int, ...]:
