@@ -136,13 +136,15 @@ def max_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> str:
     return f"{float(diff.max()):.2e} (mean {float(diff.mean()):.1e})"
 
 
-def logprob_error(model, gens, prompts, temperature, device, rows=8) -> str:
-    """|engine log-prob - the trainer's| over a few sequences (max, mean); for a bf16 model also both
-    against an fp32 copy's forward (how far each bf16 computation is from the exact one)."""
+def logprob_error(model, gens, prompts, temperature, device, rows=8, autocast: bool = False) -> str:
+    """|engine log-prob - the trainer's| over a few sequences (max, mean); for a bf16 model, or a
+    float32 one the trainer scores under bf16 autocast (`autocast`), also both against a float32
+    forward (how far each bf16 computation is from the exact one)."""
     engine = [torch.tensor(g.logprobs) for g in gens[:rows]]
-    trainer = forced_logprobs(model, gens, prompts, temperature, device, rows)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        trainer = forced_logprobs(model, gens, prompts, temperature, device, rows)
     text = max_error(engine, trainer)
-    if next(model.parameters()).dtype != torch.float32:
+    if autocast or next(model.parameters()).dtype != torch.float32:
         exact = forced_logprobs(copy.deepcopy(model).float(), gens, prompts, temperature, device, rows)
         text += (f" (against an fp32 forward: engine {max_error(engine, exact)}, "
                  f"the trainer's bf16 forward {max_error(trainer, exact)})")
@@ -168,13 +170,10 @@ def preset_kernels(model, tok, args, prompts, params, device) -> float:
     engine.decode_attention = "flex"
     with torch.autocast(device.type, dtype=torch.bfloat16):
         gens, dt, stats = run_engine(engine, prompts, params, device)
-        forced = forced_logprobs(trainer, gens, prompts, params.temperature, device)
-    exact = forced_logprobs(trainer, gens, prompts, params.temperature, device)
-    sampled = [torch.tensor(g.logprobs) for g in gens[:len(forced)]]
     rate = stats["generated_tokens"] / dt
     print(f"engine preset=gpu kernels (bf16 autocast, flex{', compiled regions, CUDA graphs' if cuda else ''}): "
-          f"{rate:,.0f} tok/s | max |logp - teacher-forced| {max_error(sampled, forced)} (against an fp32 forward: "
-          f"engine {max_error(sampled, exact)}, the trainer's bf16 forward {max_error(forced, exact)})", flush=True)
+          f"{rate:,.0f} tok/s | max |logp - teacher-forced| "
+          f"{logprob_error(trainer, gens, prompts, params.temperature, device, autocast=True)}", flush=True)
     return rate
 
 
