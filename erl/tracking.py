@@ -210,17 +210,28 @@ VERDICTS = {"exact": "REPRODUCED", "noise": "REPRODUCED within run-to-run noise"
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m erl.tracking ORIGINAL.jsonl RESUMED.jsonl --step K [--control C.jsonl]`:
-    exit 0 when step K is reproduced (exactly, or within the noise the control run shows)."""
+    """`python -m erl.tracking ORIGINAL.jsonl RESUMED.jsonl --step K [--control C.jsonl]`, or
+    `--check-dir DIR --step K` (a resume check's folder: DIR/{original,resumed}/metrics.jsonl, and
+    DIR/control/metrics.jsonl where that run was made): exit 0 when step K is reproduced (exactly,
+    or within the noise the control run shows; without a control every gap counts)."""
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("original")
-    p.add_argument("resumed")
+    p.add_argument("original", nargs="?")
+    p.add_argument("resumed", nargs="?")
     p.add_argument("--step", type=int, required=True)
     p.add_argument("--rel-tol", type=float, default=1e-2)
     p.add_argument("--control", default=None, help="a second run resumed from the same checkpoint")
+    p.add_argument("--check-dir", default=None, help="original/, resumed/ and (if made) control/ runs' folder")
     args = p.parse_args(argv)
+    if args.check_dir:
+        if args.original or args.resumed or args.control:
+            p.error("--check-dir names the runs itself: give no metrics files with it")
+        runs = Path(args.check_dir)
+        args.original, args.resumed = runs / "original/metrics.jsonl", runs / "resumed/metrics.jsonl"
+        args.control = runs / "control/metrics.jsonl" if (runs / "control/metrics.jsonl").is_file() else None
+    elif not (args.original and args.resumed):
+        p.error("give ORIGINAL and RESUMED metrics files, or --check-dir")
     control = read_metrics(args.control) if args.control else None
     verdict, lines = compare_step(read_metrics(args.original), read_metrics(args.resumed), args.step,
                                   args.rel_tol, control)

@@ -51,8 +51,5 @@ else
   [[ $PHASE == all || $PHASE == control ]] && train control "$from"
 fi
 if [[ ( $PHASE == all || $PHASE == compare ) && ${DRY_RUN:-0} != 1 ]]; then
-  control=()  # without one the verdict is the strict one: every gap counts
-  [ -f "$CHECK_DIR/control/metrics.jsonl" ] && control=(--control "$CHECK_DIR/control/metrics.jsonl")
-  "$PYTHON" -m erl.tracking "$CHECK_DIR/original/metrics.jsonl" "$CHECK_DIR/resumed/metrics.jsonl" \
-    --step "$STEP" "${control[@]}"
+  "$PYTHON" -m erl.tracking --check-dir "$CHECK_DIR" --step "$STEP"  # the control where it was made
 fi

@@ -46,8 +46,5 @@ fi
 if [[ ( $PHASE == all || $PHASE == compare ) && ${DRY_RUN:-0} != 1 ]]; then
   # without a control run (PHASE=original then resumed, when time is short) the verdict is the
   # strict one: no noise level is known, so every gap counts as a difference
-  control=()
-  [ -f "$CHECK_DIR/control/metrics.jsonl" ] && control=(--control "$CHECK_DIR/control/metrics.jsonl")
-  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m erl.tracking \
-    "$CHECK_DIR/original/metrics.jsonl" "$CHECK_DIR/resumed/metrics.jsonl" --step "$STEP" "${control[@]}"
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m erl.tracking --check-dir "$CHECK_DIR" --step "$STEP"
 fi

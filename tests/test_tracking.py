@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from erl.tracking import compare_step, main
 
 BASE = {"step": 11, "tokens/generated": 1607.0, "attempt1/success": 0.125, "rows": 24.0,
@@ -73,6 +75,17 @@ def test_cli_exit_code(tmp_path, capsys):
     assert "NOT reproduced" in capsys.readouterr().out
     assert main([str(a), str(b), "--step", "11", "--control", str(c)]) == 0
     assert "REPRODUCED within run-to-run noise" in capsys.readouterr().out
+    # a resume check's folder: the control is read where it was made, else the strict verdict
+    for run, path in (("original", a), ("resumed", b)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.jsonl").write_text(path.read_text())
+    assert main(["--check-dir", str(tmp_path), "--step", "11"]) == 1
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control" / "metrics.jsonl").write_text(c.read_text())
+    assert main(["--check-dir", str(tmp_path), "--step", "11"]) == 0
+    for bad in (["--step", "11"], [str(a), "--check-dir", str(tmp_path), "--step", "11"]):
+        with pytest.raises(SystemExit):
+            main(bad)
 
 
 def test_resume_after_a_torn_write_drops_the_torn_line(tmp_path):
