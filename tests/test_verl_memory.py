@@ -12,6 +12,7 @@ ray = pytest.importorskip("ray")
 from erl.core.config import ErlConfig
 from erl.trainers.verl.memory import (
     MEMORY_FILE,
+    connect_memory,
     create_memory,
     load_memory,
     save_memory,
@@ -60,6 +61,9 @@ def test_driver_memory_shared_by_two_workers_and_checkpointed(ray_local, tmp_pat
     assert ray.get(a.add.remote("go around the Q tiles", "frozenlake")) is True
     assert ray.get(b.retrieve.remote("frozenlake")) == ["go around the Q tiles"]  # B sees A's write
     assert memory.stats()["size"] == 1  # and so does the driver
+    other = connect_memory(erl, "job_memory")  # another process of the job (a rollout worker): the same actor
+    assert [e.text for e in other.retrieve("frozenlake", "grid", 1)] == ["go around the Q tiles"]
+    assert connect_memory(erl, None) is None
     # The driver's episodes call it without yielding to the event loop (no await): batches of
     # generation requests cannot depend on how fast the actor answers.
     assert [e.text for e in memory.retrieve("frozenlake", "grid", 1)] == ["go around the Q tiles"]
@@ -80,4 +84,5 @@ def test_driver_memory_shared_by_two_workers_and_checkpointed(ray_local, tmp_pat
 def test_modes_without_memory_get_none(mode):
     # No Ray needed: these runs must not create, read or write a memory.
     assert create_memory(ErlConfig(mode=mode), "unused") is None
+    assert connect_memory(ErlConfig(mode=mode), "unused") is None
     assert save_memory(None, "/nonexistent") is None and load_memory(None, "/nonexistent") is False

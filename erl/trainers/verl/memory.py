@@ -46,13 +46,24 @@ class BlockingMemory:
 def create_memory(erl: ErlConfig, name: str, namespace: str | None = None) -> Any:
     """The job's memory (a named Ray actor), or None when the mode uses no memory (rlvr,
     no_memory, no_reflection): those runs must not read or write it, not even by accident.
-    Other processes reach the same actor with RayMemoryClient.connect(name)."""
+    Other processes reach the same actor with connect_memory."""
     if not erl.uses_memory:
         return None
     from erl.memory.ray_memory import RayMemoryClient, get_or_create_memory_actor
 
     handle = get_or_create_memory_actor(name, namespace, max_size=erl.memory_size, top_k=erl.memory_top_k)
     return BlockingMemory(RayMemoryClient(handle, name))
+
+
+def connect_memory(erl: ErlConfig, name: str | None) -> Any:
+    """The job's memory seen from another process of the job (a rollout worker running episodes,
+    collect_in_workers), or None where the mode uses none or no actor is named: the actor that
+    create_memory made, never a new one."""
+    if not erl.uses_memory or not name:
+        return None
+    from erl.memory.ray_memory import RayMemoryClient
+
+    return BlockingMemory(RayMemoryClient.connect(name))
 
 
 def save_memory(memory: Any, step_dir: str | Path) -> Path | None:

@@ -62,15 +62,11 @@ class WorkerCollector:
         if key != self._spec:
             from erl.core.config import ErlConfig
             from erl.envs.registry import make_env
+            from erl.trainers.verl.memory import connect_memory
             from erl.workflow.factories import chat_agent_for, load_runner
 
             erl = ErlConfig.from_dict(spec["erl"])
-            memory = self.memory
-            if memory is None and erl.uses_memory and spec.get("memory_actor"):
-                from erl.memory.ray_memory import RayMemoryClient
-                from erl.trainers.verl.memory import BlockingMemory
-
-                memory = BlockingMemory(RayMemoryClient.connect(spec["memory_actor"]))
+            memory = self.memory if self.memory is not None else connect_memory(erl, spec.get("memory_actor"))
             self.workflow = TimedWorkflow(chat_agent_for, make_env, policy=self.policy, config=erl,
                                           memory=memory if erl.uses_memory else None,
                                           max_context_tokens=spec["max_context_tokens"],
