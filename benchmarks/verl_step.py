@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from erl.core.metrics import updated_tokens
+
 TARGET = 1.5  # issue 11: an ERL step at most 1.5x the compute-matched RLVR step
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
         "time/sync_weights", "rollout/sequences", "rollout/batches", "tokens/generated", "rows", "tokens/total",
@@ -70,15 +72,12 @@ def work_ratios(per_step: dict[str, list[dict]]) -> dict[str, float]:
     rollout seconds per generated token, update seconds per such token, and the step ratio ERL would
     have at RLVR's rates (RLVR's rollout and update times scaled by the two work ratios). The
     time ratio less this one is what ERL loses per unit of work: its chain of phases, its longer rows."""
-    def active(m: dict) -> float:
-        return m["tokens/total"] - m.get("train/idle_tokens", 0.0)
-
     rows = []
     for e, r in zip(per_step.get("erl", []), per_step.get("rlvr", [])):
         if any(k not in m for k in ("tokens/generated", "tokens/total", "time/rollout", "time/update") for m in (e, r)):
             return {}  # a trainer that does not log its work
         gen = e["tokens/generated"] / max(r["tokens/generated"], 1.0)
-        upd = active(e) / max(active(r), 1.0)
+        upd = updated_tokens(e) / max(updated_tokens(r), 1.0)
         rows.append({"generated_tokens": gen, "update_tokens": upd,
                      "rollout_time_per_token": e["time/rollout"] / max(r["time/rollout"], 1e-9) / gen,
                      "update_time_per_token": e["time/update"] / max(r["time/update"], 1e-9) / max(upd, 1e-9),

@@ -60,6 +60,12 @@ def sample_metrics(samples: list[TokenSample]) -> dict[str, float]:
     return m
 
 
+def updated_tokens(step_metrics: dict[str, float]) -> float:
+    """Tokens the update's passes ran over: all of the step's rows' tokens but those of rows without
+    gradient, which a backend may skip (`train/idle_tokens`, the local trainer's)."""
+    return step_metrics["tokens/total"] - step_metrics.get("train/idle_tokens", 0.0)
+
+
 def first_attempt_metrics(attempts: list[Trajectory]) -> dict[str, float]:
     """Evaluation: first attempts only (no reflection, no memory), what the deployed model does."""
     return {"eval/success": _mean([float(t.info.get("success", False)) for t in attempts]),

@@ -54,6 +54,7 @@ from erl.core.metrics import (
     first_attempt_metrics,
     memory_store_metrics,
     sample_metrics,
+    updated_tokens,
 )
 from erl.core.samples import episode_to_samples
 from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
@@ -309,9 +310,7 @@ class ErlDriver:
             "time/rollout_engine": gen["generate_seconds"],  # the policy's own; the rest is the episodes' code
             "throughput/gen_tokens_per_s": gen["generated_tokens"] / gen["generate_seconds"]
             if gen["generate_seconds"] > 0 else 0.0,
-            # tokens the update's passes ran over: a backend may skip rows without gradient
-            "throughput/update_tokens_per_s": (metrics["tokens/total"] - metrics.get("train/idle_tokens", 0.0))
-            / max(t2 - t1, 1e-9),
+            "throughput/update_tokens_per_s": updated_tokens(metrics) / max(t2 - t1, 1e-9),
             "train/skipped_steps": float(self.skipped_steps),
             **self.system_metrics(),
         })
