@@ -11,10 +11,15 @@
 #             LOCAL_SETS: its overrides (default the GPU preset on /tmp/smollm2)
 #   probe     resume_probe.py: the original, resumed, control and an engine with a history, in one process
 #   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
-#   verl_driver / verl_workers  the verl trainer (scripts/launch_verl.sh frozenlake_erl, +scale=small_gpu, one
-#             GPU, STEPS_VERL (6) steps, no eval or checkpoint) with the episodes on the driver (default) or
-#             in the worker (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl;
-#             VERL_EXTRA: more overrides (say the hf rollout's kernels)
+#   verl_driver / verl_workers  the verl trainer (scripts/launch_verl.sh frozenlake_erl, +scale=small_gpu,
+#             VERL_GPUS (1) GPUs, STEPS_VERL (6) steps, no eval or checkpoint) with the episodes on the driver
+#             (default) or in the workers (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl
+#             (NAME: the part, with VERL_TAG after it when set); VERL_EXTRA: more overrides (say the hf
+#             rollout's kernels)
+#   bf16      benchmarks/rollout.py's preset=gpu kernels against the trainer's teacher-forced pass and an
+#             fp32 forward (the bf16 log-prob figure), fp32 model, the other variants skipped
+#   profile_erl / profile_rlvr  benchmarks/rollout.py --workload erl, the engine only, cProfile of its
+#             collect (functions by own time, then cumulative): where ERL's host time goes beyond RLVR's
 #             (for verl: the overlay, `GGUF_PARTS=4 source scripts/device_prepare.sh` first)
 # Needs /tmp/smollm2 (GGUF_PARTS=4 source scripts/device_prepare.sh). Output: $OUT/NAME.txt, .json
 set -uo pipefail
@@ -34,16 +39,21 @@ for what in "$@"; do  # parts in the order given
     local_resume)  # scripts/local_resume_check.sh (sessions 25-26 ran the same steps inline here)
       run local_resume 600 env PARALLEL=1 CHECK_DIR=/tmp/lr SAVE_AT=2 bash scripts/local_resume_check.sh \
         ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
+    bf16) run bf16 300 python3 benchmarks/rollout.py --model /tmp/smollm2 --dtype fp32 \
+            --skip eager,graphs,compiled,dynamic,static ;;
+    profile_erl) collect profile_erl --engines engine --profile-host collect ;;
+    profile_rlvr) collect profile_rlvr --engines engine --profile-host collect --set erl.mode=rlvr ;;
     verl_driver|verl_workers)
       inw=false; [ "$what" = verl_workers ] && inw=true
       export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-      rm -rf "/tmp/$what"
-      MODEL_PATH=/tmp/smollm2 ROLLOUT=hf EXPERIMENT=frozenlake_erl N_GPUS_PER_NODE=1 run "$what" 540 \
+      name=$what${VERL_TAG:-}
+      rm -rf "/tmp/$name"
+      MODEL_PATH=/tmp/smollm2 ROLLOUT=hf EXPERIMENT=frozenlake_erl N_GPUS_PER_NODE=${VERL_GPUS:-1} run "$name" 540 \
         bash scripts/launch_verl.sh +scale=small_gpu +env.params.size_max=3 +env.params.max_turns=4 \
         "trainer.total_training_steps=${STEPS_VERL:-6}" trainer.val_before_train=false trainer.test_freq=-1 \
-        trainer.save_freq=-1 trainer.resume_mode=disable "trainer.default_local_dir=/tmp/$what" \
+        trainer.save_freq=-1 trainer.resume_mode=disable "trainer.default_local_dir=/tmp/$name" \
         "erl_trainer.collect_in_workers=$inw" ${VERL_EXTRA:-}
-      cp "/tmp/$what/metrics.jsonl" "$OUT/$what.jsonl" ;;
+      cp "/tmp/$name/metrics.jsonl" "$OUT/$name.jsonl" ;;
     *) echo "unknown part $what" >&2; exit 2 ;;
   esac
 done
