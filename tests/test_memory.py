@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from erl.memory import ReflectionMemory, bag_of_words, cosine
+from erl.memory import MemoryJournal, ReflectionMemory, bag_of_words, cosine
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -198,6 +198,49 @@ def test_save_load_file_round_trip_is_atomic(tmp_path, monkeypatch):
     assert path.read_text() == before and os.listdir(path.parent) == ["memory.json"]
 
 
+def test_a_journal_replayed_on_its_start_ends_where_the_journal_did():
+    """A worker's copy: its calls, replayed on the state it started from, give its own state exactly
+    (entries, order, uses, counters); on a memory that another worker added to first, they act
+    on that memory (the newcomers are ranked and evicted with the rest)."""
+    start = ReflectionMemory(max_size=3, top_k=1)
+    start.add("go right", "lake", 1.0, 1, "grid a")
+    start.add("go down", "lake", 0.5, 2, "grid b")
+    journal = MemoryJournal(start.state_dict())
+    assert [e.text for e in journal.retrieve("lake", "grid b")] == ["go down"]
+    assert journal.add("go left", "lake", 1.0, 3, "grid c") is True
+    assert journal.add("go left", "lake", 0.2, 4, "grid c") is False  # merged: reward stays 1.0, step 4
+    assert journal.add("avoid holes", "lake", 1.0, 4, "grid d") is True  # full: "go down" (0.5) goes
+    assert [e.text for e in journal.retrieve("lake", "grid d")] == ["avoid holes"]
+    with pytest.raises(ValueError):
+        journal.add("", "lake", 1.0)  # refused, and not journaled
+    assert [c[0] for c in journal.calls] == ["retrieve", "add", "add", "add", "retrieve"]
+    assert len(start) == 2  # the copy is private
+
+    replayed = ReflectionMemory()
+    replayed.load_state_dict(start.state_dict())
+    replayed.replay(journal.calls)
+    assert replayed.state_dict() == journal.memory.state_dict()
+    assert [(e.text, e.reward, e.step, e.uses) for e in replayed.entries()] == [
+        ("go right", 1.0, 1, 0), ("go left", 1.0, 4, 0), ("avoid holes", 1.0, 4, 1)]
+    assert replayed.stats()["evictions"] == 1 and replayed.stats()["retrievals"] == 2
+
+    # another worker's reflection reached the memory first: the memory is full one add sooner, so the
+    # same calls evict "go down" (reward 0.5) and then "go right" (1.0, never used, the oldest step)
+    other = ReflectionMemory()
+    other.load_state_dict(start.state_dict())
+    other.add("go up", "lake", 1.0, 3, "grid e")
+    other.replay(journal.calls)
+    assert [e.text for e in other.entries()] == ["go up", "go left", "avoid holes"]
+
+
+def test_replay_refuses_what_is_not_an_add_or_a_retrieval():
+    m = ReflectionMemory()
+    for calls in ([("load_state_dict", [{}])], [("add", "text")], ["add"]):
+        with pytest.raises(ValueError, match="not an"):
+            m.replay(calls)
+    assert m.stats()["adds"] == 0
+
+
 def test_pickle_round_trip():
     m = busy_memory()
     copy = pickle.loads(pickle.dumps(m))
@@ -358,6 +401,21 @@ def test_two_ray_workers_share_one_memory(ray_session):
     assert (s["size"], s["adds"], s["retrievals"], s["hits"]) == (2, 2, 3, 3)
     assert len(client) == 2
     ray.kill(client.handle)  # detached: it would outlive the workers
+
+
+def test_a_worker_journal_replays_on_the_actor_in_one_call(ray_session):
+    from erl.memory.ray_memory import RayMemoryClient
+
+    client = RayMemoryClient.connect("journaled", create=True, max_size=4, top_k=1)
+    client.add_sync("go right", "lake", 1.0, 1, "grid a")
+    journal = MemoryJournal(client.state_dict())  # what a rollout worker starts its phase from
+    journal.retrieve("lake", "grid a")
+    journal.add("avoid holes", "lake", 1.0, 2, "grid b")
+    assert len(client) == 1  # nothing reached the actor yet
+    client.replay(journal.calls)
+    assert client.state_dict() == journal.memory.state_dict()
+    assert [e.text for e in client.entries()] == ["go right", "avoid holes"]
+    ray_session.kill(client.handle)
 
 
 async def test_actor_state_restores_exactly_into_a_fresh_actor(ray_session, tmp_path):

@@ -134,7 +134,9 @@ def _trainer(folder, out, extra=()):
         "trainer.n_gpus_per_node=2", "data.train_batch_size=2", "erl.n_attempt=2", "erl.max_new_tokens=12",
         "erl.max_reflection_tokens=12", "erl.max_turns=2", "erl_trainer.eval_tasks=2", "env.n_train=8",
         "env.n_val=2", "trainer.total_training_steps=3", "trainer.save_freq=2", "trainer.test_freq=2",
-        f"trainer.default_local_dir={out}", "erl.tau=1.0", "erl.reflection_require_tag=false", *extra])
+        f"trainer.default_local_dir={out}", "erl.tau=1.0", "erl.reflection_require_tag=false",
+        # the driver's own collect unless a test asks for the workers' (the hf default: _in_workers)
+        "erl_trainer.collect_in_workers=false", *extra])
     s = validate(cfg)
     from transformers import AutoTokenizer
 
@@ -453,7 +455,11 @@ def _in_workers(folder, out, extra=(), dp=2):
     t.workers.dp_size = dp
     t.policy.generate_fn = lambda data: pytest.fail("the driver's generate path ran")
     engine = t.workers.engine
-    engine.collector = WorkerCollector(engine.policy, memory=t.memory)
+    class StateOnly:  # what a worker may do with the job's memory: read its state, never call it
+        def state_dict(self):
+            return t.memory.state_dict()
+
+    engine.collector = WorkerCollector(engine.policy, memory=StateOnly())
     shares = []
 
     def erl_collect(data):
@@ -484,8 +490,29 @@ def test_collect_in_workers_runs_the_episodes_on_the_workers_engines(tiny_folder
     assert m["rollout/sequences"] == engine["sequences"] - before["sequences"]
     assert 0 < m["time/reflection"] < m["time/rollout"] and "actor/erl/pg_loss" in m
     assert m["memory/size"] == len(t.memory)
+    # each worker's episodes retrieved from their own copy of the memory (StateOnly: never from the
+    # job's); the driver replayed those calls on the job's memory, one retrieval a reflection
+    assert t.memory.stats()["retrievals"] == 4
     ev = t.evaluate()
     assert t.shares[-1] == [1, 1] and 0 <= ev["eval/success"] <= 1  # 2 val tasks, one a worker
+
+
+@pytest.mark.slow
+def test_collect_in_workers_resumes_exactly(tiny_folder, tmp_path):
+    """Two workers, the memory written through their journals: step 3 of a run resumed from its
+    step-2 checkpoint samples and trains as the original's step 3."""
+    a = _in_workers(tiny_folder, tmp_path / "run")
+    a.fit()
+    ck = tmp_path / "run" / "global_step_2"
+    b = _in_workers(tiny_folder, tmp_path / "run", ["trainer.resume_mode=resume_path",
+                                                    f"trainer.resume_from_path={ck}"])
+    b.fit()
+    r3a, r3b = a.tracker.rows[3], b.tracker.rows[3]
+    assert sorted(b.tracker.rows) == [3] and r3a["episodes"] == 4
+    for key in ("attempt1/success", "tokens/generated", "rows", "tokens/total", "memory/size", "memory/hits"):
+        assert r3a[key] == r3b[key], key
+    assert r3a["actor/erl/pg_loss"] == pytest.approx(r3b["actor/erl/pg_loss"], abs=1e-5)
+    assert a.memory.state_dict() == b.memory.state_dict()
 
 
 def test_collect_in_one_worker_samples_what_the_driver_samples_on_that_engine(tiny_folder, tmp_path):
@@ -542,6 +569,11 @@ def test_collect_in_workers_needs_the_hf_backend():
     with pytest.raises(ConfigError, match="collect_in_workers"):
         validate(compose("frozenlake_erl", [*base[:1], "actor_rollout_ref.rollout.name=hf",
                                             "erl_trainer.collect_in_workers=sometimes"]), check_model_files=False)
+    # left unset (null): on with the hf rollout, off with a server rollout, which it would refuse
+    for backend, resolved in (("hf", True), ("vllm", False), ("sglang", False)):
+        s = validate(compose("frozenlake_erl", [*base[:1], f"actor_rollout_ref.rollout.name={backend}"]),
+                     check_model_files=False)
+        assert s.trainer.collect_in_workers is resolved, backend
 
 
 def test_a_worker_whose_event_loop_runs_still_collects(tiny_folder, tmp_path):

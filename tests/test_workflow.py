@@ -8,7 +8,7 @@ from erl.core.config import ErlConfig
 from erl.core.reflection import GUIDANCE_HEADER
 from erl.core.samples import episode_to_samples, trajectory_to_sequences
 from erl.core.types import Segment
-from erl.memory import ReflectionMemory
+from erl.memory import MemoryJournal, ReflectionMemory
 from erl.models.tiny import build_tiny_tokenizer
 from erl.rollout.scripted import ScriptedPolicy
 from erl.workflow.chat_agent import ChatAgent
@@ -153,6 +153,34 @@ def test_memory_is_shown_to_the_next_reflection():
     reflection_prompts = [c for c in policy.calls if "## The attempt" in c]
     assert "Instructions that led to success" not in reflection_prompts[0]
     assert "On the second move say right." in reflection_prompts[1]
+
+
+def test_two_workers_on_journals_sample_the_same_whichever_ran_first():
+    """Two rollout workers, one episode each, start a step from one memory. Writing to the shared
+    memory as they go, the one that runs second reads the other's reflection, so what it writes
+    depends on their timing; on journals (erl.memory.MemoryJournal) replayed in rank order, neither
+    sees the other's within the step, and the step and the memory after it are the same in both
+    orders."""
+    def reflections(mode: str, order: tuple[int, int]) -> tuple[list[str], dict]:
+        shared = ReflectionMemory(max_size=8, top_k=1)
+        start = shared.state_dict()
+        workflows = {rank: make(memory=shared if mode == "shared" else MemoryJournal(start)) for rank in (0, 1)}
+        for rank in order:
+            asyncio.run(workflows[rank][0].run(TASK, f"t0:{rank}"))
+        if mode == "journal":
+            for rank in (0, 1):
+                shared.replay(workflows[rank][0].memory.calls)
+        prompts = [[c for c in workflows[rank][1].calls if "## The attempt" in c][0] for rank in (0, 1)]
+        return ["Instructions that led to success" in p for p in prompts], shared.state_dict()
+
+    assert reflections("shared", (0, 1))[0] == [False, True]  # the timing decides what rank 1 saw
+    assert reflections("shared", (1, 0))[0] == [True, False]
+    first, second = reflections("journal", (0, 1)), reflections("journal", (1, 0))
+    assert first == second and first[0] == [False, False]
+    # replayed in rank order, rank 1's retrieval is made after rank 0's reflection was stored: it
+    # counts a use of it (the memory's counters describe the replay), and rank 1's same text merges
+    assert [(e["text"], e["uses"]) for e in first[1]["entries"]] == [("On the second move say right.", 1)]
+    assert first[1]["counters"]["duplicates"] == 1 and first[1]["counters"]["retrievals"] == 2
 
 
 def test_samples_rows_rewards_and_group_keys():

@@ -181,6 +181,19 @@ class ReflectionMemory:
             self._counts["hits"] += bool(chosen)
             return [replace(e) for e in chosen]
 
+    def replay(self, calls: list) -> None:
+        """Make the calls of a MemoryJournal, in their order, on this memory: ("add" | "retrieve",
+        [arguments]) pairs. Replayed on the state the journal started from, they leave exactly the
+        journal's own state (test); on another, what those calls do there."""
+        calls = list(calls)
+        for call in calls:
+            if not (isinstance(call, (list, tuple)) and len(call) == 2 and call[0] in ("add", "retrieve")
+                    and isinstance(call[1], (list, tuple))):
+                raise ValueError(f"replay: not an (add | retrieve, [arguments]) call: {call!r}")
+        with self._lock:
+            for method, args in calls:
+                getattr(self, method)(*args)
+
     def entries(self) -> list[MemoryEntry]:
         """Copies of all entries in insertion order (for inspection; counts no use)."""
         with self._lock:
@@ -266,3 +279,32 @@ class ReflectionMemory:
         self._chosen.clear()
         self._entries.remove(entry)
         del self._bags[entry.added]
+
+
+class MemoryJournal:
+    """A private copy of a memory for one phase of one worker, and the calls made on it.
+
+    Rollout workers that share one memory actor would see each other's reflections when their
+    timing says, so a step's episodes, and a resumed run's, would depend on which worker was
+    faster. A worker instead starts each phase from the memory's state (`state`), retrieves
+    from and adds to its copy, and hands `calls` back; the driver replays every worker's calls
+    on the shared memory in rank order. A worker sees its own additions at once and the others'
+    from the next step on; with one worker nothing changes (the replay ends where the copy did)."""
+
+    def __init__(self, state: dict):
+        self.memory = ReflectionMemory()
+        self.memory.load_state_dict(state)
+        self.calls: list[tuple[str, list]] = []
+
+    def add(self, text: str, key: str, reward: float, step: int = 0, query: str = "") -> bool:
+        stored = self.memory.add(text, key, reward, step, query)  # checks its arguments first
+        self.calls.append(("add", [text, key, float(reward), int(step), query]))
+        return stored
+
+    def retrieve(self, key: str, query: str = "", k: int | None = None) -> list[MemoryEntry]:
+        chosen = self.memory.retrieve(key, query, k)
+        self.calls.append(("retrieve", [key, query, k]))
+        return chosen
+
+    def __len__(self) -> int:
+        return len(self.memory)

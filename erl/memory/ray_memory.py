@@ -29,7 +29,7 @@ class MemoryActor:
     Ray runs a plain (non-async) actor's calls one at a time, in arrival order per caller.
     """
 
-    _METHODS = frozenset({"add", "retrieve", "stats", "state_dict", "load_state_dict", "save",
+    _METHODS = frozenset({"add", "retrieve", "replay", "stats", "state_dict", "load_state_dict", "save",
                           "entries", "__len__"})
 
     def __init__(self, max_size: int, top_k: int):
@@ -173,6 +173,10 @@ class RayMemoryClient:
 
     def retrieve_sync(self, key: str, query: str = "", k: int | None = None) -> list[MemoryEntry]:
         return self._get(self._call("retrieve", key, query, k))
+
+    def replay(self, calls: list) -> None:
+        """ReflectionMemory.replay on the actor: a worker's MemoryJournal calls, in one round trip."""
+        self._get(self._call("replay", list(calls)))
 
     def stats(self) -> dict[str, float]:
         return self._get(self._call("stats"))

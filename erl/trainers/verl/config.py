@@ -7,7 +7,7 @@ field's name instead of surfacing minutes later from inside a Ray worker.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,14 +91,16 @@ class ErlTrainerConfig:
     runner: str | None = None  # "package.module:factory" -> an AttemptRunner (e.g. a LangGraph agent)
     progress: bool = True  # a tqdm bar over the steps (off for logs that should hold only metrics)
     log_episodes: int = 2  # episodes a step written as text to samples.jsonl beside the metrics (0: none)
-    collect_in_workers: bool = False  # hf: each worker runs its share of the episodes on its engine
+    # each hf worker runs its share of the episodes on its engine; null: on with the hf rollout
+    # (vllm and sglang take each request as it comes already, through verl's servers)
+    collect_in_workers: bool | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> ErlTrainerConfig:
         out = cls(**check_keys("erl_trainer", data, cls))
         check_ints("erl_trainer", out, ("eval_tasks", "max_context_tokens"), 1)
         check_ints("erl_trainer", out, ("log_episodes",), 0)
-        check_bools("erl_trainer", out, ("progress", "collect_in_workers"))
+        check_bools("erl_trainer", out, ("progress",) + (("collect_in_workers",) if out.collect_in_workers is not None else ()))
         if not out.memory_actor or not isinstance(out.memory_actor, str):
             raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
         if isinstance(out.seed, bool) or not isinstance(out.seed, int) or out.seed < 0:
@@ -197,7 +199,9 @@ def validate(cfg: Any, check_model_files: bool = True) -> Settings:
     if backend == "hf" and rollout.get("tensor_model_parallel_size", 1) != 1:
         raise ConfigError("actor_rollout_ref.rollout.tensor_model_parallel_size must be 1 with the hf backend "
                           "(each GPU holds a whole copy of the policy for generation)")
-    if trainer.collect_in_workers and backend != "hf":
+    if trainer.collect_in_workers is None:
+        trainer = replace(trainer, collect_in_workers=backend == "hf")
+    elif trainer.collect_in_workers and backend != "hf":
         raise ConfigError(f"erl_trainer.collect_in_workers needs actor_rollout_ref.rollout.name=hf (got {backend!r}): "
                           "vllm and sglang already take each request as it comes, through verl's servers")
     model = arr.get("model") or {}

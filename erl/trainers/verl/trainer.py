@@ -102,6 +102,11 @@ class ErlVerlTrainer(ErlDriver):
         meta = {"spec": self.spec, "phase": phase, "seed": self.policy.seed, "step": self.step_count,
                 "temperature": temperature}
         results, per_worker = self.workers.collect(items, meta)
+        # what each worker's episodes did on their copy of the memory, on the job's memory, in rank
+        # order (erl.memory.MemoryJournal): the memory after a step does not depend on the workers' timing
+        for stats in per_worker:
+            if stats.get("memory_calls"):
+                self.memory.replay(stats["memory_calls"])
         merged = merge_stats(per_worker)
         for k in self.policy.stats:
             self.policy.stats[k] += type(self.policy.stats[k])(merged.get(k, 0))

@@ -10,9 +10,12 @@ on its own engine, and returns them to the driver, which trains on them as befor
 
 What a worker needs to build the workflow travels as a plain dict (`spec`): the `erl:` config,
 the context limit, the runner's import path and the reflection memory's actor name (every worker
-connects to the job's one memory actor). With one worker a step is as deterministic as the driver's
-collect; with several, when one worker's reflection reaches the shared memory relative to another's
-retrieval depends on their timing, as with verl's own agent loop.
+connects to the job's one memory actor). A worker does not write to that actor while its episodes
+run: it collects on a private copy of the memory (erl.memory.MemoryJournal) and returns the calls its
+episodes made, which the driver replays on the actor in rank order. Were the workers to write as they
+go, which reflection one of them retrieved would depend on how fast another had been, and a resumed
+run, or two runs of one config, would sample other episodes. So a step is a function of its seed and
+the workers' count: with one worker it is the driver's collect, token for token.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from erl.memory import MemoryJournal
 from erl.trainers.driver import GEN_STATS, TimedWorkflow, gather_all, run_phase, seed_all
 
 # The policy's counters that a step reports (GEN_STATS): summed over the workers, except the
@@ -55,6 +59,7 @@ class WorkerCollector:
     def __init__(self, policy: Any, memory: Any = None):
         self.policy, self.memory = policy, memory
         self.workflow: Any = None
+        self.shared: Any = None  # the job's memory (its actor's client), which a phase starts from
         self._spec = ""
 
     def workflow_for(self, spec: dict) -> Any:
@@ -67,8 +72,8 @@ class WorkerCollector:
 
             erl = ErlConfig.from_dict(spec["erl"])
             memory = self.memory if self.memory is not None else connect_memory(erl, spec.get("memory_actor"))
-            self.workflow = TimedWorkflow(chat_agent_for, make_env, policy=self.policy, config=erl,
-                                          memory=memory if erl.uses_memory else None,
+            self.shared = memory if erl.uses_memory else None
+            self.workflow = TimedWorkflow(chat_agent_for, make_env, policy=self.policy, config=erl, memory=None,
                                           max_context_tokens=spec["max_context_tokens"],
                                           runner=load_runner(spec.get("runner")))
             self._spec = key
@@ -77,10 +82,14 @@ class WorkerCollector:
     def run(self, items: list, meta: dict) -> tuple[list, dict]:
         """items: {"task", "uid"} (phase "collect": an Episode each) or {"task"} (phase "eval": a
         first attempt at meta["temperature"]), None for the driver's padding (None back). meta:
-        spec, phase, seed, step. Returns the results in order and this worker's counters."""
+        spec, phase, seed, step. Returns the results in order and this worker's counters, with the
+        calls its episodes made on the memory (`memory_calls`, for the driver to replay) if any."""
         wf = self.workflow_for(meta["spec"])
         wf.step = int(meta.get("step", 0))
+        wf.memory = None  # an eval's first attempts use no memory
         if meta["phase"] == "collect":
+            if self.shared is not None:
+                wf.memory = MemoryJournal(self.shared.state_dict())
             coros = [wf.run(it["task"], it["uid"]) for it in items if it is not None]
         elif meta["phase"] == "eval":
             coros = [wf.attempt(it["task"], "attempt1", temperature=meta["temperature"]) for it in items if it is not None]
@@ -95,4 +104,6 @@ class WorkerCollector:
         done = iter(run_phase(self.policy, gather_all(coros)))
         stats = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         stats["reflection_seconds"] = wf.take_reflection_time()
+        if wf.memory is not None:
+            stats["memory_calls"] = wf.memory.calls
         return [None if it is None else next(done) for it in items], stats
