@@ -60,7 +60,7 @@ LOCAL_ONLY = ("loss/", "lr", "train/skipped", "train/idle", "train/micro_batches
               "rollout/decode_steps", "rollout/prefill_forwards", "time/rollout_prefill", "time/rollout_decode",
               "time/rollout_gpu_wait")
 VERL_ONLY = ("actor/", "time/old_log_prob", "time/ref_log_prob", "time/update_actor", "time/sync_weights")
-UNTIMED = ("time/", "throughput/", "system/")  # wall clock and process memory
+UNTIMED = ("time/", "throughput/", "system/", "perf/gc_full")  # wall clock, process memory and its collector
 
 
 def test_advantage_mean_abs_weighs_rows_by_their_trained_tokens():
@@ -104,7 +104,8 @@ def test_both_trainers_report_the_same_step_metrics_on_the_same_episodes(tmp_pat
     shared = set(m_local) & set(m_verl)
     assert shared >= set(EXPECTED) | {"time/rollout", "time/reflection", "time/update", "time/step",
                                       "rollout/batches", "throughput/gen_tokens_per_s",
-                                      "throughput/update_tokens_per_s", "system/peak_rss_gb", "memory/size"}
+                                      "throughput/update_tokens_per_s", "system/peak_rss_gb", "memory/size",
+                                      "perf/gc_full_passes", "perf/gc_full_seconds"}
     for key in shared:
         if not key.startswith(UNTIMED):
             assert m_local[key] == m_verl[key], key

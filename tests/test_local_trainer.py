@@ -493,7 +493,7 @@ def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
     also when the rollout fails."""
     import gc
 
-    from erl.trainers.driver import frozen_heap
+    from erl.trainers.heap import frozen_heap
 
     assert gc.get_freeze_count() == 0
     with frozen_heap():
@@ -510,6 +510,31 @@ def test_a_rollout_leaves_the_objects_alive_before_it_out_of_full_collections():
     with pytest.raises(RuntimeError), frozen_heap():
         raise RuntimeError("episode failed")
     assert gc.get_freeze_count() == 0
+
+
+def test_full_garbage_collections_are_counted_with_their_seconds():
+    """erl.trainers.heap.FullPasses counts generation-2 passes only, once each however often it is
+    installed, and times them from start to stop."""
+    import gc
+
+    from erl.trainers.heap import FullPasses
+
+    passes = FullPasses.install()
+    assert FullPasses.install() is passes and gc.callbacks.count(passes) == 1
+    n, secs = passes.totals()
+    gc.collect(0)
+    gc.collect(1)
+    assert passes.totals() == (n, secs)
+    gc.collect()
+    gc.collect(2)
+    assert passes.passes == n + 2 and passes.seconds > secs
+    counter = FullPasses()  # by hand: a start at t and a stop give the time between them
+    counter("start", {"generation": 2})
+    counter("stop", {"generation": 1})  # another generation's stop is not this pass's
+    assert counter.totals() == (0, 0.0)
+    counter("stop", {"generation": 2})
+    counter("stop", {"generation": 2})  # a stop without a start counts nothing
+    assert counter.passes == 1 and 0 <= counter.seconds < 1
 
 
 def test_lora_adapters_start_from_the_seed_whatever_loading_drew(monkeypatch):

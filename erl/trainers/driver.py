@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import random
 import resource
 import sys
@@ -61,6 +60,7 @@ from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
 from erl.core.types import Episode, TokenSample
 from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
+from erl.trainers.heap import FullPasses, frozen_heap
 from erl.tracking import samples_path
 from erl.workflow.erl_workflow import ErlWorkflow
 
@@ -77,19 +77,6 @@ ENGINE_STATS = {"decode_steps": "rollout/decode_steps", "prefill_forwards": "rol
 
 class NonFiniteStepError(RuntimeError):
     """Too many updates in a row were refused for a non-finite loss or gradient."""
-
-
-@contextlib.contextmanager
-def frozen_heap():
-    """The objects alive before a rollout (model, tasks, memory, earlier steps' records) stay out
-    of the garbage collector's full passes during it (gc.freeze, as vLLM does after start-up): a
-    rollout allocates fast enough to set off such passes, and each one walked every object the
-    trainer holds. They rejoin the collector afterwards, so nothing is kept longer."""
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def reset_policy(policy: Any) -> None:
@@ -202,6 +189,7 @@ class ErlDriver:
         self.cursor = 0  # position in the endless, epoch-shuffled task stream
         self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
         self.consecutive_skips = 0
+        self.gc_passes = FullPasses.install()
 
     # ---- backend hooks (see the module docstring) ---------------------------------------
     def update(self, samples: list[TokenSample], advantages: torch.Tensor) -> dict[str, float]:
@@ -279,6 +267,7 @@ class ErlDriver:
         """One training step; returns its metrics."""
         self.seed_sampling(step_seed(self.seed, self.step_count))  # sampling depends only on (seed, step)
         before = dict(self.policy.stats)  # the policy's counters run on over the steps
+        gc_passes, gc_seconds = self.gc_passes.totals()
         t0 = time.perf_counter()
         episodes = self.collect(self.next_tasks())
         t1 = time.perf_counter()
@@ -312,6 +301,9 @@ class ErlDriver:
             if gen["generate_seconds"] > 0 else 0.0,
             "throughput/update_tokens_per_s": updated_tokens(metrics) / max(t2 - t1, 1e-9),
             "train/skipped_steps": float(self.skipped_steps),
+            # the garbage collector's full passes during the step (erl.trainers.heap)
+            "perf/gc_full_passes": float(self.gc_passes.passes - gc_passes),
+            "perf/gc_full_seconds": self.gc_passes.seconds - gc_seconds,
             **self.system_metrics(),
         })
         if "graphs_recorded" in gen:
