@@ -170,7 +170,7 @@ def test_two_workers_on_journals_sample_the_same_whichever_ran_first():
         if mode == "journal":
             for rank in (0, 1):
                 shared.replay(workflows[rank][0].memory.calls)
-        prompts = [[c for c in workflows[rank][1].calls if "## The attempt" in c][0] for rank in (0, 1)]
+        prompts = [next(c for c in workflows[rank][1].calls if "## The attempt" in c) for rank in (0, 1)]
         return ["Instructions that led to success" in p for p in prompts], shared.state_dict()
 
     assert reflections("shared", (0, 1))[0] == [False, True]  # the timing decides what rank 1 saw

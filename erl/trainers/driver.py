@@ -60,8 +60,8 @@ from erl.core.stream import EVAL_SEED_OFFSET, next_tasks, step_seed
 from erl.core.types import Episode, TokenSample
 from erl.fileio import move_aside
 from erl.progress import bar_postfix, gather_with_bar, log, step_summary, task_bar
-from erl.trainers.heap import FullPasses, frozen_heap
 from erl.tracking import samples_path
+from erl.trainers.heap import FullPasses, frozen_heap
 from erl.workflow.erl_workflow import ErlWorkflow
 
 GEN_STATS = ("generated_tokens", "generate_seconds", "batches", "sequences")  # every policy counts these
