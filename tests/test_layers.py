@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "erl"
 
 FLOORS = {
     "erl.core": 0,                      # math, data model, the shared protocols
-    "erl.fileio": 1,
+    "erl.fileio": 1, "erl.trainers.heap": 1,
     "erl.models": 2, "erl.memory": 2, "erl.tracking": 2, "erl.progress": 2,
     "erl.envs": 3, "erl.rollout": 3,
     "erl.workflow": 4,
