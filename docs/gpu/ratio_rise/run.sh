@@ -13,7 +13,8 @@
 #   probe_plain  the same without the compiled regions and flex (the efficient kernel, as verl's workers)
 #   verl_driver / verl_workers  the verl trainer (scripts/launch_verl.sh frozenlake_erl, +scale=small_gpu,
 #             VERL_GPUS (1) GPUs, STEPS_VERL (6) steps, no eval or checkpoint) with the episodes on the driver
-#             (default) or in the workers (erl_trainer.collect_in_workers=true); metrics into $OUT/NAME.jsonl
+#             (collect_in_workers=false) or in the workers (=true, the hf default since the twenty-seventh
+#             session); metrics into $OUT/NAME.jsonl
 #             (NAME: the part, with VERL_TAG after it when set); VERL_EXTRA: more overrides (say the hf
 #             rollout's kernels)
 #   bf16      benchmarks/rollout.py's preset=gpu kernels against the trainer's teacher-forced pass and an

@@ -1,12 +1,13 @@
 """Episodes run inside each hf rollout worker, next to its engine (`erl_trainer.collect_in_workers`).
 
-By default the driver runs every episode and sends the workers' engines one batch of requests at a
-time (erl.trainers.verl.rollout.WorkerGroupPolicy): each turn of each attempt waits for the whole
-batch, ~10 lockstep generate calls a step. The local trainer instead lets an episode's next request
-reach its engine the moment the episode is ready, and its engine generated about twice the verl
-path's tokens/s on the same GPU (docs/gpu/gpu2_scaling). Here each worker runs its share of the
-step's episodes the local trainer's way, with the same workflow (erl.trainers.driver.TimedWorkflow)
-on its own engine, and returns them to the driver, which trains on them as before.
+The other way (`collect_in_workers=false`): the driver runs every episode and sends the workers'
+engines one batch of requests at a time (erl.trainers.verl.rollout.WorkerGroupPolicy), so each turn
+of each attempt waits for the whole batch, ~10 lockstep generate calls a step. The local trainer
+instead lets an episode's next request reach its engine the moment the episode is ready. Here (the
+default with the hf rollout) each worker runs its share of the step's episodes that way, with the
+same workflow (erl.trainers.driver.TimedWorkflow) on its own engine, and returns them to the driver,
+which trains on them as before: on two H200, 35-42k generated tokens/s against 25-28k from the
+driver (docs/gpu/workers_journal).
 
 What a worker needs to build the workflow travels as a plain dict (`spec`): the `erl:` config,
 the context limit, the runner's import path and the reflection memory's actor name (every worker
