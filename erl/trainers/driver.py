@@ -267,7 +267,7 @@ class ErlDriver:
         """One training step; returns its metrics."""
         self.seed_sampling(step_seed(self.seed, self.step_count))  # sampling depends only on (seed, step)
         before = dict(self.policy.stats)  # the policy's counters run on over the steps
-        gc_passes, gc_seconds = self.gc_passes.totals()
+        gc_mark = self.gc_passes.totals()
         t0 = time.perf_counter()
         episodes = self.collect(self.next_tasks())
         t1 = time.perf_counter()
@@ -287,6 +287,7 @@ class ErlDriver:
         metrics.update(self.after_update(self.step_count + 1))
         t3 = time.perf_counter()
         self.step_count += 1
+        gc_passes, gc_seconds = (now - then for now, then in zip(self.gc_passes.totals(), gc_mark))
         if self.log_episodes and self.tracker is not None:  # resume truncates these with the metrics
             self.tracker.log_samples(self.step_count, [episode_record(e) for e in episodes[:self.log_episodes]])
         metrics.update({
@@ -302,8 +303,8 @@ class ErlDriver:
             "throughput/update_tokens_per_s": updated_tokens(metrics) / max(t2 - t1, 1e-9),
             "train/skipped_steps": float(self.skipped_steps),
             # the garbage collector's full passes during the step (erl.trainers.heap)
-            "perf/gc_full_passes": float(self.gc_passes.passes - gc_passes),
-            "perf/gc_full_seconds": self.gc_passes.seconds - gc_seconds,
+            "perf/gc_full_passes": float(gc_passes),
+            "perf/gc_full_seconds": gc_seconds,
             **self.system_metrics(),
         })
         if "graphs_recorded" in gen:

@@ -100,7 +100,9 @@ class ErlTrainerConfig:
         out = cls(**check_keys("erl_trainer", data, cls))
         check_ints("erl_trainer", out, ("eval_tasks", "max_context_tokens"), 1)
         check_ints("erl_trainer", out, ("log_episodes",), 0)
-        check_bools("erl_trainer", out, ("progress",) + (("collect_in_workers",) if out.collect_in_workers is not None else ()))
+        check_bools("erl_trainer", out, ("progress",))
+        if out.collect_in_workers is not None:  # null: resolved against the rollout backend (validate)
+            check_bools("erl_trainer", out, ("collect_in_workers",))
         if not out.memory_actor or not isinstance(out.memory_actor, str):
             raise ConfigError("erl_trainer.memory_actor must be a non-empty actor name")
         if isinstance(out.seed, bool) or not isinstance(out.seed, int) or out.seed < 0:
