@@ -230,12 +230,16 @@ def erl_workload(args) -> None:
         kind, _, mode = name.partition(":")  # engine:reduce-overhead = the engine with a compiled decode
         own = kind == "engine-own"  # the engine without KV lent between slots
         eager = kind == "engine-eager"  # the engine without CUDA graphs
-        policy = build_policy(trainer.model, trainer.tokenizer, "engine" if own or eager else kind,
+        whole = kind == "engine-bf16"  # on a copy as verl's hf rollout holds one: all bf16, no autocast
+        model = bf16_copy(trainer.model) if whole else trainer.model
+        policy = build_policy(model, trainer.tokenizer, "engine" if own or eager or whole else kind,
                               max_batch_size=tc.gen_batch_size, compile=mode or False,
                               cuda_graphs=tc.rollout_cuda_graphs and not eager, lend=not own,
                               decode_attention=tc.rollout_decode_attention, merge_lora=tc.rollout_merge_lora,
                               regions=tc.rollout_regions,
                               autocast_dtype=trainer.autocast_dtype)  # the trainer's own rollout copy
+        # verl's workers generate without autocast; the trainer's other copies with it
+        trainer.rollout_context = contextlib.nullcontext if whole else type(trainer).rollout_context.__get__(trainer)
         for opt in opts:
             try:
                 set_attribute(policy, opt)
@@ -294,6 +298,23 @@ def erl_workload(args) -> None:
         print(f"{names[-1]} inside the trainer's collect: {inside:,.0f} generated tok/s (collect wall time); static-cache "
               f"compiled generate on the same {len(requests)} requests, batches of {args.batch or 512}: {raw:,.0f} tok/s "
               f"(every row's steps; {best:,.0f} of them requested); ratio {inside / raw:.2f}", flush=True)
+
+
+def bf16_copy(model):
+    """The generation copy verl's hf rollout holds (erl.trainers.verl.hf_rollout): the weights of
+    `model` (LoRA merged in) in a model wholly in bf16 on CUDA, its projections fused, run without
+    autocast; the local trainer's copy keeps fp32 norms and embedding under bf16 autocast."""
+    from erl.rollout.fused import fuse_projections
+
+    plain = copy.deepcopy(model)
+    if callable(getattr(plain, "merge_and_unload", None)):
+        plain = plain.merge_and_unload()
+    plain = plain.to(torch.bfloat16 if next(plain.parameters()).is_cuda else torch.float32).eval()
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    if next(plain.parameters()).is_cuda:
+        fuse_projections(plain)
+    return plain
 
 
 def recorded(generate, requests: list):
@@ -505,7 +526,7 @@ def main(argv=None):
                     help="erl: the local trainer's eval + collect with its config (see above)")
     ap.add_argument("--set", action="append", default=[], help="--workload erl: a config override (repeatable)")
     ap.add_argument("--engines", default="hf,engine", help="--workload erl: rollout policies, in this order (hf, engine, "
-                         "engine:<torch.compile mode>, engine-own: no KV lent between slots, engine-eager: no CUDA graphs; +attr=value sets an engine attribute, e.g. engine+admit_ratio=0.5)")
+                         "engine:<torch.compile mode>, engine-own: no KV lent between slots, engine-eager: no CUDA graphs, engine-bf16: on verl's hf rollout copy (all bf16, no autocast); +attr=value sets an engine attribute, e.g. engine+admit_ratio=0.5)")
     ap.add_argument("--ceiling", action="store_true",
                     help="--workload erl: also run static-cache compiled generate on the requests of the last "
                          "policy's collect (batches of --batch, default 512) and print the ratio")

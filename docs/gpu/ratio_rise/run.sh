@@ -19,6 +19,9 @@
 #             rollout's kernels)
 #   bf16      benchmarks/rollout.py's preset=gpu kernels against the trainer's teacher-forced pass and an
 #             fp32 forward (the bf16 log-prob figure), fp32 model, the other variants skipped
+#   copies    benchmarks/rollout.py --workload erl: the engine on the local trainer's rollout copy (fp32 norms
+#             and embedding, bf16 linears, autocast) and on verl's hf copy (all bf16, no autocast), alternating
+#             (COPIES: the --engines list)
 #   profile_erl / profile_rlvr  benchmarks/rollout.py --workload erl, the engine only, cProfile of its
 #             collect (functions by own time, then cumulative): where ERL's host time goes beyond RLVR's
 #             (for verl: the overlay, `GGUF_PARTS=4 source scripts/device_prepare.sh` first)
@@ -42,6 +45,7 @@ for what in "$@"; do  # parts in the order given
         ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
     bf16) run bf16 300 python3 benchmarks/rollout.py --model /tmp/smollm2 --dtype fp32 \
             --skip eager,graphs,compiled,dynamic,static ;;
+    copies) collect copies --engines "${COPIES:-engine,engine-bf16,engine,engine-bf16}" ;;
     profile_erl) collect profile_erl --engines engine --profile-host collect ;;
     profile_rlvr) collect profile_rlvr --engines engine --profile-host collect --set erl.mode=rlvr ;;
     verl_driver|verl_workers)
