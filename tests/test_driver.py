@@ -122,3 +122,30 @@ def test_loss_units_weigh_micro_batches_as_both_trainers_accumulate():
     # a micro-batch of rows with 3, 0 and 2 trained tokens: 5 tokens; 2 rows that train anything
     assert loss_units([3, 0, 2], "token-mean") == 5
     assert loss_units([3, 0, 2], "seq-mean-token-mean") == loss_units([3.0, 0.0, 2.0], "seq-mean-token-sum") == 2
+
+
+@pytest.mark.parametrize("inside_a_loop", [False, True])
+def test_a_phase_runs_its_episodes_inside_the_rollout_context(inside_a_loop):
+    """The rollout context (the local trainer's bf16 autocast) holds where the episodes run. Inside
+    a running event loop (verl's Ray async actor, a notebook) they run on a thread of their own, and
+    autocast is per thread: entered only in the caller, a rollout copy with bf16 linears and fp32
+    norms met fp32 inputs there."""
+    import asyncio
+
+    import torch
+
+    from erl.trainers.driver import run_phase
+
+    async def episodes():
+        await asyncio.sleep(0)
+        return [torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")]
+
+    def phase():
+        return run_phase(None, episodes(), torch.autocast("cpu", dtype=torch.bfloat16))
+
+    async def actor_method():
+        return phase()
+
+    seen = asyncio.run(actor_method()) if inside_a_loop else phase()
+    assert seen == [True, torch.bfloat16]
+    assert not torch.is_autocast_enabled("cpu")

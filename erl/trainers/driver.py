@@ -92,21 +92,25 @@ async def gather_all(coros: list) -> list:
     return list(await asyncio.gather(*coros))
 
 
-def run_to_end(coro: Coroutine[Any, Any, Any]) -> Any:
-    """asyncio.run(coro), also from a thread whose event loop is running: verl's worker is a Ray
-    async actor (its update_weights is a coroutine), whose methods run on the actor's loop, where
-    asyncio.run refuses. There the coroutine gets a loop of its own in a thread, on this thread's
-    CUDA device (torch's current device is per thread)."""
+def run_to_end(coro: Coroutine[Any, Any, Any], context: Any = None) -> Any:
+    """asyncio.run(coro) inside `context`, also from a thread whose event loop is running: verl's
+    worker is a Ray async actor (its update_weights is a coroutine), whose methods run on the
+    actor's loop, where asyncio.run refuses (so does a notebook's). There the coroutine gets a loop
+    of its own in a thread, on this thread's CUDA device, and `context` is entered in that thread:
+    torch's current device and autocast are per thread, and a rollout copy with bf16 linears and
+    fp32 norms (erl.rollout.merged.cast_linears) runs only under its autocast."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        with context or contextlib.nullcontext():
+            return asyncio.run(coro)
     device = torch.cuda.current_device() if torch.cuda.is_available() else None
 
     def run() -> Any:
         if device is not None:
             torch.cuda.set_device(device)
-        return asyncio.run(coro)
+        with context or contextlib.nullcontext():
+            return asyncio.run(coro)
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erl-phase") as pool:
         return pool.submit(run).result()
@@ -117,8 +121,8 @@ def run_phase(policy: Any, gathered: Coroutine[Any, Any, list], context: Any = N
     or in a rollout worker: the policy fresh (reset_policy), inside `context` (the local trainer's
     bf16 autocast), the heap from before frozen out of full GC passes."""
     reset_policy(policy)
-    with context or contextlib.nullcontext(), frozen_heap():
-        return run_to_end(gathered)
+    with frozen_heap():
+        return run_to_end(gathered, context)
 
 
 def seed_all(seed: int) -> None:
