@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from erl.core.metrics import updated_tokens
+from erl.trainers.heap import settled_heap
 
 TARGET = 1.5  # issue 11: an ERL step at most 1.5x the compute-matched RLVR step
 KEYS = ("time/step", "time/rollout", "time/reflection", "time/update", "time/old_log_prob", "time/ref_log_prob", "time/update_actor",
@@ -43,11 +44,13 @@ ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     """Alternate steps of the two trainers; medians of the measured (post-warm-up) steps."""
     runs: dict[str, list[dict]] = {"erl": [], "rlvr": []}
-    for i in range(warmup + steps):
-        for name, trainer in (("erl", erl), ("rlvr", rlvr)):
-            m = trainer.step()
-            if i >= warmup:
-                runs[name].append(m)
+    with settled_heap() as heap:  # as a trainer's fit settles its heap after its first step
+        for i in range(warmup + steps):
+            for name, trainer in (("erl", erl), ("rlvr", rlvr)):
+                m = trainer.step()
+                if i >= warmup:
+                    runs[name].append(m)
+            heap.settle()
     # a key no step logged is left out (the report skips it); one logged as 0 stays, as 0
     out = {name: {k: statistics.median(float(m.get(k, 0.0)) for m in ms) for k in KEYS if any(k in m for m in ms)}
            for name, ms in runs.items()}

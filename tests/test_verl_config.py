@@ -57,6 +57,7 @@ def test_small_gpu_scale_gives_the_local_gpu_preset_shape():
         assert a["model"]["override_config"]["attn_implementation"] == "sdpa"
         assert s.cfg["trainer"]["n_gpus_per_node"] == 1 and s.trainer.eval_tasks == 64
         assert a["rollout"]["max_num_seqs"] == 1024  # the engine's slots: the local gen_batch_size
+        assert a["rollout"]["engine_kwargs"]["hf"] == {"regions": True, "decode_attention": "flex"}  # its kernels
 
 
 def test_lora_with_the_hf_rollout_needs_merged_sync():

@@ -380,6 +380,52 @@ def test_hf_rollout_fused_copy_takes_weight_syncs(tiny_folder):
         assert g.logprobs == pytest.approx(w.logprobs, abs=1e-5)
 
 
+def test_hf_rollout_mixed_copy_runs_under_its_autocast_and_follows_syncs(tiny_folder):
+    """`engine_kwargs.hf.precision=mixed` (the default on CUDA, asked for here on CPU): the local
+    trainer's bf16 rollout copy, whose fp32 hidden states the engine's fused norms and compiled
+    regions take. Its linears are bf16, so it generates only under its autocast: on the caller's
+    thread and on the thread a phase runs on inside a running event loop (verl's async actor). The
+    tied head, untied by the cast, follows the embedding a weight sync writes (a tied model's named
+    parameters name only the embedding). Its log-probs are the fp32 copy's to bf16's precision."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erl.trainers.verl.worker_collect import WorkerCollector
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_folder))
+    model_cfg = types.SimpleNamespace(local_path=str(tiny_folder), path=str(tiny_folder), tokenizer=tok)
+    mixed = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs={"hf": {"precision": "mixed"}}),
+                            model_cfg)
+    fp32 = HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8), model_cfg)
+    layer = mixed.model.model.layers[0]
+    assert (layer.self_attn.q_proj.weight.dtype, layer.input_layernorm.weight.dtype) == (torch.bfloat16, torch.float32)
+    assert mixed.model.model.embed_tokens.weight.dtype == torch.float32 and mixed.model.lm_head.weight.dtype == torch.bfloat16
+    assert fp32.precision == "fp32" and layer.self_attn.q_proj.weight.dtype != fp32.model.model.layers[0].self_attn.q_proj.weight.dtype
+    trained = AutoModelForCausalLM.from_pretrained(str(tiny_folder))
+    torch.manual_seed(0)  # whatever ran before: greedy tokens near a tie could otherwise differ in bf16
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert "lm_head.weight" not in dict(trained.named_parameters())
+    for engine in (mixed, fp32):
+        engine.load_named_tensors(trained.named_parameters())
+    assert torch.equal(mixed.model.lm_head.weight, trained.model.embed_tokens.weight.to(torch.bfloat16))
+    prompts = [tok.encode("go left"), tok.encode("go up now")]
+    got, want = mixed.generate(prompts, 0.0, 1.0, 6), fp32.generate(prompts, 0.0, 1.0, 6)
+    assert not torch.is_autocast_enabled("cpu")  # entered for the generation only
+    for g, w in zip(got, want):
+        n = next((i for i, (a, b) in enumerate(zip(g.token_ids, w.token_ids)) if a != b), len(w.token_ids))
+        assert n >= 1 and g.logprobs[:n] == pytest.approx(w.logprobs[:n], abs=0.05)
+
+    async def actor_method():  # a phase inside a running loop runs on a thread of its own
+        return WorkerCollector(mixed.policy, context=mixed.context).run(
+            [{"task": task} for task in make_tasks("frozenlake", 2, seed=0, split="val")],
+            {"spec": {"erl": {"max_new_tokens": 4, "max_turns": 1}, "max_context_tokens": 512, "runner": None,
+                      "memory_actor": None}, "phase": "eval", "temperature": 1.0, "seed": 3})
+
+    attempts, stats = asyncio.run(actor_method())
+    assert len(attempts) == 2 and stats["sequences"] == 2
+
+
 def test_hf_rollout_engine_choice(tiny_folder):
     """rollout.engine_kwargs.hf.engine picks the generation path of verl's `hf` rollout: the
     engine by default (as the local trainer's rollout_engine=auto), batched generate with `hf`;

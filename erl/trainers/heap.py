@@ -7,6 +7,14 @@ the tokenizer, torch.compile's caches, the tasks, the memory. On a CPU with the 
 freezes what was alive before it (frozen_heap), so its passes walk only the episodes it made; the
 step reports the seconds its full passes took (`perf/gc_full_seconds`), to tell a pass from other
 causes when a step is slow (the ERL update's outliers on one H200: docs/gpu/workers_journal).
+
+Outside the rollouts such a pass still walked everything: on one H200 with `preset=gpu`, one pass
+inside an ERL update took 3.0 s of its 4.2 s (the other steps' updates: 1.0-1.4 s;
+docs/gpu/verl_copy/c1/step.txt). A training loop therefore settles its heap once warm (settled_heap):
+one collection, then what is alive (the model, compiled kernels and their caches, the tokenizer)
+is frozen for the rest of the loop, as vLLM freezes its heap after start-up, and passes walk only
+what the steps made since. What was frozen and later becomes cyclic garbage stays until the loop
+ends; what dies by reference count (most things) is freed as always.
 """
 
 from __future__ import annotations
@@ -16,17 +24,59 @@ import gc
 import time
 
 
+_settled = False  # a training loop's heap is frozen (settled_heap): rollouts leave it as it is
+
+
 @contextlib.contextmanager
 def frozen_heap():
     """The objects alive before a rollout (model, tasks, memory, earlier steps' records) stay out
     of the garbage collector's full passes during it (gc.freeze, as vLLM does after start-up): a
     rollout allocates fast enough to set off such passes, and each one walked every object the
-    trainer holds. They rejoin the collector afterwards, so nothing is kept longer."""
+    trainer holds. They rejoin the collector afterwards, so nothing is kept longer. Inside a
+    settled loop (settled_heap) the heap is frozen already, and stays so."""
+    if _settled:
+        yield
+        return
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
+
+
+class SettledHeap:
+    """A training loop's heap (the module's docstring says why): `settle()` once the loop is warm."""
+
+    def __init__(self) -> None:
+        self.settled = False
+
+    def settle(self) -> dict[str, float]:
+        """The first call: one full collection, then everything alive frozen until the loop ends.
+        Returns what it did as metrics (the pass's seconds, the objects frozen); later calls: {}."""
+        global _settled
+        if self.settled or _settled:
+            return {}
+        start = time.perf_counter()
+        gc.collect()
+        gc.freeze()
+        self.settled = _settled = True
+        return {"perf/gc_settle_seconds": time.perf_counter() - start, "perf/gc_frozen_objects": float(gc.get_freeze_count())}
+
+    def release(self) -> None:
+        global _settled
+        if self.settled:
+            gc.unfreeze()
+            self.settled = _settled = False
+
+
+@contextlib.contextmanager
+def settled_heap():
+    """A SettledHeap for the length of a training loop; the loop's end thaws what it froze."""
+    heap = SettledHeap()
+    try:
+        yield heap
+    finally:
+        heap.release()
 
 
 class FullPasses:

@@ -10,14 +10,17 @@ logits / temperature, the distribution that was sampled. Choose with
 `rollout.engine_kwargs.hf.engine: auto|engine|hf` (auto, the default: the engine where
 supported, as the local trainer's `trainer.rollout_engine`), `rollout.engine_kwargs.hf.compile`,
 `.decode_attention` (efficient | flex, as `trainer.rollout_decode_attention`), `.regions` (as
-`trainer.rollout_regions`: CUDA only) and `.fused` (default: on CUDA, the generation copy's q/k/v and
-gate/up as one matmul each, erl.rollout.fused).
+`trainer.rollout_regions`: CUDA only), `.fused` (default: on CUDA, the generation copy's q/k/v and
+gate/up as one matmul each, erl.rollout.fused) and `.precision` (mixed, the default on CUDA: the
+local trainer's bf16 rollout copy, fp32 norms and embedding, bf16 linears, under bf16 autocast;
+bf16: wholly bf16; fp32, the default on CPU).
 
 Registered with verl as rollout name "hf" (mode "async") by erl.trainers.verl.workers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +30,12 @@ import torch
 from erl.trainers.verl.dataproto import object_array
 
 logger = logging.getLogger(__name__)
+
+# mixed: the local trainer's bf16 rollout copy (fp32 embedding and norms, bf16 linears, run under
+# bf16 autocast); the engine's fused norms and compiled regions take only its fp32 hidden states, and
+# on one H200 the same ERL collect ran 8% faster on it than on a copy wholly in bf16
+# (docs/gpu/verl_copy/c1/copies.txt)
+PRECISIONS = ("mixed", "bf16", "fp32")
 
 
 class HFRolloutEngine:
@@ -38,18 +47,31 @@ class HFRolloutEngine:
 
         from erl.rollout.build import build_policy
         from erl.rollout.fused import fuse_projections
+        from erl.rollout.kv import unsupported_reason
+        from erl.rollout.merged import cast_linears
 
         self.config = omega_conf_to_dataclass(config)
         self.model_config = omega_conf_to_dataclass(model_config)
         self.device_mesh = device_mesh
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
+        precision = opts.get("precision") or ("mixed" if device.type == "cuda" else "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"rollout.engine_kwargs.hf.precision must be one of {PRECISIONS}, got {precision!r}")
         path = self.model_config.local_path or self.model_config.path
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).to(device).eval()
+        if precision == "mixed" and unsupported_reason(self.model):
+            logger.warning("hf rollout: precision mixed is for the rollout engine's models (%s); using bf16",
+                           unsupported_reason(self.model))
+            self.model.to(torch.bfloat16)
+            precision = "bf16"
+        self.precision = precision
+        if precision == "mixed":  # the local trainer's bf16 rollout copy, run as it runs it: under autocast
+            cast_linears(self.model, torch.bfloat16)
         tokenizer = self.model_config.tokenizer
         # rollout.max_num_seqs bounds a vLLM batch; here it bounds one generate call.
         gen_batch = int(getattr(self.config, "max_num_seqs", None) or 256)
-        opts = dict((getattr(self.config, "engine_kwargs", None) or {}).get("hf") or {})
         # this copy is the rollout's own (weight syncs write into it in place), so its projections
         # may be fused as the local trainer's rollout copy is: fewer kernels a forward on a GPU
         if opts.get("fused", device.type == "cuda"):
@@ -60,6 +82,12 @@ class HFRolloutEngine:
                                    regions=bool(opts.get("regions", False)))
         self.synced = 0
         self.collector = None  # erl_trainer.collect_in_workers: the episodes' runner on this engine
+
+    def context(self):
+        """What every generation of this copy runs inside: bf16 autocast for the mixed copy."""
+        if self.precision == "mixed":
+            return torch.autocast(self.model.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # ---- verl's rollout interface ----------------------------------------------------
     async def resume(self, tags: list[str]) -> None:
@@ -97,6 +125,10 @@ class HFRolloutEngine:
                 matched += 1
         if matched == 0:
             raise RuntimeError(f"HF rollout weight sync matched no parameter; first names sent: {unknown[:5]}")
+        head, embedding = self.model.get_output_embeddings(), self.model.get_input_embeddings()
+        if tied and head.weight is not embedding.weight:  # untied by cast_linears: follows the embedding
+            with torch.no_grad():
+                head.weight.copy_(embedding.weight.to(head.weight.dtype))
         if unknown:
             logger.warning("HF rollout: %d synced tensors have no counterpart (first: %s)", len(unknown), unknown[:3])
         self.synced += 1
@@ -107,13 +139,14 @@ class HFRolloutEngine:
         from erl.core.interfaces import SamplingParams
 
         params = SamplingParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
-        if hasattr(self.policy, "forget"):  # the engine queues them all and fills its own slots
-            return self.policy.generate_batch(prompts, params)
-        out = []
-        size = self.policy.max_batch_size
-        for k in range(0, len(prompts), size):
-            out.extend(self.policy.generate_batch(prompts[k:k + size], params))
-        return out
+        with self.context():
+            if hasattr(self.policy, "forget"):  # the engine queues them all and fills its own slots
+                return self.policy.generate_batch(prompts, params)
+            out = []
+            size = self.policy.max_batch_size
+            for k in range(0, len(prompts), size):
+                out.extend(self.policy.generate_batch(prompts[k:k + size], params))
+            return out
 
     def generate_proto(self, data: Any) -> Any:
         """DataProto in (non-tensor `prompt_ids`, sampling in meta_info) -> DataProto out
@@ -145,7 +178,7 @@ class HFRolloutEngine:
         from erl.trainers.verl.worker_collect import WorkerCollector
 
         if self.collector is None:
-            self.collector = WorkerCollector(self.policy)
+            self.collector = WorkerCollector(self.policy, context=self.context)
         items = list(data.non_tensor_batch["item"])
         results, stats = self.collector.run(items, data.meta_info)
         return DataProto.from_dict(non_tensors={"result": object_array(results),

@@ -55,10 +55,12 @@ def merge_stats(per_worker: list[dict]) -> dict:
 
 class WorkerCollector:
     """Runs a phase's episodes (or eval attempts) on `policy`, the worker's rollout engine.
-    `memory`: the reflection memory to use instead of connecting to the spec's actor (tests)."""
+    `memory`: the reflection memory to use instead of connecting to the spec's actor (tests);
+    `context`: makes the context every phase runs inside (the hf rollout copy's autocast)."""
 
-    def __init__(self, policy: Any, memory: Any = None):
+    def __init__(self, policy: Any, memory: Any = None, context: Any = None):
         self.policy, self.memory = policy, memory
+        self.context = context  # makes the context (autocast) every phase runs inside
         self.workflow: Any = None
         self.shared: Any = None  # the job's memory (its actor's client), which a phase starts from
         self._spec = ""
@@ -102,7 +104,7 @@ class WorkerCollector:
             # driver's seed, as its own collect would use)
             seed_all(int(meta["seed"]) + 1_000_003 * worker_rank())
         before = dict(self.policy.stats)
-        done = iter(run_phase(self.policy, gather_all(coros)))
+        done = iter(run_phase(self.policy, gather_all(coros), self.context() if self.context else None))
         stats = {k: self.policy.stats[k] - before[k] for k in GEN_STATS}
         stats["reflection_seconds"] = wf.take_reflection_time()
         if wf.memory is not None:
