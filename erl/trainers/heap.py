@@ -23,7 +23,6 @@ import contextlib
 import gc
 import time
 
-
 _settled = False  # a training loop's heap is frozen (settled_heap): rollouts leave it as it is
 
 
