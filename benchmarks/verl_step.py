@@ -44,7 +44,7 @@ ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     """Alternate steps of the two trainers; medians of the measured (post-warm-up) steps."""
     runs: dict[str, list[dict]] = {"erl": [], "rlvr": []}
-    with settled_heap() as heap:  # as a trainer's fit settles its heap after its first step
+    with settled_heap() as heap:  # as a trainer's fit settles its heap after each step
         for i in range(warmup + steps):
             for name, trainer in (("erl", erl), ("rlvr", rlvr)):
                 m = trainer.step()

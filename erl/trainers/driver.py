@@ -346,7 +346,7 @@ class ErlDriver:
         with settled_heap() as heap:
             while self.step_count < sch.total_steps:
                 metrics = self.step()
-                metrics.update(heap.settle())  # after the first step: its compiled kernels and caches are made
+                metrics.update(heap.settle())  # what the step left: collected, the rest frozen (erl.trainers.heap)
                 k, final = self.step_count, self.step_count == sch.total_steps
                 if (sch.eval_every and k % sch.eval_every == 0) or final:
                     metrics.update(self.evaluate())

@@ -10,11 +10,14 @@ causes when a step is slow (the ERL update's outliers on one H200: docs/gpu/work
 
 Outside the rollouts such a pass still walked everything: on one H200 with `preset=gpu`, one pass
 inside an ERL update took 3.0 s of its 4.2 s (the other steps' updates: 1.0-1.4 s;
-docs/gpu/verl_copy/c1/step.txt). A training loop therefore settles its heap once warm (settled_heap):
-one collection, then what is alive (the model, compiled kernels and their caches, the tokenizer)
-is frozen for the rest of the loop, as vLLM freezes its heap after start-up, and passes walk only
-what the steps made since. What was frozen and later becomes cyclic garbage stays until the loop
-ends; what dies by reference count (most things) is freed as always.
+docs/gpu/verl_copy/c1/step.txt). A training loop therefore settles its heap after every step
+(settled_heap): one collection of what is not frozen yet, then what survived is frozen, as vLLM
+freezes its heap after start-up. The first settling walks everything once (the model, compiled
+kernels and their caches, the tokenizer); every later pass, in a rollout or an update, walks only
+what the steps made since the last. Frozen once after the first step only, the heap grew unfrozen
+again and every step paid 0.2-0.5 s of passes (docs/gpu/verl_copy/c2). What was frozen and later
+becomes cyclic garbage stays until the loop ends; what dies by reference count (most things) is
+freed as always.
 """
 
 from __future__ import annotations
@@ -44,17 +47,15 @@ def frozen_heap():
 
 
 class SettledHeap:
-    """A training loop's heap (the module's docstring says why): `settle()` once the loop is warm."""
+    """A training loop's heap (the module's docstring says why): `settle()` after each step."""
 
     def __init__(self) -> None:
         self.settled = False
 
     def settle(self) -> dict[str, float]:
-        """The first call: one full collection, then everything alive frozen until the loop ends.
-        Returns what it did as metrics (the pass's seconds, the objects frozen); later calls: {}."""
+        """One collection of what is not frozen yet, then every survivor frozen until the loop ends.
+        Returns its seconds and how many objects are frozen, as metrics."""
         global _settled
-        if self.settled or _settled:
-            return {}
         start = time.perf_counter()
         gc.collect()
         gc.freeze()
