@@ -540,6 +540,7 @@ def test_a_training_loop_settles_its_heap_after_each_step():
         heap.settle()
         raise RuntimeError("step failed")
     assert gc.get_freeze_count() == 0
+    assert heap.settle() == {} and gc.get_freeze_count() == 0  # a step after its loop ended leaves it alone
 
 
 def test_fit_settles_the_heap_after_every_step(tmp_path):
@@ -550,6 +551,8 @@ def test_fit_settles_the_heap_after_every_step(tmp_path):
     rows = read_metrics(tmp_path / "rlvr" / "metrics.jsonl")
     frozen = [r["perf/gc_frozen_objects"] for r in rows[1:]]
     assert len(frozen) == 2 and 0 < frozen[0] and all("perf/gc_settle_seconds" in r for r in rows[1:])
+    # inside the step's time: what a step costs includes the passes it made necessary
+    assert all(r["time/step"] >= r["time/update"] + r["perf/gc_settle_seconds"] for r in rows[1:])
     assert gc.get_freeze_count() == 0
 
 

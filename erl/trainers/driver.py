@@ -194,6 +194,7 @@ class ErlDriver:
         self.skipped_steps = 0  # updates refused because the loss or gradient was not finite
         self.consecutive_skips = 0
         self.gc_passes = FullPasses.install()
+        self.heap: Any = None  # a training loop's SettledHeap (fit's): each step ends by settling it
 
     # ---- backend hooks (see the module docstring) ---------------------------------------
     def update(self, samples: list[TokenSample], advantages: torch.Tensor) -> dict[str, float]:
@@ -289,6 +290,8 @@ class ErlDriver:
             metrics.update(self.update(samples, adv))
         t2 = time.perf_counter()
         metrics.update(self.after_update(self.step_count + 1))
+        if self.heap is not None:  # what the step left: collected, the rest frozen (erl.trainers.heap)
+            metrics.update(self.heap.settle())
         t3 = time.perf_counter()
         self.step_count += 1
         gc_passes, gc_seconds = (now - then for now, then in zip(self.gc_passes.totals(), gc_mark))
@@ -343,10 +346,9 @@ class ErlDriver:
         saved_at = monotonic()
         bar = tqdm(total=sch.total_steps, initial=self.step_count, disable=not self.progress, desc="erl",
                    unit="step", file=sys.stderr)
-        with settled_heap() as heap:
+        with settled_heap() as self.heap:
             while self.step_count < sch.total_steps:
                 metrics = self.step()
-                metrics.update(heap.settle())  # what the step left: collected, the rest frozen (erl.trainers.heap)
                 k, final = self.step_count, self.step_count == sch.total_steps
                 if (sch.eval_every and k % sch.eval_every == 0) or final:
                     metrics.update(self.evaluate())
@@ -369,6 +371,7 @@ class ErlDriver:
                 if out_of_time and not final:  # a chained run: the next call resumes from here
                     log.info("time budget %.0f s reached after step %d; continue with resume", sch.time_budget_s, k)
                     break
+        self.heap = None
         bar.close()
         return last
 

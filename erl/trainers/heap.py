@@ -50,12 +50,15 @@ class SettledHeap:
     """A training loop's heap (the module's docstring says why): `settle()` after each step."""
 
     def __init__(self) -> None:
-        self.settled = False
+        self.settled = self.released = False
 
     def settle(self) -> dict[str, float]:
         """One collection of what is not frozen yet, then every survivor frozen until the loop ends.
-        Returns its seconds and how many objects are frozen, as metrics."""
+        Returns its seconds and how many objects are frozen, as metrics ({} once released: a step
+        run after its loop ended, by an error say, leaves the heap alone)."""
         global _settled
+        if self.released:
+            return {}
         start = time.perf_counter()
         gc.collect()
         gc.freeze()
@@ -64,6 +67,7 @@ class SettledHeap:
 
     def release(self) -> None:
         global _settled
+        self.released = True
         if self.settled:
             gc.unfreeze()
             self.settled = _settled = False
