@@ -1,7 +1,7 @@
 """An HF-transformers rollout backend behind verl's rollout interface (BaseRollout).
 
-For GPUs where neither vLLM nor SGLang is installed. Each actor worker holds one bf16
-copy of the policy for generation; after every update verl's hybrid weight sync
+For GPUs where neither vLLM nor SGLang is installed. Each actor worker holds one copy of
+the policy for generation (`.precision` below); after every update verl's hybrid weight sync
 (`ActorRolloutRefWorker.update_weights`, checkpoint_engine backend "naive") streams the
 FSDP actor's full tensors into it through `update_weights`. Generation runs on
 erl.rollout.engine (continuous batching, KV kept across turns) for Llama-family models, else
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # mixed: the local trainer's bf16 rollout copy (fp32 embedding and norms, bf16 linears, run under
 # bf16 autocast); the engine's fused norms and compiled regions take only its fp32 hidden states, and
-# on one H200 the same ERL collect ran 8% faster on it than on a copy wholly in bf16
+# on one H200 the same ERL collect took 7% less time on it than on a copy wholly in bf16
 # (docs/gpu/verl_copy/c1/copies.txt)
 PRECISIONS = ("mixed", "bf16", "fp32")
 
