@@ -20,7 +20,7 @@ from erl.trainers.local.checkpoint import list_checkpoints, load_checkpoint
 from erl.trainers.local.run import train
 from erl.trainers.local.trainer import LocalTrainer
 
-SKIP = ("time/", "throughput/", "system/")  # wall clock and process memory differ run to run
+SKIP = ("time/", "throughput/", "system/", "perf/")  # wall clock, process memory and its collector differ run to run
 
 
 def fast_cfg(out: Path, steps: int = 3, **trainer) -> dict:
