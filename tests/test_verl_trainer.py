@@ -443,7 +443,8 @@ def test_hf_rollout_engine_choice(tiny_folder):
     assert chosen == ["RolloutEngine", "HFPolicy", "RolloutEngine"]
     # the local preset's engine settings reach the workers' engines too; both are CUDA-only, so here
     # the engine refuses them, which shows they arrived
-    for kw, refusal in (({"decode_attention": "flex"}, "flex' needs varlen_decode"), ({"regions": True}, "regions needs CUDA")):
+    for kw, refusal in (({"decode_attention": "flex"}, "flex' needs varlen_decode"), ({"regions": True}, "regions needs CUDA"),
+                        ({"precision": "fp16"}, "precision must be one of")):
         with pytest.raises(ValueError, match=refusal):
             HFRolloutEngine(types.SimpleNamespace(max_num_seqs=8, engine_kwargs={"hf": kw}), model_cfg)
 
