@@ -442,7 +442,7 @@ def test_hf_rollout_engine_choice(tiny_folder):
               for kw in ({}, {"hf": {"engine": "hf"}}, {"hf": {"engine": "engine"}})]
     assert chosen == ["RolloutEngine", "HFPolicy", "RolloutEngine"]
     # the local preset's engine settings reach the workers' engines too; both are CUDA-only, so here
-    # the engine refuses them, which shows they arrived
+    # the engine refuses them, which shows they arrived; an unknown copy precision is refused too
     for kw, refusal in (({"decode_attention": "flex"}, "flex' needs varlen_decode"), ({"regions": True}, "regions needs CUDA"),
                         ({"precision": "fp16"}, "precision must be one of")):
         with pytest.raises(ValueError, match=refusal):
