@@ -267,7 +267,7 @@ def erl_workload(args) -> None:
                     trainer.cursor = 0  # the next policy collects the same tasks
                 wall = time.perf_counter() - t
             st = policy.stats
-            rates[(name, part)] = wall
+            rates[(index, part)] = wall  # by position: a list may name one policy twice (a,b,a,b)
             print(f"{name:>6} {part:>7}: {wall:6.1f} s | generated {st['generated_tokens']:,} tokens in "
                   f"{st['sequences']} sequences, {st['generated_tokens'] / max(st['generate_seconds'], 1e-9):.1f} "
                   f"tok/s | prefill {st.get('prefill_tokens', 0):,} tokens (reused {st.get('reused_tokens', 0):,}, "
@@ -289,11 +289,12 @@ def erl_workload(args) -> None:
                       f"the host waited for the GPU {st.get('gpu_wait_seconds', 0.0):.1f} s",
                       flush=True)
     for part in ("eval", "collect"):
-        for a in names[1:]:
-            print(f"ratio {part} wall {names[0]} / {a}: {rates[(names[0], part)] / rates[(a, part)]:.2f}")
+        for i in range(1, len(names)):
+            print(f"ratio {part} wall {names[0]} (run 1) / {names[i]} (run {i + 1}): "
+                  f"{rates[(0, part)] / rates[(i, part)]:.2f}")
     if args.ceiling:
         made = sum(n for _, n in requests)
-        inside = made / rates[(names[-1], "collect")]
+        inside = made / rates[(len(names) - 1, "collect")]
         best, raw = static_ceiling(trainer.model, trainer.tokenizer, requests, args.batch or 512, trainer.device)
         print(f"{names[-1]} inside the trainer's collect: {inside:,.0f} generated tok/s (collect wall time); static-cache "
               f"compiled generate on the same {len(requests)} requests, batches of {args.batch or 512}: {raw:,.0f} tok/s "
