@@ -26,17 +26,15 @@ import contextlib
 import gc
 import time
 
-_settled = False  # a training loop's heap is frozen (settled_heap): rollouts leave it as it is
-
 
 @contextlib.contextmanager
 def frozen_heap():
     """The objects alive before a rollout (model, tasks, memory, earlier steps' records) stay out
     of the garbage collector's full passes during it (gc.freeze, as vLLM does after start-up): a
     rollout allocates fast enough to set off such passes, and each one walked every object the
-    trainer holds. They rejoin the collector afterwards, so nothing is kept longer. Inside a
-    settled loop (settled_heap) the heap is frozen already, and stays so."""
-    if _settled:
+    trainer holds. They rejoin the collector afterwards, so nothing is kept longer. A heap frozen
+    already (a settled loop's: settled_heap) is not this rollout's to thaw, and stays so."""
+    if gc.get_freeze_count():
         yield
         return
     gc.freeze()
@@ -56,21 +54,19 @@ class SettledHeap:
         """One collection of what is not frozen yet, then every survivor frozen until the loop ends.
         Returns its seconds and how many objects are frozen, as metrics ({} once released: a step
         run after its loop ended, by an error say, leaves the heap alone)."""
-        global _settled
         if self.released:
             return {}
         start = time.perf_counter()
         gc.collect()
         gc.freeze()
-        self.settled = _settled = True
+        self.settled = True
         return {"perf/gc_settle_seconds": time.perf_counter() - start, "perf/gc_frozen_objects": float(gc.get_freeze_count())}
 
     def release(self) -> None:
-        global _settled
         self.released = True
         if self.settled:
             gc.unfreeze()
-            self.settled = _settled = False
+            self.settled = False
 
 
 @contextlib.contextmanager
