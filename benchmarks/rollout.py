@@ -238,8 +238,10 @@ def erl_workload(args) -> None:
                               decode_attention=tc.rollout_decode_attention, merge_lora=tc.rollout_merge_lora,
                               regions=tc.rollout_regions,
                               autocast_dtype=trainer.autocast_dtype)  # the trainer's own rollout copy
-        # verl's workers generate without autocast; the trainer's other copies with it
-        trainer.rollout_context = contextlib.nullcontext if whole else type(trainer).rollout_context.__get__(trainer)
+        if whole:  # verl's workers generate without autocast
+            trainer.rollout_context = contextlib.nullcontext
+        else:  # the trainer's own context: its autocast
+            vars(trainer).pop("rollout_context", None)
         for opt in opts:
             try:
                 set_attribute(policy, opt)
@@ -306,15 +308,15 @@ def bf16_copy(model):
     `model` (LoRA merged in) in a model wholly in bf16 on CUDA, its projections fused, run without
     autocast; the local trainer's copy keeps fp32 norms and embedding under bf16 autocast."""
     from erl.rollout.fused import fuse_projections
+    from erl.rollout.merged import MergedLoRA
 
-    plain = copy.deepcopy(model)
-    if callable(getattr(plain, "merge_and_unload", None)):
-        plain = plain.merge_and_unload()
-    plain = plain.to(torch.bfloat16 if next(plain.parameters()).is_cuda else torch.float32).eval()
-    for p in plain.parameters():
-        p.requires_grad_(False)
-    if next(plain.parameters()).is_cuda:
-        fuse_projections(plain)
+    cuda = next(model.parameters()).is_cuda
+    merged = MergedLoRA.of(model, torch.bfloat16 if cuda else None)  # merged, frozen, fused on CUDA
+    if merged is not None:
+        return merged.model.to(torch.bfloat16) if cuda else merged.model
+    plain = copy.deepcopy(model).eval().requires_grad_(False)
+    if cuda:
+        fuse_projections(plain.to(torch.bfloat16))
     return plain
 
 

@@ -61,9 +61,9 @@ class HFRolloutEngine:
         path = self.model_config.local_path or self.model_config.path
         self.model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).to(device).eval()
-        if precision == "mixed" and unsupported_reason(self.model):
-            logger.warning("hf rollout: precision mixed is for the rollout engine's models (%s); using bf16",
-                           unsupported_reason(self.model))
+        reason = unsupported_reason(self.model) if precision == "mixed" else None
+        if reason:
+            logger.warning("hf rollout: precision mixed is for the rollout engine's models (%s); using bf16", reason)
             self.model.to(torch.bfloat16)
             precision = "bf16"
         self.precision = precision
