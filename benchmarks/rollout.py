@@ -116,12 +116,17 @@ def run_generate(model, prompts, new, device, pad, static: bool):
     return len(prompts) * new / dt
 
 
-def forced_logprobs(model, gens, prompts, temperature, device, rows=8) -> list[torch.Tensor]:
+def forced_logprobs(model, gens, prompts, temperature, device, rows=8, among: int = 0) -> list[torch.Tensor]:
     """The local trainer's teacher-forced log-probs (erl.trainers.local.batch.response_logprobs,
-    its kernels and masks) of the first `rows` generations, one float32 CPU tensor each."""
+    its kernels and masks) of the first `rows` generations, one float32 CPU tensor each. `among`
+    > rows: the same rows scored inside a batch of the first `among` generations in reverse order
+    (other rows, another padded width: other matmul shapes)."""
     from erl.core.types import TokenSample
     from erl.trainers.local.batch import pad_samples, response_logprobs
 
+    if among > rows:
+        every = forced_logprobs(model, gens[:among][::-1], prompts[:among][::-1], temperature, device, among)
+        return every[::-1][:rows]
     pairs = list(zip(prompts, gens))[:rows]
     samples = [TokenSample(prompt_ids=p, response_ids=g.token_ids, response_mask=[1] * len(g.token_ids),
                            logprobs=[0.0] * len(g.token_ids)) for p, g in pairs]
@@ -146,8 +151,13 @@ def logprob_error(model, gens, prompts, temperature, device, rows=8, autocast: b
     text = max_error(engine, trainer)
     if autocast or next(model.parameters()).dtype != torch.float32:
         exact = forced_logprobs(copy.deepcopy(model).float(), gens, prompts, temperature, device, rows)
+        # The trainer's bf16 pass against itself: the same rows in another batch. No engine can be
+        # closer to the trainer's pass than that pass is to itself, short of batch-invariant kernels.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            other = forced_logprobs(model, gens, prompts, temperature, device, rows, among=8 * rows)
         text += (f" (against an fp32 forward: engine {max_error(engine, exact)}, "
-                 f"the trainer's bf16 forward {max_error(trainer, exact)})")
+                 f"the trainer's bf16 forward {max_error(trainer, exact)}; the trainer's bf16 forward on the "
+                 f"same rows in a batch of {min(8 * rows, len(gens))}, reversed: {max_error(trainer, other)})")
     return text
 
 
