@@ -19,6 +19,8 @@
 #             rollout's kernels)
 #   bf16      benchmarks/rollout.py's preset=gpu kernels against the trainer's teacher-forced pass and an
 #             fp32 forward (the bf16 log-prob figure), fp32 model, the other variants skipped
+#   bf16_plain  the same on a bf16 model: the engine's eager forward and its CUDA graphs, without autocast
+#             (both print the trainer's bf16 pass against itself on the same rows in another batch)
 #   copies    benchmarks/rollout.py --workload erl: the engine on the local trainer's rollout copy (fp32 norms
 #             and embedding, bf16 linears, autocast) and on verl's hf copy (all bf16, no autocast), alternating
 #             (COPIES: the --engines list)
@@ -45,6 +47,8 @@ for what in "$@"; do  # parts in the order given
         ${LOCAL_SETS:-preset=gpu model.path=/tmp/smollm2} ;;
     bf16) run bf16 300 python3 benchmarks/rollout.py --model /tmp/smollm2 --dtype fp32 \
             --skip eager,graphs,compiled,dynamic,static ;;
+    bf16_plain) run bf16_plain 300 python3 benchmarks/rollout.py --model /tmp/smollm2 --dtype bf16 \
+            --skip compiled,dynamic,static,preset ;;
     copies) collect copies --engines "${COPIES:-engine,engine-bf16,engine,engine-bf16}" ;;
     profile_erl) collect profile_erl --engines engine --profile-host collect ;;
     profile_rlvr) collect profile_rlvr --engines engine --profile-host collect --set erl.mode=rlvr ;;
