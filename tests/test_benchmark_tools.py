@@ -213,7 +213,8 @@ def test_rollout_benchmark_scores_the_preset_gpu_engine_against_the_trainers_pas
     """benchmarks/rollout.py's preset=gpu variant on the tiny model (CPU: flex decode on the
     position-major cache, bf16 autocast, no compiled regions): it samples, and its log-probs sit
     near the trainer's teacher-forced bf16 pass and an fp32 forward (bf16's rounding, not a bug:
-    on this 2-layer model ~3e-3), the three figures printed."""
+    on this 2-layer model ~3e-3), and the trainer's pass against itself in another batch: the four
+    figures printed."""
     import re
 
     import torch
@@ -230,5 +231,29 @@ def test_rollout_benchmark_scores_the_preset_gpu_engine_against_the_trainers_pas
     rate = rollout.preset_kernels(model, tok, types.SimpleNamespace(batch=4), prompts, params, torch.device("cpu"))
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert rate > 0 and line.startswith("engine preset=gpu kernels (bf16 autocast, flex)")
-    errors = [float(x) for x in re.findall(r"(\d\.\d\de-\d\d) \(mean", line)]
-    assert len(errors) == 3 and all(0 < e < 0.05 for e in errors), line
+    errors = [float(x) for x in re.findall(r"(\d\.\d\de[-+]\d\d) \(mean", line)]
+    assert len(errors) == 4 and all(0 < e < 0.05 for e in errors[:3]) and 0 <= errors[3] < 0.05, line
+    assert "same rows in a batch of 4, reversed" in line  # 8 rows asked, 4 generated
+
+
+def test_forced_logprobs_of_rows_scored_inside_another_batch_are_those_rows():
+    """benchmarks/rollout.py's floor for the bf16 figure scores the first rows inside a larger batch in
+    reverse order; it must hand back those rows' log-probs, in their order (float32: alike to 1e-5)."""
+    import torch
+
+    from erl.core.interfaces import Generation
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    rollout = load("rollout")
+    tok = build_tiny_tokenizer()
+    torch.manual_seed(0)
+    model = build_tiny_model(tok).eval()
+    prompts = [p[:8 + 3 * i] for i, p in enumerate(rollout.prompts_for(6, model.config.vocab_size))]
+    gens = [Generation(token_ids=list(range(5, 9 + i)), logprobs=[0.0] * (4 + i), text="",
+                       finish_reason="length")
+            for i in range(6)]
+    alone = rollout.forced_logprobs(model, gens, prompts, 1.0, torch.device("cpu"), rows=3)
+    inside = rollout.forced_logprobs(model, gens, prompts, 1.0, torch.device("cpu"), rows=3, among=6)
+    assert [len(t) for t in inside] == [4, 5, 6]
+    for a, b in zip(alone, inside):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
