@@ -35,7 +35,8 @@ STEP_KEYS = {"time/step": ("step", ".3f"), "time/rollout": ("rollout", ".3f"), "
              "time/reflection": ("refl", ".3f"), "time/update": ("update", ".3f"), "tokens/generated": ("gen tok", ".0f"),
              "tokens/total": ("upd tok", ".0f"), "train/idle_tokens": ("idle tok", ".0f"),
              "train/micro_batches": ("passes", ".0f"), "perf/update_alloc_retries": ("retries", ".0f"),
-             "perf/gc_full_seconds": ("gc s", ".3f"),
+             "perf/gc_full_seconds": ("gc s", ".3f"), "perf/gc_settle_seconds": ("settle s", ".3f"),
+             "system/peak_rss_gb": ("rss GB", ".2f"),
              "attempt/turns": ("turns", ".2f"), "attempt1/success": ("succ1", ".3f"),
              "reflection/rate": ("refl rate", ".3f"), "memory/size": ("memory", ".0f")}
 ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")
