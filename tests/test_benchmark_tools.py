@@ -257,3 +257,18 @@ def test_forced_logprobs_of_rows_scored_inside_another_batch_are_those_rows():
     assert [len(t) for t in inside] == [4, 5, 6]
     for a, b in zip(alone, inside):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_a_settled_heap_keeps_no_cyclic_garbage_from_a_step(capsys):
+    """benchmarks/heap_retention.py: a full collection after each settled step (the tiny model's ERL
+    steps, the memory full and evicting) finds nothing unreachable among the frozen objects, so the
+    settled heap keeps nothing that a plain collector would have freed (erl.trainers.heap)."""
+    import gc
+
+    retention = load("heap_retention")
+    assert retention.main(["--steps", "2", "--set", "trainer.tasks_per_step=2", "--set", "erl.memory_size=2",
+                           "--set", "erl.memory_threshold=0.0"]) == 0
+    out = capsys.readouterr().out
+    assert "step   2:" in out and "| memory 2 |" in out, out
+    assert out.strip().splitlines()[-1].endswith("over 2 steps: 0"), out
+    assert gc.get_freeze_count() == 0  # the loop's end thawed what it froze
