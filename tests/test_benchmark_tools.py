@@ -272,3 +272,17 @@ def test_a_settled_heap_keeps_no_cyclic_garbage_from_a_step(capsys):
     assert "step   2:" in out and "| memory 2 |" in out, out
     assert out.strip().splitlines()[-1].endswith("over 2 steps: 0"), out
     assert gc.get_freeze_count() == 0  # the loop's end thawed what it froze
+
+
+def test_padded_width_counts_differences_in_bf16_steps(capsys):
+    """benchmarks/padded_width.py: bf16's spacing is 2**(e - 7) on [2**e, 2**(e + 1)), so 1 + 2**-7 is one
+    step from 1 and 3.03125 two steps from 3 (spacing 1/64 there); on the tiny model (too small for its
+    kernels to tile by shape, on CPU) no padded width moves a value."""
+    import torch
+
+    widths = load("padded_width")
+    steps = widths.bf16_steps(torch.tensor([1.0, 3.0, -3.0, 100.0]), torch.tensor([1.0078125, 3.03125, -3.0, 100.5]))
+    assert steps.tolist() == [1.0, 2.0, 0.0, 1.0]
+    assert widths.main(["--widths", "200,300"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == ["width   200: 0.0000 of the values differ", "width   300: 0.0000 of the values differ"]
