@@ -21,6 +21,7 @@
 #             fp32 forward (the issue's bf16 log-prob figure), fp32 model, the other variants skipped
 #   bf16_plain  the same on a bf16 model: the engine's eager forward and its CUDA graphs, without autocast
 #             (both print the trainer's bf16 pass against itself on the same rows in another batch)
+#   padded_width  benchmarks/padded_width.py: the same rows' bf16 forward at other padded widths (the floor's cause)
 #   copies    benchmarks/rollout.py --workload erl: the engine on the local trainer's rollout copy (fp32 norms
 #             and embedding, bf16 linears, autocast) and on verl's hf copy (all bf16, no autocast), alternating
 #             (COPIES: the --engines list)
@@ -49,6 +50,7 @@ for what in "$@"; do  # parts in the order given
             --skip eager,graphs,compiled,dynamic,static ;;
     bf16_plain) run bf16_plain 300 python3 benchmarks/rollout.py --model /tmp/smollm2 --dtype bf16 \
             --skip compiled,dynamic,static,preset ;;
+    padded_width) run padded_width 120 python3 benchmarks/padded_width.py --device cuda --model /tmp/smollm2 ;;
     copies) collect copies --engines "${COPIES:-engine,engine-bf16,engine,engine-bf16}" ;;
     profile_erl) collect profile_erl --engines engine --profile-host collect ;;
     profile_rlvr) collect profile_rlvr --engines engine --profile-host collect --set erl.mode=rlvr ;;
