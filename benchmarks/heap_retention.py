@@ -35,8 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = local_trainer(sets, args.mode, Path(tmp))
         print(f"local trainer, {args.mode}, {' '.join(sets)}: {args.steps} steps", flush=True)
-        with settled_heap() as heap:
-            trainer.heap = heap
+        with settled_heap(trainer):
             for i in range(args.steps):
                 start = time.perf_counter()
                 m = trainer.step()
@@ -49,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"step {i + 1:3d}: {time.perf_counter() - start:5.1f} s | frozen {frozen:,} | unreachable "
                       f"among them {found} | settle {m.get('perf/gc_settle_seconds', 0.0):.3f} s | memory "
                       f"{m.get('memory/size', 0.0):.0f} | peak rss {rss:.2f} GB", flush=True)
-            trainer.heap = None
     print(f"unreachable objects a settled heap would have kept over {args.steps} steps: {found_total}")
     return 0
 

@@ -45,14 +45,12 @@ ERL_ONLY = ("time/reflection", "reflection/rate", "memory/size")
 def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     """Alternate steps of the two trainers; medians of the measured (post-warm-up) steps."""
     runs: dict[str, list[dict]] = {"erl": [], "rlvr": []}
-    with settled_heap() as heap:  # each step settles it, as in a trainer's fit
-        erl.heap = rlvr.heap = heap
+    with settled_heap(erl, rlvr):  # each step settles it, as in a trainer's fit
         for i in range(warmup + steps):
             for name, trainer in (("erl", erl), ("rlvr", rlvr)):
                 m = trainer.step()
                 if i >= warmup:
                     runs[name].append(m)
-        erl.heap = rlvr.heap = None
     # a key no step logged is left out (the report skips it); one logged as 0 stays, as 0
     out = {name: {k: statistics.median(float(m.get(k, 0.0)) for m in ms) for k in KEYS if any(k in m for m in ms)}
            for name, ms in runs.items()}

@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import math
+import types
 from pathlib import Path
 
 import pytest
@@ -536,10 +537,12 @@ def test_a_training_loop_settles_its_heap_after_each_step():
         assert frozen < again["perf/gc_frozen_objects"] == gc.get_freeze_count() < frozen + 100
         assert not any(o is survivor for o in gc.get_objects())  # frozen: out of every generation's passes
     assert gc.get_freeze_count() == 0
-    with pytest.raises(RuntimeError), settled_heap() as heap:
+    loop = types.SimpleNamespace(heap=None)  # a driver, whose steps settle the heap it is given
+    with pytest.raises(RuntimeError), settled_heap(loop) as heap:
+        assert loop.heap is heap
         heap.settle()
         raise RuntimeError("step failed")
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and loop.heap is None  # taken back by the error's exit too
     assert heap.settle() == {} and gc.get_freeze_count() == 0  # a step after its loop ended leaves it alone
 
 

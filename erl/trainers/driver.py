@@ -346,7 +346,7 @@ class ErlDriver:
         saved_at = monotonic()
         bar = tqdm(total=sch.total_steps, initial=self.step_count, disable=not self.progress, desc="erl",
                    unit="step", file=sys.stderr)
-        with settled_heap() as self.heap:
+        with settled_heap(self):
             while self.step_count < sch.total_steps:
                 metrics = self.step()
                 k, final = self.step_count, self.step_count == sch.total_steps
@@ -371,7 +371,6 @@ class ErlDriver:
                 if out_of_time and not final:  # a chained run: the next call resumes from here
                     log.info("time budget %.0f s reached after step %d; continue with resume", sch.time_budget_s, k)
                     break
-        self.heap = None
         bar.close()
         return last
 

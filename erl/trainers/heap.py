@@ -73,13 +73,19 @@ class SettledHeap:
 
 
 @contextlib.contextmanager
-def settled_heap():
-    """A SettledHeap for the length of a training loop; the loop's end thaws what it froze."""
+def settled_heap(*loops):
+    """A SettledHeap for the length of a training loop; the loop's end thaws what it froze. `loops`:
+    the drivers whose steps settle it (erl.trainers.driver.ErlDriver.heap), given it for the loop's
+    length and no longer after, an error's exit included."""
     heap = SettledHeap()
+    for loop in loops:
+        loop.heap = heap
     try:
         yield heap
     finally:
         heap.release()
+        for loop in loops:
+            loop.heap = None
 
 
 class FullPasses:
