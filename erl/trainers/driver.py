@@ -99,19 +99,18 @@ def run_to_end(coro: Coroutine[Any, Any, Any], context: Any = None) -> Any:
     of its own in a thread, on this thread's CUDA device, and `context` is entered in that thread:
     torch's current device and autocast are per thread, and a rollout copy with bf16 linears and
     fp32 norms (erl.rollout.merged.cast_linears) runs only under its autocast."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        with context or contextlib.nullcontext():
-            return asyncio.run(coro)
     device = torch.cuda.current_device() if torch.cuda.is_available() else None
 
     def run() -> Any:
-        if device is not None:
+        if device is not None:  # the caller's device (a no-op in the caller's own thread)
             torch.cuda.set_device(device)
         with context or contextlib.nullcontext():
             return asyncio.run(coro)
 
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="erl-phase") as pool:
         return pool.submit(run).result()
 
