@@ -53,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         return [h[i, :len(row)].float().cpu() for i, row in enumerate(rows)]
 
     narrow = max(map(len, rows))
+    widths = [int(w) for w in args.widths.split(",")]
+    if min(widths) < narrow:
+        raise SystemExit(f"--widths: each must hold the longest row ({narrow} tokens), got {min(widths)}")
     base = hidden(narrow)
     print(f"{args.model or 'tiny model'} bf16 on {args.device}: {len(rows)} rows of 60-150 tokens, right-padded; "
           f"final hidden values against the same rows padded to {narrow}", flush=True)
-    for width in map(int, args.widths.split(",")):
+    for width in widths:
         other = hidden(width)
         steps = torch.cat([bf16_steps(a, b).flatten() for a, b in zip(base, other)])
         most = max(float((a - b).abs().max()) for a, b in zip(base, other))

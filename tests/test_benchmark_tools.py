@@ -286,3 +286,5 @@ def test_padded_width_counts_differences_in_bf16_steps(capsys):
     assert widths.main(["--widths", "200,300"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2:] == ["width   200: 0.0000 of the values differ", "width   300: 0.0000 of the values differ"]
+    with pytest.raises(SystemExit, match="longest row"):
+        widths.main(["--widths", "100"])
