@@ -18,6 +18,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from erl.core.metrics import updated_tokens
 from erl.trainers.heap import settled_heap
 
@@ -60,6 +62,8 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     # each ERL step over the RLVR step right after it: the spread says how far one median can be trusted
     # (two runs of the same code on one H200 gave 1.625 and 1.467: docs/gpu/host_split/call8)
     out["ratio/pairs"] = [e["time/step"] / max(r["time/step"], 1e-9) for e, r in zip(runs["erl"], runs["rlvr"])]
+    out["ratio/step_time_interval"] = ratio_interval([m["time/step"] for m in runs["erl"]],
+                                                     [m["time/step"] for m in runs["rlvr"]])
     # what ERL's step spends beyond TARGET x RLVR's, by phase: where the gap to issue 11's target lies
     out["excess"] = {k: out["erl"][k] - TARGET * out["rlvr"][k] for k in ("time/step", "time/rollout", "time/update")}
     # each measured step's phases and outcomes: a median hides a ratio that moves along the run (it rose
@@ -68,6 +72,22 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["work"] = work_ratios(out["per_step"])
     out["steps"], out["warmup"] = steps, warmup
     return out
+
+
+def ratio_interval(erl: list[float], rlvr: list[float], level: float = 0.9, draws: int = 2000,
+                   seed: int = 0) -> tuple[float, float]:
+    """A `level` bootstrap interval of median(ERL steps) / median(RLVR steps): the step pairs (ERL's
+    step and the RLVR step right after it, which share the machine's state) are drawn with
+    replacement, `draws` times, under a fixed seed. "ERL / RLVR <= 1.5, reliably" then reads as the
+    interval's upper end at most 1.5, where one median cannot say it (pairs of one run went 1.27-1.99:
+    docs/gpu/verl_copy/c4/step.txt)."""
+    e, r = np.asarray(erl, dtype=float), np.asarray(rlvr, dtype=float)
+    if len(e) != len(r) or not len(e):
+        raise ValueError(f"ratio_interval needs step pairs, got {len(e)} ERL and {len(r)} RLVR steps")
+    picks = np.random.default_rng(seed).integers(0, len(e), size=(draws, len(e)))
+    ratios = np.median(e[picks], axis=1) / np.maximum(np.median(r[picks], axis=1), 1e-9)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(ratios, tail)), float(np.percentile(ratios, 100 - tail))
 
 
 def work_ratios(per_step: dict[str, list[dict]]) -> dict[str, float]:
@@ -99,6 +119,11 @@ def report(res: dict) -> str:
     lines.append(f"ERL / RLVR step time: {res['ratio/step_time']:.3f}  (rollout {res['ratio/rollout_time']:.3f}, "
                  f"update {res['ratio/update_time']:.3f})")
     lines.append("ERL / RLVR step by step: " + ", ".join(f"{r:.3f}" for r in res["ratio/pairs"]))
+    if "ratio/step_time_interval" in res:
+        low, high = res["ratio/step_time_interval"]
+        under = sum(r <= TARGET for r in res["ratio/pairs"])
+        lines.append(f"ERL / RLVR step time, 90% bootstrap interval over the step pairs: {low:.3f}-{high:.3f}; "
+                     f"pairs at most {TARGET}: {under} of {len(res['ratio/pairs'])}")
     lines += per_step_lines(res.get("per_step", {}))
     w = res.get("work")
     if w:

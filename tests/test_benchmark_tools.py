@@ -288,3 +288,43 @@ def test_padded_width_counts_differences_in_bf16_steps(capsys):
     assert lines[-2:] == ["width   200: 0.0000 of the values differ", "width   300: 0.0000 of the values differ"]
     with pytest.raises(SystemExit, match="longest row"):
         widths.main(["--widths", "100"])
+
+
+def test_ratio_interval_draws_step_pairs_with_replacement():
+    """verl_step.ratio_interval by hand. Steady pairs (ERL 2 s, RLVR 1 s each time): every draw gives 2.0.
+    ERL [1, 3] against RLVR [1, 1]: a draw of two pairs holds pair 0 twice (1/4: median 1), both (1/2:
+    median 2) or pair 1 twice (1/4: 3), so the 5th and 95th percentiles are 1 and 3. Unpaired input is
+    refused."""
+    verl_step = load("verl_step")
+    assert verl_step.ratio_interval([2.0, 2.0, 2.0], [1.0, 1.0, 1.0]) == (2.0, 2.0)
+    assert verl_step.ratio_interval([1.0, 3.0], [1.0, 1.0]) == (1.0, 3.0)
+    with pytest.raises(ValueError, match="step pairs"):
+        verl_step.ratio_interval([1.0, 2.0], [1.0])
+    res = {"erl": {}, "rlvr": {}, "ratio/step_time": 1.6, "ratio/rollout_time": 1.6, "ratio/update_time": 1.6,
+           "ratio/pairs": [1.4, 1.8], "ratio/step_time_interval": (1.4, 1.8), "steps": 2,
+           "excess": {"time/step": 0.0, "time/rollout": 0.0, "time/update": 0.0}}
+    assert "interval over the step pairs: 1.400-1.800; pairs at most 1.5: 1 of 2" in verl_step.report(res)
+
+
+def test_ratio_runs_tables_each_run_and_refuses_one_without_steps(tmp_path, capsys):
+    """benchmarks/ratio_runs.py over two written runs: one steady at 1.2 (interval 1.2-1.2, both pairs
+    under 1.5), one at 2.0; one run's interval at or under 1.5. A file without per-step times is named."""
+    ratio_runs = load("ratio_runs")
+
+    def run(name, erl, rlvr):
+        path = tmp_path / f"{name}.json"
+        path.write_text(__import__("json").dumps({
+            "ratio/step_time": sorted(erl)[len(erl) // 2] / sorted(rlvr)[len(rlvr) // 2],
+            "per_step": {"erl": [{"time/step": t} for t in erl], "rlvr": [{"time/step": t} for t in rlvr]}}))
+        return str(path)
+
+    assert ratio_runs.main([run("a", [1.2, 2.4], [1.0, 2.0]), run("b", [4.0, 4.0], [2.0, 2.0])]) == 0
+    out = capsys.readouterr().out
+    assert "1.200  1.200-1.200        2 of 2" in out
+    assert "2.000  2.000-2.000        0 of 2" in out
+    assert "runs whose interval lies at or under 1.5: 1 of 2; whose median does: 1 of 2" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ratio/step_time": 1.0}')
+    with pytest.raises(SystemExit):
+        ratio_runs.main([str(bad)])
+    assert "no per-step times" in capsys.readouterr().err
