@@ -268,6 +268,19 @@ def test_erl_compare_runs_every_mode_and_writes_plot_and_table(tmp_path):
     assert compare_main(["--out", str(tmp_path / "bad"), "--", "erl.tau=high"]) == 2
 
 
+def test_erl_compare_refuses_a_misspelt_key_or_group_in_one_line(tmp_path, capsys):
+    """erl-compare ends on a bad override before any mode runs, as erl-train does: a misspelt key with
+    the closest known one, a group option that does not exist with Hydra's list of options."""
+    from erl.cli.compare import main as compare_main
+
+    assert compare_main(["--out", str(tmp_path), "--", "model=tiny", "trainer.stepz=2"]) == 2
+    assert "erl-compare: error: unknown config key 'trainer.stepz'; did you mean trainer.total_steps?" in capsys.readouterr().err
+    assert compare_main(["--out", str(tmp_path), "--", "model=tiny", "env=sokobn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("erl-compare: error:") and "env/sokobn" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_micro_batching_gives_the_full_batch_gradient(tmp_path):
     """Token-mean over the whole step, whatever the micro-batch size: with the same rows and

@@ -60,9 +60,14 @@ def results_table(summaries: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from erl.cli.app import unknown_override_error
     from erl.progress import console_logging
     from erl.report import group_runs, load_run, plot_env
     from erl.tracking import read_metrics
+    from erl.trainers.local.checkpoint import CheckpointError
     from erl.trainers.local.run import train
 
     p = argparse.ArgumentParser(prog="erl-compare", description=__doc__.split("\n\n")[0])
@@ -70,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", nargs="+", default=["erl", "rlvr"], choices=MODES)
     p.add_argument("overrides", nargs="*", help="Hydra overrides applied to every mode (after --)")
     args = p.parse_args(argv)
+    error = unknown_override_error("train", list(args.overrides))  # erl-train's check, before any mode runs
+    if error:
+        print(f"erl-compare: error: {error}", file=sys.stderr)
+        return 2
     console_logging()
     out = Path(args.out)
     summaries, runs = [], []
@@ -81,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = read_metrics(out / mode / "metrics.jsonl")
             summaries.append(summarize(mode, rows, time.perf_counter() - start))
             runs.append(load_run(out / mode, warn=lambda msg: print(msg, file=sys.stderr)))
-    except ConfigError as exc:
-        print(f"erl-compare: error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError, FileNotFoundError, HydraException, OmegaConfBaseException) as exc:
+        # as erl-train ends on them (erl.cli.train.call_with_config), a bad group choice (env=sokobn) too
+        print(f"erl-compare: error: {str(exc).strip()}", file=sys.stderr)
         return 2
     # erl-report's figure (one seed per mode here), plus the training rollouts' first attempts
     (groups,) = group_runs(runs).values()  # every mode ran on the same env
