@@ -122,6 +122,10 @@ CASES = {
     "nan temperature": (*train_case("erl.temperature=nan"), "erl.temperature"),
     "nan lr": (*train_case("trainer.lr=nan"), "trainer.lr"),
     "unknown top-level key": (*train_case("+foo=1"), "foo"),
+    # a word Hydra passes as a string ("no" is true): had turned LoRA on, kept std normalisation on
+    "lora enabled as a word": (*train_case("model.lora.enabled=no"), "model.lora.enabled must be true or false, got 'no'"),
+    "norm_adv_by_std as a word": (*train_case("trainer.norm_adv_by_std=off"), "trainer.norm_adv_by_std must be true or false"),
+    "progress as a word": (*train_case("trainer.progress=maybe"), "trainer.progress must be true or false"),
     "unknown env key": (*train_case("+env.n_tests=3"), "n_tests"),
     # tracebacks before
     "seed not a number": (*train_case("seed=abc"), "seed"),

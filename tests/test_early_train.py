@@ -372,3 +372,17 @@ def test_stage_config_refuses_non_finite_numbers():
     for key in ("lr", "grad_clip", "weight_decay"):
         with pytest.raises(ConfigError, match=f"trainer.{key} must be a finite number >= 0"):
             EarlyTrainConfig.from_dict({key: float("nan")})
+
+
+def test_early_switches_refuse_words_hydra_passes_as_strings():
+    """`early.rationales=no` reached the build as the string "no", which is true, and still wrote
+    sr.jsonl; the stage's progress and the build's overwrite took any value too."""
+    from erl.core.config import ConfigError
+    from erl.early.build import BuildConfig
+    from erl.early.train import EarlyTrainConfig
+
+    for key in ("rationales", "reflections"):
+        with pytest.raises(ConfigError, match=f"early.{key} must be true or false, got 'no'"):
+            BuildConfig(**{key: "no"})
+    with pytest.raises(ConfigError, match="trainer.progress must be true or false, got 'off'"):
+        EarlyTrainConfig.from_dict({"progress": "off"})

@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from erl.core.config import ConfigError, check_keys
+from erl.core.config import ConfigError, check_bools, check_keys
 from erl.core.interfaces import SamplingParams
 from erl.early import prompts
 from erl.early.experts import ExpertStep, action_space, expert_trajectory, step_from
@@ -54,6 +54,7 @@ class BuildConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ConfigError(f"early.{name} must be a number >= 0, got {v!r}")
+        check_bools("early", self, ("rationales", "reflections"))
         if "{action}" not in str(self.action_format):
             raise ConfigError(f"early.action_format must contain {{action}}, got {self.action_format!r}")
 
@@ -208,6 +209,8 @@ def build(cfg: dict) -> dict:
     out = cfg.get("out")
     if not out:
         raise ConfigError("out: the dataset folder is not set")
+    if not isinstance(cfg.get("overwrite", False), bool):
+        raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
     check_out(out, bool(cfg.get("overwrite")))
     device = pick_device(str(cfg.get("device", "auto")))
     torch.manual_seed(seed)

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from erl.core.config import ConfigError, check_ints, check_keys, check_numbers
+from erl.core.config import ConfigError, check_bools, check_ints, check_keys, check_numbers
 from erl.core.losses import distill_nll_loss
 from erl.core.types import TokenSample
 from erl.early.data import files_digest, record_sample, stage_files, stage_records
@@ -70,6 +70,7 @@ class EarlyTrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"trainer.lr must be > 0, got {self.lr}")
         check_runtime(self)
+        check_bools("trainer", self, ("progress",))
 
     @classmethod
     def from_dict(cls, data: Any) -> EarlyTrainConfig:

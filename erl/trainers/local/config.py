@@ -71,7 +71,8 @@ class LocalTrainerConfig:
         if loss_errors:  # the keys of this section carry the loss's own names
             raise ConfigError("; ".join(f"trainer.{k} must be {v}" for k, v in loss_errors.items()))
         check_runtime(self)
-        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora", "rollout_regions"))
+        check_bools("trainer", self, ("rollout_cuda_graphs", "rollout_merge_lora", "rollout_regions", "norm_adv_by_std",
+                                     "progress"))
         if not isinstance(self.rollout_compile, bool):
             try:
                 check_mode(str(self.rollout_compile))

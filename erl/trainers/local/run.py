@@ -76,9 +76,23 @@ def apply_lora(model, lora: dict):
         layers_to_transform=layers))
 
 
+def check_model_section(model_cfg: dict) -> None:
+    """The `model:` section's keys and its switches: `lora.enabled=no` reaches us from Hydra as the
+    string "no", which is true, and had turned LoRA on."""
+    check_keys("model", model_cfg, MODEL_KEYS)
+    lora = model_cfg.get("lora") or {}
+    if not isinstance(lora, dict):
+        raise ConfigError(f"model.lora must be a mapping of {sorted(LORA_KEYS)}, got {lora!r}")
+    check_keys("model.lora", lora, LORA_KEYS)
+    for key, value in (("model.fetch", model_cfg.get("fetch", True)), ("model.lora.enabled", lora.get("enabled", False))):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
 def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     """`model.path`: a registry name, a local Hugging Face folder, or `tiny` (a random
     model the project builds, for tests and smoke runs)."""
+    check_model_section(model_cfg)
     path = str(model_cfg.get("path", ""))
     if path == "tiny":
         from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
@@ -111,7 +125,7 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
         if not isinstance(cfg.get(section), dict):
             raise ConfigError(f"config has no `{section}:` section")
     check_keys("config", cfg, TOP_KEYS)
-    check_keys("model", cfg["model"], MODEL_KEYS)
+    check_model_section(cfg["model"])
     if cfg["model"].get("path") == "tiny":  # checked with the config, not after the tasks are made
         check_tiny_sizes(cfg["model"].get("tiny"))
     erl = ErlConfig.from_dict(cfg["erl"])
