@@ -165,9 +165,10 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def write_early(folder, successes, stages, rl=None, tags=False):
+def write_early(folder, successes, stages, rl=None, tags=False, more_rl=()):
     """A folder as scripts/early_compare.sh leaves it: eval_<arm>.json per arm, a stage's
-    metrics, the dataset manifest, and optionally an RL run from a stage (<arm>-erl)."""
+    metrics, the dataset manifest, and optionally an RL run from a stage as scripts/early_erl.sh
+    names it (il-erl; `more_rl`: other such folders, with `rl`'s metrics)."""
     folder.mkdir(parents=True)
     env = {"name": "sokoban", **({"params": {"action_tag": True}} if tags else {})}
     for arm, success in successes.items():
@@ -181,9 +182,9 @@ def write_early(folder, successes, stages, rl=None, tags=False):
     (folder / "data").mkdir()
     (folder / "data" / "manifest.json").write_text(json.dumps({"counts": {
         "tasks": 8, "expert_states": 20, "rows_rollout": 40, "alternatives_random": 5}}))
-    if rl:
-        (folder / "il-erl").mkdir()
-        (folder / "il-erl" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl))
+    for name in ("il-erl", *more_rl) if rl else ():
+        (folder / name).mkdir()
+        (folder / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rl))
 
 
 def test_early_experience_rows(runs, capsys):
@@ -191,16 +192,21 @@ def test_early_experience_rows(runs, capsys):
     last loss, the RL run from a stage, the expert budget, the paper's claim; an arm without its
     eval file is left out, a folder with none is an error."""
     early = runs / "early"
-    write_early(early, {"base": 0.0625, "il": 0.25, "sr": 0.1875}, {"il": [1.5, 0.5], "sr": [2.0, 1.25, 1.0]},
-                rl=[{"step": 0, "eval/success": 0.25}, {"step": 1}, {"step": 2, "eval/success": 0.375}])
+    write_early(early, {"base": 0.0625, "il": 0.25, "sr": 0.1875, "iwm-il": 0.125},
+                {"il": [1.5, 0.5], "sr": [2.0, 1.25, 1.0]},
+                rl=[{"step": 0, "eval/success": 0.25}, {"step": 1}, {"step": 2, "eval/success": 0.375}],
+                more_rl=("il-rlvr-s1", "iwm-erl", "iwm-il-rlvr", "none-rlvr"))
     out = runs / "docs" / "results.md"
     assert main([str(runs / "runs"), "--early", str(early), "--out", str(out)]) == 0
     text = out.read_text()
     part = text.split("## Early Experience warm starts: sokoban\n", 1)[1]
     assert "20 expert states of 8 tasks, 40 alternatives (5 drawn at random)" in part
     rows = [ln for ln in part.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert rows == ["| base model | 0.062 | 16 | - | - |",
-                    "| IL | 0.250 | 16 | il 2 (0.500) | 0.25 (step 0), 0.38 (step 2); 2 steps run |",
+    # each arm's RL runs by early_erl.sh's names: IWM -> IL's is iwm-erl, the base model's none-<mode>
+    curve = "0.25 (step 0), 0.38 (step 2); 2 steps run"
+    assert rows == [f"| base model | 0.062 | 16 | - | rlvr: {curve} |",
+                    f"| IL | 0.250 | 16 | il 2 (0.500) | erl: {curve} / rlvr-s1: {curve} |",
+                    f"| IWM -> IL | 0.125 | 16 | - | erl: {curve} / rlvr: {curve} |",
                     "| SR | 0.188 | 16 | sr 3 (1.000) | - |"]
     assert "9.6 points" in part and "--early" in text.split("\n")[2]
     assert (early / "compare.md").exists() is False  # erl-report only reads the folder
@@ -222,7 +228,7 @@ def test_early_sections_name_action_tags_and_shorten_long_rl_curves(runs):
     assert main([str(runs / "runs"), "--early", str(runs / "tags"), "--out", str(out)]) == 0
     part = out.read_text().split("## Early Experience warm starts: sokoban, action tags\n", 1)[1]
     row = next(ln for ln in part.splitlines() if ln.startswith("| IL |"))
-    assert row.endswith("| 0.25 (step 0) -> 0.62 (step 20), best 0.75 (step 8); 20 steps run |")
+    assert row.endswith("| erl: 0.25 (step 0) -> 0.62 (step 20), best 0.75 (step 8); 20 steps run |")
 
 
 def test_hotpotqa_is_scored_by_its_reward_as_in_the_paper(tmp_path, capsys):

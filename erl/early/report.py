@@ -1,6 +1,7 @@
 """Early Experience rows for `erl-report --early DIR` and scripts/early_compare.sh: the arms'
 greedy first-attempt success, read from the folder that early_compare.sh fills
-(eval_<arm>.json, <stage>/metrics.jsonl, and <arm>-erl/ when RL was started from a stage)."""
+(eval_<arm>.json, <stage>/metrics.jsonl), and the RL runs that scripts/early_erl.sh started from
+each arm in that folder (<method>-<mode>/, or <method>-<mode>-s<seed>/ as scripts/il_tag_rl.sh names them)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from erl.tracking import read_metrics
 
 ARMS = (("base", "base model", ()), ("il", "IL", ("il",)), ("iwm-il", "IWM -> IL", ("iwm", "iwm-il")),
         ("sr", "SR", ("sr",)))
+# scripts/early_erl.sh's method for each arm: its RL run is <method>-<mode>
+RL_METHOD = {"base": "none", "il": "il", "iwm-il": "iwm", "sr": "sr"}
 PAPER = ("The paper's claim, **not from these runs** (arXiv 2510.08558, over eight environments): "
          "IWM and SR beat IL by about 9.6 points on average, and are better starts for RL than IL.")
 
@@ -24,6 +27,20 @@ def rl_curve(points: list[tuple[int, float]]) -> str:
         return ", ".join(at(p) for p in points)
     best = max(points, key=lambda p: (p[1], -p[0]))  # the earliest step that reached the best value
     return f"{at(points[0])} -> {at(points[-1])}, best {at(best)}"
+
+
+def rl_runs(folder: Path, arm: str) -> list[tuple[str, list[dict]]]:
+    """(mode, metrics) of each RL run started from `arm` in `folder` (ERL first, then RLVR), the
+    seed in the mode's name where the folder carries one. Named by early_erl.sh's method, or by
+    the arm (the folders of docs/gpu/early_*_tags: iwm-il-erl)."""
+    found = []
+    for mode in ("erl", "rlvr"):
+        for prefix in dict.fromkeys((RL_METHOD[arm], arm)):
+            for run in [folder / f"{prefix}-{mode}", *sorted(folder.glob(f"{prefix}-{mode}-s*"))]:
+                rows = read_metrics(run / "metrics.jsonl")
+                if rows:
+                    found.append((run.name[len(prefix) + 1:], rows))
+    return found
 
 
 def arm_table(folder: Path) -> tuple[str, list[str]]:
@@ -46,9 +63,9 @@ def arm_table(folder: Path) -> tuple[str, list[str]]:
             rows = read_metrics(folder / stage / "metrics.jsonl")
             if rows:
                 steps.append(f"{stage} {rows[-1]['step']} ({rows[-1].get('loss/nll', float('nan')):.3f})")
-        rl = read_metrics(folder / f"{key}-erl" / "metrics.jsonl")
-        curve = rl_curve([(r["step"], r["eval/success"]) for r in rl if "eval/success" in r])
-        curve = f"{curve}; {rl[-1]['step']} steps run" if rl else "-"
+        curves = [f"{mode}: {rl_curve([(r['step'], r['eval/success']) for r in rl if 'eval/success' in r])}; "
+                  f"{rl[-1]['step']} steps run" for mode, rl in rl_runs(folder, key)]
+        curve = " / ".join(curves) or "-"
         lines.append(f"| {label} | {metrics['eval/success']:.3f} | {int(metrics['eval/tasks'])} | "
                      f"{', '.join(steps) or '-'} | {curve} |")
     return env, lines
