@@ -318,12 +318,20 @@ def test_bad_split_and_count():
 # ------------------------------------------------------------------ task files
 
 
+def compose_train(overrides):
+    from erl.cli.compare import compose
+
+    return compose(overrides)
+
+
 def test_erl_tasks_writes_files_that_load_back(tmp_path, capsys):
     out = tmp_path / "fl"
     rc = tasks_main(["write", "frozenlake", "--n-train", "7", "--n-val", "3", "--seed", "5", "--out", str(out),
                      "--param", "size_max=3", "--param", "symbols.hole=#"])
     assert rc == 0
-    params = {"size_max": 3, "symbols": {"hole": "#"}}
+    # erl-train's env section (configs/local/env/frozenlake.yaml, erl.max_turns 4) under the --params
+    params = {"size_min": 2, "size_max": 3, "start_goal": "random", "hole_prob": 0.2, "max_turns": 4,
+              "symbols": {"hole": "#"}, "action_tag": False}
     assert load_tasks(out / "train.jsonl") == make_tasks("frozenlake", 7, seed=5, split="train", **params)
     assert load_tasks(out / "val.jsonl") == make_tasks("frozenlake", 3, seed=5, split="val", **params)
     assert "7 tasks" in capsys.readouterr().out
@@ -333,6 +341,24 @@ def test_erl_tasks_writes_files_that_load_back(tmp_path, capsys):
 
     assert tasks_main(["write", "frozenlake", "--out", str(out), "--param", "size_max=12"]) == 2
     assert "env.params.size_max" in capsys.readouterr().err
+
+
+def test_erl_tasks_writes_the_tasks_erl_train_makes(tmp_path, capsys):
+    """Without options, the files hold erl-train's tasks: its env section's params, counts (256 / 64)
+    and seed. They had come from the env class's defaults (FrozenLake size_max 4, max_turns 8;
+    Sokoban max_moves 8), and matched none of a run's 16 eval tasks."""
+    from erl.trainers.local.run import build
+
+    for env in ("frozenlake", "sokoban"):
+        out = tmp_path / env
+        assert tasks_main(["write", env, "--out", str(out)]) == 0
+        val = load_tasks(out / "val.jsonl")
+        assert len(load_tasks(out / "train.jsonl")) == 256 and len(val) == 64
+        cfg = compose_train([f"env={env}", "model=tiny", "trainer.eval_tasks=16"])
+        cfg["trainer"]["output_dir"] = str(tmp_path / f"run-{env}")
+        _, made = build(cfg)
+        assert made["val"] == val[:16]
+    capsys.readouterr()
 
 
 def test_load_tasks_errors_name_the_line(tmp_path):

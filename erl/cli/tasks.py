@@ -4,7 +4,9 @@
     erl-tasks write sokoban --out data/sokoban --param size_max=7 --param symbols.wall=%
     erl-tasks show data/frozenlake/val.jsonl --n 2
 
-`write` makes OUT/train.jsonl and OUT/val.jsonl (disjoint layouts, reproducible from the seed).
+`write` makes OUT/train.jsonl and OUT/val.jsonl (disjoint layouts, reproducible from the seed): the
+tasks `erl-train env=ENV` makes (its env section's params, task counts and seed: configs/local/env/),
+unless --param, --n-train, --n-val or --seed say otherwise.
 """
 
 from __future__ import annotations
@@ -61,19 +63,38 @@ def summarize(tasks: list[dict]) -> str:
     return "; ".join(parts)
 
 
+def train_env(env: str) -> tuple[dict, int]:
+    """(env section, seed) of erl-train's composed config with `env=ENV`, so that a written file holds
+    the tasks of its runs; ({name: ENV}, 0) for an env without a file in configs/local/env/ (its
+    class's defaults)."""
+    from hydra.errors import HydraException
+
+    from erl.cli.compare import compose
+
+    try:
+        cfg = compose([f"env={env}"])
+    except HydraException:
+        return {"name": env}, 0
+    return cfg["env"], int(cfg.get("seed", 0))
+
+
 def cmd_write(args: argparse.Namespace) -> None:
     from erl.envs.base import write_tasks
     from erl.envs.registry import make_tasks, validate_env_params
 
-    params = parse_params(args.param)
+    section, seed = train_env(args.env)
+    params = {**(section.get("params") or {}), **parse_params(args.param)}
     validate_env_params(args.env, params)
+    seed = seed if args.seed is None else args.seed
     out = Path(args.out)
-    for split, n in (("train", args.n_train), ("val", args.n_val)):
-        tasks = make_tasks(args.env, n, seed=args.seed, split=split, **params)
+    counts = {"train": section.get("n_train", 256) if args.n_train is None else args.n_train,
+              "val": section.get("n_val", 64) if args.n_val is None else args.n_val}
+    for split, n in counts.items():
+        tasks = make_tasks(args.env, n, seed=seed, split=split, **params)
         path = out / f"{split}.jsonl"
         write_tasks(path, tasks)
         print(f"{path}: {summarize(tasks)}")
-    print(f"erl-tasks: {args.env} seed={args.seed} params={params or '{}'}")
+    print(f"erl-tasks: {args.env} seed={seed} params={params or '{}'}")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -93,12 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("write", help="write OUT/train.jsonl and OUT/val.jsonl")
     w.add_argument("env", help="environment name (frozenlake, sokoban, ...)")
-    w.add_argument("--n-train", type=int, default=256)
-    w.add_argument("--n-val", type=int, default=64)
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--n-train", type=int, default=None, help="default: erl-train's env.n_train")
+    w.add_argument("--n-val", type=int, default=None, help="default: erl-train's env.n_val")
+    w.add_argument("--seed", type=int, default=None, help="default: erl-train's seed")
     w.add_argument("--out", required=True, help="output directory")
     w.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="an env param (repeatable), e.g. size_max=5 or symbols.hole=%%")
+                   help="an env param (repeatable) over erl-train's env.params, e.g. size_max=5 or symbols.hole=%%")
     w.set_defaults(func=cmd_write)
     s = sub.add_parser("show", help="print the system prompt and first observation of tasks in a file")
     s.add_argument("file")
