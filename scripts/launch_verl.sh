@@ -10,6 +10,8 @@
 #   PYTHON=python3        interpreter
 #   DRY_RUN=1             print the command instead of running it
 # Extra arguments are passed to Hydra unchanged, e.g. trainer.total_training_steps=50.
+# The run starts in the repository root, so relative paths (trainer.default_local_dir, data files) are
+# the repository's; Hydra itself writes nothing (configs/verl/erl_base.yaml).
 #
 # Several nodes, on an existing Ray cluster:
 #   head:    ray start --head --port=6379 --num-gpus=8

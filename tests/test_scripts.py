@@ -4,6 +4,7 @@ per node and 1-2 nodes, unchanged between a laptop-sized and a cluster run."""
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,27 @@ def test_local_resume_check_resumes_in_new_processes_to_the_original_step(tmp_pa
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "local_resume_check.sh")], env={**env, "SAVE_AT": "0"},
                          capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and "SAVE_AT must be a step >= 1" in bad.stderr
+
+
+def test_erl_verl_writes_nothing_where_it_starts_and_refuses_missing_gpus_in_one_line(tmp_path):
+    """erl-verl through Hydra, started in an empty folder on a machine without a GPU (CUDA hidden):
+    the missing GPU is one line and exit code 2, and Hydra left no outputs/<date>/<time>/ (nor a
+    main.log) in the folder, as erl-train leaves none."""
+    from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
+
+    model = tmp_path / "model"
+    tok = build_tiny_tokenizer()
+    build_tiny_model(tok).save_pretrained(model)
+    tok.save_pretrained(model)
+    start = tmp_path / "start"
+    start.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    res = subprocess.run([sys.executable, "-m", "erl.trainers.verl.main", "--config-name", "frozenlake_erl",
+                          f"actor_rollout_ref.model.path={model}", "trainer.n_gpus_per_node=1",
+                          f"trainer.default_local_dir={tmp_path / 'run'}"],
+                         cwd=start, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == ["erl-verl: error: trainer.n_gpus_per_node=1 but this machine has 0 "
+                                               "CUDA GPU(s); without a GPU, the local trainer (erl-train) runs ERL on CPU"]
+    assert list(start.iterdir()) == [] and not (tmp_path / "run").exists()

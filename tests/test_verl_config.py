@@ -156,6 +156,27 @@ def test_build_fails_before_ray(tmp_path):
     assert not ray.is_initialized()
 
 
+def test_build_refuses_more_gpus_than_the_machine_has_before_ray(model_folder, monkeypatch):
+    """A local run asking for more GPUs than torch sees ends in one line before Ray starts (verl's own
+    resource check raised a traceback after it); on a Ray cluster (RAY_ADDRESS) the cluster decides."""
+    import ray
+    import torch
+
+    from erl.trainers.verl.main import build, check_local_gpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match=r"n_gpus_per_node=1 but this machine has 0 CUDA GPU\(s\); without a GPU"):
+        build(compose("frozenlake_erl", [f"actor_rollout_ref.model.path={model_folder}", "trainer.n_gpus_per_node=1"]))
+    assert not ray.is_initialized()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"n_gpus_per_node=4 but this machine has 2 CUDA GPU\(s\)$"):
+        check_local_gpus({"trainer": {"nnodes": 1, "n_gpus_per_node": 4}})
+    check_local_gpus({"trainer": {"nnodes": 1, "n_gpus_per_node": 2}})
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    check_local_gpus({"trainer": {"nnodes": 1, "n_gpus_per_node": 4}})
+
+
 def test_resume_path_must_be_an_erl_checkpoint(model_folder, tmp_path):
     import ray
 

@@ -56,6 +56,20 @@ def init_ray(cfg: dict) -> None:
     ray.init(**kwargs)
 
 
+def check_local_gpus(cfg: dict) -> None:
+    """A local Ray (no RAY_ADDRESS, one node) gets this machine's GPUs: fewer than
+    trainer.n_gpus_per_node is refused here, before Ray starts, not by verl's resource check after it."""
+    tr = cfg["trainer"]
+    if os.environ.get("RAY_ADDRESS") or int(tr.get("nnodes", 1)) != 1:
+        return
+    import torch
+
+    want, have = int(tr["n_gpus_per_node"]), torch.cuda.device_count()
+    if have < want:
+        hint = "; without a GPU, the local trainer (erl-train) runs ERL on CPU" if not have else ""
+        raise ConfigError(f"trainer.n_gpus_per_node={want} but this machine has {have} CUDA GPU(s){hint}")
+
+
 def build(config: Any):
     """Validated settings -> tasks -> Ray -> memory -> workers -> trainer."""
     settings = validate(config)  # first: a bad config costs no verl / Ray import either
@@ -75,6 +89,7 @@ def build(config: Any):
     seed = settings.trainer.seed
     train = make_tasks(settings.env_name, int(env["n_train"]), seed=seed, split="train", **settings.env_params)
     val = make_tasks(settings.env_name, int(env["n_val"]), seed=seed, split="val", **settings.env_params)
+    check_local_gpus(settings.cfg)  # after every input check, before Ray
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
     init_ray(settings.cfg)
     memory = create_memory(settings.erl, settings.trainer.memory_actor)
@@ -119,8 +134,16 @@ def with_searchpath(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    import logging
+
     import hydra
 
+    from erl.progress import console_logging
+
+    # Hydra configures no logging here (erl_base.yaml: hydra/job_logging none, so it writes no main.log
+    # into the folder the run starts in): its console format for other loggers, erl's own lines as erl-train
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    console_logging()
     sys.argv[1:] = with_searchpath(sys.argv[1:])
     hydra.main(config_path=str(config_dir()), config_name="frozenlake_erl", version_base=None)(_main)()
 
