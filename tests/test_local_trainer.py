@@ -369,6 +369,40 @@ def test_erl_eval_command_prints_a_table_and_writes_json(tmp_path):
     assert bad.returncode == 2 and "model.path" in bad.stderr
 
 
+def test_erl_eval_of_a_checkpoint_records_its_settings_and_refuses_overrides_it_would_drop(tmp_path):
+    """With eval.checkpoint, eval.out records the checkpoint's model (here tiny, 1 layer), not the
+    command line's defaults (smollm2), and the tasks logged are the task file's env; an `env=` (or
+    `model.`, `erl.`, `seed=`) override, which the checkpoint's settings replace, is refused."""
+    import subprocess
+    import sys
+
+    from erl.cli.evaluate import ignored_overrides
+    from erl.envs.base import write_tasks
+    from erl.envs.registry import make_tasks
+
+    assert ignored_overrides(["env=sokoban", "eval.n=2", "+model.tiny.x=1", "erl.tau=0.5", "seed=3", "trainer.lr=1"]) \
+        == ["env=sokoban", "+model.tiny.x=1", "erl.tau=0.5", "seed=3"]
+    cfg = base_cfg(tmp_path, steps=1)
+    train(cfg)
+    ckpt = Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1"
+    tasks = tmp_path / "sokoban.jsonl"
+    write_tasks(tasks, make_tasks("sokoban", 2, seed=0, split="val", max_moves=2, max_turns=2))
+    cmd = [sys.executable, "-c", "from erl.cli.evaluate import main; main()", f"eval.checkpoint={ckpt}",
+           f"hydra.run.dir={tmp_path}"]
+    out = tmp_path / "eval.json"
+    ok = subprocess.run([*cmd, f"eval.tasks_file={tasks}", f"eval.out={out}"], capture_output=True, text=True,
+                        timeout=300, check=False)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "2 sokoban tasks" in ok.stderr
+    saved = json.loads(out.read_text())["config"]
+    assert saved["model"]["path"] == "tiny" and saved["model"]["tiny"]["layers"] == 1
+    assert saved["env"]["name"] == "frozenlake" and saved["eval"]["checkpoint"] == str(ckpt)
+    bad = subprocess.run([*cmd, "env=sokoban"], capture_output=True, text=True, timeout=300, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "erl-eval: error: env=sokoban: with eval.checkpoint the run's own model, erl, env and seed are used (its "
+        "config.json); to score other tasks pass eval.tasks_file=..."]
+
+
 def test_auto_precision_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
     from erl.trainers.local import trainer as local
 

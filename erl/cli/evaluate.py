@@ -8,21 +8,35 @@ First attempt only, no reflection, no memory: what the deployed model does, on `
 (default: as many as the run evaluated on, trainer.eval_tasks, 16 in the default config). With
 `eval.with_reflection=true` it also runs one reflection + second attempt where the first
 failed (still no memory), which measures how much reflection still helps.
-A checkpoint brings its own model, erl and env settings (the run's config.json);
-`env=...` overrides on the command line take precedence only when no checkpoint is given.
+A checkpoint brings its own model, erl and env settings (the run's config.json), so with
+`eval.checkpoint` a command-line override of them (`env=sokoban`, `model.path=...`, `erl.tau=...`,
+`seed=...`) is refused rather than dropped: other tasks come from `eval.tasks_file`. `eval.out`
+records the settings the evaluation ran with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 EVAL_KEYS = ("checkpoint", "tasks_file", "split", "n", "temperature", "with_reflection", "out")
+FROM_CHECKPOINT = ("model", "erl", "env", "seed")  # the sections a checkpoint's config.json replaces
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: dict) -> dict[str, float]:
+def ignored_overrides(overrides: list[str]) -> list[str]:
+    """The command-line overrides a checkpoint's own settings would replace (group choices and keys
+    of FROM_CHECKPOINT's sections, with or without + or ~)."""
+    def section(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+    return [o for o in overrides if section(o) in FROM_CHECKPOINT]
+
+
+def evaluate(cfg: dict, used: dict | None = None) -> dict[str, float]:
+    """The metrics of the evaluation `cfg` asks for; `used` (when given) receives the config it ran
+    with: a checkpoint's model, erl, env and seed in place of the command line's."""
     import math
 
     from erl.core.config import ConfigError, check_keys
@@ -49,6 +63,8 @@ def evaluate(cfg: dict) -> dict[str, float]:
         saved = ckpt["config"]
         cfg = {**cfg, "model": saved["model"], "erl": saved["erl"], "env": saved["env"], "seed": saved.get("seed", 0)}
         n_default = saved.get("trainer", {}).get("eval_tasks", n_default)  # the run's own eval set
+    if used is not None:
+        used.update(cfg)
     # Tasks before the model: a bad or empty task file costs no model load.
     if ev.get("tasks_file"):
         tasks = load_tasks(Path(str(ev["tasks_file"])))[:n]
@@ -59,7 +75,8 @@ def evaluate(cfg: dict) -> dict[str, float]:
     if not tasks:  # a mean over no task would print 0.000 as if the model had failed them all
         raise ConfigError(f"eval.tasks_file: {ev['tasks_file']} holds no tasks" if ev.get("tasks_file")
                           else "eval: no tasks to evaluate")
-    log.info("erl-eval: %d %s tasks (eval.n to change), %s", len(tasks), cfg["env"].get("name"),
+    kinds = sorted({str(t.get("env")) for t in tasks})  # a task file's own envs, not the config's
+    log.info("erl-eval: %d %s tasks (eval.n to change), %s", len(tasks), "/".join(kinds),
              "first attempt, then one reflection where it failed" if ev.get("with_reflection") else
              "first attempt only")
     cfg["trainer"] = {**cfg["trainer"], "kl_coef": 0.0}  # no reference model needed to evaluate
@@ -75,12 +92,19 @@ def evaluate(cfg: dict) -> dict[str, float]:
 
 
 def _run(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
     from rich.console import Console
     from rich.table import Table
 
     from erl.cli.train import call_with_config
 
-    plain, result = call_with_config("erl-eval", evaluate, cfg)
+    ignored = ignored_overrides(list(HydraConfig.get().overrides.task)) if cfg.eval.get("checkpoint") else []
+    if ignored:
+        print(f"erl-eval: error: {' '.join(ignored)}: with eval.checkpoint the run's own model, erl, env and seed "
+              f"are used (its config.json); to score other tasks pass eval.tasks_file=...", file=sys.stderr)
+        sys.exit(2)
+    plain: dict = {}  # the config the evaluation ran with (a checkpoint's sections in place of the command line's)
+    _, result = call_with_config("erl-eval", lambda c: evaluate(c, plain), cfg)
     table = Table(title=f"erl-eval: {plain['eval'].get('checkpoint') or plain['model'].get('path')}")
     table.add_column("metric")
     table.add_column("value", justify="right")
