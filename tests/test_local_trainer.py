@@ -398,9 +398,9 @@ def test_erl_eval_of_a_checkpoint_records_its_settings_and_refuses_overrides_it_
     assert saved["model"]["path"] == "tiny" and saved["model"]["tiny"]["layers"] == 1
     assert saved["env"]["name"] == "frozenlake" and saved["eval"]["checkpoint"] == str(ckpt)
     bad = subprocess.run([*cmd, "env=sokoban"], capture_output=True, text=True, timeout=300, check=False)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        "erl-eval: error: env=sokoban: with eval.checkpoint the run's own model, erl, env and seed are used (its "
-        "config.json); to score other tasks pass eval.tasks_file=..."]
+    want = ("erl-eval: error: env=sokoban: with eval.checkpoint the run's own model, erl, env and seed are used (its "
+            "config.json); to score other tasks pass eval.tasks_file=...")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [want]
 
 
 def test_auto_precision_is_bf16_on_cuda_and_amx_cpus_only(monkeypatch):
