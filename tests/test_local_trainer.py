@@ -147,7 +147,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 def test_checkpoint_missing_a_trainable_tensor_is_refused(tmp_path):
     cfg = base_cfg(tmp_path, steps=1)
     train(cfg)
-    ckpt = load_checkpoint(Path(cfg["trainer"]["output_dir"]) / "checkpoints" / "step_1")
+    run = Path(cfg["trainer"]["output_dir"])
+    with pytest.raises(CheckpointError, match=r"is a run's folder, not a checkpoint; checkpoints in .*: step_1$"):
+        load_checkpoint(run, training=False)  # erl-eval eval.checkpoint=<the run> had said "missing model.safetensors"
+    ckpt = load_checkpoint(run / "checkpoints" / "step_1")
     trainer, _ = build(cfg)
     trainer.load_state(ckpt)  # the whole checkpoint loads
     dropped = "model.layers.0.self_attn.q_proj.weight"  # trained (not tied to another tensor)

@@ -182,7 +182,7 @@ def train(cfg: dict) -> dict[str, float]:
     # the data's digest joins the config: resuming on changed data is refused like a changed setting
     run_cfg = {**cfg, "stage": stage, "data_sha256": files_digest(stage_files(cfg["data"], stage["files"]))}
     out = Path(tcfg.output_dir)
-    ckpt = prepare_output(run_cfg, out, cfg.get("resume", False))
+    ckpt = prepare_output(run_cfg, out, cfg.get("resume", False), prog="erl-early train")
     seed = int(cfg.get("seed", 0))
     device = pick_device(tcfg.device)
     torch.manual_seed(seed)

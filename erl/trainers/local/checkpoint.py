@@ -176,6 +176,8 @@ def load_checkpoint(path: Path, training: bool = True) -> dict:
             f"eval.checkpoint={path}); to train on, start a new run in another trainer.output_dir")
     needed = (["model.pt"] if old else ["model.safetensors"]) + ["config.json"] + (NEEDED[1:4] if training else [])
     missing = [n for n in needed if not (path / n).is_file()]
+    if missing and (path / "checkpoints").is_dir():  # a run's folder, not one of its checkpoints
+        raise CheckpointError(f"{path} is a run's folder, not a checkpoint; {_checkpoints_in(path / 'checkpoints')}")
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
     try:

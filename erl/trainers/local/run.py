@@ -153,7 +153,7 @@ def build(cfg: dict) -> tuple[LocalTrainer, dict]:
     return trainer, {"val": val}
 
 
-def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
+def prepare_output(cfg: dict, out: Path, resume: Any, prog: str = "erl-train") -> dict | None:
     """The checkpoint to resume from (loaded), or None to start at step 0. Refuse to mix runs."""
     ckpts = list_checkpoints(out / "checkpoints")
     held = bool(ckpts) or (out / "metrics.jsonl").exists()
@@ -170,10 +170,10 @@ def prepare_output(cfg: dict, out: Path, resume: Any) -> dict | None:
         if diff:
             raise ConfigError(f"{out} holds a run started with a different config: " + "; ".join(diff))
         if started.is_file():
-            print(f"erl-train: resume=true but {out / 'checkpoints'} holds no complete checkpoint: "
+            print(f"{prog}: resume=true but {out / 'checkpoints'} holds no complete checkpoint: "
                   "restarting from step 0", file=sys.stderr)
         else:  # scripts pass resume=true on every call, the first one included
-            print(f"erl-train: resume=true, nothing to resume in {out}: a new run", file=sys.stderr)
+            print(f"{prog}: resume=true, nothing to resume in {out}: a new run", file=sys.stderr)
         return None
     path = ckpts[-1] if resume in (True, "true", "True") else Path(str(resume))
     ckpt = load_checkpoint(path)
