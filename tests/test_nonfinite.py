@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from test_local_trainer import base_cfg
 
 from erl.core.types import Segment, TokenSample
@@ -116,14 +117,19 @@ def test_consecutive_skips_stop_the_run_with_its_last_good_checkpoint(tmp_path, 
     assert all(torch.isfinite(v).all() for v in load_checkpoint(out / "checkpoints" / "step_3")["model"].values())
 
 
-def test_time_budget_stops_after_a_step_and_resume_continues(tmp_path):
+def test_time_budget_stops_after_a_step_and_resume_continues(tmp_path, capsys):
+    """The run stops after step 1 and says so (erl-train's last line had said "done"); resumed, it ends."""
+    from erl.cli.train import _run
+
     cfg = base_cfg(tmp_path, "rlvr", steps=3, save_every=0, time_budget_s=1e-9)
-    train(cfg)
+    _run(OmegaConf.create(cfg))
     out = Path(cfg["trainer"]["output_dir"])
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1]
     assert (out / "checkpoints" / "step_1").is_dir()
-    train({**cfg, "resume": True, "trainer": {**cfg["trainer"], "time_budget_s": 0}})
+    assert f"erl-train: stopped at step 1 of 3 (trainer.time_budget_s; resume=true goes on) -> {out}" in capsys.readouterr().out
+    _run(OmegaConf.create({**cfg, "resume": True, "trainer": {**cfg["trainer"], "time_budget_s": 0}}))
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [0, 1, 2, 3]
+    assert f"erl-train: done -> {out}" in capsys.readouterr().out
 
 
 

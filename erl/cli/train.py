@@ -41,7 +41,9 @@ def _run(cfg) -> None:
 
     plain, last = call_with_config("erl-train", train, cfg)
     shown = {k: round(v, 3) for k, v in last.items() if k.startswith(("eval/", "attempt1/success", "attempt2/success"))}
-    print(f"erl-train: done -> {plain['trainer']['output_dir']}  {shown}")
+    step, total = int(last.get("train/last_step", 0)), int(plain["trainer"]["total_steps"])
+    status = "done" if step >= total else f"stopped at step {step} of {total} (trainer.time_budget_s; resume=true goes on)"
+    print(f"erl-train: {status} -> {plain['trainer']['output_dir']}  {shown}")
 
 
 def gpu_scale_default(argv: list[str]) -> list[str]:

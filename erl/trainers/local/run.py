@@ -226,6 +226,7 @@ def _train(cfg: dict, runlog: RunLog) -> dict[str, float]:
     last = trainer.fit(started)
     trainer.tracker.close()
     ckpts = list_checkpoints(out / "checkpoints")
-    log.info("done in %.1f min: metrics, curves.png and train.log in %s; last checkpoint %s",
+    log.info("%s in %.1f min: metrics, curves.png and train.log in %s; last checkpoint %s",
+             "done" if trainer.step_count >= tcfg.total_steps else f"stopped at step {trainer.step_count}",
              (monotonic() - started) / 60, out, ckpts[-1] if ckpts else "none")
-    return last
+    return {**last, "train/last_step": float(trainer.step_count)}
