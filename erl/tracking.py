@@ -122,12 +122,17 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     rows = read_metrics(metrics_path)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in SEGMENT_CURVES[:3]:
         xs, ys = _series(rows, key)
         if xs:
-            axes[0].plot(xs, ys, marker=".", label=label)
+            # a binary reward makes the reflections' reward the second attempts' success wherever every
+            # reflection parsed: dashed, with hollow markers, so that the line under it stays visible
+            style = {"linestyle": "--", "marker": "o", "fillstyle": "none"} if key == "reflection/reward" else {"marker": "."}
+            axes[0].plot(xs, ys, label=label, **style)
     axes[0].set(title="training rollouts", xlabel="step", ylabel="success / reward", ylim=(-0.05, 1.05))
     if axes[0].lines:  # before the first step (eval only) there is nothing to label
         axes[0].legend(fontsize=8)
@@ -136,6 +141,8 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
         axes[1].plot(xs, ys, marker="o", color="black")
     axes[1].set(title="eval: first attempt, no reflection, no memory", xlabel="step", ylabel="success",
                 ylim=(-0.05, 1.05))
+    for ax in axes:  # steps are whole numbers (a short run's axis had shown 1.25, 1.75)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
     out_png = Path(out_png)

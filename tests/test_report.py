@@ -273,3 +273,27 @@ def test_plot_tells_warm_starts_apart_and_keeps_the_legend_off_the_curves(tmp_pa
     assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
     assert [t.get_text().rsplit(" (", 1)[0] for t in fig.legends[0].get_texts()] == [
         "erl", "erl [from il, action tag]", "erl [from iwm-il, action tag]"]
+
+
+def test_run_curves_keep_the_second_attempts_visible_under_the_reflections_and_whole_steps(tmp_path, monkeypatch):
+    """curves.png: with every reflection parsed, the reflections' reward equals the second attempts'
+    success point for point; its line is dashed with hollow markers so the other shows through, and
+    the step axes tick at whole steps (3 steps had shown 1.25 and 1.75)."""
+    import matplotlib.pyplot as plt
+
+    from erl.tracking import plot_run
+
+    rows = [{"step": k, "attempt1/success": 0.25, "attempt2/success": 0.5, "reflection/reward": 0.5,
+             "eval/success": 0.25} for k in range(3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    plot_run(tmp_path / "metrics.jsonl", tmp_path / "curves.png")
+    (fig,) = figures
+    lines = {ln.get_label(): ln for ln in fig.axes[0].lines}
+    assert lines["reflection reward"].get_linestyle() == "--" and lines["reflection reward"].get_fillstyle() == "none"
+    assert lines["attempt 2 (after reflection)"].get_linestyle() == "-"
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+        assert ticks and all(float(t).is_integer() for t in ticks)
