@@ -121,7 +121,6 @@ def plot_run(metrics_path: Path, out_png: Path, title: str = "") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(metrics_path)
