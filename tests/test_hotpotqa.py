@@ -309,3 +309,21 @@ def test_two_cpu_training_steps_on_the_fixture(tmp_path):
     assert trainer.step_count == 2 and trainer.policy.stats["sequences"] >= 2 * 2  # n episodes x steps
     if any(m["advantage/mean_abs"] > 0 for m in metrics):  # a reward difference moved the weights
         assert any(not p.equal(b) for p, b in zip(trainer.model.parameters(), before))
+
+
+def test_hf_source_without_network_is_a_config_error_naming_the_file_way(monkeypatch):
+    """source=hf with no network: the hub's connection error (an OSError) becomes one ConfigError that
+    says to use a local file, not a traceback after the retries."""
+    import datasets
+
+    from erl.envs import hotpotqa
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'hotpotqa/hotpot_qa' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    hotpotqa.load_hf.cache_clear()
+    with pytest.raises(ConfigError, match=r"source=hf: could not load hotpot_qa \(distractor, train\): ConnectionError: "
+                                          r"Couldn't reach .*use source=file with env.params.data_path"):
+        hotpotqa.load_hf("hotpot_qa", "distractor", "train")
+    hotpotqa.load_hf.cache_clear()

@@ -172,10 +172,17 @@ def _checked_record(row: Any, where: str) -> dict:
 
 @lru_cache(maxsize=4)
 def load_hf(name: str, config: str, split: str) -> tuple[dict, ...]:
-    """The Hugging Face data set (downloads on first use; never called in tests)."""
-    from datasets import load_dataset
+    """The Hugging Face data set (downloads on first use). Without the network (or the `datasets`
+    package) it is a ConfigError naming the file-based way, not a connection traceback."""
+    try:
+        from datasets import load_dataset
 
-    return tuple(_record(r) for r in load_dataset(name, config, split=split))
+        rows = load_dataset(name, config, split=split)
+    except (ImportError, OSError) as exc:  # requests' and the hub's connection errors are OSErrors
+        raise ConfigError(f"env.params.source=hf: could not load {name} ({config}, {split}): {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:200] if str(exc) else ''}; without network access use "
+                          "source=file with env.params.data_path (a HotpotQA JSON/JSONL file)") from None
+    return tuple(_record(r) for r in rows)
 
 
 def corpus_from_records(records: tuple[dict, ...] | list[dict]) -> list[tuple[str, str]]:
