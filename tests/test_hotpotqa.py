@@ -327,3 +327,19 @@ def test_hf_source_without_network_is_a_config_error_naming_the_file_way(monkeyp
                                           r"Couldn't reach .*use source=file with env.params.data_path"):
         hotpotqa.load_hf("hotpot_qa", "distractor", "train")
     hotpotqa.load_hf.cache_clear()
+
+
+@pytest.mark.timeout(120)
+def test_langgraph_example_writes_its_run_to_out_and_refuses_one_there(tmp_path, capsys):
+    """examples/hotpotqa_langgraph/train_local.py --out: one step's metrics line, curves and a checkpoint
+    (--out had been accepted and nothing written there); a second run into it is refused."""
+    out = tmp_path / "lg"
+    main = example().main
+    main(["--steps", "1", "--tasks-per-step", "1", "--out", str(out)])
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] and "attempt1/success" in rows[0]
+    assert (out / "curves.png").is_file() and (out / "checkpoints" / "step_1" / "model.safetensors").is_file()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--steps", "1", "--out", str(out)])
+    assert "already holds a run" in capsys.readouterr().err

@@ -6,7 +6,8 @@
 
 The ERL part is the `runner` line: the graph is built around the trainer's policy, the
 reflection reaches attempt 2 through its system prompt, and the final \\boxed{} answer is
-scored with HotpotQA's reward (exact match 1, else F1 if >= 0.3, else 0).
+scored with HotpotQA's reward (exact match 1, else F1 if >= 0.3, else 0). The run goes to --out:
+metrics.jsonl, curves.png and a checkpoint after the last step (an --out that holds a run is refused).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from erl.agents.langgraph import LangGraphAttemptRunner
 from erl.core.config import ErlConfig
 from erl.envs import hotpotqa
 from erl.memory import ReflectionMemory
+from erl.tracking import Tracker
 from erl.trainers.local.config import LocalTrainerConfig
 from erl.trainers.local.run import load_policy_model, pick_device
 from erl.trainers.local.trainer import LocalTrainer
@@ -43,6 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="outputs/hotpotqa-langgraph")
     args = ap.parse_args(argv)
+    out = Path(args.out)
+    if (out / "metrics.jsonl").exists():
+        ap.error(f"--out {out} already holds a run; choose another folder")
 
     params = {"data_path": args.data} if args.data else {}
     train_tasks = hotpotqa.HotpotQAEnv.make_tasks(256, seed=0, split="train", **params)
@@ -53,12 +58,16 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = load_policy_model({"path": args.model}, pick_device(args.device), seed=0)
     trainer = LocalTrainer(model, tokenizer, train_tasks, erl, cfg, agent_factory=None, env_factory=None,
                            memory=ReflectionMemory(), runner=make_runner())
+    trainer.tracker = Tracker(out, ["console"], title=f"hotpotqa | erl | LangGraph agent | {args.model}")
     metrics: dict = {}
     for _ in range(args.steps):
         metrics = trainer.step()
+        trainer.tracker.log(trainer.step_count, metrics)  # metrics.jsonl, curves.png
         print(f"step {trainer.step_count}: success attempt1 {metrics.get('attempt1/success', 0):.2f} "
               f"attempt2 {metrics.get('attempt2/success', float('nan')):.2f} "
               f"loss {metrics.get('loss/total', float('nan')):.4f} ({metrics['time/step']:.1f} s)")
+    trainer.tracker.close()
+    print(f"wrote {out / 'metrics.jsonl'}, {out / 'curves.png'} and {trainer.save_checkpoint()}")
     return metrics
 
 
