@@ -103,7 +103,8 @@ def test_resume_gives_the_uninterrupted_result_and_refuses_changed_data(data, tm
         train(stage_cfg(data, "sr", parts, total_steps=4))
     cfg = stage_cfg(data, "sr", parts, total_steps=4)
     cfg["resume"] = True
-    train(cfg)
+    resumed = train(cfg)
+    assert train(cfg)["loss/nll"] == resumed["loss/nll"]  # resumed at its end: step 4's line, not nan
     a, b = final_weights(straight), final_weights(parts)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     rows = [json.loads(x) for x in (parts / "metrics.jsonl").read_text().splitlines()]

@@ -29,7 +29,7 @@ from erl.early.data import files_digest, record_sample, stage_files, stage_recor
 from erl.fileio import atomic_write
 from erl.models.chat import ChatTokenizer
 from erl.models.warmstart import save_final
-from erl.tracking import Tracker
+from erl.tracking import Tracker, read_metrics
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import save_checkpoint
 from erl.trainers.local.config import check_runtime
@@ -213,6 +213,9 @@ def train(cfg: dict) -> dict[str, float]:
         bar.set_postfix({"nll": f"{last['loss/nll']:.3f}"})
     bar.close()
     tracker.close()
+    if not last:  # resumed at its end: nothing ran here; its last step's line says what it reached
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if "loss/nll" in r]
+        last = rows[-1] if rows else {}
     save_final(trainer.model, tok, out, {"stage": stage["name"], "files": stage["files"], "data": str(cfg["data"]),
                                          "data_sha256": run_cfg["data_sha256"], "steps": trainer.step_count,
                                          "model": cfg["model"], "trainer": asdict(tcfg)})
