@@ -658,3 +658,26 @@ def test_lora_adapters_start_from_the_seed_whatever_loading_drew(monkeypatch):
         adapters.append({k: v.clone() for k, v in model.state_dict().items() if "lora_A" in k})
     assert adapters[0] and adapters[0].keys() == adapters[1].keys()
     assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
+def test_wandb_without_credentials_is_refused_before_the_run(tmp_path, monkeypatch):
+    """trainer.loggers=[wandb] with no login had stopped at wandb.init's UsageError after the run's folder
+    was written; now the config check names what to do, and a key, a login in ~/.netrc or a local mode pass."""
+    from erl.core.config import ConfigError
+    from erl.trainers.local.config import LocalTrainerConfig, wandb_problem
+
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = base_cfg(tmp_path)
+    cfg["trainer"]["loggers"] = ["console", "wandb"]
+    with pytest.raises(ConfigError, match="trainer.loggers: wandb has no credentials: run `wandb login`"):
+        train(cfg)
+    assert not Path(cfg["trainer"]["output_dir"]).exists()
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password x\n")
+    assert wandb_problem() is None
+    (tmp_path / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert LocalTrainerConfig.from_dict({"loggers": ["wandb"]}).loggers == ["wandb"]
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    assert wandb_problem() == "is not installed: pip install 'erl[wandb]'"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from erl.core.config import ConfigError, check_bools, check_ints, check_keys, check_numbers
@@ -121,3 +124,21 @@ def check_runtime(cfg: Any) -> None:
         raise ConfigError(f"trainer.loggers: unknown {bad}; choose from {LOGGERS}")
     if not (cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:")):
         raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    problem = wandb_problem() if "wandb" in cfg.loggers else None
+    if problem:
+        raise ConfigError(f"trainer.loggers: wandb {problem}")
+
+
+def wandb_problem() -> str | None:
+    """Why wandb.init would fail at the first step (after the run folder is written), or None: not
+    installed, or no credentials where it looks for them (WANDB_API_KEY, ~/.netrc) and no local mode.
+    A self-hosted server (WANDB_BASE_URL) is left to wandb."""
+    if importlib.util.find_spec("wandb") is None:
+        return "is not installed: pip install 'erl[wandb]'"
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun") or os.environ.get("WANDB_API_KEY") \
+            or os.environ.get("WANDB_BASE_URL"):
+        return None
+    netrc = Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="replace"):
+        return None
+    return "has no credentials: run `wandb login`, set WANDB_API_KEY, or WANDB_MODE=offline to log locally"
