@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from erl.core.config import MODES
+from erl.core.config import MODES, ErlConfig
 from erl.models.warmstart import FINAL
 from erl.tracking import read_metrics
 
@@ -150,8 +150,9 @@ def describe(folder: Path) -> tuple[str, Path, Path, dict] | None:
 
 def run_start(cfg: dict) -> str:
     """A warm start (model.init_from: "from il" for an Early Experience stage's folder; on verl,
-    whose model path is the stage's final/ folder itself) and env.params.action_tag: runs that
-    differ in them are different experiments, never seeds of one."""
+    whose model path is the stage's final/ folder itself), env.params.action_tag and a distillation
+    other than the default (erl.distill_mode=raft): runs that differ in them are different
+    experiments, never seeds of one."""
     parts = []
     init = (cfg.get("model") or {}).get("init_from")
     verl_model = ((cfg.get("actor_rollout_ref") or {}).get("model") or {}).get("path")
@@ -162,6 +163,10 @@ def run_start(cfg: dict) -> str:
         parts.append(f"from {path.parent.name if path.name == FINAL else path.name}")
     if ((cfg.get("env") or {}).get("params") or {}).get("action_tag"):
         parts.append("action tag")
+    erl = cfg.get("erl") or {}
+    distill = erl.get("distill_mode", ErlConfig.distill_mode)
+    if distill != ErlConfig.distill_mode and erl.get("mode") != "rlvr":  # RLVR distils nothing
+        parts.append(f"distill {distill}")
     return ", ".join(parts)
 
 

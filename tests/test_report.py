@@ -10,7 +10,7 @@ STEP_SECONDS = {"erl": 45.0, "rlvr": 30.0, "no_memory": 30.0, "no_reflection": 3
 
 
 def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False, model=None, params=None,
-              verl_model="/models/Qwen3-4B"):
+              verl_model="/models/Qwen3-4B", erl=None):
     """A run folder as the trainer writes it: eval-only row at step 0, then one row per step
     with its timings (STEP_SECONDS[mode] each), eval/success on the steps in `evals`."""
     folder.mkdir(parents=True)
@@ -21,7 +21,7 @@ def write_run(folder, env, mode, seed, evals, steps, trainer="local", torn=False
                      "attempt1/success": 0.1, **({"eval/success": evals[k]} if k in evals else {})})
     text = "".join(json.dumps(r) + "\n" for r in rows) + ('{"step": 99, "eval/succ' if torn else "")
     if trainer == "local":
-        cfg = {"env": {"name": env, "params": params or {}}, "erl": {"mode": mode}, "seed": seed,
+        cfg = {"env": {"name": env, "params": params or {}}, "erl": {"mode": mode, **(erl or {})}, "seed": seed,
                "model": {"path": "tiny", **(model or {})}, "trainer": {"total_steps": steps}}
         (folder / "config.json").write_text(json.dumps(cfg))
         (folder / "metrics.jsonl").write_text(text)
@@ -133,6 +133,14 @@ def test_warm_starts_and_action_tags_are_their_own_experiments(runs):
         "erl [from il, action tag]", "1 (0)", "1.000 ± n/a (1.000-1.000) [4]", "1.000 [4]", "2", "1.5", "4", "3.0"]
     assert cells(text, "frozenlake", "rlvr [from il, action tag]")[4:6] == ["4", "2.0"]
     assert "| erl [from il, action tag] | 1.000 | 0.94 | 0.66 |" in section(text, "frozenlake")
+    # RAFT distillation is another experiment, not a third seed of erl (RLVR distils nothing: one group)
+    write_run(fl / "raft-s0", "frozenlake", "erl", 0, {0: 0.5, 4: 0.25}, 4, erl={"distill_mode": "raft"})
+    write_run(fl / "rlvr-raft-s5", "frozenlake", "rlvr", 5, {0: 0.5, 4: 0.25}, 4, erl={"distill_mode": "raft"})
+    assert main([str(fl), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert cells(text, "frozenlake", "erl")[1] == "2 (0, 1)"
+    assert cells(text, "frozenlake", "erl [distill raft]")[1:3] == ["1 (0)", "0.250 ± n/a (0.250-0.250) [4]"]
+    assert "rlvr [distill raft]" not in text
     # verl starts from the stage's final/ folder itself: the same start, its own (verl) rows
     write_run(fl / "verl-il-erl", "frozenlake", "erl", 0, {0: 0.5, 4: 0.75}, 4, trainer="verl",
               verl_model="/tmp/early/frozenlake/il/final", params={"action_tag": True})
