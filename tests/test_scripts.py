@@ -225,7 +225,7 @@ def test_the_docker_image_holds_every_folder_the_suite_reads():
     had been left out."""
     import re
 
-    copied = {src for line in re.findall(r"^COPY (.+)$", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    copied = {src for line in re.findall(r"^COPY (.+)$", (ROOT / "Dockerfile").read_text(), flags=re.MULTILINE)
               for src in line.split()[:-1]}
     read = set()
     for test in (ROOT / "tests").glob("*.py"):
