@@ -444,3 +444,34 @@ def test_load_tasks_refuses_a_task_its_env_cannot_play(tmp_path):
         load_tasks(path)
     path.write_text(lines[0] + "\n")
     assert load_tasks(path) == [good]
+
+
+def test_an_environment_named_by_its_import_path_trains_without_registration(tmp_path, monkeypatch):
+    """docs/architecture.md: an env from your own package reaches erl-train and verl's workers by its
+    import path (register_env runs only in the caller's process, which a CLI run never is). Its tasks
+    carry that path, so a process that has not imported it makes their env; a path that does not
+    import, or a class that is not an environment, is a ConfigError naming it."""
+    from erl.envs import registry
+    from erl.trainers.local.run import train
+
+    (tmp_path / "toy_lake.py").write_text(
+        "from erl.envs.frozenlake import FrozenLakeEnv\n\n\nclass Lake(FrozenLakeEnv):\n    name = 'mylake'\n\n\n"
+        "class NotAnEnv:\n    name = 'x'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tasks = registry.make_tasks("toy_lake:Lake", 3, size_max=2)
+    assert {t["env"] for t in tasks} == {"toy_lake:Lake"} and "toy_lake:Lake" not in registry.ENVS
+    assert type(registry.make_env(tasks[0])).__name__ == "Lake"
+    cfg = {"seed": 0, "resume": False,
+           "erl": {"n_attempt": 2, "max_turns": 2, "max_new_tokens": 4, "max_reflection_tokens": 4,
+                   "reflection_require_tag": False},
+           "trainer": {"total_steps": 1, "tasks_per_step": 1, "eval_tasks": 1, "output_dir": str(tmp_path / "run"),
+                       "loggers": ["console"], "progress": False},
+           "env": {"name": "toy_lake:Lake", "n_train": 2, "n_val": 1, "params": {"size_max": 2, "max_turns": 2}},
+           "model": {"path": "tiny", "tiny": {"hidden": 32, "layers": 1, "heads": 2}}}
+    assert "attempt1/success" in train(cfg)
+    with pytest.raises(ConfigError, match=r"env.name: cannot import 'toy_lake:Nope' \(AttributeError"):
+        registry.env_class("toy_lake:Nope")
+    with pytest.raises(ConfigError, match=r"lacks \['system_prompt', 'from_dict', 'make_tasks', 'validate_params'\]"):
+        registry.env_class("toy_lake:NotAnEnv")
+    with pytest.raises(ConfigError, match=r"unknown environment 'atari'.*or a class by its import path"):
+        registry.env_class("atari")

@@ -2,8 +2,9 @@
 
 All tensors are [B, T] over response tokens (B rows, T padded response length) unless
 noted; `mask` is 1 on tokens the model generated. Pure torch, no trainer state: the
-local trainer calls `erl_actor_loss` directly and the verl trainer installs it through
-verl's loss-function hook, so verl's own policy-loss code never runs. What this file
+local trainer calls `erl_actor_terms` directly (its metrics stay tensors, read once a step) and
+the verl trainer installs `erl_actor_loss` (the same terms, metrics as floats) through verl's
+loss-function hook, so verl's own policy-loss code never runs. What this file
 implements is therefore all either trainer can honour: the allowed values below are the
 one list both trainer configs check against (`loss_setting_errors`).
 """

@@ -23,19 +23,39 @@ ENVS: dict[str, str] = {
 }
 
 
+REQUIRED = ("system_prompt", "from_dict", "make_tasks", "validate_params")
+
+
 def register_env(name: str, target: str | type) -> None:
-    """Add an environment: `target` is a class or a "module:Class" string."""
+    """Add an environment in this process: `target` is a class or a "module:Class" string. A CLI
+    run (and verl's Ray workers) never runs the caller's code: name the class by its import path
+    there instead, `env.name=package.module:Class`."""
     ENVS[name] = target  # type: ignore[assignment]
 
 
+def _import(target: str, name: Any) -> type:
+    module, _, attr = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"env.name: cannot import {target!r} ({type(exc).__name__}: {exc})") from None
+    missing = [m for m in REQUIRED if not callable(getattr(cls, m, None))]
+    if missing:
+        raise ConfigError(f"env.name: {name!r} ({target}) lacks {missing}: an environment class provides "
+                          f"{list(REQUIRED)} (erl/envs/base.py TaskEnv)")
+    return cls
+
+
 def env_class(name: Any) -> type:
-    if name not in ENVS:
-        raise ConfigError(f"env.name: unknown environment {name!r}; known: {sorted(ENVS)}")
-    target = ENVS[name]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-    return target
+    """The class of a registered name, or of an import path "package.module:Class" (which needs no
+    registration, so a CLI run and every Ray worker reach it)."""
+    if name in ENVS:
+        target = ENVS[name]
+        return _import(target, name) if isinstance(target, str) else target
+    if isinstance(name, str) and ":" in name:
+        return _import(name, name)
+    raise ConfigError(f"env.name: unknown environment {name!r}; known: {sorted(ENVS)}, or a class by its "
+                      "import path (package.module:Class)")
 
 
 def make_env(task: dict) -> Any:
@@ -44,7 +64,10 @@ def make_env(task: dict) -> Any:
 
 
 def make_tasks(name: str, n: int, seed: int = 0, split: str = "train", **params) -> list[dict]:
-    return env_class(name).make_tasks(n, seed=seed, split=split, **params)
+    tasks = env_class(name).make_tasks(n, seed=seed, split=split, **params)
+    if name not in ENVS:  # an import path: the tasks name their class by it, for every process that makes their env
+        tasks = [{**t, "env": name} for t in tasks]
+    return tasks
 
 
 def validate_env_params(name: str, params: dict) -> None:
