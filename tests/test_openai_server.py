@@ -140,7 +140,15 @@ def test_agent_looping_past_its_limit_gets_a_400_and_reward_zero(server):
     assert traj.reward == 0.0 and "more than 2 model calls" in traj.info["feedback"]
 
 
-def test_agent_errors_and_empty_answers_are_bad_attempts(server):
+def test_agent_errors_and_empty_answers_are_bad_attempts(server, caplog, monkeypatch):
+    """An agent that raises scores 0 and is not silent: its kind of failure is logged once a process,
+    every such attempt counts in attempt/agent_errors; an empty answer scores 0 without counting."""
+    import logging
+
+    from erl.agents import recorder
+    from erl.core.metrics import episode_metrics
+    from erl.core.types import Episode
+
     def crashing(base_url, task):
         raise KeyError("tool config")
 
@@ -148,12 +156,19 @@ def test_agent_errors_and_empty_answers_are_bad_attempts(server):
         client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0)
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}])
 
+    monkeypatch.setattr(recorder, "_logged", set())  # this process's log of failure kinds, fresh
     wf, _ = workflow(server, react_script, agent=crashing)
-    traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+    with caplog.at_level(logging.WARNING, logger="erl.agents.recorder"):
+        crashed = [asyncio.run(wf.attempt(dict(TASK), "attempt1")) for _ in range(2)]
+    traj = crashed[0]
     assert traj.reward == 0.0 and "KeyError" in traj.info["error"] and traj.info["prompt_ids"]
+    logged = [r.getMessage() for r in caplog.records if "KeyError" in r.getMessage()]
+    assert len(logged) == 1 and "the attempt scores 0" in logged[0]  # two failures of one kind: one line
     wf, _ = workflow(server, lambda p, i: "", agent=silent)
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
     assert traj.reward == 0.0 and len(traj.steps) == 1 and "no final answer" in traj.info["feedback"]
+    episodes = [Episode(id=str(i), trajectories=[t]) for i, t in enumerate([*crashed, traj])]
+    assert episode_metrics(episodes)["attempt/agent_errors"] == pytest.approx(2 / 3)
 
 
 def test_a_failing_policy_surfaces_through_http(server):

@@ -15,6 +15,7 @@ Framework-free on purpose.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import weakref
 from collections.abc import Callable
@@ -173,13 +174,27 @@ def _in_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
 RewardFn = Callable[[dict, str], Any]
 
 
+AGENT_FAILED = "the agent failed with"
+log = logging.getLogger(__name__)
+_logged: set[tuple[str, str]] = set()  # the kinds of agent failure already in the log
+
+
 def agent_error(exc: BaseException, timeout_s: float | None = None) -> str:
-    """The feedback line for an attempt whose agent did not come back with an answer."""
+    """The feedback line for an attempt whose agent did not come back with an answer. An agent
+    that raised (a bug in its code, a sync call inside an async graph) scores 0 like any failed
+    attempt, so each kind of failure is also logged, once a process, and counted in the step's
+    `attempt/agent_errors`: otherwise a broken agent trains on zeros in silence."""
     if isinstance(exc, (StepLimitExceeded, ContextLimitExceeded)):
         return str(exc)
     if isinstance(exc, TimeoutError) and timeout_s:
         return f"the agent did not finish within {timeout_s:g} s"
-    return f"the agent failed with {type(exc).__name__}: {str(exc)[:200]}"
+    text = f"{AGENT_FAILED} {type(exc).__name__}: {str(exc)[:200]}"
+    kind = (type(exc).__name__, str(exc).split("\n")[0][:200])
+    if kind not in _logged:
+        _logged.add(kind)
+        log.warning("%s; the attempt scores 0 (each kind of failure is logged once; attempt/agent_errors counts "
+                    "them all)", text)
+    return text
 
 
 def score_answer(reward_fn: RewardFn, task: dict, answer: str) -> tuple[float, str]:
@@ -211,5 +226,7 @@ def close_attempt(recorder: AttemptRecorder, reward_fn: RewardFn, task: dict, an
     errors = [e for s in recorder.traj.steps for e in s.info.get("tool_call_errors", [])]
     if errors:
         feedback += f"\nNote: {len(errors)} tool call(s) could not be read ({errors[0]})."
-    return recorder.finish(reward, feedback, answer=answer, success=error is None and reward >= success_threshold,
+    traj = recorder.finish(reward, feedback, answer=answer, success=error is None and reward >= success_threshold,
                            error=error, fallback_messages=fallback_messages)
+    traj.info["agent_exception"] = bool(error and error.startswith(AGENT_FAILED))  # attempt/agent_errors
+    return traj

@@ -42,9 +42,10 @@ def episode_metrics(episodes: list[Episode]) -> dict[str, float]:
     m["memory/stored"] = sum(col["memory_stored"])
     m["distill/episodes"] = sum(col["distilled"])
     m["episode/success"] = _mean([float(ep.is_correct) for ep in episodes])
-    turns = [float(t.info.get("turns", len(t.steps))) for ep in episodes for t in ep.trajectories
-             if t.name in (Segment.ATTEMPT1.value, Segment.ATTEMPT2.value)]
-    m["attempt/turns"] = _mean(turns)
+    attempts = [t for ep in episodes for t in ep.trajectories if t.name in (Segment.ATTEMPT1.value, Segment.ATTEMPT2.value)]
+    m["attempt/turns"] = _mean([float(t.info.get("turns", len(t.steps))) for t in attempts])
+    # attempts whose agent raised (an adapter's agent: erl.agents.recorder.agent_error), scored 0
+    m["attempt/agent_errors"] = _mean([float(bool(t.info.get("agent_exception"))) for t in attempts])
     return m
 
 
