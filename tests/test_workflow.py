@@ -210,3 +210,41 @@ def test_concurrent_episodes_share_one_policy():
     eps = asyncio.run(many())
     assert all(ep.get("attempt2").reward == 1.0 for ep in eps)
     assert len(policy.calls) == 6 * 5
+
+
+@pytest.mark.parametrize("result, error, match", [
+    (("obs", None, True, {}), TypeError, r"BadEnv.step\(\) returned a reward of type NoneType \(None\); a reward is a number"),
+    (("obs", "good", True, {}), TypeError, r"reward of type str \('good'\)"),
+    (("obs", "1", True, {}), TypeError, r"reward of type str \('1'\)"),  # had passed as 1.0
+    (("obs", float("nan"), True, {}), ValueError, r"returned a reward of nan; a reward is a finite number"),
+    (("obs", 1.0, True, False, {}), TypeError, r"got tuple of 5: Gymnasium's \(obs, reward, terminated, truncated"),
+    (("obs", 1.0, True, "info"), TypeError, r"BadEnv.step\(\) returned info of type str"),
+])
+def test_an_env_breaking_the_step_contract_is_named(result, error, match):
+    """rLLM's env contract, checked where the attempt calls it: the env's class and what it must
+    return, where a bad reward had surfaced as float()'s message or as a non-finite loss three steps
+    later. A reward that is a number and info None pass."""
+    class BadEnv(TwoTurnEnv):
+        def step(self, action):
+            return result
+
+    wf = ErlWorkflow(lambda t: ChatAgent(system_prompt="Play."), lambda t: BadEnv(), ScriptedPolicy(TOK, script),
+                     ErlConfig())
+    with pytest.raises(error, match=match):
+        asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+
+
+def test_an_env_reset_returning_a_bare_observation_is_named():
+    from erl.workflow.attempt import checked_reset, checked_step
+
+    class Bare(TwoTurnEnv):
+        def reset(self):
+            return "You see #.$"
+
+    wf = ErlWorkflow(lambda t: ChatAgent(system_prompt="Play."), lambda t: Bare(), ScriptedPolicy(TOK, script),
+                     ErlConfig())
+    with pytest.raises(TypeError, match=r"Bare.reset\(\) must return \(observation, info\), got str"):
+        asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+    env = TwoTurnEnv()
+    assert checked_reset(env, ("o", None)) == ("o", {})
+    assert checked_step(env, ("o", 1, 0, None)) == ("o", 1.0, False, {})

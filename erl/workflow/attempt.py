@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 from typing import Any
 
 from erl.core.interfaces import Policy, SamplingParams, unwrap_action
@@ -14,6 +16,41 @@ from erl.rollout.turns import TurnPrompts
 
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
+
+
+def _info(env: Any, call: str, info: Any) -> dict:
+    if info is None:
+        return {}
+    if not isinstance(info, dict):
+        raise TypeError(f"{type(env).__name__}.{call} returned info of type {type(info).__name__}; an env's info is a dict")
+    return info
+
+
+def checked_reset(env: Any, result: Any) -> tuple[Any, dict]:
+    """env.reset()'s (observation, info), or a TypeError naming the env and what the contract is
+    (rLLM's BaseEnv, as erl/envs/base.py): a bare observation had failed as "expected 2"."""
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise TypeError(f"{type(env).__name__}.reset() must return (observation, info), got {type(result).__name__}"
+                        + (f" of {len(result)}" if isinstance(result, tuple) else ""))
+    return result[0], _info(env, "reset()", result[1])
+
+
+def checked_step(env: Any, result: Any) -> tuple[Any, float, bool, dict]:
+    """env.step()'s (observation, reward, done, info) with a finite number as the reward, or a
+    TypeError / ValueError naming the env: a reward of None, "good" or NaN had surfaced as
+    float()'s message, or as a non-finite loss three steps later."""
+    if not (isinstance(result, tuple) and len(result) == 4):
+        hint = (": Gymnasium's (obs, reward, terminated, truncated, info) is not this API; return "
+                "(obs, reward, terminated or truncated, info)") if isinstance(result, tuple) and len(result) == 5 else ""
+        raise TypeError(f"{type(env).__name__}.step() must return (observation, reward, done, info), got "
+                        f"{type(result).__name__}" + (f" of {len(result)}" if isinstance(result, tuple) else "") + hint)
+    observation, reward, done, info = result
+    if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
+        raise TypeError(f"{type(env).__name__}.step() returned a reward of type {type(reward).__name__} ({reward!r}); "
+                        "a reward is a number")
+    if not math.isfinite(reward):
+        raise ValueError(f"{type(env).__name__}.step() returned a reward of {reward}; a reward is a finite number")
+    return observation, float(reward), bool(done), _info(env, "step()", info)
 
 
 async def run_attempt(
@@ -39,7 +76,7 @@ async def run_attempt(
     prompt without guidance: consolidation re-bases attempt 2 onto it.
     """
     agent.reset()
-    observation, info = await _maybe_await(env.reset())
+    observation, info = checked_reset(env, await _maybe_await(env.reset()))
     agent.update_from_env(observation, 0.0, False, info)
     turns = TurnPrompts(chat)
     history = list(agent.chat_completions)
@@ -60,9 +97,9 @@ async def run_attempt(
         turns.replied(step, {"role": "assistant", "content": gen.text})
         action = agent.update_from_model(gen.text)
         action = unwrap_action(action)
-        observation, reward, done, info = await _maybe_await(env.step(action))
+        observation, reward, done, info = checked_step(env, await _maybe_await(env.step(action)))
         agent.update_from_env(observation, reward, done, info)
-        step.action, step.observation, step.reward, step.done = action, str(observation), float(reward), bool(done)
+        step.action, step.observation, step.reward, step.done = action, str(observation), reward, done
         step.info.update(info)
         if done:
             break
