@@ -475,3 +475,6 @@ def test_an_environment_named_by_its_import_path_trains_without_registration(tmp
         registry.env_class("toy_lake:NotAnEnv")
     with pytest.raises(ConfigError, match=r"unknown environment 'atari'.*or a class by its import path"):
         registry.env_class("atari")
+    with pytest.raises(TypeError, match=r"register_env\('x'\): 'NotAnEnv' lacks \['system_prompt'"):
+        registry.register_env("x", __import__("toy_lake").NotAnEnv)
+    assert "x" not in registry.ENVS

@@ -248,3 +248,36 @@ def test_an_env_reset_returning_a_bare_observation_is_named():
     env = TwoTurnEnv()
     assert checked_reset(env, ("o", None)) == ("o", {})
     assert checked_step(env, ("o", 1, 0, None)) == ("o", 1.0, False, {})
+
+
+def test_a_runner_that_breaks_the_attempt_contract_is_named(tmp_path, monkeypatch):
+    """A sync runner, one that returns a dict, or a Trajectory without info['success'] is a TypeError
+    naming the runner and the protocol (had been "can't be used in 'await'", "'dict' object has no
+    attribute 'reward'", KeyError: 'success'); a runner factory returning something else is refused
+    by the config."""
+    from erl.core.config import ConfigError
+    from erl.core.types import Trajectory
+    from erl.workflow.factories import load_runner
+
+    class Sync:
+        def __call__(self, task, **kw):
+            return Trajectory(name="attempt1", task=task)
+
+    class Dicts:
+        async def __call__(self, task, **kw):
+            return {"reward": 1.0}
+
+    class NoSuccess:
+        async def __call__(self, task, **kw):
+            return Trajectory(name="attempt1", task=task)
+
+    for runner, match in ((Sync(), "the runner Sync returned Trajectory: an AttemptRunner is async"),
+                          (Dicts(), "the runner Dicts returned dict: an attempt is a Trajectory"),
+                          (NoSuccess(), r"returned a Trajectory without info\['success'\]")):
+        wf = ErlWorkflow(policy=ScriptedPolicy(TOK, script), runner=runner)
+        with pytest.raises(TypeError, match=match):
+            asyncio.run(wf.attempt(dict(TASK), "attempt1"))
+    (tmp_path / "my_runners.py").write_text("def make():\n    return 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"runner 'my_runners:make': the factory returned int, not an AttemptRunner"):
+        load_runner("my_runners:make")

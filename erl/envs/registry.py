@@ -30,6 +30,10 @@ def register_env(name: str, target: str | type) -> None:
     """Add an environment in this process: `target` is a class or a "module:Class" string. A CLI
     run (and verl's Ray workers) never runs the caller's code: name the class by its import path
     there instead, `env.name=package.module:Class`."""
+    missing = [] if isinstance(target, str) else [m for m in REQUIRED if not callable(getattr(target, m, None))]
+    if missing:  # said now, not as an AttributeError at the first task
+        raise TypeError(f"register_env({name!r}): {getattr(target, '__name__', target)!r} lacks {missing}: an "
+                        f"environment class provides {list(REQUIRED)} (erl/envs/base.py TaskEnv)")
     ENVS[name] = target  # type: ignore[assignment]
 
 

@@ -62,9 +62,17 @@ class ErlWorkflow:
 
     async def attempt(self, task: dict, name: str, guidance: str | None = None,
                       temperature: float | None = None) -> Trajectory:
-        return await self.runner(task, name=name, guidance=guidance, policy=self.policy, chat=self.chat,
-                                 params=self._params(self.config.max_new_tokens, temperature),
-                                 config=self.config)
+        run = self.runner(task, name=name, guidance=guidance, policy=self.policy, chat=self.chat,
+                          params=self._params(self.config.max_new_tokens, temperature), config=self.config)
+        if not inspect.isawaitable(run):
+            raise TypeError(f"the runner {type(self.runner).__name__} returned {type(run).__name__}: an AttemptRunner "
+                            "is async (erl.core.interfaces.AttemptRunner)")
+        traj = await run
+        if not isinstance(traj, Trajectory) or not isinstance(traj.info.get("success"), bool):
+            got = type(traj).__name__ if not isinstance(traj, Trajectory) else "a Trajectory without info['success'] (a bool)"
+            raise TypeError(f"the runner {type(self.runner).__name__} returned {got}: an attempt is a Trajectory with "
+                            "reward and info['success'] (erl.core.interfaces.AttemptRunner)")
+        return traj
 
     async def reflect(self, task: dict, first: Trajectory, memories: list[str]) -> tuple[Trajectory, Any]:
         cfg = self.config

@@ -4,6 +4,7 @@ any AttemptRunner named in the config (`runner: package.module:factory`)."""
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from erl.core.config import ConfigError
@@ -28,4 +29,8 @@ def load_runner(spec: Any) -> Any:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"runner {spec!r} cannot be imported: {exc}") from exc
-    return factory()
+    runner = factory()
+    if not (inspect.iscoroutinefunction(runner) or inspect.iscoroutinefunction(getattr(runner, "__call__", None))):
+        raise ConfigError(f"runner {spec!r}: the factory returned {type(runner).__name__}, not an AttemptRunner (an "
+                          "async callable (task, *, name, guidance, policy, chat, params, config) -> Trajectory)")
+    return runner
