@@ -30,7 +30,7 @@ def load_runner(spec: Any) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"runner {spec!r} cannot be imported: {exc}") from exc
     runner = factory()
-    if not (inspect.iscoroutinefunction(runner) or inspect.iscoroutinefunction(getattr(runner, "__call__", None))):
+    if not (inspect.iscoroutinefunction(runner) or (callable(runner) and inspect.iscoroutinefunction(type(runner).__call__))):
         raise ConfigError(f"runner {spec!r}: the factory returned {type(runner).__name__}, not an AttemptRunner (an "
                           "async callable (task, *, name, guidance, policy, chat, params, config) -> Trajectory)")
     return runner
