@@ -319,7 +319,7 @@ def test_bad_split_and_count():
 
 
 def compose_train(overrides):
-    from erl.cli.compare import compose
+    from erl.cli.app import compose
 
     return compose(overrides)
 

@@ -27,6 +27,20 @@ def config_dir() -> Path:
     raise FileNotFoundError("cannot find the configs/local/ directory with train.yaml")
 
 
+def compose(overrides: list[str], config_name: str = "train") -> dict:
+    """erl-train's config (or `config_name`'s) under `overrides`, resolved to a plain dict, outside a
+    Hydra app (erl-compare runs several; erl-tasks reads its env section)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = hydra_compose(config_name, overrides=overrides)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    return plain
+
+
 def _flat_keys(node, prefix: str = "") -> list[str]:
     out = []
     for k, v in node.items():

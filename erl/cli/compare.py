@@ -18,21 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from erl.cli.app import compose
 from erl.core.config import MODES, ConfigError
-
-
-def compose(overrides: list[str]) -> dict:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from erl.cli.train import config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = hydra_compose("train", overrides=overrides)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    return plain
 
 
 def summarize(label: str, rows: list[dict], wall: float) -> dict:

@@ -69,7 +69,7 @@ def train_env(env: str) -> tuple[dict, int]:
     class's defaults)."""
     from hydra.errors import HydraException
 
-    from erl.cli.compare import compose
+    from erl.cli.app import compose
 
     try:
         cfg = compose([f"env={env}"])

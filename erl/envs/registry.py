@@ -26,11 +26,16 @@ ENVS: dict[str, str] = {
 REQUIRED = ("system_prompt", "from_dict", "make_tasks", "validate_params")
 
 
+def _missing(cls: Any) -> list[str]:
+    """What of an environment class's interface `cls` lacks."""
+    return [m for m in REQUIRED if not callable(getattr(cls, m, None))]
+
+
 def register_env(name: str, target: str | type) -> None:
     """Add an environment in this process: `target` is a class or a "module:Class" string. A CLI
     run (and verl's Ray workers) never runs the caller's code: name the class by its import path
     there instead, `env.name=package.module:Class`."""
-    missing = [] if isinstance(target, str) else [m for m in REQUIRED if not callable(getattr(target, m, None))]
+    missing = [] if isinstance(target, str) else _missing(target)
     if missing:  # said now, not as an AttributeError at the first task
         raise TypeError(f"register_env({name!r}): {getattr(target, '__name__', target)!r} lacks {missing}: an "
                         f"environment class provides {list(REQUIRED)} (erl/envs/base.py TaskEnv)")
@@ -43,7 +48,7 @@ def _import(target: str, name: Any) -> type:
         cls = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:
         raise ConfigError(f"env.name: cannot import {target!r} ({type(exc).__name__}: {exc})") from None
-    missing = [m for m in REQUIRED if not callable(getattr(cls, m, None))]
+    missing = _missing(cls)
     if missing:
         raise ConfigError(f"env.name: {name!r} ({target}) lacks {missing}: an environment class provides "
                           f"{list(REQUIRED)} (erl/envs/base.py TaskEnv)")
