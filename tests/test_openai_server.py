@@ -140,7 +140,7 @@ def test_agent_looping_past_its_limit_gets_a_400_and_reward_zero(server):
     assert traj.reward == 0.0 and "more than 2 model calls" in traj.info["feedback"]
 
 
-def test_agent_errors_and_empty_answers_are_bad_attempts(server, caplog, monkeypatch):
+def test_agent_errors_and_empty_answers_are_bad_attempts(server, monkeypatch):
     """An agent that raises scores 0 and is not silent: its kind of failure is logged once a process,
     every such attempt counts in attempt/agent_errors; an empty answer scores 0 without counting."""
     import logging
@@ -157,12 +157,18 @@ def test_agent_errors_and_empty_answers_are_bad_attempts(server, caplog, monkeyp
         await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "q"}])
 
     monkeypatch.setattr(recorder, "_logged", set())  # this process's log of failure kinds, fresh
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # on the module's logger itself: erl's console logging stops propagation
+    recorder.log.addHandler(handler)
     wf, _ = workflow(server, react_script, agent=crashing)
-    with caplog.at_level(logging.WARNING, logger="erl.agents.recorder"):
+    try:
         crashed = [asyncio.run(wf.attempt(dict(TASK), "attempt1")) for _ in range(2)]
+    finally:
+        recorder.log.removeHandler(handler)
     traj = crashed[0]
     assert traj.reward == 0.0 and "KeyError" in traj.info["error"] and traj.info["prompt_ids"]
-    logged = [r.getMessage() for r in caplog.records if "KeyError" in r.getMessage()]
+    logged = [r.getMessage() for r in records if "KeyError" in r.getMessage()]
     assert len(logged) == 1 and "the attempt scores 0" in logged[0]  # two failures of one kind: one line
     wf, _ = workflow(server, lambda p, i: "", agent=silent)
     traj = asyncio.run(wf.attempt(dict(TASK), "attempt1"))
