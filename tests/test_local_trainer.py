@@ -576,15 +576,17 @@ def test_a_training_loop_settles_its_heap_after_each_step():
         assert gc.get_freeze_count() == 0  # not before the first step
         done = heap.settle()
         assert set(done) == {"perf/gc_settle_seconds", "perf/gc_frozen_objects"} and done["perf/gc_settle_seconds"] > 0
+        # a frozen object may still die (one another thread held: a server a test left running), none joins
+        # without a freeze: the count can only fall between a settle and a look at it
         frozen = gc.get_freeze_count()
-        assert done["perf/gc_frozen_objects"] == frozen > 0
+        assert 0 < frozen <= done["perf/gc_frozen_objects"]
         with frozen_heap():
-            assert gc.get_freeze_count() == frozen  # neither thawed nor frozen again
+            assert 0 < gc.get_freeze_count() <= frozen  # neither thawed nor frozen again
             survivor, cycle = [], []
             cycle.append(cycle)
             del cycle
         again = heap.settle()  # the cycle freed, the survivor (and the settle's own records) frozen
-        assert frozen < again["perf/gc_frozen_objects"] == gc.get_freeze_count() < frozen + 100
+        assert frozen < again["perf/gc_frozen_objects"] < frozen + 100 and gc.get_freeze_count() <= again["perf/gc_frozen_objects"]
         assert not any(o is survivor for o in gc.get_objects())  # frozen: out of every generation's passes
     assert gc.get_freeze_count() == 0
     loop = types.SimpleNamespace(heap=None)  # a driver, whose steps settle the heap it is given
