@@ -218,6 +218,7 @@ def test_erl_eval_on_a_checkpoint_with_and_without_reflection(tmp_path):
     assert refl["eval/success"] == plain["eval/success"]
     assert refl["eval/success_after_reflection"] >= refl["eval/success"]
     assert refl["eval/reflection_rate"] == pytest.approx(1.0 - refl["eval/success"])
+    assert refl["time/eval"] > 0 and plain["time/eval"] > 0  # both kinds of eval say how long they took
 
 
 def test_reference_model_kl_enters_the_loss(tmp_path):

@@ -105,7 +105,9 @@ def _run(cfg) -> None:
         sys.exit(2)
     plain: dict = {}  # the config the evaluation ran with (a checkpoint's sections in place of the command line's)
     _, result = call_with_config("erl-eval", lambda c: evaluate(c, plain), cfg)
-    table = Table(title=f"erl-eval: {plain['eval'].get('checkpoint') or plain['model'].get('path')}")
+    # the model on a line of its own: as the table's title a long checkpoint path wrapped mid-word
+    print(f"erl-eval: {plain['eval'].get('checkpoint') or plain['model'].get('path')}")
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in result.items():

@@ -8,6 +8,7 @@ Every piece of math comes from erl.core; this file only orchestrates.
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,7 @@ class LocalTrainer(ErlDriver):
         """Attempt 1, then one reflection and attempt 2 where it failed (no memory): how much
         a reflection still helps the model, the gap consolidation is meant to close."""
         t = self.eval_temperature if temperature is None else temperature
+        start = time.perf_counter()
         cfg = replace(self.erl, mode="no_memory", temperature=t)
         wf = ErlWorkflow(policy=self.policy, config=cfg, runner=self.workflow.runner)
         runs = [wf.run(task, f"{task['task_id']}:eval") for task in tasks]
@@ -117,7 +119,8 @@ class LocalTrainer(ErlDriver):
         m = episode_metrics(episodes)
         return {"eval/success": m["attempt1/success"], "eval/success_after_reflection": m["episode/success"],
                 "eval/reflection_rate": m["reflection/rate"],
-                "eval/reflection_parse_fail_rate": m["reflection/parse_fail_rate"]}
+                "eval/reflection_parse_fail_rate": m["reflection/parse_fail_rate"],
+                "time/eval": time.perf_counter() - start}  # as evaluate() reports it
 
     # ---- update -----------------------------------------------------------------------
     def _logprobs(self, model, rows: list[TokenSample], with_entropy: bool = False):
