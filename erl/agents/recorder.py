@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from erl.agents.messages import ParsedReply, assistant_message, normalize_messages, parse_tool_calls, render_messages
+from erl.core.gating import is_reward
 from erl.core.interfaces import Generation, Policy, SamplingParams
 from erl.core.reflection import place_guidance
 from erl.core.types import Step, Trajectory
@@ -208,7 +208,7 @@ def score_answer(reward_fn: RewardFn, task: dict, answer: str) -> tuple[float, s
         result, feedback = result.get("reward"), result.get("feedback")
     elif isinstance(result, tuple):
         result, feedback = result
-    if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
+    if not is_reward(result):
         raise TypeError(f"reward_fn must return a finite number, (number, feedback) or a dict, got {result!r}")
     return float(result), feedback or f"Reward: {float(result):g}"
 

@@ -3,7 +3,17 @@ and the workflow call these, so the rules live in exactly one place."""
 
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Any
+
 from erl.core.types import Segment
+
+
+def is_reward(value: Any) -> bool:
+    """A reward the gates can compare: a finite real number (numpy's too), not a bool. The one test
+    of an env's step reward (erl.workflow.attempt) and of an agent's reward_fn (erl.agents.recorder)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def should_reflect(r1: float, tau: float) -> bool:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import math
 import numbers
 from typing import Any
 
+from erl.core.gating import is_reward
 from erl.core.interfaces import Policy, SamplingParams, unwrap_action
 from erl.core.reflection import apply_guidance
 from erl.core.types import Step, Trajectory
@@ -45,11 +45,11 @@ def checked_step(env: Any, result: Any) -> tuple[Any, float, bool, dict]:
         raise TypeError(f"{type(env).__name__}.step() must return (observation, reward, done, info), got "
                         f"{type(result).__name__}" + (f" of {len(result)}" if isinstance(result, tuple) else "") + hint)
     observation, reward, done, info = result
-    if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
+    if not is_reward(reward):
+        if isinstance(reward, numbers.Real) and not isinstance(reward, bool):  # a number, but nan or inf
+            raise ValueError(f"{type(env).__name__}.step() returned a reward of {reward}; a reward is a finite number")
         raise TypeError(f"{type(env).__name__}.step() returned a reward of type {type(reward).__name__} ({reward!r}); "
                         "a reward is a number")
-    if not math.isfinite(reward):
-        raise ValueError(f"{type(env).__name__}.step() returned a reward of {reward}; a reward is a finite number")
     return observation, float(reward), bool(done), _info(env, "step()", info)
 
 
