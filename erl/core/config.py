@@ -26,11 +26,12 @@ def check_ints(section: str, obj: Any, names: tuple, minimum: int) -> None:
 
 
 def check_bools(section: str, obj: Any, names: tuple) -> None:
-    """Each named attribute of `obj` is true or false (YAML's `yes` or a 1 is not)."""
+    """Each named attribute of `obj` (or key, for a dict: absent counts as unset) is true or false:
+    YAML's `yes`, a 1, or Hydra's `no` (a string, so true) is not. `section` "": top-level keys."""
     for name in names:
-        v = getattr(obj, name)
+        v = obj.get(name, False) if isinstance(obj, dict) else getattr(obj, name)
         if not isinstance(v, bool):
-            raise ConfigError(f"{section}.{name} must be true or false, got {v!r}")
+            raise ConfigError(f"{section + '.' if section else ''}{name} must be true or false, got {v!r}")
 
 
 def check_numbers(section: str, obj: Any, names: tuple) -> None:

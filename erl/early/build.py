@@ -188,10 +188,11 @@ def build(cfg: dict) -> dict:
     from erl.envs.base import load_tasks
     from erl.envs.registry import make_tasks, validate_env_params
     from erl.rollout.build import build_policy
-    from erl.trainers.local.run import load_policy_model, pick_device
+    from erl.trainers.local.run import check_model_section, load_policy_model, pick_device
 
     cfg = check_keys("erl-early build config", cfg, BUILD_KEYS)
     early = BuildConfig(**check_keys("early", cfg.get("early"), BuildConfig))
+    check_model_section(dict(cfg.get("model") or {}))
     env = dict(cfg.get("env") or {})
     params = dict(env.get("params") or {})
     validate_env_params(env.get("name"), params)
@@ -209,8 +210,7 @@ def build(cfg: dict) -> dict:
     out = cfg.get("out")
     if not out:
         raise ConfigError("out: the dataset folder is not set")
-    if not isinstance(cfg.get("overwrite", False), bool):
-        raise ConfigError(f"overwrite must be true or false, got {cfg.get('overwrite')!r}")
+    check_bools("", cfg, ("overwrite",))
     check_out(out, bool(cfg.get("overwrite")))
     device = pick_device(str(cfg.get("device", "auto")))
     torch.manual_seed(seed)

@@ -33,7 +33,7 @@ from erl.tracking import Tracker, read_metrics
 from erl.trainers.local.batch import micro_batch_indices, pad_samples, response_logprobs
 from erl.trainers.local.checkpoint import save_checkpoint
 from erl.trainers.local.config import check_runtime
-from erl.trainers.local.run import load_policy_model, pick_device, prepare_output, start_timeline
+from erl.trainers.local.run import check_model_section, load_policy_model, pick_device, prepare_output, start_timeline
 from erl.trainers.local.trainer import LocalTrainer, resolve_precision
 
 TOP_KEYS = ("stage", "data", "seed", "resume", "model", "trainer")
@@ -178,6 +178,7 @@ def train(cfg: dict) -> dict[str, float]:
             raise ConfigError(f"erl-early train: `{key}` is not set")
     stage = check_stage(cfg["stage"])
     tcfg = EarlyTrainConfig.from_dict(cfg["trainer"])
+    check_model_section(dict(cfg["model"]))
     records = stage_records(cfg["data"], stage["files"])
     # the data's digest joins the config: resuming on changed data is refused like a changed setting
     run_cfg = {**cfg, "stage": stage, "data_sha256": files_digest(stage_files(cfg["data"], stage["files"]))}

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from erl.core.config import ConfigError, ErlConfig, check_keys
+from erl.core.config import ConfigError, ErlConfig, check_bools, check_keys
 from erl.envs.registry import check_env_section, make_env, make_tasks
 from erl.fileio import atomic_write
 from erl.memory import ReflectionMemory
@@ -63,7 +63,6 @@ def apply_lora(model, lora: dict):
     blocks below need no backward pass at all, which nearly halves a CPU update."""
     from peft import LoraConfig, get_peft_model
 
-    check_keys("model.lora", lora, LORA_KEYS)
     layers = None
     if lora.get("last_layers") is not None:
         n, k = int(model.config.num_hidden_layers), int(lora["last_layers"])
@@ -84,15 +83,14 @@ def check_model_section(model_cfg: dict) -> None:
     if not isinstance(lora, dict):
         raise ConfigError(f"model.lora must be a mapping of {sorted(LORA_KEYS)}, got {lora!r}")
     check_keys("model.lora", lora, LORA_KEYS)
-    for key, value in (("model.fetch", model_cfg.get("fetch", True)), ("model.lora.enabled", lora.get("enabled", False))):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+    check_bools("model", model_cfg, ("fetch",))
+    check_bools("model.lora", lora, ("enabled",))
 
 
 def load_policy_model(model_cfg: dict, device: torch.device, seed: int):
     """`model.path`: a registry name, a local Hugging Face folder, or `tiny` (a random
-    model the project builds, for tests and smoke runs)."""
-    check_model_section(model_cfg)
+    model the project builds, for tests and smoke runs). The section is checked by the caller,
+    with its other settings before any work (check_model_section)."""
     path = str(model_cfg.get("path", ""))
     if path == "tiny":
         from erl.models.tiny import build_tiny_model, build_tiny_tokenizer
