@@ -27,6 +27,15 @@ def config_dir() -> Path:
     raise FileNotFoundError("cannot find the configs/local/ directory with train.yaml")
 
 
+def input_errors() -> tuple[type, ...]:
+    """What ends a CLI with its message and exit code 2 (a bad config, checkpoint or path), not a
+    traceback: erl-train's and erl-eval's call_with_config, erl-compare."""
+    from erl.core.config import ConfigError
+    from erl.trainers.local.checkpoint import CheckpointError
+
+    return ConfigError, CheckpointError, FileNotFoundError
+
+
 def compose(overrides: list[str], config_name: str = "train") -> dict:
     """erl-train's config (or `config_name`'s) under `overrides`, resolved to a plain dict, outside a
     Hydra app (erl-compare runs several; erl-tasks reads its env section)."""

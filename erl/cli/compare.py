@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from erl.cli.app import compose
-from erl.core.config import MODES, ConfigError
+from erl.core.config import MODES
 
 
 def summarize(label: str, rows: list[dict], wall: float) -> dict:
@@ -50,11 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from erl.cli.app import unknown_override_error
+    from erl.cli.app import input_errors, unknown_override_error
     from erl.progress import console_logging
     from erl.report import group_runs, load_run, plot_env
     from erl.tracking import read_metrics
-    from erl.trainers.local.checkpoint import CheckpointError
     from erl.trainers.local.run import train
 
     p = argparse.ArgumentParser(prog="erl-compare", description=__doc__.split("\n\n")[0])
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = read_metrics(out / mode / "metrics.jsonl")
             summaries.append(summarize(mode, rows, time.perf_counter() - start))
             runs.append(load_run(out / mode, warn=lambda msg: print(msg, file=sys.stderr)))
-    except (ConfigError, CheckpointError, FileNotFoundError, HydraException, OmegaConfBaseException) as exc:
+    except (*input_errors(), HydraException, OmegaConfBaseException) as exc:
         # as erl-train ends on them (erl.cli.train.call_with_config), a bad group choice (env=sokobn) too
         print(f"erl-compare: error: {str(exc).strip()}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 
 from erl.cli.app import config_dir, hydra_app
-from erl.core.config import ConfigError
 
 __all__ = ["call_with_config", "config_dir", "main"]  # config_dir: kept importable from here
 
@@ -21,14 +20,14 @@ def call_with_config(prog: str, fn, cfg) -> tuple[dict, object]:
     path ends the program with its message and exit code 2, not a traceback."""
     from omegaconf import OmegaConf
 
+    from erl.cli.app import input_errors
     from erl.trainers.driver import NonFiniteStepError
-    from erl.trainers.local.checkpoint import CheckpointError
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     try:
         return plain, fn(plain)
-    except (ConfigError, CheckpointError, FileNotFoundError) as exc:
+    except input_errors() as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except NonFiniteStepError as exc:  # a numerical failure of the run, not of its inputs
