@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from verl_step import TARGET, ratio_interval
+from verl_step import TARGET, at_most_target, pair_ratios, ratio_interval
 
 
 def run_row(path: Path) -> dict:
@@ -25,10 +25,10 @@ def run_row(path: Path) -> dict:
     rlvr = [m["time/step"] for m in per_step.get("rlvr", [])]
     if not erl or len(erl) != len(rlvr):
         raise ValueError(f"{path}: no per-step times of both methods (per_step.erl / per_step.rlvr)")
-    pairs = [e / max(r, 1e-9) for e, r in zip(erl, rlvr)]
+    pairs = pair_ratios(erl, rlvr)
     low, high = ratio_interval(erl, rlvr)
     return {"run": str(path), "steps": len(pairs), "ratio": res["ratio/step_time"], "low": low, "high": high,
-            "under": sum(p <= TARGET for p in pairs)}
+            "under": at_most_target(pairs)}
 
 
 def table(rows: list[dict]) -> str:

@@ -61,9 +61,9 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["ratio/update_time"] = out["erl"]["time/update"] / max(out["rlvr"]["time/update"], 1e-9)
     # each ERL step over the RLVR step right after it: the spread says how far one median can be trusted
     # (two runs of the same code on one H200 gave 1.625 and 1.467: docs/gpu/host_split/call8)
-    out["ratio/pairs"] = [e["time/step"] / max(r["time/step"], 1e-9) for e, r in zip(runs["erl"], runs["rlvr"])]
-    out["ratio/step_time_interval"] = ratio_interval([m["time/step"] for m in runs["erl"]],
-                                                     [m["time/step"] for m in runs["rlvr"]])
+    erl_times, rlvr_times = ([m["time/step"] for m in runs[k]] for k in ("erl", "rlvr"))
+    out["ratio/pairs"] = pair_ratios(erl_times, rlvr_times)
+    out["ratio/step_time_interval"] = ratio_interval(erl_times, rlvr_times)
     # what ERL's step spends beyond TARGET x RLVR's, by phase: where the gap to issue 11's target lies
     out["excess"] = {k: out["erl"][k] - TARGET * out["rlvr"][k] for k in ("time/step", "time/rollout", "time/update")}
     # each measured step's phases and outcomes: a median hides a ratio that moves along the run (it rose
@@ -72,6 +72,16 @@ def side_by_side(erl, rlvr, warmup: int = 1, steps: int = 3) -> dict:
     out["work"] = work_ratios(out["per_step"])
     out["steps"], out["warmup"] = steps, warmup
     return out
+
+
+def pair_ratios(erl: list[float], rlvr: list[float]) -> list[float]:
+    """Each ERL step time over the RLVR step's after it."""
+    return [e / max(r, 1e-9) for e, r in zip(erl, rlvr)]
+
+
+def at_most_target(pairs: list[float]) -> int:
+    """How many step pairs met issue 11's TARGET."""
+    return sum(p <= TARGET for p in pairs)
 
 
 def ratio_interval(erl: list[float], rlvr: list[float], level: float = 0.9, draws: int = 2000,
@@ -121,9 +131,8 @@ def report(res: dict) -> str:
     lines.append("ERL / RLVR step by step: " + ", ".join(f"{r:.3f}" for r in res["ratio/pairs"]))
     if "ratio/step_time_interval" in res:
         low, high = res["ratio/step_time_interval"]
-        under = sum(r <= TARGET for r in res["ratio/pairs"])
         lines.append(f"ERL / RLVR step time, 90% bootstrap interval over the step pairs: {low:.3f}-{high:.3f}; "
-                     f"pairs at most {TARGET}: {under} of {len(res['ratio/pairs'])}")
+                     f"pairs at most {TARGET}: {at_most_target(res['ratio/pairs'])} of {len(res['ratio/pairs'])}")
     lines += per_step_lines(res.get("per_step", {}))
     w = res.get("work")
     if w:
