@@ -10,6 +10,7 @@ An environment class provides (see erl/envs/base.py's `TaskEnv`):
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import SimpleNamespace
 from typing import Any
@@ -42,7 +43,9 @@ def register_env(name: str, target: str | type) -> None:
     ENVS[name] = target  # type: ignore[assignment]
 
 
+@functools.cache
 def _import(target: str, name: Any) -> type:
+    """The class at `target`, checked; once per process (env_class runs for every attempt's env)."""
     module, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module), attr)
